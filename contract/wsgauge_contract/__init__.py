@@ -1,0 +1,39 @@
+"""The wire contract between the wsgauge sidecar and the operator.
+
+The sidecar publishes a *stats document* (``GET /stats``) and a stream of them
+(``GET /stats/watch``); the operator reads both. This package holds the one
+definition of that document, its validation, and the pure decoder of the watch
+stream, so that both ends agree byte for byte.
+"""
+
+from wsgauge_contract.exceptions import ContractError, InvalidStatsDocument, WatchStreamError
+from wsgauge_contract.stats import (
+    OTHER_TOPIC,
+    Capacity,
+    StatsDocument,
+    decode_stats_document,
+    encode_stats_document,
+)
+from wsgauge_contract.watchstream import (
+    WATCH_CONTENT_TYPE,
+    WatchHeartbeat,
+    WatchStreamDecoder,
+    encode_watch_heartbeat,
+    encode_watch_line,
+)
+
+__all__ = [
+    "OTHER_TOPIC",
+    "WATCH_CONTENT_TYPE",
+    "Capacity",
+    "ContractError",
+    "InvalidStatsDocument",
+    "StatsDocument",
+    "WatchHeartbeat",
+    "WatchStreamDecoder",
+    "WatchStreamError",
+    "decode_stats_document",
+    "encode_stats_document",
+    "encode_watch_heartbeat",
+    "encode_watch_line",
+]

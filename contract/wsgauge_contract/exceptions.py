@@ -1,0 +1,13 @@
+"""Exceptions of the wire contract: the only ones its functions raise."""
+
+
+class ContractError(ValueError):
+    """Base class: input that does not follow the sidecar/operator contract."""
+
+
+class InvalidStatsDocument(ContractError):
+    """A stats document is malformed: bad JSON, wrong types, negative counts, too large."""
+
+
+class WatchStreamError(ContractError):
+    """The ``/stats/watch`` stream broke the framing rules (e.g. a line over the size limit)."""
