@@ -1,0 +1,7 @@
+"""wsgauge sidecar: a reverse proxy that counts live WebSocket connections per topic.
+
+The pure, I/O-free cores (topic rules, counter, HTTP/1.1 and WebSocket framing, the
+Phoenix channels reader) live beside the asyncio layer that holds the sockets.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""Exceptions of the sidecar: the only ones its pure cores raise.
+
+Every error carries what the I/O layer needs to end the one affected exchange
+cleanly: an HTTP status for a malformed request head, a WebSocket close code for
+a malformed frame or Phoenix message. None of them should ever end the process.
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """Base class of every error the sidecar raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """The sidecar's configuration (flags / environment) is invalid."""
+
+
+class InvalidTopicRule(ConfigError):
+    """A ``--topic`` rule cannot be parsed (unknown kind, missing argument, bad regex)."""
+
+
+class HttpParseError(SidecarError):
+    """An HTTP/1.1 message head or body framing is malformed or unsupported.
+
+    ``status`` is the HTTP status to answer with: 400 (malformed), 413 (head too
+    large) or 501 (unsupported transfer-encoding).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        """HTTP status code to answer the client with."""
+
+
+class WebSocketProtocolError(SidecarError):
+    """WebSocket frames break RFC 6455; ``close_code`` is the code to close with.
+
+    1002 protocol error, 1007 invalid UTF-8 in a text message, 1009 message too big.
+    """
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        """WebSocket close code (RFC 6455 section 7.4.1) to end the socket with."""
+
+
+class PhoenixProtocolError(SidecarError):
+    """A Phoenix channels message is not valid JSON or not of the serializer's shape."""
+
+    def __init__(self, message: str, close_code: int = 1007) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        """WebSocket close code to end the socket with (1007 by default)."""
+
+
+class CountError(SidecarError):
+    """A count update is invalid: negative result, wrong type, unknown socket."""
