@@ -1,0 +1,162 @@
+"""Topic rules: how the sidecar decides which topic a WebSocket connection belongs to.
+
+A rule is given once on the command line (``--topic``) and parsed by
+:func:`parse_topic_rule`; for the request-based rules the proxy calls
+:func:`topic_from_request` with the upgrade request's target and headers.
+
+=================  ==========================================================
+``path``           the request path without the query (``/ws/stream``)
+``path:REGEX``     group 1 of ``re.search(REGEX, path)``; no match = no topic
+``query:NAME``     the first value of query parameter ``NAME``
+``header:NAME``    the value of request header ``NAME`` (case-insensitive)
+``phoenix``        topics come from the Phoenix channels frames (phoenix.py)
+``report``         the app reports its own counts; nothing is proxied
+=================  ==========================================================
+
+A result of ``None`` means "counted as a connection, in no topic". Topics taken
+from the path or the query are percent-decoded (a query's ``+`` is a space);
+header values are taken as sent (decoded as UTF-8, surrounding blanks removed),
+since HTTP header values are not percent-encoded. Every topic is cut to
+:data:`MAX_TOPIC_LENGTH` characters, and an empty topic is ``None``.
+
+This module is pure: no I/O, and only :class:`InvalidTopicRule` escapes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl, unquote
+
+from wsgauge_sidecar.exceptions import InvalidTopicRule
+
+TopicRuleKind = Literal["path", "path_regex", "query", "header", "phoenix", "report"]
+"""The kinds of topic rule; ``path_regex`` is written ``path:REGEX`` on the command line."""
+
+MAX_TOPIC_LENGTH = 200
+"""Topic names are cut to this many characters (keeps labels and documents bounded)."""
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+"""An HTTP header field name (RFC 9110 ``token``)."""
+
+_RULES_HELP = "path | path:REGEX | query:NAME | header:NAME | phoenix | report"
+
+
+@dataclass(frozen=True)
+class TopicRule:
+    """A parsed ``--topic`` rule."""
+
+    kind: TopicRuleKind
+    """Which rule: ``path``, ``path_regex``, ``query``, ``header``, ``phoenix`` or ``report``."""
+    argument: str | None = None
+    """The regex (``path_regex``), parameter name (``query``) or header name (``header``)."""
+
+    @property
+    def needs_frames(self) -> bool:
+        """True when topics come from the WebSocket frames (``phoenix``), not the request."""
+        return self.kind == "phoenix"
+
+    def __str__(self) -> str:
+        if self.kind == "path_regex":
+            return f"path:{self.argument}"
+        if self.argument is None:
+            return self.kind
+        return f"{self.kind}:{self.argument}"
+
+
+def parse_topic_rule(spec: str) -> TopicRule:
+    """Parse a ``--topic`` value; raise :class:`InvalidTopicRule` with a clear message."""
+    kind, separator, argument = spec.strip().partition(":")
+    if kind in ("phoenix", "report"):
+        if separator:
+            raise InvalidTopicRule(f"topic rule {kind!r} takes no argument (got {spec!r})")
+        return TopicRule("phoenix") if kind == "phoenix" else TopicRule("report")
+    if kind == "path":
+        if not separator:
+            return TopicRule("path")
+        if not argument:
+            raise InvalidTopicRule("topic rule 'path:REGEX' needs a regular expression")
+        pattern = _compile(argument)
+        if pattern.groups < 1:
+            raise InvalidTopicRule(
+                f"topic rule 'path:{argument}': the regular expression needs a capture group "
+                "(group 1 is the topic), e.g. path:^/ws/([^/]+)"
+            )
+        return TopicRule("path_regex", argument)
+    if kind == "query":
+        if not argument:
+            raise InvalidTopicRule("topic rule 'query:NAME' needs a parameter name")
+        return TopicRule("query", argument)
+    if kind == "header":
+        if not argument or not _HEADER_NAME.match(argument):
+            raise InvalidTopicRule(
+                f"topic rule 'header:NAME' needs a valid header name (got {argument!r})"
+            )
+        return TopicRule("header", argument.lower())
+    raise InvalidTopicRule(f"unknown topic rule {spec!r}; expected one of: {_RULES_HELP}")
+
+
+def normalize_topic(name: str | None) -> str | None:
+    """Cut a topic name to :data:`MAX_TOPIC_LENGTH`; an empty name (or ``None``) is ``None``."""
+    if not name:
+        return None
+    return name[:MAX_TOPIC_LENGTH]
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target into (raw path, raw query); handles absolute-form targets."""
+    if "://" in target and not target.startswith("/"):
+        # absolute-form (``http://host:port/path?q``), as sent to proxies
+        after_scheme = target.split("://", 1)[1]
+        slash = after_scheme.find("/")
+        question = after_scheme.find("?")
+        if slash < 0 or (0 <= question < slash):
+            target = "/" + after_scheme[question:] if question >= 0 else "/"
+        else:
+            target = after_scheme[slash:]
+    target = target.split("#", 1)[0]
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def topic_from_request(
+    rule: TopicRule, target: str, headers: Sequence[tuple[bytes, bytes]]
+) -> str | None:
+    """The topic of an upgrade request under ``rule`` (``None`` = in no topic).
+
+    ``phoenix`` and ``report`` rules never take a topic from the request: ``None``.
+    """
+    if rule.kind == "path":
+        path, _ = split_target(target)
+        return normalize_topic(unquote(path, errors="replace"))
+    if rule.kind == "path_regex":
+        path, _ = split_target(target)
+        match = _compile(rule.argument or "").search(path)
+        if match is None:
+            return None
+        group = match.group(1)
+        return normalize_topic(unquote(group, errors="replace")) if group else None
+    if rule.kind == "query":
+        _, query = split_target(target)
+        for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+            if name == rule.argument:
+                return normalize_topic(value)
+        return None
+    if rule.kind == "header":
+        wanted = (rule.argument or "").lower().encode("ascii", errors="replace")
+        for name, value in headers:
+            if name.lower() == wanted:
+                return normalize_topic(value.decode("utf-8", errors="replace").strip(" \t"))
+        return None
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(expression: str) -> re.Pattern[str]:
+    try:
+        return re.compile(expression)
+    except (re.error, RecursionError, OverflowError) as error:
+        raise InvalidTopicRule(f"invalid regular expression {expression!r}: {error}") from None
