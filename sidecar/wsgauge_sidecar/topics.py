@@ -141,15 +141,16 @@ def topic_from_request(
         return normalize_topic(unquote(group, errors="replace")) if group else None
     if rule.kind == "query":
         _, query = split_target(target)
-        for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
-            if name == rule.argument:
-                return normalize_topic(value)
+        for param, param_value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+            if param == rule.argument:
+                return normalize_topic(param_value)
         return None
     if rule.kind == "header":
         wanted = (rule.argument or "").lower().encode("ascii", errors="replace")
-        for name, value in headers:
-            if name.lower() == wanted:
-                return normalize_topic(value.decode("utf-8", errors="replace").strip(" \t"))
+        for header_name, header_value in headers:
+            if header_name.lower() == wanted:
+                text = header_value.decode("utf-8", errors="replace").strip(" \t")
+                return normalize_topic(text)
         return None
     return None
 
