@@ -33,7 +33,10 @@ class PodMetrics:
     topics: Mapping[str, int] = field(default_factory=dict)
     """Open sockets per topic in the last stats document."""
     observed_at: datetime | None = None
-    """Timezone-aware time the operator received the last stats document (None = never)."""
+    """Timezone-aware time the value was last confirmed current: the arrival of the last stats
+    document *or watch-stream heartbeat* (or poll). None = never. Values older than the metrics
+    API's ``max_metric_age_seconds`` are left out as stale, so keep this fresh while the stream
+    is healthy."""
     reachable: bool = False
     """True while the sidecar answers; unreachable pods are left out of metric answers."""
 
@@ -51,7 +54,8 @@ class ConnectionStatsMetrics:
     topics: Mapping[str, int] = field(default_factory=dict)
     """Total open sockets per topic (all topics known in memory, not the folded status)."""
     observed_at: datetime | None = None
-    """Timezone-aware time of the newest stats document that went into the totals."""
+    """Timezone-aware time the totals were last confirmed current (the *oldest* ``observed_at``
+    of the reporting pods is the honest choice). None = never."""
     pods_reporting: int = 0
     """Pods whose sidecar answered and are counted in the totals."""
     desired_replicas: int | None = None
