@@ -1,0 +1,91 @@
+"""Settings of the local development cluster, one dataclass per concern, read from the env."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The repository this package lives in (devcluster/wsgauge_devcluster -> repo)."""
+
+
+def _default_state_dir() -> Path:
+    override = os.environ.get("WSGAUGE_CLUSTER_DIR")
+    return Path(override).resolve() if override else REPO_ROOT / ".cluster"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    """Where and how the control plane processes run."""
+
+    state_dir: Path = field(default_factory=_default_state_dir)
+    """Holds PKI, kubeconfig, etcd data, pid files and logs (env WSGAUGE_CLUSTER_DIR)."""
+    apiserver_port: int = field(default_factory=lambda: _env_int("WSGAUGE_APISERVER_PORT", 6443))
+    """Secure port of kube-apiserver on 127.0.0.1 (env WSGAUGE_APISERVER_PORT)."""
+    etcd_client_port: int = field(default_factory=lambda: _env_int("WSGAUGE_ETCD_PORT", 12379))
+    """etcd client port on 127.0.0.1 (peer port is this + 1) (env WSGAUGE_ETCD_PORT)."""
+    controller_manager_port: int = 10257
+    """Secure (health) port of kube-controller-manager on 127.0.0.1."""
+    scheduler_port: int = 10259
+    """Secure (health) port of kube-scheduler on 127.0.0.1."""
+    hpa_sync_period_seconds: int = field(
+        default_factory=lambda: _env_int("WSGAUGE_HPA_SYNC_SECONDS", 5)
+    )
+    """HPA sync period of the controller manager (env WSGAUGE_HPA_SYNC_SECONDS)."""
+    service_cluster_ip_range: str = "10.96.0.0/16"
+    """ClusterIP range; nothing routes it, Services only need an address."""
+    startup_timeout_seconds: float = 120.0
+    """How long `up` waits for the API, the nodes and the default ServiceAccount."""
+    stop_timeout_seconds: float = 10.0
+    """How long `down` waits after SIGTERM before SIGKILL."""
+
+    @property
+    def etcd_peer_port(self) -> int:
+        """etcd peer port (client port + 1)."""
+        return self.etcd_client_port + 1
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        """The admin kubeconfig written by `up`."""
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        """The API server URL."""
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How the pod runner (our kubelet stand-in) behaves."""
+
+    state_dir: Path = field(default_factory=_default_state_dir)
+    """Pod process pid files and logs go under <state_dir>/pods/<ns>_<pod>/."""
+    node_count: int = field(default_factory=lambda: _env_int("WSGAUGE_NODES", 2))
+    """Number of nodes named wsgauge-node-1..N (env WSGAUGE_NODES)."""
+    node_prefix: str = "wsgauge-node-"
+    """Node names are this prefix plus 1..node_count."""
+    ip_second_octet_base: int = 100
+    """Node i hands out pod IPs 127.<base+i>.x.y (x.y from 0.2 upward); the node itself is .0.1."""
+    max_pods: int = 2000
+    """The pods capacity each node reports."""
+    lease_duration_seconds: int = 40
+    """Node Lease duration; renewed every quarter of it."""
+    node_status_interval_seconds: float = 60.0
+    """How often the node's Ready condition heartbeat is refreshed."""
+    venv_bin: Path = field(default_factory=lambda: REPO_ROOT / ".venv" / "bin")
+    """Where wsgauge-sidecar and wsgauge-demo-app are found."""
+    restart_backoff_max_seconds: float = 30.0
+    """Cap of the exponential restart back-off (starts at 1 s)."""
+    kubelet_version: str = "v1.37.2"
+    """Reported in node.status.nodeInfo."""
+
+    def node_names(self) -> list[str]:
+        """Names of the nodes this runner plays."""
+        return [f"{self.node_prefix}{i}" for i in range(1, self.node_count + 1)]
