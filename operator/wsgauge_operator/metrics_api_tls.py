@@ -1,0 +1,184 @@
+"""TLS for the custom metrics API: serving certificate and aggregation-layer client auth.
+
+The kube-apiserver's aggregation layer proxies ``/apis/custom.metrics.k8s.io``
+to the operator over HTTPS and presents its *proxy client certificate*, signed
+by the request-header client CA. Which CA and which certificate names are
+allowed is published in the ConfigMap ``kube-system/extension-apiserver-authentication``
+(keys ``requestheader-client-ca-file`` and ``requestheader-allowed-names``).
+This module:
+
+- generates a self-signed serving certificate with ``cryptography`` when none
+  is configured (the APIService then needs ``insecureSkipTLSVerify`` or its
+  ``caBundle`` set to that certificate);
+- builds the server :class:`ssl.SSLContext` that asks for a client
+  certificate and verifies it against the request-header CA (a certificate
+  from another CA fails the handshake);
+- reads the ConfigMap with the ``kubernetes`` client (:func:`load_request_header_auth`);
+- extracts the verified client certificate's common name for the allowed-names check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from wsgauge_operator.exceptions import ConfigError
+
+AUTH_CONFIGMAP_NAMESPACE = "kube-system"
+"""Namespace of the API server's authentication ConfigMap."""
+
+AUTH_CONFIGMAP_NAME = "extension-apiserver-authentication"
+"""Name of the ConfigMap the API server publishes for aggregated API servers."""
+
+
+@dataclass(frozen=True)
+class RequestHeaderAuth:
+    """Who may call the metrics API: the aggregation layer's client CA and names."""
+
+    client_ca_pem: str = ""
+    """PEM bundle of the request-header client CA(s)."""
+    allowed_names: tuple[str, ...] = ()
+    """Common names allowed on the client certificate; empty: any name the CA signed."""
+
+
+def load_request_header_auth(core_v1_api: Any) -> RequestHeaderAuth:
+    """Read ``kube-system/extension-apiserver-authentication`` (blocking call).
+
+    ``core_v1_api`` is a ``kubernetes.client.CoreV1Api``; the caller needs RBAC
+    ``get`` on that ConfigMap (the built-in role
+    ``extension-apiserver-authentication-reader`` in kube-system grants it).
+    Raises :class:`~wsgauge_operator.exceptions.ConfigError` when the
+    request-header CA is missing (the API server runs without
+    ``--requestheader-client-ca-file``: the aggregation layer is not configured).
+    """
+    config_map = core_v1_api.read_namespaced_config_map(
+        AUTH_CONFIGMAP_NAME, AUTH_CONFIGMAP_NAMESPACE
+    )
+    data: dict[str, str] = dict(getattr(config_map, "data", None) or {})
+    return request_header_auth_from_data(data)
+
+
+def request_header_auth_from_data(data: dict[str, str]) -> RequestHeaderAuth:
+    """Parse the ConfigMap's ``data`` (separated from the API call for tests)."""
+    ca = data.get("requestheader-client-ca-file", "").strip()
+    if not ca:
+        raise ConfigError(
+            f"{AUTH_CONFIGMAP_NAMESPACE}/{AUTH_CONFIGMAP_NAME} has no requestheader-client-ca-file:"
+            " the API server's aggregation layer is not configured"
+        )
+    names_raw = data.get("requestheader-allowed-names", "").strip() or "[]"
+    try:
+        names = json.loads(names_raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"requestheader-allowed-names is not JSON: {names_raw!r}") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError("requestheader-allowed-names must be a JSON list of strings")
+    return RequestHeaderAuth(client_ca_pem=ca + "\n", allowed_names=tuple(names))
+
+
+@dataclass(frozen=True)
+class CertificatePair:
+    """A PEM certificate and its PEM private key."""
+
+    cert_pem: bytes = b""
+    """Certificate (PEM)."""
+    key_pem: bytes = b""
+    """Unencrypted private key (PEM, PKCS#8)."""
+
+
+def generate_self_signed(
+    hosts: Iterable[str], *, common_name: str = "wsgauge-metrics-api", days: int = 365
+) -> CertificatePair:
+    """A self-signed serving certificate (P-256) valid for ``hosts`` (DNS names or IPs)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    return CertificatePair(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def server_ssl_context(pair: CertificatePair, client_ca_pem: str | None) -> ssl.SSLContext:
+    """Server context: serve ``pair``; ask for a client certificate verified by the CA.
+
+    With a CA, a client certificate is optional at the TLS level (so that a
+    request without one gets a proper 401 rather than a handshake error) but,
+    when presented, must chain to the CA. Without a CA no client cert is asked for.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="wsgauge-tls-") as directory:
+        cert_path = os.path.join(directory, "tls.crt")
+        key_path = os.path.join(directory, "tls.key")
+        with open(cert_path, "wb") as cert_file:
+            cert_file.write(pair.cert_pem)
+        with open(key_path, "wb") as key_file:
+            key_file.write(pair.key_pem)
+        os.chmod(key_path, 0o600)
+        context.load_cert_chain(cert_path, key_path)
+    if client_ca_pem:
+        try:
+            context.load_verify_locations(cadata=client_ca_pem)
+        except ssl.SSLError as error:
+            raise ConfigError(f"the request-header client CA is not valid PEM: {error}") from error
+        context.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def read_certificate_pair(cert_file: str, key_file: str) -> CertificatePair:
+    """Read a serving certificate and key from files (ConfigError when unreadable)."""
+    try:
+        with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
+            return CertificatePair(cert_pem=cert.read(), key_pem=key.read())
+    except OSError as error:
+        raise ConfigError(f"cannot read the serving certificate or key: {error}") from error
+
+
+def peer_common_name(peercert: object) -> str | None:
+    """The subject CN of a verified peer certificate (``SSLSocket.getpeercert()`` form)."""
+    if not isinstance(peercert, dict):
+        return None
+    for rdn in peercert.get("subject", ()):
+        for attribute in rdn:
+            if len(attribute) == 2 and attribute[0] == "commonName":
+                return str(attribute[1])
+    return None
