@@ -1,0 +1,17 @@
+"""wsgauge operator: follows the wsgauge sidecars and keeps ConnectionStats resources live.
+
+Layout (thin kopf handlers on top, plain modules beneath):
+
+- :mod:`.settings` / :mod:`.cli`: configuration dataclasses and the ``wsgauge-operator`` command.
+- :mod:`.spec`: a ConnectionStats ``spec`` parsed and validated into a dataclass.
+- :mod:`.fleet`: the in-memory state of pods and what their sidecars report.
+- :mod:`.follower`: one asyncio task per pod following its sidecar's ``/stats/watch``.
+- :mod:`.aggregation`: pure computation of a ConnectionStats ``status``.
+- :mod:`.readiness`: pure readiness-gate policy (``wsgauge.dev/connections-ok``).
+- :mod:`.status_writer`: coalescing of status writes.
+- :mod:`.events`: Kubernetes Events on a ConnectionStats, de-duplicated.
+- :mod:`.kubeapi`: the only module that calls the Kubernetes API (besides kopf itself).
+- :mod:`.controller`: ties the above together per ConnectionStats.
+- :mod:`.stats_server`: cluster-wide stats JSON, a live NDJSON stream and ``/metrics``.
+- :mod:`.handlers`: the kopf handlers.
+"""

@@ -1,0 +1,311 @@
+"""The operator's in-memory state: pods, what their sidecars report, and ConnectionStats.
+
+Everything here is plain data mutated from the event loop (no locks, no I/O).
+Other parts read it: the controller (to aggregate a ConnectionStats), the
+stats server, and the custom metrics API: :class:`FleetState` implements
+:class:`~.metrics_source.MetricsSource` (``pods`` and ``connection_stats``).
+
+Listeners registered with :meth:`FleetState.add_listener` are called
+synchronously with the namespace after every change.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsgauge_contract import StatsDocument
+
+from wsgauge_operator.metrics_source import ConnectionStatsMetrics, PodMetrics
+from wsgauge_operator.spec import LabelSelector
+
+
+class SidecarState(enum.Enum):
+    """What the operator knows about one sidecar."""
+
+    STARTING = "starting"
+    """Never answered yet, and still within the startup grace."""
+    REPORTING = "reporting"
+    """Its latest document is current (a live stream or a recent poll)."""
+    UNREACHABLE = "unreachable"
+    """Stopped answering (or never answered within the startup grace)."""
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    """What the operator needs of one pod, taken from the pod watch."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str = ""
+    node: str = ""
+    phase: str = ""
+    terminating: bool = False
+    has_gate: bool = False
+    """The pod has a readinessGate of the operator's condition type."""
+    gate_status: bool | None = None
+    """The current value of that condition on the pod (``None``: not set)."""
+    ready: bool = False
+    """The pod's Ready condition."""
+    containers_ready: bool = False
+    """The pod's ContainersReady condition (Ready without the gates)."""
+    container_ports: Mapping[str, int] = field(default_factory=dict)
+    """Named container ports of all containers."""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], condition_type: str) -> PodRecord:
+        """Build from a pod object (as a mapping, e.g. a kopf body)."""
+        metadata = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        conditions = {
+            str(item.get("type")): item.get("status")
+            for item in status.get("conditions") or []
+            if isinstance(item, Mapping)
+        }
+        ports: dict[str, int] = {}
+        for container in spec.get("containers") or []:
+            for port in container.get("ports") or []:
+                if port.get("name") and isinstance(port.get("containerPort"), int):
+                    ports.setdefault(str(port["name"]), int(port["containerPort"]))
+        gate_raw = conditions.get(condition_type)
+        phase = str(status.get("phase") or "")
+        # A pod runtime that does not publish ContainersReady: Running stands in for it.
+        containers_ready_default = "True" if phase == "Running" else "False"
+        return cls(
+            namespace=str(metadata.get("namespace") or ""),
+            name=str(metadata.get("name") or ""),
+            uid=str(metadata.get("uid") or ""),
+            labels=dict(metadata.get("labels") or {}),
+            ip=str(status.get("podIP") or ""),
+            node=str(spec.get("nodeName") or ""),
+            phase=phase,
+            terminating=bool(metadata.get("deletionTimestamp")),
+            has_gate=any(
+                gate.get("conditionType") == condition_type
+                for gate in spec.get("readinessGates") or []
+            ),
+            gate_status=None if gate_raw is None else gate_raw == "True",
+            ready=conditions.get("Ready") == "True",
+            containers_ready=conditions.get("ContainersReady", containers_ready_default) == "True",
+            container_ports=ports,
+        )
+
+    @property
+    def followable(self) -> bool:
+        """Whether there is a sidecar to follow: an IP, and not finished."""
+        return bool(self.ip) and self.phase not in ("Succeeded", "Failed")
+
+    def resolve_port(self, port: int | str) -> int | None:
+        """The admin port number for ``spec.sidecarPort`` (``None``: no such named port)."""
+        if isinstance(port, int):
+            return port
+        return self.container_ports.get(port)
+
+
+@dataclass(frozen=True)
+class EndpointKey:
+    """One followed sidecar: a pod incarnation (uid), at an IP and a port."""
+
+    namespace: str
+    pod: str
+    uid: str
+    ip: str
+    port: int
+
+
+@dataclass
+class EndpointStats:
+    """What one sidecar reported last, and whether it still answers."""
+
+    state: SidecarState = SidecarState.STARTING
+    document: StatsDocument | None = None
+    observed_at: float = 0.0
+    """Wall-clock time (``time.time()``) of the latest document or heartbeat."""
+    last_error: str = ""
+    restarts: int = 0
+    """Sidecar restarts noticed (``seq`` went back or ``startedAt`` changed)."""
+
+
+FleetListener = Callable[[str], None]
+
+
+class FleetState:
+    """Pods, sidecar reports and ConnectionStats aggregates, per namespace."""
+
+    def __init__(self) -> None:
+        self._pods: dict[str, dict[str, PodRecord]] = {}
+        self._endpoints: dict[EndpointKey, EndpointStats] = {}
+        self._aggregates: dict[tuple[str, str], ConnectionStatsMetrics] = {}
+        self._listeners: list[FleetListener] = []
+
+    # -- listeners -------------------------------------------------------------------------
+    def add_listener(self, listener: FleetListener) -> None:
+        """Call ``listener(namespace)`` after every change in that namespace."""
+        self._listeners.append(listener)
+
+    def _changed(self, namespace: str) -> None:
+        for listener in list(self._listeners):
+            listener(namespace)
+
+    # -- pods ------------------------------------------------------------------------------
+    def upsert_pod(self, record: PodRecord) -> bool:
+        """Add or replace a pod; return whether anything changed."""
+        pods = self._pods.setdefault(record.namespace, {})
+        if pods.get(record.name) == record:
+            return False
+        pods[record.name] = record
+        self._changed(record.namespace)
+        return True
+
+    def remove_pod(self, namespace: str, name: str) -> bool:
+        """Forget a deleted pod; return whether it was known."""
+        pods = self._pods.get(namespace, {})
+        if pods.pop(name, None) is None:
+            return False
+        self._changed(namespace)
+        return True
+
+    def pod(self, namespace: str, name: str) -> PodRecord | None:
+        """One pod, if known."""
+        return self._pods.get(namespace, {}).get(name)
+
+    def pod_records(self, namespace: str) -> list[PodRecord]:
+        """All known pods of a namespace."""
+        return list(self._pods.get(namespace, {}).values())
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with known pods."""
+        return [ns for ns, pods in self._pods.items() if pods]
+
+    def pods_matching(self, namespace: str, selector: LabelSelector) -> list[PodRecord]:
+        """The pods of a namespace that a selector selects, by name."""
+        pods = self._pods.get(namespace, {})
+        return [pods[name] for name in sorted(pods) if selector.matches(pods[name].labels)]
+
+    # -- sidecar endpoints -----------------------------------------------------------------
+    def endpoint(self, key: EndpointKey) -> EndpointStats | None:
+        """What a followed sidecar reported, if it is followed."""
+        return self._endpoints.get(key)
+
+    def endpoint_keys(self) -> list[EndpointKey]:
+        """All followed sidecars."""
+        return list(self._endpoints)
+
+    def add_endpoint(self, key: EndpointKey) -> EndpointStats:
+        """Start tracking a sidecar (state STARTING)."""
+        stats = self._endpoints.setdefault(key, EndpointStats())
+        return stats
+
+    def remove_endpoint(self, key: EndpointKey) -> None:
+        """Stop tracking a sidecar."""
+        if self._endpoints.pop(key, None) is not None:
+            self._changed(key.namespace)
+
+    def report(self, key: EndpointKey, document: StatsDocument, now: float) -> None:
+        """A sidecar sent a document: it is reporting, and these are its counts."""
+        stats = self._endpoints.get(key)
+        if stats is None:
+            return
+        previous = stats.document
+        if previous is not None and (
+            document.started_at != previous.started_at or document.seq < previous.seq
+        ):
+            stats.restarts += 1
+        changed = stats.state is not SidecarState.REPORTING or previous != document
+        stats.state = SidecarState.REPORTING
+        stats.document = document
+        stats.observed_at = now
+        stats.last_error = ""
+        if changed:
+            self._changed(key.namespace)
+
+    def heartbeat(self, key: EndpointKey, now: float) -> None:
+        """A sidecar is alive and nothing changed."""
+        stats = self._endpoints.get(key)
+        if stats is not None:
+            stats.observed_at = now
+
+    def mark_unreachable(self, key: EndpointKey, error: str) -> None:
+        """A sidecar stopped answering; its last counts no longer count."""
+        stats = self._endpoints.get(key)
+        if stats is None:
+            return
+        stats.last_error = error
+        if stats.state is not SidecarState.UNREACHABLE:
+            stats.state = SidecarState.UNREACHABLE
+            self._changed(key.namespace)
+
+    def note_error(self, key: EndpointKey, error: str) -> None:
+        """Remember the latest error without changing the state."""
+        stats = self._endpoints.get(key)
+        if stats is not None:
+            stats.last_error = error
+
+    # -- aggregates (written by the controller, read by the metrics API) -------------------
+    def set_aggregate(self, metrics: ConnectionStatsMetrics) -> None:
+        """Remember the latest totals of a ConnectionStats."""
+        self._aggregates[(metrics.namespace, metrics.name)] = metrics
+
+    def drop_aggregate(self, namespace: str, name: str) -> None:
+        """Forget a deleted ConnectionStats."""
+        self._aggregates.pop((namespace, name), None)
+
+    # -- the MetricsSource protocol --------------------------------------------------------
+    def pods(self, namespace: str) -> Sequence[PodMetrics]:
+        """Every followed pod of a namespace with its latest counts (MetricsSource).
+
+        A pod followed on several ports (two ConnectionStats) is listed once, with
+        its most recent report. Pods whose sidecar is not reporting have
+        ``reachable=False`` and zero counts (the metrics API leaves them out).
+        """
+        best: dict[str, EndpointStats] = {}
+        for key, stats in self._endpoints.items():
+            if key.namespace != namespace:
+                continue
+            pod = self.pod(namespace, key.pod)
+            if pod is None or pod.uid != key.uid:
+                continue
+            current = best.get(key.pod)
+            if current is None or _better(stats, current):
+                best[key.pod] = stats
+        result: list[PodMetrics] = []
+        for name in sorted(best):
+            stats = best[name]
+            pod = self._pods[namespace][name]
+            document = stats.document
+            reporting = stats.state is SidecarState.REPORTING and document is not None
+            result.append(
+                PodMetrics(
+                    namespace=namespace,
+                    name=name,
+                    labels=dict(pod.labels),
+                    connections=document.connections if document and reporting else 0,
+                    topics=dict(document.topics) if document and reporting else {},
+                    observed_at=wall_to_datetime(stats.observed_at),
+                    reachable=reporting,
+                )
+            )
+        return result
+
+    def connection_stats(self, namespace: str, name: str) -> ConnectionStatsMetrics | None:
+        """The latest totals of a ConnectionStats, or ``None`` (MetricsSource)."""
+        return self._aggregates.get((namespace, name))
+
+
+def wall_to_datetime(wall: float) -> datetime.datetime | None:
+    """A ``time.time()`` value as an aware UTC datetime (``None`` for 0: never)."""
+    if wall <= 0:
+        return None
+    return datetime.datetime.fromtimestamp(wall, datetime.UTC)
+
+
+def _better(candidate: EndpointStats, current: EndpointStats) -> bool:
+    rank_candidate = (candidate.state is SidecarState.REPORTING, candidate.observed_at)
+    rank_current = (current.state is SidecarState.REPORTING, current.observed_at)
+    return rank_candidate > rank_current

@@ -1,0 +1,170 @@
+"""Readiness-gate policy (pure) and the bookkeeping of its pod condition writes.
+
+Pods opt in with ``readinessGates: [{conditionType: wsgauge.dev/connections-ok}]``.
+:func:`decide_readiness` says which of them get the condition True or False:
+
+- False while the pod is over ``maxConnectionsPerPod``, draining, or its sidecar
+  is unreachable; True once its sidecar reports and none of that holds;
+- no decision (the condition is left as it is) while the sidecar has not
+  answered yet: a new pod stays not-Ready until the operator has seen it, and a
+  pod already Ready keeps its condition across an operator restart;
+- never so many False that fewer than ``minReadyPods`` pods stay ready: then the
+  least overloaded pods (then the unreachable ones) are kept True.
+
+:class:`ConditionWrites` decides, with an injected clock, which decisions need a
+write (the pod watch shows the current value; a write not yet seen there is not
+repeated before ``repatch_after`` seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from wsgauge_operator.aggregation import PodState
+
+
+@dataclass(frozen=True)
+class ReadinessInput:
+    """One matched pod, as the readiness policy sees it."""
+
+    name: str
+    has_gate: bool
+    state: PodState
+    connections: int = 0
+    draining: bool = False
+    terminating: bool = False
+    containers_ready: bool = True
+    """Ready apart from the gates (ContainersReady)."""
+    ready: bool = False
+    """The pod's Ready condition (used for pods without the gate)."""
+    gate_status: bool | None = None
+    """Current value of the condition on the pod."""
+
+
+@dataclass(frozen=True)
+class ReadinessDecision:
+    """The condition value one pod should have."""
+
+    name: str
+    ok: bool
+    reason: str
+    message: str
+
+
+def _own_decision(pod: ReadinessInput, max_per_pod: int | None) -> ReadinessDecision | None:
+    if pod.state is PodState.UNREACHABLE:
+        return ReadinessDecision(
+            pod.name, False, "SidecarUnreachable", "the sidecar does not answer"
+        )
+    if pod.state is not PodState.REPORTING:
+        return None
+    if pod.draining or pod.terminating:
+        return ReadinessDecision(pod.name, False, "Draining", "the pod is draining its sockets")
+    if max_per_pod is not None and pod.connections > max_per_pod:
+        return ReadinessDecision(
+            pod.name,
+            False,
+            "OverCapacity",
+            f"{pod.connections} connections, above maxConnectionsPerPod {max_per_pod}",
+        )
+    return ReadinessDecision(
+        pod.name, True, "ConnectionsOk", f"{pod.connections} connections, within capacity"
+    )
+
+
+def decide_readiness(
+    pods: Iterable[ReadinessInput], *, max_per_pod: int | None, min_ready_pods: int
+) -> dict[str, ReadinessDecision]:
+    """The condition each gated pod should have; pods without a decision are left alone."""
+    all_pods = list(pods)
+    decisions: dict[str, ReadinessDecision] = {}
+    for pod in all_pods:
+        if not pod.has_gate:
+            continue
+        decision = _own_decision(pod, max_per_pod)
+        if decision is not None:
+            decisions[pod.name] = decision
+
+    def would_be_ready(pod: ReadinessInput) -> bool:
+        if pod.terminating or not pod.containers_ready:
+            return False
+        if not pod.has_gate:
+            return pod.ready
+        decision = decisions.get(pod.name)
+        return decision.ok if decision is not None else pod.gate_status is True
+
+    ready_count = sum(1 for pod in all_pods if would_be_ready(pod))
+    if ready_count >= min_ready_pods:
+        return decisions
+    by_name = {pod.name: pod for pod in all_pods}
+    keepable = [
+        decision
+        for decision in decisions.values()
+        if not decision.ok
+        and decision.reason in ("OverCapacity", "SidecarUnreachable")
+        and by_name[decision.name].containers_ready
+        and not by_name[decision.name].terminating
+    ]
+    # Prefer keeping the least loaded over-capacity pods, then unreachable ones.
+    keepable.sort(key=lambda d: (d.reason != "OverCapacity", by_name[d.name].connections, d.name))
+    for decision in keepable[: max(min_ready_pods - ready_count, 0)]:
+        decisions[decision.name] = ReadinessDecision(
+            decision.name,
+            True,
+            "MinReadyPods",
+            f"{decision.message}; kept ready so that {min_ready_pods} pods stay ready",
+        )
+    return decisions
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A condition write made and not yet seen in the pod watch."""
+
+    uid: str
+    ok: bool
+    at: float
+
+
+class ConditionWrites:
+    """Which readiness decisions need a pod status write now."""
+
+    def __init__(self, repatch_after: float, clock: Callable[[], float]) -> None:
+        self._repatch_after = repatch_after
+        self._clock = clock
+        self._pending: dict[tuple[str, str], PendingWrite] = {}
+
+    def needed(
+        self,
+        namespace: str,
+        decisions: Mapping[str, ReadinessDecision],
+        current: Mapping[str, tuple[str, bool | None]],
+    ) -> list[ReadinessDecision]:
+        """Decisions whose value differs from the pod's (``current``: name -> (uid, status))."""
+        now = self._clock()
+        result: list[ReadinessDecision] = []
+        for name, decision in sorted(decisions.items()):
+            uid, status = current.get(name, ("", None))
+            key = (namespace, name)
+            pending = self._pending.get(key)
+            if status is decision.ok:
+                self._pending.pop(key, None)
+                continue
+            if (
+                pending is not None
+                and pending.uid == uid
+                and pending.ok == decision.ok
+                and now - pending.at < self._repatch_after
+            ):
+                continue
+            result.append(decision)
+        return result
+
+    def written(self, namespace: str, name: str, uid: str, ok: bool) -> None:
+        """Record a successful write."""
+        self._pending[(namespace, name)] = PendingWrite(uid, ok, self._clock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The pod is gone."""
+        self._pending.pop((namespace, name), None)

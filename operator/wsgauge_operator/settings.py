@@ -1,0 +1,133 @@
+"""Settings of the operator: one frozen dataclass per concern, every field defaulted.
+
+:mod:`.cli` fills them from flags and ``WSGAUGE_OPERATOR_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONNECTIONS_OK_CONDITION = "wsgauge.dev/connections-ok"
+"""Pod condition type the operator keeps for a pod ``readinessGate``."""
+
+API_GROUP = "wsgauge.dev"
+"""API group of the ConnectionStats resource."""
+
+API_VERSION = "v1alpha1"
+"""Served (and stored) version of the ConnectionStats resource."""
+
+PLURAL = "connectionstats"
+"""Plural resource name of ConnectionStats."""
+
+KIND = "ConnectionStats"
+"""Kind of the custom resource."""
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """How the operator reaches the Kubernetes API and what it watches."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig file; ``None``: in-cluster service account, else ``$KUBECONFIG``."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch (pods and ConnectionStats); empty: the whole cluster."""
+    field_manager: str = "wsgauge-operator"
+    """Field manager name on the operator's writes."""
+    request_timeout: float = 10.0
+    """Seconds before one API call is abandoned."""
+    instance: str = ""
+    """Reporting instance on Events (defaults to the host name)."""
+
+
+@dataclass(frozen=True)
+class FollowerSettings:
+    """How the operator follows each sidecar's ``/stats/watch``."""
+
+    connect_timeout: float = 2.0
+    """Seconds to open a connection and receive the response head."""
+    read_timeout: float = 12.0
+    """Seconds without a byte (document or heartbeat) before a sidecar counts as unreachable.
+
+    Must exceed the sidecar's ``--watch-heartbeat`` (5 s by default)."""
+    backoff_initial: float = 0.25
+    """First reconnect delay in seconds; doubles up to ``backoff_max``."""
+    backoff_max: float = 10.0
+    """Longest reconnect delay in seconds."""
+    poll_interval: float = 2.0
+    """Seconds between ``GET /stats`` polls when a sidecar has no ``/stats/watch``."""
+    startup_grace: float = 15.0
+    """Seconds a never-seen sidecar may take to answer before its pod counts as unreachable."""
+    max_document_bytes: int = 1024 * 1024
+    """Largest stats document accepted from one sidecar."""
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    """Shape and pace of the ConnectionStats status."""
+
+    default_interval: float = 2.0
+    """Status interval in seconds when ``spec.statusInterval`` is not set."""
+    min_interval: float = 0.5
+    """Lower bound on ``spec.statusInterval`` (protects the API server)."""
+    top_topics: int = 20
+    """Topics listed in the status; the rest are folded into ``_other``."""
+    busiest_pods: int = 10
+    """Pods listed in ``status.busiestPods``."""
+    max_nodes: int = 50
+    """Nodes listed in ``status.nodes`` (busiest first)."""
+
+
+@dataclass(frozen=True)
+class ReadinessSettings:
+    """The pod condition behind the ``wsgauge.dev/connections-ok`` readiness gate."""
+
+    enabled: bool = True
+    """Whether the operator writes the pod condition at all."""
+    condition_type: str = CONNECTIONS_OK_CONDITION
+    """Condition type written on pods (pods opt in with a readinessGate of this type)."""
+    repatch_after: float = 5.0
+    """Seconds before a condition write not yet seen in the pod watch is tried again."""
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """Kubernetes Events recorded on ConnectionStats."""
+
+    enabled: bool = True
+    """Whether Events are recorded."""
+    repeat_after: float = 300.0
+    """Seconds before the same Event (reason and message) is recorded again."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The operator's own HTTP server: cluster-wide stats, live stream and ``/metrics``."""
+
+    listen: str = "0.0.0.0:8090"
+    """``HOST:PORT`` of the stats server; empty string: no server."""
+    watch_heartbeat: float = 5.0
+    """Seconds between blank-line heartbeats on ``/stats/watch`` when nothing changed."""
+    watch_min_interval: float = 0.25
+    """Shortest time between two documents on ``/stats/watch``."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """All settings of one operator process."""
+
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    """Kubernetes API access."""
+    follower: FollowerSettings = field(default_factory=FollowerSettings)
+    """Sidecar following."""
+    status: StatusSettings = field(default_factory=StatusSettings)
+    """Status shape and pace."""
+    readiness: ReadinessSettings = field(default_factory=ReadinessSettings)
+    """Readiness-gate condition."""
+    events: EventSettings = field(default_factory=EventSettings)
+    """Kubernetes Events."""
+    server: ServerSettings = field(default_factory=ServerSettings)
+    """Stats / metrics server."""
+    log_level: str = "info"
+    """Log level: debug, info, warning or error."""
+    liveness_endpoint: str = ""
+    """kopf liveness endpoint URL (e.g. ``http://0.0.0.0:8080/healthz``); empty: none."""
