@@ -1,0 +1,111 @@
+"""Test-side handle on a running cluster (used by tests/conftest.py): kubectl/helm paths, the
+kubeconfig, a kubectl runner, pod-process pid files, and a poll-with-deadline helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5, what: str = ""
+) -> T:
+    """Call check until it returns something other than None/False; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last is not None and last is not False:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or check!r}")
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """A reachable cluster and the tools to drive it."""
+
+    kubeconfig: Path
+    """Admin kubeconfig."""
+    bin_dir: Path
+    """Directory with kubectl and helm (and the control plane binaries)."""
+    state_dir: Path | None
+    """Our devcluster's state directory; None when the cluster is not ours (e.g. kind)."""
+    version: str
+    """The pinned Kubernetes version the binaries were built for."""
+
+    @property
+    def kubectl_path(self) -> Path:
+        """kubectl binary."""
+        return self.bin_dir / "kubectl"
+
+    @property
+    def helm_path(self) -> Path:
+        """helm binary."""
+        return self.bin_dir / "helm"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses: KUBECONFIG set, bin_dir first on PATH."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        return env
+
+    def kubectl(
+        self,
+        *args: str,
+        input_text: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl with this cluster's kubeconfig; raises on failure when check is set."""
+        result = subprocess.run(
+            [str(self.kubectl_path), *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
+        return result
+
+    def apply(self, manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str) -> None:
+        """kubectl apply -f - of a manifest (dict, list of dicts, or YAML/JSON text)."""
+        if isinstance(manifest, str):
+            text = manifest
+        elif isinstance(manifest, Mapping):
+            text = json.dumps(manifest)
+        else:
+            text = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(manifest)})
+        self.kubectl("apply", "-f", "-", input_text=text)
+
+    def get_json(self, *args: str) -> Any:
+        """kubectl get ... -o json, decoded."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def pod_dir(self, namespace: str, pod: str) -> Path:
+        """Where the pod runner keeps <container>.pid and <container>.log of a pod."""
+        if self.state_dir is None:
+            raise AssertionError("pod processes exist only on the local devcluster")
+        return self.state_dir / "pods" / f"{namespace}_{pod}"
+
+    def container_pid(self, namespace: str, pod: str, container: str) -> int | None:
+        """Pid of a real (sidecar/demo-app) container process, None if not running."""
+        try:
+            return int((self.pod_dir(namespace, pod) / f"{container}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None

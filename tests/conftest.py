@@ -1,0 +1,104 @@
+"""Shared fixtures: `kube` (a real Kubernetes cluster for the whole session) and `namespace`
+(a fresh namespace per test).
+
+`kube` reuses the cluster named by $KUBECONFIG when that is set (our devcluster or any other, e.g.
+kind); otherwise it runs `wsgauge-devcluster up` (state in <repo>/.cluster or $WSGAUGE_CLUSTER_DIR),
+and, if it had to start the cluster, stops it again at the end of the session (etcd data is kept,
+so the next start is warm) unless WSGAUGE_KEEP_CLUSTER=1.
+Tests that use `kube` automatically get the `cluster` marker (deselect with -m "not cluster").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wsgauge_devcluster.binaries import locate
+from wsgauge_devcluster.testing import KubeCluster, eventually
+
+REPO = Path(__file__).resolve().parents[1]
+DEVCLUSTER = [sys.executable, "-m", "wsgauge_devcluster.cli"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kube" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+def _exports(output: str) -> dict[str, str]:
+    found = dict(re.findall(r"^export (\w+)=(.*)$", output, flags=re.MULTILINE))
+    return found
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeCluster]:
+    """The cluster for this test session (see the module docstring)."""
+    binaries = locate()
+    given = os.environ.get("KUBECONFIG")
+    if given:
+        kubeconfig = Path(given).resolve()
+        state_dir = kubeconfig.parent if (kubeconfig.parent / "run").is_dir() else None
+        yield KubeCluster(kubeconfig, binaries.bin_dir, state_dir, binaries.kubernetes_version)
+        return
+    missing = binaries.missing()
+    if missing:
+        pytest.fail(
+            f"Kubernetes binaries missing ({', '.join(missing)}): run `make k8s-bins` "
+            "(hack/build-k8s.sh) first",
+            pytrace=False,
+        )
+    status = subprocess.run([*DEVCLUSTER, "status"], capture_output=True, text=True, check=False)
+    was_running = status.returncode == 0
+    result = subprocess.run(
+        [*DEVCLUSTER, "up"], capture_output=True, text=True, check=False, timeout=300
+    )
+    if result.returncode != 0:
+        pytest.fail(f"wsgauge-devcluster up failed:\n{result.stderr}", pytrace=False)
+    kubeconfig = Path(_exports(result.stdout)["KUBECONFIG"])
+    cluster = KubeCluster(
+        kubeconfig, binaries.bin_dir, kubeconfig.parent, binaries.kubernetes_version
+    )
+    try:
+        yield cluster
+    finally:
+        if not was_running and os.environ.get("WSGAUGE_KEEP_CLUSTER") != "1":
+            subprocess.run([*DEVCLUSTER, "down"], capture_output=True, check=False, timeout=120)
+
+
+@pytest.fixture
+def kubectl(kube: KubeCluster) -> Path:
+    """Path of kubectl (use with kube.env, or call kube.kubectl(...))."""
+    return kube.kubectl_path
+
+
+@pytest.fixture
+def helm(kube: KubeCluster) -> Path:
+    """Path of helm (use with kube.env)."""
+    return kube.helm_path
+
+
+@pytest.fixture
+def namespace(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount ready), deleted after the test."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{stem}-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "namespace", name)
+    eventually(
+        lambda: (
+            kube.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode
+            == 0
+        ),
+        timeout=60,
+        what=f"default ServiceAccount in {name}",
+    )
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,164 @@
+"""The local control plane is real Kubernetes: pinned version, CRDs with status subresource and
+printer columns, Deployments whose pods run with distinct loopback IPs and go away on scale-down."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from wsgauge_devcluster.testing import KubeCluster, eventually
+
+pytestmark = pytest.mark.cluster
+
+
+def test_server_and_client_report_the_pinned_version(kube: KubeCluster) -> None:
+    versions = json.loads(kube.kubectl("version", "-o", "json").stdout)
+    assert versions["serverVersion"]["gitVersion"] == kube.version
+    assert versions["clientVersion"]["gitVersion"] == kube.version
+    assert kube.version.startswith("v1.")
+
+
+def test_nodes_are_ready(kube: KubeCluster) -> None:
+    nodes = kube.get_json("nodes")["items"]
+    ready = {
+        n["metadata"]["name"]
+        for n in nodes
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+    }
+    assert {"wsgauge-node-1", "wsgauge-node-2"} <= ready
+
+
+@pytest.fixture
+def widget_crd(kube: KubeCluster) -> Iterator[str]:
+    group = f"t{uuid.uuid4().hex[:8]}.wsgauge.dev"
+    name = f"widgets.{group}"
+    kube.apply(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name},
+            "spec": {
+                "group": group,
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "subresources": {"status": {}},
+                        "additionalPrinterColumns": [
+                            {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        ],
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "properties": {
+                                    "spec": {
+                                        "type": "object",
+                                        "properties": {"size": {"type": "integer"}},
+                                    },
+                                    "status": {
+                                        "type": "object",
+                                        "properties": {"phase": {"type": "string"}},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "crd", name, "--wait=false", check=False)
+
+
+def test_crd_with_status_subresource_and_printer_columns(
+    kube: KubeCluster, namespace: str, widget_crd: str
+) -> None:
+    group = widget_crd.split(".", 1)[1]
+    kube.apply(
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": namespace},
+            "spec": {"size": 7},
+        }
+    )
+    # with a status subresource, status written through the main resource is ignored ...
+    kube.kubectl(
+        "patch", widget_crd, "w1", "-n", namespace, "--type=merge",
+        "-p", '{"status": {"phase": "Ignored"}}',
+    )  # fmt: skip
+    assert "status" not in kube.get_json(widget_crd, "w1", "-n", namespace)
+    # ... and only /status changes it
+    kube.kubectl(
+        "patch", widget_crd, "w1", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Shiny"}}',
+    )  # fmt: skip
+    table = kube.kubectl("get", widget_crd, "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SIZE", "PHASE", "AGE"]
+    assert table[1].split()[:3] == ["w1", "7", "Shiny"]
+
+
+def _running_pods(kube: KubeCluster, namespace: str, selector: str) -> list[dict[str, object]]:
+    pods = kube.get_json("pods", "-n", namespace, "-l", selector)["items"]
+    return [p for p in pods if p["status"].get("phase") == "Running"]
+
+
+def test_deployment_pods_run_with_distinct_loopback_ips_and_go_on_scale_down(
+    kube: KubeCluster, namespace: str
+) -> None:
+    kube.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {
+                "replicas": 4,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [{"name": "web", "image": "nginx:1.27"}],
+                    },
+                },
+            },
+        }
+    )
+
+    def four_running() -> list[dict[str, object]] | None:
+        pods = _running_pods(kube, namespace, "app=web")
+        return pods if len(pods) == 4 else None
+
+    pods = eventually(four_running, timeout=90, what="4 running pods")
+    ips = [p["status"]["podIP"] for p in pods]  # type: ignore[index]
+    assert len(set(ips)) == 4
+    for ip in ips:
+        address = ipaddress.ip_address(ip)
+        assert address.is_loopback
+        assert str(address) != "127.0.0.1"
+    nodes = {p["spec"]["nodeName"] for p in pods}  # type: ignore[index]
+    assert nodes <= {"wsgauge-node-1", "wsgauge-node-2"}
+    eventually(
+        lambda: (
+            kube.get_json("deployment", "web", "-n", namespace)["status"].get("readyReplicas") == 4
+        ),
+        timeout=60,
+        what="4 ready replicas",
+    )
+    kube.kubectl("scale", "deployment", "web", "-n", namespace, "--replicas=1")
+    eventually(
+        lambda: len(kube.get_json("pods", "-n", namespace, "-l", "app=web")["items"]) == 1,
+        timeout=90,
+        what="scale-down to one pod",
+    )
