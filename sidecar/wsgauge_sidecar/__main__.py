@@ -1,0 +1,5 @@
+"""``python -m wsgauge_sidecar``: the same as the ``wsgauge-sidecar`` console script."""
+
+from wsgauge_sidecar.app import main
+
+main()

@@ -1,0 +1,154 @@
+"""Settings of the sidecar: one frozen dataclass per concern, built by :mod:`wsgauge_sidecar.cli`.
+
+Every field has a default (the same as the command line's) and a docstring, so
+that tests and embedders can build a :class:`SidecarSettings` directly without
+going through ``argparse``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from wsgauge_sidecar.exceptions import ConfigError
+from wsgauge_sidecar.topics import TopicRule
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP ``HOST:PORT`` to listen on or connect to."""
+
+    host: str = "127.0.0.1"
+    """Host name or IP address (IPv6 without brackets)."""
+    port: int = 0
+    """TCP port (0 = any free port when listening)."""
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``HOST:PORT`` or ``[V6]:PORT``; raise :class:`ConfigError` if malformed."""
+        value = text.strip()
+        host, separator, port_text = value.rpartition(":")
+        if not separator or not host:
+            raise ConfigError(f"expected HOST:PORT, got {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(f"IPv6 addresses need brackets: [ADDRESS]:PORT, got {text!r}")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"port must be a number from 0 to 65535, got {port_text!r}")
+        return cls(host=host, port=int(port_text))
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The data port: the reverse proxy in front of the app."""
+
+    listen: Address = field(default_factory=lambda: Address("0.0.0.0", 8080))
+    """``--listen``: where clients connect."""
+    upstream: Address = field(default_factory=lambda: Address("127.0.0.1", 8081))
+    """``--upstream``: the app container."""
+    topic_rule: TopicRule = field(default_factory=lambda: TopicRule("path"))
+    """``--topic``: how a socket's topic is found."""
+    handshake_timeout: float = 10.0
+    """``--handshake-timeout``: seconds a client has to send a full request head (and,
+    for an upgrade, for the upstream to answer it)."""
+    max_header_bytes: int = 16384
+    """``--max-header-bytes``: largest request or response head accepted."""
+    max_message_bytes: int = 1048576
+    """``--max-message-bytes``: largest WebSocket message read in ``phoenix`` mode."""
+    socket_buffer_bytes: int = 262144
+    """``--socket-buffer-bytes``: per-direction relay buffer; reading from the sending peer
+    pauses above it."""
+    upstream_connect_timeout: float = 5.0
+    """Seconds to wait for a TCP connection to the upstream before answering 502."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Capacity limits and the cardinality guard."""
+
+    max_connections: int = 0
+    """``--max-connections``: new upgrades get HTTP 503 at this many sockets (0 = no limit)."""
+    ready_below: int = 0
+    """``--ready-below``: ``/readyz`` fails at or above this many sockets (0 = off)."""
+    max_topics: int = 100
+    """``--max-topics``: distinct topics before further ones count under ``_other``."""
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin port: metrics, stats, readiness, report API."""
+
+    listen: Address = field(default_factory=lambda: Address("0.0.0.0", 9090))
+    """``--admin-listen``: where the operator, kubelet and Prometheus connect."""
+    watch_heartbeat: float = 5.0
+    """``--watch-heartbeat``: seconds of silence after which ``/stats/watch`` sends a blank line."""
+    watch_min_interval: float = 0.05
+    """``--watch-min-interval``: least seconds between two documents on one watch stream."""
+    upstream_check_interval: float = 2.0
+    """``--upstream-check-interval``: seconds between TCP connect checks of the upstream."""
+    max_report_bytes: int = 1048576
+    """Largest body accepted by ``PUT``/``POST /report``."""
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    """What happens on SIGTERM."""
+
+    grace: float = 5.0
+    """``--drain-grace``: seconds between SIGTERM (not ready at once) and refusing upgrades."""
+    spread: float = 10.0
+    """``--drain-spread``: seconds over which the remaining sockets get close code 1001."""
+    close_timeout: float = 5.0
+    """Seconds a socket may take to finish its close handshake before it is cut."""
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    """Who this sidecar is, from the downward API."""
+
+    pod: str = ""
+    """``POD_NAME``."""
+    namespace: str = ""
+    """``POD_NAMESPACE``."""
+    node: str = ""
+    """``NODE_NAME``."""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> PodIdentity:
+        """Read ``POD_NAME``, ``POD_NAMESPACE`` and ``NODE_NAME`` (empty when unset)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            pod=env.get("POD_NAME", ""),
+            namespace=env.get("POD_NAMESPACE", ""),
+            node=env.get("NODE_NAME", ""),
+        )
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    """Everything the sidecar process needs."""
+
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    """Data port and proxying."""
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    """Capacity and cardinality."""
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    """Admin port."""
+    drain: DrainSettings = field(default_factory=DrainSettings)
+    """Drain on SIGTERM."""
+    pod: PodIdentity = field(default_factory=PodIdentity)
+    """Downward API identity."""
+    log_level: str = "info"
+    """``--log-level``: debug, info, warning or error."""
+
+    @property
+    def report_mode(self) -> bool:
+        """True for ``--topic report``: the app reports its counts, the data port is off."""
+        return self.proxy.topic_rule.kind == "report"
