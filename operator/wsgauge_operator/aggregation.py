@@ -65,6 +65,8 @@ class Aggregate:
     """Folded: the top topics and ``_other``."""
     all_topics_count: int = 0
     """Distinct topics before folding."""
+    totals: Mapping[str, int] = field(default_factory=dict)
+    """Every topic, unfolded (kept in memory for the metrics API, never in the status)."""
     matched: int = 0
     reporting: int = 0
     unreachable: int = 0
@@ -117,6 +119,7 @@ def aggregate(observations: Iterable[PodObservation], limits: AggregationLimits)
         connections=connections,
         topics=fold_topics(totals, limits.top_topics),
         all_topics_count=len([t for t in totals if t != OTHER_TOPIC]),
+        totals=totals,
         matched=len(observed),
         reporting=len(reporting),
         unreachable=sum(1 for o in observed if o.state is PodState.UNREACHABLE),
@@ -281,6 +284,7 @@ def render_status(result: Aggregate) -> dict[str, Any]:
             "reporting": result.reporting,
             "unreachable": result.unreachable,
             "ready": result.ready,
+            "summary": f"{result.reporting}/{result.matched}",
         },
         "averagePerPod": result.average_per_pod,
         "nodes": [dict(node) for node in result.nodes],

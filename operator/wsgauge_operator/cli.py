@@ -1,0 +1,251 @@
+"""``wsgauge-operator``: command line, environment, logging, and the kopf run loop.
+
+Every flag can also be set by an environment variable ``WSGAUGE_OPERATOR_<FLAG>``
+(upper case, dashes as underscores, e.g. ``WSGAUGE_OPERATOR_STATUS_INTERVAL=1s``);
+a flag on the command line wins. Out of cluster, pass ``--kubeconfig``; in a pod,
+the service account is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import kopf
+
+from wsgauge_operator.controller import Controller
+from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.handlers import build_registry
+from wsgauge_operator.kubeapi import KubeApi
+from wsgauge_operator.settings import (
+    EventSettings,
+    FollowerSettings,
+    KubeSettings,
+    OperatorSettings,
+    ReadinessSettings,
+    ServerSettings,
+    StatusSettings,
+)
+from wsgauge_operator.spec import parse_duration
+from wsgauge_operator.stats_server import StatsServer
+
+ENV_PREFIX = "WSGAUGE_OPERATOR_"
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# flag -> (settings section, field, parser, help)
+OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
+    "kubeconfig": (
+        "kube",
+        "kubeconfig",
+        str,
+        "kubeconfig file (default: in-cluster or $KUBECONFIG)",
+    ),
+    "namespaces": (
+        "kube",
+        "namespaces",
+        _namespaces,
+        "comma-separated namespaces to watch (default: all)",
+    ),
+    "instance": ("kube", "instance", str, "reporting instance on Events (default: host name)"),
+    "listen": ("server", "listen", str, "HOST:PORT of the stats/metrics server ('' = off)"),
+    "watch-heartbeat": ("server", "watch_heartbeat", _seconds, "heartbeat on /stats/watch"),
+    "status-interval": (
+        "status",
+        "default_interval",
+        _seconds,
+        "status interval when the spec sets none",
+    ),
+    "min-status-interval": (
+        "status",
+        "min_interval",
+        _seconds,
+        "lower bound on spec.statusInterval",
+    ),
+    "top-topics": ("status", "top_topics", int, "topics listed in a status (rest -> _other)"),
+    "busiest-pods": ("status", "busiest_pods", int, "pods listed in status.busiestPods"),
+    "max-nodes": ("status", "max_nodes", int, "nodes listed in status.nodes"),
+    "connect-timeout": ("follower", "connect_timeout", _seconds, "sidecar connect timeout"),
+    "read-timeout": (
+        "follower",
+        "read_timeout",
+        _seconds,
+        "silence before a sidecar is unreachable (> its heartbeat)",
+    ),
+    "backoff-max": ("follower", "backoff_max", _seconds, "longest reconnect delay"),
+    "poll-interval": (
+        "follower",
+        "poll_interval",
+        _seconds,
+        "polling period for sidecars without /stats/watch",
+    ),
+    "startup-grace": (
+        "follower",
+        "startup_grace",
+        _seconds,
+        "time a new sidecar may take to answer",
+    ),
+    "readiness": (
+        "readiness",
+        "enabled",
+        _boolean,
+        "write the readiness-gate pod condition (true/false)",
+    ),
+    "condition-type": (
+        "readiness",
+        "condition_type",
+        str,
+        "pod condition type for the readiness gate",
+    ),
+    "events": ("events", "enabled", _boolean, "record Kubernetes Events (true/false)"),
+    "event-repeat": (
+        "events",
+        "repeat_after",
+        _seconds,
+        "time before the same Event is recorded again",
+    ),
+    "log-level": ("", "log_level", str, "debug, info, warning or error"),
+    "liveness": (
+        "",
+        "liveness_endpoint",
+        str,
+        "kopf liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz",
+    ),
+}
+
+SECTIONS: dict[str, type[Any]] = {
+    "kube": KubeSettings,
+    "follower": FollowerSettings,
+    "status": StatusSettings,
+    "readiness": ReadinessSettings,
+    "events": EventSettings,
+    "server": ServerSettings,
+}
+
+
+def _default(section: str, name: str) -> Any:
+    owner = SECTIONS[section] if section else OperatorSettings
+    return getattr(owner(), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every option defaults to ``None``: unset)."""
+    parser = argparse.ArgumentParser(
+        prog="wsgauge-operator",
+        description="Follows wsgauge sidecars and keeps ConnectionStats resources live. "
+        f"Every option can be set by environment variable {ENV_PREFIX}<OPTION> "
+        "(upper case, dashes as underscores).",
+    )
+    for flag, (section, name, _, help_text) in OPTIONS.items():
+        default = _default(section, name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text = help_text if "(default" in help_text else f"{help_text} (default: {shown!r})"
+        parser.add_argument(f"--{flag}", metavar="VALUE", help=text)
+    return parser
+
+
+def settings_from(
+    argv: Sequence[str] | None, environ: dict[str, str] | None = None
+) -> OperatorSettings:
+    """Settings from flags, then environment, then defaults. Raises :class:`ConfigError`."""
+    environ = dict(os.environ if environ is None else environ)
+    arguments = vars(build_parser().parse_args(argv))
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    top: dict[str, Any] = {}
+    for flag, (section, name, parse, _) in OPTIONS.items():
+        raw = arguments.get(flag.replace("-", "_"))
+        source = f"--{flag}"
+        if raw is None:
+            env_name = ENV_PREFIX + flag.upper().replace("-", "_")
+            raw = environ.get(env_name)
+            source = env_name
+        if raw is None:
+            continue
+        try:
+            value = parse(raw)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        (values[section] if section else top)[name] = value
+    settings = OperatorSettings(
+        **{section: replace(SECTIONS[section](), **values[section]) for section in SECTIONS},
+        **top,
+    )
+    if settings.follower.read_timeout <= 0 or settings.status.min_interval <= 0:
+        raise ConfigError("timeouts and intervals must be positive")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
+    return settings
+
+
+async def run(settings: OperatorSettings) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
+    kube = KubeApi(settings.kube)
+    controller = Controller(settings, kube)
+    server = StatsServer(controller, settings.server)
+    namespaces = list(settings.kube.namespaces)
+    try:
+        await kopf.operator(
+            registry=build_registry(),
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=kopf.Memo(controller=controller, server=server),
+            liveness_endpoint=settings.liveness_endpoint or None,
+        )
+    finally:
+        await server.stop()
+        await controller.stop()
+        kube.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``wsgauge-operator``."""
+    try:
+        settings = settings_from(argv)
+    except ConfigError as error:
+        print(f"wsgauge-operator: {error}", file=sys.stderr)
+        return 2
+    level = getattr(logging, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        logging.getLogger("kopf").setLevel(max(level, logging.WARNING))
+    if settings.kube.kubeconfig:
+        # kopf's login (via the kubernetes client) reads $KUBECONFIG.
+        os.environ["KUBECONFIG"] = settings.kube.kubeconfig
+    try:
+        asyncio.run(run(settings))
+    except ConfigError as error:
+        logging.getLogger("wsgauge_operator").error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

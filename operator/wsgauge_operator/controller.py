@@ -1,0 +1,633 @@
+"""The controller: ties fleet state, followers, aggregation, readiness, status and events.
+
+kopf hands every pod and ConnectionStats watch event to :meth:`Controller.pod_event`
+and :meth:`Controller.connectionstats_event` (see :mod:`.handlers`). From there:
+
+- the set of followed sidecars is recomputed (one :class:`~.follower.SidecarFollower`
+  task per selected pod, keyed by pod uid, IP and port, so an IP change or a
+  re-created pod restarts the follower);
+- the worker task of each affected ConnectionStats is woken: it aggregates,
+  decides the readiness-gate conditions (written at once), records Events on
+  transitions, and writes the status through a :class:`~.status_writer.StatusCoalescer`
+  (at most once per ``statusInterval``, only on change).
+
+Other parts of the operator (autoscaling) hook in with
+:meth:`Controller.add_status_contributor` (extra status fields and conditions,
+written in the same status patch) and read :attr:`Controller.fleet`, which
+implements :class:`~.metrics_source.MetricsSource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from wsgauge_operator.aggregation import (
+    Aggregate,
+    AggregationLimits,
+    PodObservation,
+    PodState,
+    aggregate,
+    invalid_spec_conditions,
+    merge_conditions,
+    render_status,
+    spec_conditions,
+)
+from wsgauge_operator.events import EventRecorder, EventSink, ObjectRef
+from wsgauge_operator.exceptions import KubeApiError, SpecError
+from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
+from wsgauge_operator.follower import SidecarFollower
+from wsgauge_operator.metrics_source import ConnectionStatsMetrics
+from wsgauge_operator.readiness import ConditionWrites, ReadinessInput, decide_readiness
+from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
+from wsgauge_operator.status_writer import StatusCoalescer
+from wsgauge_operator.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.05
+"""A woken worker waits this long so that a burst of changes is handled once."""
+PERIODIC_SECONDS = 10.0
+"""A worker re-checks at least this often even without a change."""
+PARALLEL_CONDITION_WRITES = 8
+"""Pod condition writes in flight at once per ConnectionStats."""
+OWN_CONDITIONS = ("Ready", "Degraded", "CapacityExceeded")
+"""Condition types this module computes (Events are recorded on their transitions)."""
+
+Key = tuple[str, str]
+
+
+class KubeWriter(EventSink, Protocol):
+    """The API calls the controller makes (implemented by :class:`~.kubeapi.KubeApi`)."""
+
+    async def patch_connectionstats_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch a ConnectionStats status."""
+
+    async def patch_pod_condition(
+        self, namespace: str, name: str, uid: str, condition: Mapping[str, Any]
+    ) -> None:
+        """Set one pod condition."""
+
+
+@dataclass
+class ConnectionStatsRecord:
+    """One ConnectionStats as last seen in the watch."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int | None = None
+    spec: ConnectionStatsSpec | None = None
+    spec_error: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ObjectRef:
+        """Reference for Events."""
+        return ObjectRef(self.namespace, self.name, self.uid)
+
+
+@dataclass(frozen=True)
+class StatusContribution:
+    """Extra status content from another part of the operator."""
+
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """Top-level status fields (e.g. ``desiredReplicas``)."""
+    conditions: Sequence[Mapping[str, str]] = ()
+    """Conditions without times (type, status, reason, message)."""
+
+
+StatusContributor = Callable[[ConnectionStatsRecord, Aggregate], StatusContribution]
+
+
+@dataclass
+class _Memory:
+    """What a worker remembers between rounds (for Events on transitions)."""
+
+    unreachable: frozenset[str] = frozenset()
+    restarts: dict[str, int] = field(default_factory=dict)
+    condition_reasons: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def utc_now_iso() -> str:
+    """Current time as RFC 3339 UTC, seconds precision."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    """All ConnectionStats of one operator process."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        kube: KubeWriter | None,
+        *,
+        telemetry: Telemetry | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.fleet = FleetState()
+        self.telemetry = telemetry or Telemetry()
+        self._kube = kube
+        self._monotonic = monotonic
+        self._records: dict[Key, ConnectionStatsRecord] = {}
+        self._workers: dict[Key, asyncio.Task[None]] = {}
+        self._wake: dict[Key, asyncio.Event] = {}
+        self._coalescers: dict[Key, StatusCoalescer] = {}
+        self._memory: dict[Key, _Memory] = {}
+        self._followers: dict[EndpointKey, tuple[SidecarFollower, asyncio.Task[None]]] = {}
+        self._condition_writes = ConditionWrites(settings.readiness.repatch_after, monotonic)
+        self._events = EventRecorder(kube, settings.events, monotonic, settings.kube.instance)
+        self._contributors: list[StatusContributor] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._started = False
+        self.summaries: dict[Key, dict[str, Any]] = {}
+        """Latest computed status per ConnectionStats (for the stats server)."""
+        self.version = 0
+        """Grows whenever a summary changes."""
+        self._changed = asyncio.Event()
+        self.fleet.add_listener(self._on_fleet_change)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the HTTP client used by the followers; start pending work."""
+        if self._started:
+            return
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            auto_decompress=False,
+        )
+        self._started = True
+        self._reconcile_followers()
+        for key in list(self._records):
+            self._ensure_worker(key)
+
+    async def stop(self) -> None:
+        """Cancel every task and close the HTTP client."""
+        tasks = [task for _, task in self._followers.values()] + list(self._workers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._followers.clear()
+        self._workers.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._started = False
+
+    def add_status_contributor(self, contributor: StatusContributor) -> None:
+        """Add fields and conditions to every status written (called each round)."""
+        self._contributors.append(contributor)
+
+    def records(self) -> list[ConnectionStatsRecord]:
+        """Every ConnectionStats known."""
+        return list(self._records.values())
+
+    async def wait_for_change(self, version: int, timeout: float) -> int:
+        """Wait until :attr:`version` differs from ``version`` (or the timeout); return it."""
+        if self.version == version:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        return self.version
+
+    # -- watch events ----------------------------------------------------------------------
+    def pod_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A pod was listed, added, modified or deleted."""
+        record = PodRecord.from_body(body, self.settings.readiness.condition_type)
+        if not record.name:
+            return
+        if event_type == "DELETED":
+            self.fleet.remove_pod(record.namespace, record.name)
+            self._condition_writes.forget(record.namespace, record.name)
+        else:
+            previous = self.fleet.pod(record.namespace, record.name)
+            self.fleet.upsert_pod(record)
+            if previous is not None and not previous.containers_ready and record.containers_ready:
+                self._poke_followers(record)
+        self._reconcile_followers()
+
+    def connectionstats_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A ConnectionStats was listed, added, modified or deleted."""
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+        if event_type == "DELETED":
+            self._forget(key)
+            return
+        uid = str(metadata.get("uid") or "")
+        generation = metadata.get("generation")
+        status = dict(body.get("status") or {})
+        record = self._records.get(key)
+        if record is None or record.uid != uid:
+            record = ConnectionStatsRecord(namespace=key[0], name=key[1], uid=uid)
+            self._records[key] = record
+            coalescer = StatusCoalescer(self._monotonic)
+            coalescer.seed(status)
+            self._coalescers[key] = coalescer
+            self._memory[key] = _Memory(
+                condition_reasons={
+                    str(c.get("type")): (str(c.get("status")), str(c.get("reason")))
+                    for c in status.get("conditions") or []
+                    if isinstance(c, Mapping)
+                }
+            )
+        if record.generation != generation or (record.spec is None and not record.spec_error):
+            record.generation = generation if isinstance(generation, int) else None
+            try:
+                record.spec = parse_spec(body.get("spec"))
+                record.spec_error = ""
+            except SpecError as error:
+                record.spec = None
+                record.spec_error = str(error)
+                logger.warning("ConnectionStats %s/%s: invalid spec: %s", *key, error)
+        record.status = status
+        self.telemetry.connectionstats.set(len(self._records))
+        self._reconcile_followers()
+        self._ensure_worker(key)
+        self._wake_worker(key)
+
+    def _forget(self, key: Key) -> None:
+        self._records.pop(key, None)
+        self._coalescers.pop(key, None)
+        self._memory.pop(key, None)
+        self._wake.pop(key, None)
+        task = self._workers.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.fleet.drop_aggregate(*key)
+        self.telemetry.forget(*key)
+        self.telemetry.connectionstats.set(len(self._records))
+        if self.summaries.pop(key, None) is not None:
+            self._bump()
+        self._reconcile_followers()
+
+    # -- followers -------------------------------------------------------------------------
+    def _desired_endpoints(self) -> set[EndpointKey]:
+        desired: set[EndpointKey] = set()
+        for record in self._records.values():
+            if record.spec is None:
+                continue
+            for pod in self.fleet.pods_matching(record.namespace, record.spec.selector):
+                port = pod.resolve_port(record.spec.sidecar_port)
+                if pod.followable and port is not None:
+                    desired.add(EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port))
+        return desired
+
+    def _reconcile_followers(self) -> None:
+        if not self._started or self._session is None:
+            return
+        desired = self._desired_endpoints()
+        for key in list(self._followers):
+            if key not in desired:
+                _, task = self._followers.pop(key)
+                task.cancel()
+                self.fleet.remove_endpoint(key)
+        for key in desired - set(self._followers):
+            follower = SidecarFollower(
+                key,
+                self.fleet,
+                self._session,
+                self.settings.follower,
+                telemetry=self.telemetry,
+                monotonic=self._monotonic,
+            )
+            self.fleet.add_endpoint(key)
+            task = asyncio.create_task(follower.run(), name=f"follow {key.namespace}/{key.pod}")
+            self._followers[key] = (follower, task)
+        self.telemetry.followers.set(len(self._followers))
+
+    def _poke_followers(self, pod: PodRecord) -> None:
+        for key, (follower, _) in self._followers.items():
+            if key.namespace == pod.namespace and key.pod == pod.name:
+                follower.poke()
+
+    # -- workers ---------------------------------------------------------------------------
+    def _on_fleet_change(self, namespace: str) -> None:
+        for key in self._records:
+            if key[0] == namespace:
+                self._wake_worker(key)
+
+    def _wake_worker(self, key: Key) -> None:
+        event = self._wake.get(key)
+        if event is not None:
+            event.set()
+
+    def _ensure_worker(self, key: Key) -> None:
+        if not self._started or key in self._workers:
+            return
+        self._wake[key] = asyncio.Event()
+        self._wake[key].set()
+        self._workers[key] = asyncio.create_task(
+            self._run_worker(key), name=f"cs {key[0]}/{key[1]}"
+        )
+
+    async def _run_worker(self, key: Key) -> None:
+        delay: float | None = 0.0
+        while key in self._records:
+            wake = self._wake[key]
+            timeout = PERIODIC_SECONDS if delay is None else max(delay, DEBOUNCE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            wake.clear()
+            try:
+                delay = await self.reconcile(key)
+            except KubeApiError as error:
+                logger.warning("ConnectionStats %s/%s: %s", *key, error)
+                delay = self._interval(self._records.get(key))
+            except Exception:  # the worker must survive any bug in one round
+                logger.exception("ConnectionStats %s/%s: reconcile failed", *key)
+                delay = PERIODIC_SECONDS
+
+    def _interval(self, record: ConnectionStatsRecord | None) -> float:
+        status = self.settings.status
+        wanted = status.default_interval
+        if record is not None and record.spec is not None and record.spec.status_interval:
+            wanted = record.spec.status_interval
+        return max(wanted, status.min_interval)
+
+    def _observe(
+        self, pod: PodRecord, spec: ConnectionStatsSpec
+    ) -> tuple[PodObservation, ReadinessInput, float, int]:
+        """A pod's observation, readiness input, report time and sidecar restarts seen."""
+        state = PodState.PENDING
+        restarts = 0
+        connections = 0
+        topics: Mapping[str, int] = {}
+        draining = False
+        observed_at = 0.0
+        if pod.followable:
+            port = pod.resolve_port(spec.sidecar_port)
+            if port is None:
+                state = PodState.PORT_MISSING
+            else:
+                stats = self.fleet.endpoint(
+                    EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port)
+                )
+                restarts = stats.restarts if stats is not None else 0
+                if stats is None or stats.state is SidecarState.STARTING:
+                    state = PodState.STARTING
+                elif stats.state is SidecarState.UNREACHABLE or stats.document is None:
+                    state = PodState.UNREACHABLE
+                else:
+                    state = PodState.REPORTING
+                    connections = stats.document.connections
+                    topics = stats.document.topics
+                    draining = stats.document.draining
+                    observed_at = stats.observed_at
+        observation = PodObservation(
+            name=pod.name,
+            state=state,
+            node=pod.node,
+            connections=connections,
+            topics=topics,
+            ready=pod.ready,
+            draining=draining,
+        )
+        readiness = ReadinessInput(
+            name=pod.name,
+            has_gate=pod.has_gate,
+            state=state,
+            connections=connections,
+            draining=draining,
+            terminating=pod.terminating,
+            containers_ready=pod.containers_ready,
+            ready=pod.ready,
+            gate_status=pod.gate_status,
+        )
+        return observation, readiness, observed_at, restarts
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One round for a ConnectionStats; returns seconds until a held-back write is due."""
+        record = self._records.get(key)
+        if record is None:
+            return None
+        now = utc_now_iso()
+        if record.spec is None:
+            result = Aggregate()
+            conditions: list[Mapping[str, str]] = list(
+                invalid_spec_conditions(record.spec_error or "invalid spec")
+            )
+            readiness: list[ReadinessInput] = []
+            restarts: dict[str, int] = {}
+        else:
+            spec = record.spec
+            pods = self.fleet.pods_matching(record.namespace, spec.selector)
+            observed = [self._observe(pod, spec) for pod in pods]
+            restarts = {o.name: count for o, _, _, count in observed}
+            limits = AggregationLimits(
+                top_topics=self.settings.status.top_topics,
+                busiest_pods=self.settings.status.busiest_pods,
+                max_nodes=self.settings.status.max_nodes,
+                max_connections_per_pod=spec.capacity.max_connections_per_pod,
+            )
+            result = aggregate((o for o, _, _, _ in observed), limits)
+            conditions = list(
+                spec_conditions(
+                    result,
+                    selector=spec.selector.to_query(),
+                    port=spec.sidecar_port,
+                    max_per_pod=spec.capacity.max_connections_per_pod,
+                )
+            )
+            readiness = [r for _, r, _, _ in observed]
+            reporting_times = [t for o, _, t, _ in observed if o.state is PodState.REPORTING]
+            self.fleet.set_aggregate(
+                ConnectionStatsMetrics(
+                    namespace=record.namespace,
+                    name=record.name,
+                    connections=result.connections,
+                    topics=dict(result.totals),
+                    observed_at=_oldest(reporting_times),
+                    pods_reporting=result.reporting,
+                )
+            )
+        status = render_status(result)
+        for contributor in self._contributors:
+            contribution = contributor(record, result)
+            status.update(contribution.fields)
+            conditions.extend(contribution.conditions)
+        status["observedGeneration"] = record.generation
+        status["conditions"] = merge_conditions(
+            record.status.get("conditions") or [],
+            conditions,
+            now=now,
+            generation=record.generation,
+        )
+        self._publish(key, status, result)
+        if record.spec is not None:
+            await self._apply_readiness(record, record.spec, readiness)
+        await self._record_events(record, result, status["conditions"], restarts)
+        return await self._write_status(key, record, status, now)
+
+    def _publish(self, key: Key, status: dict[str, Any], result: Aggregate) -> None:
+        namespace, name = key
+        self.telemetry.connections.labels(namespace, name).set(result.connections)
+        for state, value in (
+            ("matched", result.matched),
+            ("reporting", result.reporting),
+            ("unreachable", result.unreachable),
+            ("ready", result.ready),
+        ):
+            self.telemetry.pods.labels(namespace, name, state).set(value)
+        if self.summaries.get(key) != status:
+            self.summaries[key] = status
+            self._bump()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+
+    async def _write_status(
+        self, key: Key, record: ConnectionStatsRecord, status: dict[str, Any], now: str
+    ) -> float | None:
+        coalescer = self._coalescers[key]
+        delay = coalescer.delay(status, self._interval(record))
+        if delay is None or delay > 0 or self._kube is None:
+            return delay
+        patch = dict(status)
+        patch["lastUpdated"] = now
+        removed = set(record.status.get("topics") or {}) | set(
+            coalescer.last_status.get("topics") or {}
+        )
+        topics: dict[str, Any] = {topic: None for topic in removed - set(status["topics"])}
+        topics.update(status["topics"])
+        patch["topics"] = topics
+        try:
+            await self._kube.patch_connectionstats_status(record.namespace, record.name, patch)
+        except KubeApiError as error:
+            self.telemetry.status_writes.labels("error").inc()
+            if error.not_found:
+                return None
+            raise
+        self.telemetry.status_writes.labels("ok").inc()
+        coalescer.written(status)
+        return None
+
+    async def _apply_readiness(
+        self, record: ConnectionStatsRecord, spec: ConnectionStatsSpec, pods: list[ReadinessInput]
+    ) -> None:
+        if not self.settings.readiness.enabled or self._kube is None:
+            return
+        decisions = decide_readiness(
+            pods,
+            max_per_pod=spec.capacity.max_connections_per_pod,
+            min_ready_pods=spec.capacity.min_ready_pods,
+        )
+        current: dict[str, tuple[str, bool | None]] = {}
+        for item in pods:
+            pod = self.fleet.pod(record.namespace, item.name)
+            if pod is not None:
+                current[item.name] = (pod.uid, pod.gate_status)
+        needed = self._condition_writes.needed(record.namespace, decisions, current)
+        if not needed:
+            return
+        semaphore = asyncio.Semaphore(PARALLEL_CONDITION_WRITES)
+        kube = self._kube
+        now = utc_now_iso()
+
+        async def write(name: str, ok: bool, reason: str, message: str) -> None:
+            uid = current[name][0]
+            condition = {
+                "type": self.settings.readiness.condition_type,
+                "status": "True" if ok else "False",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+            }
+            async with semaphore:
+                try:
+                    await kube.patch_pod_condition(record.namespace, name, uid, condition)
+                except KubeApiError as error:
+                    self.telemetry.condition_writes.labels(str(ok), "error").inc()
+                    if not error.not_found:
+                        logger.warning("condition of pod %s/%s: %s", record.namespace, name, error)
+                    return
+            self.telemetry.condition_writes.labels(str(ok), "ok").inc()
+            self._condition_writes.written(record.namespace, name, uid, ok)
+            logger.info(
+                "pod %s/%s: %s=%s (%s)",
+                record.namespace,
+                name,
+                self.settings.readiness.condition_type,
+                ok,
+                reason,
+            )
+
+        await asyncio.gather(*(write(d.name, d.ok, d.reason, d.message) for d in needed))
+
+    async def _record_events(
+        self,
+        record: ConnectionStatsRecord,
+        result: Aggregate,
+        conditions: Sequence[Mapping[str, Any]],
+        restart_counts: Mapping[str, int],
+    ) -> None:
+        memory = self._memory.setdefault((record.namespace, record.name), _Memory())
+        ref = record.ref
+        unreachable = frozenset(result.unreachable_pods)
+        for pod in sorted(unreachable - memory.unreachable)[:5]:
+            await self._event(
+                ref, True, "PodUnreachable", f"the sidecar of pod {pod} stopped answering"
+            )
+        for pod in sorted(memory.unreachable - unreachable)[:5]:
+            if self.fleet.pod(record.namespace, pod) is not None:
+                await self._event(
+                    ref, False, "PodReachable", f"the sidecar of pod {pod} answers again"
+                )
+        memory.unreachable = unreachable
+        for name, restarts in sorted(restart_counts.items()):
+            if restarts > memory.restarts.get(name, restarts):
+                await self._event(
+                    ref, False, "SidecarRestarted", f"the sidecar of pod {name} restarted"
+                )
+        memory.restarts = dict(restart_counts)
+        for item in conditions:
+            type_ = str(item.get("type"))
+            if type_ not in OWN_CONDITIONS:
+                continue
+            now = (str(item.get("status")), str(item.get("reason")))
+            before = memory.condition_reasons.get(type_)
+            memory.condition_reasons[type_] = now
+            problem = (now[0] == "False") if type_ == "Ready" else (now[0] == "True")
+            if before == now or now[1] == "WaitingForSidecars" or (before is None and not problem):
+                continue
+            await self._event(ref, problem, now[1], f"{type_} is {now[0]}: {item.get('message')}")
+        spec = record.spec
+        limit = spec.capacity.max_connections_per_pod if spec is not None else None
+        if limit and result.reporting and result.connections > limit * result.reporting:
+            needed = math.ceil(result.connections / limit)
+            await self._event(
+                ref,
+                False,
+                "ScaleRecommended",
+                f"{result.connections} connections on {result.reporting} pods exceed "
+                f"maxConnectionsPerPod {limit}: at least {needed} pods are needed",
+            )
+
+    async def _event(self, ref: ObjectRef, warning: bool, reason: str, note: str) -> None:
+        before = self._events.recorded
+        await self._events.record(ref, warning=warning, reason=reason, note=note)
+        if self._events.recorded > before:
+            self.telemetry.events.labels(reason).inc()
+
+
+def _oldest(times: Sequence[float]) -> datetime.datetime | None:
+    valid = [t for t in times if t > 0]
+    if not valid:
+        return None
+    return datetime.datetime.fromtimestamp(min(valid), datetime.UTC)
