@@ -1,0 +1,171 @@
+"""On the real control plane: APIService -> ExternalName localhost -> our server -> kubectl.
+
+The manifests of ``deploy/local/metrics-api.yaml`` are applied with three changes for the test:
+the Service lives in the test's namespace, the port is a free one, and instead of
+``insecureSkipTLSVerify`` the APIService carries our self-signed certificate as ``caBundle``
+(so the aggregator really verifies the serving certificate). The request-header CA is read
+from ``kube-system/extension-apiserver-authentication`` with ``load_request_header_auth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+from wsgauge_devcluster.testing import KubeCluster
+from wsgauge_operator.metrics_api import MetricsApiServer, MetricsApiSettings, start_metrics_api
+from wsgauge_operator.metrics_api_tls import load_request_header_auth
+from wsgauge_operator.metrics_source import (
+    ConnectionStatsMetrics,
+    PodMetrics,
+    StaticMetricsSource,
+)
+
+MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "local" / "metrics-api.yaml"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def local_manifests(namespace: str, port: int, ca_bundle: bytes) -> list[dict[str, Any]]:
+    documents = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
+    kinds = [doc["kind"] for doc in documents]
+    assert kinds == ["Namespace", "Service", "APIService", "APIService"]
+    service = documents[1]
+    assert service["spec"]["type"] == "ExternalName"
+    assert service["spec"]["externalName"] == "localhost"
+    service["metadata"]["namespace"] = namespace
+    service["spec"]["ports"][0]["port"] = port
+    for api_service in documents[2:]:
+        spec = api_service["spec"]
+        spec["service"].update(namespace=namespace, port=port)
+        del spec["insecureSkipTLSVerify"]
+        spec["caBundle"] = base64.b64encode(ca_bundle).decode()
+    return documents[1:]
+
+
+async def kubectl(
+    kube: KubeCluster, *args: str, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl in a thread: the server under test runs on this event loop."""
+    return await asyncio.to_thread(kube.kubectl, *args, input_text=input_text, check=False)
+
+
+async def eventually_raw(
+    kube: KubeCluster, path: str, deadline_seconds: float = 90.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_seconds
+    last = ""
+    while time.monotonic() < deadline:
+        result = await kubectl(kube, "get", "--raw", path)
+        if result.returncode == 0:
+            return dict(json.loads(result.stdout))
+        last = result.stderr
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"kubectl get --raw {path} kept failing: {last}")
+
+
+@pytest.fixture
+async def served(
+    kube: KubeCluster, namespace: str
+) -> AsyncIterator[tuple[MetricsApiServer, datetime]]:
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kube.kubeconfig)
+    )
+    try:
+        auth = await asyncio.to_thread(load_request_header_auth, client.CoreV1Api(api_client))
+    finally:
+        api_client.close()
+    now = datetime.now(UTC).replace(microsecond=0)
+    source = StaticMetricsSource(
+        pods=[
+            PodMetrics(namespace, "chat-a", {"app": "chat"}, 7, {"stream": 5}, now, True),
+            PodMetrics(namespace, "chat-b", {"app": "chat"}, 21, {"stream": 1}, now, True),
+            PodMetrics(namespace, "chat-gone", {"app": "chat"}, 3, {}, now, False),
+        ],
+        connection_stats=[ConnectionStatsMetrics(namespace, "chat", 28, {"stream": 6}, now, 2)],
+    )
+    settings = MetricsApiSettings(
+        host="127.0.0.1",
+        port=free_port(),
+        self_signed_hosts=("localhost", "127.0.0.1", f"wsgauge-metrics-api.{namespace}.svc"),
+        client_ca_pem=auth.client_ca_pem,
+        allowed_names=auth.allowed_names,
+        max_metric_age_seconds=3600,
+    )
+    server = await start_metrics_api(settings, source, clock=lambda: now)
+    try:
+        yield server, now
+    finally:
+        await server.stop()
+
+
+async def test_kubectl_reads_metrics_through_the_aggregation_layer(
+    kube: KubeCluster, namespace: str, served: tuple[MetricsApiServer, datetime]
+) -> None:
+    server, _ = served
+    documents = local_manifests(namespace, server.port, server.serving_cert_pem)
+    applied = await kubectl(kube, "apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        base = "/apis/custom.metrics.k8s.io"
+        pods = await eventually_raw(
+            kube, f"{base}/v1beta2/namespaces/{namespace}/pods/*/wsgauge_connections"
+        )
+        assert pods["kind"] == "MetricValueList"
+        assert [(i["describedObject"]["name"], i["value"]) for i in pods["items"]] == [
+            ("chat-a", "7"),
+            ("chat-b", "21"),
+        ]
+        topic = await eventually_raw(
+            kube,
+            f"{base}/v1beta1/namespaces/{namespace}/pods/*/wsgauge_connections"
+            "?labelSelector=app%3Dchat&metricLabelSelector=topic%3Dstream",
+        )
+        assert [(i["metricName"], i["value"]) for i in topic["items"]] == [
+            ("wsgauge_connections", "5"),
+            ("wsgauge_connections", "1"),
+        ]
+        total = await eventually_raw(
+            kube,
+            f"{base}/v1beta2/namespaces/{namespace}/connectionstats.wsgauge.dev/chat/"
+            "wsgauge_connections",
+        )
+        assert total["items"][0]["value"] == "28"
+        available = await kubectl(
+            kube,
+            "get",
+            "apiservice",
+            "v1beta2.custom.metrics.k8s.io",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Available')].status}",
+        )
+        assert available.stdout == "True"
+        missing = await kubectl(
+            kube, "get", "--raw", f"{base}/v1beta2/namespaces/{namespace}/pods/chat-gone/x"
+        )
+        assert missing.returncode != 0
+        assert "NotFound" in missing.stderr or "not found" in missing.stderr.lower()
+    finally:
+        await kubectl(
+            kube,
+            "delete",
+            "apiservice",
+            "v1beta2.custom.metrics.k8s.io",
+            "v1beta1.custom.metrics.k8s.io",
+            "--ignore-not-found",
+        )
