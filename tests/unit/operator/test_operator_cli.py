@@ -1,0 +1,52 @@
+"""Unit tests of the operator's command line and environment settings."""
+
+from __future__ import annotations
+
+import pytest
+from wsgauge_operator.cli import build_parser, settings_from
+from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.settings import OperatorSettings
+
+
+def test_defaults() -> None:
+    assert settings_from([], environ={}) == OperatorSettings()
+
+
+def test_flags_and_environment() -> None:
+    settings = settings_from(
+        ["--kubeconfig", "/tmp/kc", "--status-interval", "500ms", "--namespaces", "a, b"],
+        environ={
+            "WSGAUGE_OPERATOR_STATUS_INTERVAL": "9s",
+            "WSGAUGE_OPERATOR_READ_TIMEOUT": "7",
+            "WSGAUGE_OPERATOR_READINESS": "false",
+            "WSGAUGE_OPERATOR_LISTEN": "127.0.0.1:18090",
+        },
+    )
+    assert settings.kube.kubeconfig == "/tmp/kc"
+    assert settings.kube.namespaces == ("a", "b")
+    assert settings.status.default_interval == 0.5  # the flag wins over the environment
+    assert settings.follower.read_timeout == 7.0
+    assert settings.readiness.enabled is False
+    assert settings.server.listen == "127.0.0.1:18090"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--read-timeout", "soon"],
+        ["--readiness", "maybe"],
+        ["--top-topics", "many"],
+        ["--log-level", "loud"],
+    ],
+)
+def test_bad_values_are_config_errors(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        settings_from(argv, environ={})
+
+
+def test_help_lists_every_option_with_its_default() -> None:
+    text = build_parser().format_help()
+    for flag in ("--kubeconfig", "--listen", "--status-interval", "--read-timeout", "--readiness"):
+        assert flag in text
+    assert "'0.0.0.0:8090'" in text
+    assert "WSGAUGE_OPERATOR_" in text

@@ -1,0 +1,125 @@
+"""Unit tests of ConnectionStats spec parsing, label selectors and durations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from wsgauge_operator.exceptions import SpecError
+from wsgauge_operator.spec import LabelSelector, SelectorRequirement, parse_duration, parse_spec
+
+
+def valid_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": "chat"}},
+        "sidecarPort": 9090,
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"},
+        "capacity": {"maxConnectionsPerPod": 5000, "minReadyPods": 2},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 50, "targetConnectionsPerPod": 1000},
+        "statusInterval": "1500ms",
+    }
+    spec.update(overrides)
+    return spec
+
+
+def test_full_spec_is_parsed() -> None:
+    spec = parse_spec(valid_spec())
+    assert spec.selector.match_labels == {"app": "chat"}
+    assert spec.sidecar_port == 9090
+    assert spec.target_ref is not None and spec.target_ref.name == "chat"
+    assert spec.capacity.max_connections_per_pod == 5000
+    assert spec.capacity.min_ready_pods == 2
+    assert spec.autoscaling is not None
+    assert (spec.autoscaling.min_replicas, spec.autoscaling.max_replicas) == (2, 50)
+    assert spec.status_interval == pytest.approx(1.5)
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    spec = parse_spec({"selector": {"matchLabels": {"app": "x"}}})
+    assert spec.sidecar_port == 9090
+    assert spec.capacity.max_connections_per_pod is None
+    assert spec.capacity.min_ready_pods == 1
+    assert spec.autoscaling is None
+    assert spec.status_interval is None
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"selector": {}}, "selector"),
+        ({"selector": None}, "selector"),
+        (
+            {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+            "selector.matchExpressions[0]",
+        ),
+        (
+            {"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            "selector.matchExpressions[0]",
+        ),
+        ({"sidecarPort": 0}, "sidecarPort"),
+        ({"sidecarPort": 70000}, "sidecarPort"),
+        ({"sidecarPort": "Bad_Name"}, "sidecarPort"),
+        ({"sidecarPort": True}, "sidecarPort"),
+        ({"capacity": {"maxConnectionsPerPod": 0}}, "capacity.maxConnectionsPerPod"),
+        ({"capacity": {"minReadyPods": -1}}, "capacity.minReadyPods"),
+        (
+            {"autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetConnectionsPerPod": 1}},
+            "autoscaling",
+        ),
+        ({"autoscaling": {"maxReplicas": 2}}, "autoscaling.targetConnectionsPerPod"),
+        ({"targetRef": None}, "targetRef"),
+        ({"targetRef": {"kind": "Deployment", "name": "x"}}, "targetRef.apiVersion"),
+        ({"statusInterval": "2 seconds"}, "statusInterval"),
+        ({"statusInterval": "0s"}, "statusInterval"),
+    ],
+)
+def test_invalid_specs_name_the_field(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(valid_spec(**override))
+    assert caught.value.field == field
+    assert f"spec.{field}" in str(caught.value)
+
+
+def test_spec_must_be_an_object() -> None:
+    with pytest.raises(SpecError):
+        parse_spec(["not", "a", "mapping"])
+
+
+def test_named_and_numeric_string_ports() -> None:
+    assert parse_spec(valid_spec(sidecarPort="wsgauge-admin")).sidecar_port == "wsgauge-admin"
+    assert parse_spec(valid_spec(sidecarPort="9191")).sidecar_port == 9191
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2s", 2.0), ("500ms", 0.5), ("1m30s", 90.0), ("1h", 3600.0), ("0.25s", 0.25)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "2", "s", "2x", "1m 30s", "-1s", "2s!"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_selector_matching() -> None:
+    selector = LabelSelector(
+        {"app": "chat"},
+        (
+            SelectorRequirement("tier", "In", ("web", "edge")),
+            SelectorRequirement("canary", "DoesNotExist"),
+            SelectorRequirement("zone", "NotIn", ("b",)),
+            SelectorRequirement("team", "Exists"),
+        ),
+    )
+    base = {"app": "chat", "tier": "web", "team": "x"}
+    assert selector.matches(base)
+    assert selector.matches({**base, "zone": "a"})
+    assert not selector.matches({**base, "zone": "b"})
+    assert not selector.matches({**base, "canary": "1"})
+    assert not selector.matches({**base, "tier": "db"})
+    assert not selector.matches({k: v for k, v in base.items() if k != "team"})
+    assert not selector.matches({**base, "app": "other"})
+    assert selector.to_query() == "app=chat,tier in (web,edge),!canary,zone notin (b),team"
