@@ -38,9 +38,12 @@ them not Ready, which puts them first in the deletion order anyway (rule 3).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from wsgauge_operator.metrics_source import PodMetrics
 
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 """The annotation the ReplicaSet controller reads."""
@@ -92,7 +95,7 @@ class CostPatch:
         return {"metadata": {"annotations": {DELETION_COST_ANNOTATION: str(self.cost)}}}
 
 
-def parse_deletion_cost(annotations: dict[str, str] | None) -> int | None:
+def parse_deletion_cost(annotations: Mapping[str, str] | None) -> int | None:
     """The pod's deletion cost annotation as an int, or None when absent or invalid.
 
     The ReplicaSet treats both as 0; the planner does too.
@@ -109,6 +112,36 @@ def parse_deletion_cost(annotations: dict[str, str] | None) -> int | None:
     if not MIN_COST <= value <= MAX_COST:
         return None
     return value
+
+
+def cost_inputs(
+    pods: Iterable[PodMetrics],
+    annotations: Mapping[str, Mapping[str, str] | None],
+    *,
+    now: datetime,
+    max_age_seconds: float,
+) -> list[PodCostInput]:
+    """Planner input for the target's pods: ``annotations`` maps each target pod's name to its
+    annotations; pods in ``pods`` that are unreachable, stale or not in ``annotations`` get
+    ``connections=None`` or are skipped (only pods named in ``annotations`` are returned)."""
+    by_name = {pod.name: pod for pod in pods}
+    result: list[PodCostInput] = []
+    for name in sorted(annotations):
+        pod = by_name.get(name)
+        fresh = (
+            pod is not None
+            and pod.reachable
+            and pod.observed_at is not None
+            and (now - pod.observed_at).total_seconds() <= max_age_seconds
+        )
+        result.append(
+            PodCostInput(
+                name=name,
+                connections=pod.connections if fresh and pod is not None else None,
+                current_cost=parse_deletion_cost(annotations[name]),
+            )
+        )
+    return result
 
 
 def cost_for(connections: int) -> int:

@@ -231,11 +231,8 @@ async def _start_site(
     except OSError:
         await runner.cleanup()
         raise
-    server = site._server  # aiohttp exposes no public accessor for the bound port
-    bound = port
-    sockets = getattr(server, "sockets", None)
-    if sockets:
-        bound = int(sockets[0].getsockname()[1])
+    addresses = runner.addresses
+    bound = int(addresses[0][1]) if addresses else port
     return runner, bound
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_operator.deletion_cost import (
@@ -11,11 +13,13 @@ from wsgauge_operator.deletion_cost import (
     DeletionCostSettings,
     PodCostInput,
     TokenBucket,
+    cost_inputs,
     order_is_exact,
     outside_band,
     parse_deletion_cost,
     plan_deletion_costs,
 )
+from wsgauge_operator.metrics_source import PodMetrics
 
 
 class FakeClock:
@@ -203,3 +207,26 @@ def test_rate_limit_is_never_exceeded(
             total += count
             assert total <= burst + rate * (moment - begin) + 1e-9
     assert sum(count for _, count in writes) <= burst + rate * (clock.now - start) + 1e-9
+
+
+def test_cost_inputs_from_metrics() -> None:
+    now = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    fresh = now - timedelta(seconds=1)
+    metrics = [
+        PodMetrics("prod", "a", {}, 5, {}, fresh, True),
+        PodMetrics("prod", "b", {}, 9, {}, fresh, False),
+        PodMetrics("prod", "c", {}, 7, {}, now - timedelta(minutes=5), True),
+        PodMetrics("prod", "other", {}, 1, {}, fresh, True),
+    ]
+    annotations = {
+        "a": {DELETION_COST_ANNOTATION: "4"},
+        "b": None,
+        "c": {},
+        "d": {DELETION_COST_ANNOTATION: "x"},
+    }
+    assert cost_inputs(metrics, annotations, now=now, max_age_seconds=30) == [
+        PodCostInput("a", 5, 4),
+        PodCostInput("b", None, None),
+        PodCostInput("c", None, None),
+        PodCostInput("d", None, None),
+    ]
