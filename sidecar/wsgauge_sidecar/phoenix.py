@@ -1,0 +1,378 @@
+"""Phoenix channels protocol reader: which topics a proxied socket is in.
+
+Pure and sans-I/O: the proxy feeds every text message of a ``phoenix`` socket
+(reassembled by :class:`wsgauge_sidecar.wsframes.MessageReader`) to one
+:class:`PhoenixSession`, ``client_message`` for client-to-server and
+``server_message`` for server-to-client, and applies the returned events
+(:class:`Joined`, :class:`Left`) to the counter. Messages are relayed unchanged.
+
+Protocol facts relied on (checked against the Phoenix source, phoenixframework/phoenix):
+
+* Serializers, ``lib/phoenix/socket/serializers/``: V1 (``vsn=1.0.0``) sends
+  objects ``{"topic", "event", "payload", "ref"}`` (``encode_v1_fields_only``
+  takes exactly these keys; a client may add ``join_ref``); V2 (``vsn=2.0.0``,
+  the JS client's ``DEFAULT_VSN``) sends arrays ``[join_ref, ref, topic, event,
+  payload]`` (``decode_text`` accepts trailing extra elements). The server
+  falls back to ``"1.0.0"`` when the query has no ``vsn``.
+* Replies (``encode!(%Reply{})``): event ``phx_reply`` with payload
+  ``{"status": "ok" | "error", "response": ...}`` and the ``ref`` (and in V2 the
+  ``join_ref``) of the message answered. A ``phx_join`` of an unmatched topic
+  gets status ``error`` without a join_ref.
+* Lifecycle events (``assets/js/phoenix/constants.js`` ``CHANNEL_EVENTS``):
+  ``phx_join``, ``phx_leave``, ``phx_reply``, ``phx_close``, ``phx_error``.
+  The server (``lib/phoenix/socket.ex``) sends ``phx_close`` when a channel
+  stops normally (e.g. after a leave) and ``phx_error`` when it crashes, both
+  with ``ref = join_ref`` of that channel (so in V1 the join_ref travels in
+  ``ref``, and is ``null`` for V1 clients that send none). A ``phx_leave`` is
+  honoured only if its join_ref is the channel's or ``null``.
+* A duplicate ``phx_join`` for a joined topic makes the server close the old
+  channel and answer the new join; the old channel's ``phx_close`` (old
+  join_ref) may arrive *after* the new join's ok reply. The JS client drops
+  lifecycle events whose join_ref is not the channel's current one
+  (``Channel.isMember``); so do we. Heartbeats use topic ``phoenix``, which is
+  never counted.
+* Binary frames (V2 only): client push ``<<0, join_ref_size, ref_size,
+  topic_size, event_size, join_ref, ref, topic, event, data>>``, server reply
+  ``<<1, join_ref_size, ref_size, topic_size, status_size, ...>>``, server push
+  ``<<0, join_ref_size, topic_size, event_size, ...>>`` and broadcast ``<<2,
+  topic_size, event_size, ...>>`` (``Phoenix.Socket.V2.JSONSerializer``).
+
+Counting rules: a topic is joined when the server's ``phx_reply`` with status
+``ok`` answers a pending ``phx_join`` (same topic and ref); it is left on the
+client's ``phx_leave`` (at once: the server always honours it) and on a server
+``phx_close`` or ``phx_error`` for the current join_ref. A rejoin of a joined
+topic is not counted twice. Topic names are cut to 200 characters
+(:func:`wsgauge_sidecar.topics.normalize_topic`); two topics equal in their
+first 200 characters count as one.
+
+Compression: in ``phoenix`` mode the proxy removes ``Sec-WebSocket-Extensions``
+from the upgrade request, so permessage-deflate is never negotiated; any frame
+with an RSV bit set is then a protocol error (close code 1002) in the frame
+reader, and this module only ever sees plain text.
+
+Memory is bounded per socket: at most ``max_pending_joins`` unanswered joins
+(the oldest is forgotten beyond that) and ``max_joined_topics`` joined topics
+(further joins are not tracked); refs longer than 200 characters are not
+tracked. Only :class:`PhoenixProtocolError` (close code 1007) escapes, for
+text that is not JSON or not of the serializer's shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl
+
+from wsgauge_sidecar.exceptions import PhoenixProtocolError
+from wsgauge_sidecar.topics import normalize_topic, split_target
+
+Serializer = Literal["v1", "v2"]
+"""The Phoenix JSON serializer in use: V1 objects or V2 arrays."""
+
+HEARTBEAT_TOPIC = "phoenix"
+"""Topic of the socket-level heartbeat; never counted."""
+
+MAX_REF_LENGTH = 200
+"""Refs (as text) longer than this are not tracked."""
+
+MAX_STALE_CLOSES = 8
+"""Outdated closes remembered per topic (see ``PhoenixSession._expect_stale_close``)."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The socket joined ``topic`` (the server accepted the join)."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class Left:
+    """The socket left ``topic``; ``reason`` is ``leave``, ``close`` or ``error``."""
+
+    topic: str
+    reason: str
+
+
+PhoenixEvent = Joined | Left
+"""What a message changed in the socket's topics."""
+
+
+@dataclass(frozen=True)
+class PhoenixMessage:
+    """One decoded Phoenix message (refs as sent: string, number or ``None``)."""
+
+    join_ref: object
+    ref: object
+    topic: str
+    event: str
+    payload: object
+
+
+def serializer_from_query(target: str) -> Serializer | None:
+    """The serializer a client asked for with ``vsn`` in the request target's query.
+
+    ``vsn=2.x`` is V2, ``vsn=1.x`` is V1; anything else (or none) is ``None``:
+    detect it from the first message.
+    """
+    _, query = split_target(target)
+    for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        if name == "vsn":
+            if value.startswith("2."):
+                return "v2"
+            if value.startswith("1."):
+                return "v1"
+            return None
+    return None
+
+
+def decode_text(text: str, serializer: Serializer | None) -> tuple[Serializer, PhoenixMessage]:
+    """Decode one text message; the serializer is detected from the shape if ``None``."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise PhoenixProtocolError("Phoenix message is not valid JSON") from None
+    if isinstance(data, list):
+        if serializer == "v1":
+            raise PhoenixProtocolError("V2 array message on a V1 socket")
+        if len(data) < 5:
+            raise PhoenixProtocolError("V2 message needs [join_ref, ref, topic, event, payload]")
+        join_ref, ref, topic, event, payload = data[:5]
+        found: Serializer = "v2"
+    elif isinstance(data, dict):
+        if serializer == "v2":
+            raise PhoenixProtocolError("V1 object message on a V2 socket")
+        topic, event = data.get("topic"), data.get("event")
+        join_ref, ref, payload = data.get("join_ref"), data.get("ref"), data.get("payload")
+        found = "v1"
+    else:
+        raise PhoenixProtocolError("Phoenix message must be a JSON array (V2) or object (V1)")
+    if not isinstance(topic, str) or not isinstance(event, str):
+        raise PhoenixProtocolError("Phoenix message topic and event must be strings")
+    return found, PhoenixMessage(join_ref, ref, topic, event, payload)
+
+
+def decode_binary(data: bytes, *, from_client: bool) -> PhoenixMessage | None:
+    """Decode a V2 binary frame; ``None`` for a broadcast (it never changes topics).
+
+    A reply (kind 1) is returned as event ``phx_reply`` with payload ``{"status": ...}``.
+    """
+    if not data:
+        raise PhoenixProtocolError("empty Phoenix binary message")
+    kind = data[0]
+    if kind == 2 and not from_client:
+        return None
+    if kind == 0 and from_client:
+        sizes, fields = _binary_fields(data, 4)
+        join_ref, ref, topic, event = fields
+        return PhoenixMessage(join_ref, ref, topic, event, data[1 + 4 + sum(sizes) :])
+    if kind == 0:
+        _, fields = _binary_fields(data, 3)
+        join_ref, topic, event = fields
+        return PhoenixMessage(join_ref, None, topic, event, None)
+    if kind == 1 and not from_client:
+        _, fields = _binary_fields(data, 4)
+        join_ref, ref, topic, status = fields
+        return PhoenixMessage(join_ref, ref, topic, "phx_reply", {"status": status})
+    raise PhoenixProtocolError(f"unknown Phoenix binary message kind {kind}")
+
+
+def _binary_fields(data: bytes, count: int) -> tuple[list[int], list[str]]:
+    sizes = list(data[1 : 1 + count])
+    if len(sizes) < count or len(data) < 1 + count + sum(sizes):
+        raise PhoenixProtocolError("truncated Phoenix binary message header")
+    fields: list[str] = []
+    position = 1 + count
+    for size in sizes:
+        try:
+            fields.append(data[position : position + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise PhoenixProtocolError("Phoenix binary header is not UTF-8") from None
+        position += size
+    return sizes, fields
+
+
+def encode_message(
+    serializer: Serializer,
+    *,
+    join_ref: object,
+    ref: object,
+    topic: str,
+    event: str,
+    payload: object,
+) -> str:
+    """Encode one message as the given serializer does (V1 adds ``join_ref`` if not None)."""
+    if serializer == "v2":
+        return json.dumps([join_ref, ref, topic, event, payload], separators=(",", ":"))
+    message: dict[str, object] = {"topic": topic, "event": event, "payload": payload, "ref": ref}
+    if join_ref is not None:
+        message["join_ref"] = join_ref
+    return json.dumps(message, separators=(",", ":"))
+
+
+class PhoenixSession:
+    """Follows one Phoenix socket and reports the topics it joins and leaves."""
+
+    def __init__(
+        self,
+        serializer: Serializer | None = None,
+        *,
+        max_pending_joins: int = 100,
+        max_joined_topics: int = 1000,
+    ) -> None:
+        self.serializer: Serializer | None = serializer
+        """The serializer in use; ``None`` until detected from the first message."""
+        self.max_pending_joins = max_pending_joins
+        """Unanswered joins remembered; beyond this the oldest is forgotten."""
+        self.max_joined_topics = max_joined_topics
+        """Joined topics tracked; further joins are not counted."""
+        # (topic, ref key) -> join_ref key of the phx_join waiting for its reply
+        self._pending: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # topic -> join_ref key of the channel currently joined
+        self._joined: dict[str, str] = {}
+        # topic -> phx_close/phx_error still expected for a channel already accounted
+        # for, when its join_ref cannot tell it apart (V1 sockets without join_refs)
+        self._stale_closes: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics the socket is in now."""
+        return frozenset(self._joined)
+
+    # -------------------------------------------------------------- text
+
+    def client_message(self, text: str) -> list[PhoenixEvent]:
+        """A text message from the client; returns the events it causes."""
+        self.serializer, message = decode_text(text, self.serializer)
+        return self._from_client(message)
+
+    def server_message(self, text: str) -> list[PhoenixEvent]:
+        """A text message from the server; returns the events it causes."""
+        self.serializer, message = decode_text(text, self.serializer)
+        return self._from_server(message)
+
+    # ------------------------------------------------------------ binary
+
+    def client_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+        """A binary message from the client (V2 binary push); ignored on V1 sockets."""
+        if self.serializer == "v1":
+            return []
+        self.serializer = "v2"
+        message = decode_binary(data, from_client=True)
+        return [] if message is None else self._from_client(message)
+
+    def server_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+        """A binary message from the server (V2 reply/push/broadcast); ignored on V1 sockets."""
+        if self.serializer == "v1":
+            return []
+        self.serializer = "v2"
+        message = decode_binary(data, from_client=False)
+        return [] if message is None else self._from_server(message)
+
+    # ------------------------------------------------------------- logic
+
+    def _from_client(self, message: PhoenixMessage) -> list[PhoenixEvent]:
+        topic = normalize_topic(message.topic)
+        if topic is None or topic == HEARTBEAT_TOPIC:
+            return []
+        if message.event == "phx_join":
+            ref, join_ref = _ref_key(message.ref), _ref_key(message.join_ref)
+            if ref is None or join_ref is None:
+                return []
+            self._pending[(topic, ref)] = join_ref
+            self._pending.move_to_end((topic, ref))
+            while len(self._pending) > self.max_pending_joins:
+                self._pending.popitem(last=False)
+            return []
+        if message.event == "phx_leave":
+            join_ref = _ref_key(message.join_ref) or ""
+            for key in [key for key in self._pending if key[0] == topic]:
+                if not join_ref or self._pending[key] == join_ref:
+                    del self._pending[key]
+            current = self._joined.get(topic)
+            if current is not None and (not join_ref or current == join_ref):
+                if not current:  # the phx_close that follows cannot be told apart
+                    self._expect_stale_close(topic)
+                return self._leave(topic, "leave")
+        return []
+
+    def _from_server(self, message: PhoenixMessage) -> list[PhoenixEvent]:
+        topic = normalize_topic(message.topic)
+        if topic is None or topic == HEARTBEAT_TOPIC:
+            return []
+        if message.event == "phx_reply":
+            ref = _ref_key(message.ref)
+            if ref is None:
+                return []
+            join_ref = self._pending.pop((topic, ref), None)
+            if join_ref is None or _reply_status(message.payload) != "ok":
+                return []
+            current = self._joined.get(topic)
+            if current is not None:  # rejoin: the old channel's close is still to come
+                if current == join_ref:
+                    self._expect_stale_close(topic)
+                self._joined[topic] = join_ref
+                return []
+            if len(self._joined) >= self.max_joined_topics:
+                return []
+            self._joined[topic] = join_ref
+            return [Joined(topic)]
+        if message.event in ("phx_close", "phx_error"):
+            # V2 carries the channel's join_ref in join_ref; V1 only in ref
+            sent = message.join_ref if self.serializer == "v2" else message.ref
+            join_ref = _ref_key(sent) or ""
+            current = self._joined.get(topic)
+            if join_ref and join_ref != current:
+                return []  # an older channel of this topic: outdated
+            stale = self._stale_closes.get(topic, 0)
+            if stale:
+                if stale == 1:
+                    del self._stale_closes[topic]
+                else:
+                    self._stale_closes[topic] = stale - 1
+                return []
+            if current is None:
+                return []
+            return self._leave(topic, "close" if message.event == "phx_close" else "error")
+        return []
+
+    def _expect_stale_close(self, topic: str) -> None:
+        """Remember that one phx_close/phx_error of ``topic`` is for a channel already gone."""
+        self._stale_closes[topic] = min(self._stale_closes.get(topic, 0) + 1, MAX_STALE_CLOSES)
+        self._stale_closes.move_to_end(topic)
+        while len(self._stale_closes) > self.max_pending_joins:
+            self._stale_closes.popitem(last=False)
+
+    def _leave(self, topic: str, reason: str) -> list[PhoenixEvent]:
+        del self._joined[topic]
+        return [Left(topic, reason)]
+
+
+def _ref_key(value: object) -> str | None:
+    """A ref as comparable text ("" for none); ``None`` if it is too long to track.
+
+    Refs compare as text because binary frames carry them as text
+    (``to_string(ref)`` in the V2 serializer).
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        if abs(value) >= 10**MAX_REF_LENGTH:
+            return None
+        text = str(value)
+    else:
+        try:
+            text = json.dumps(value, sort_keys=True)
+        except (ValueError, TypeError, RecursionError):
+            return None
+    return text if len(text) <= MAX_REF_LENGTH else None
+
+
+def _reply_status(payload: object) -> object:
+    return payload.get("status") if isinstance(payload, dict) else None
