@@ -20,8 +20,9 @@ pod's connection count, written sparingly:
   anchored at the last write, so a count oscillating around any value causes no
   write storm (fixed boundaries have no such hysteresis), and over ranks
   because one pod overtaking another rewrites nothing. The written value is the
-  exact count at that moment, so costs stay comparable with counts: pods whose
-  counts differ by more than the band ratio are always in the right order.
+  exact count at that moment, so costs stay comparable with counts: two pods
+  are always in the right order once ``b + 1 > band_ratio**2 * (a + 1 + min_change)``
+  (by default: one holds more than four times the other's count plus a few).
 - **Urgent pass.** When the served metric implies a scale-down
   (``desired_replicas < current replicas``), the band is ignored: if the
   current costs are not strictly ordered like the counts, every pod whose cost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from wsgauge_operator.deletion_cost import (
     DELETION_COST_ANNOTATION,
@@ -230,3 +230,37 @@ def test_cost_inputs_from_metrics() -> None:
         PodCostInput("c", None, None),
         PodCostInput("d", None, None),
     ]
+
+
+def in_band_cost(count: int, factor: float, offset: int, use_offset: bool) -> int:
+    return count + offset if use_offset else round((count + 1) * factor - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 100_000),
+    st.integers(1, 64),
+    st.floats(1.5, 8.0),
+    st.integers(0, 20),
+    st.tuples(st.floats(0.0, 1.0), st.integers(-20, 20), st.booleans()),
+    st.tuples(st.floats(0.0, 1.0), st.integers(-20, 20), st.booleans()),
+)
+def test_costs_in_band_order_clearly_different_counts(
+    low: int,
+    multiple: int,
+    ratio: float,
+    min_change: int,
+    low_shape: tuple[float, int, bool],
+    high_shape: tuple[float, int, bool],
+) -> None:
+    """The guarantee of the normal (banded) mode, as documented in the module."""
+    config = DeletionCostSettings(band_ratio=ratio, min_change=min_change)
+    high = int(ratio**2 * (low + 1 + min_change)) + multiple
+    costs = []
+    for count, (position, offset, use_offset) in ((low, low_shape), (high, high_shape)):
+        factor = ratio ** (2 * position - 1)  # anywhere in [1/ratio, ratio]
+        cost = in_band_cost(count, factor, max(-min_change, min(min_change, offset)), use_offset)
+        assume(not outside_band(count, cost, config))
+        costs.append(cost)
+    assert high + 1 > ratio**2 * (low + 1 + min_change)
+    assert costs[0] < costs[1]
