@@ -133,6 +133,10 @@ class _HeaderReader:
         self.buffer.clear()
         return header, position
 
+    def missing(self) -> int:
+        """Bytes still needed to complete the header, as far as known now (at least 1)."""
+        return max(1, self._needed() - len(self.buffer))
+
     def _needed(self) -> int:
         if len(self.buffer) < 2:
             return 2
@@ -203,6 +207,20 @@ class FrameBoundaryTracker:
     def close_code_seen(self) -> int | None:
         """Code of the first close frame seen (1005 if it had none), else ``None``."""
         return self._close_code_seen
+
+    @property
+    def bytes_to_boundary(self) -> int:
+        """0 at a boundary; else how many bytes can surely be fed without passing one.
+
+        Inside a payload this is exactly the rest of the frame; inside a header it is
+        what the header still lacks (the payload length is not known yet), so feeding
+        that many bytes at a time and checking :attr:`at_boundary` finds the boundary.
+        """
+        if self._payload_left:
+            return self._payload_left
+        if not self._headers.buffer:
+            return 0
+        return self._headers.missing()
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Follow ``data``; raise :class:`WebSocketProtocolError` (1002) on malformed frames."""

@@ -371,7 +371,7 @@ _actions = st.lists(
 )
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     actions=_actions,
     serializer=st.sampled_from(["v1", "v2"]),
@@ -491,7 +491,7 @@ def test_fuzz_session_raises_only_phoenix_protocol_errors(
         assert session.topics == joined
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     messages=st.lists(_phoenixish, max_size=8),
     noise=st.binary(max_size=12),

@@ -97,6 +97,24 @@ def test_tracker_boundary_positions() -> None:
     assert states == [False] * (len(frame) - 1) + [True]
 
 
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 300, 70000])
+def test_bytes_to_boundary_never_overshoots(size: int) -> None:
+    frame = encode_frame(Opcode.BINARY, b"q" * size, mask=True)
+    data = frame + frame
+    tracker = FrameBoundaryTracker(masked=True)
+    assert tracker.bytes_to_boundary == 0
+    position = 0
+    boundaries = []
+    while position < len(data):
+        step = tracker.bytes_to_boundary or 1
+        tracker.feed(data[position : position + step])
+        position += step
+        assert tracker.at_boundary == (tracker.bytes_to_boundary == 0)
+        if tracker.at_boundary:
+            boundaries.append(position)
+    assert boundaries == [len(frame), 2 * len(frame)]
+
+
 def test_close_without_code_is_1005() -> None:
     tracker = FrameBoundaryTracker(masked=False)
     tracker.feed(encode_frame(Opcode.CLOSE))
@@ -268,7 +286,7 @@ def outcome(feed: Callable[[bytes], object], pieces: list[bytes]) -> object:
     return results
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=_frames, masked=st.booleans(), cut=st.integers(1, 9))
 def test_fuzz_readers_raise_only_protocol_errors_and_ignore_splits(
     data: bytes, masked: bool, cut: int
