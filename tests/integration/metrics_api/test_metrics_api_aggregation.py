@@ -5,6 +5,8 @@ the Service lives in the test's namespace, the port is a free one, and instead o
 ``insecureSkipTLSVerify`` the APIService carries our self-signed certificate as ``caBundle``
 (so the aggregator really verifies the serving certificate). The request-header CA is read
 from ``kube-system/extension-apiserver-authentication`` with ``load_request_header_auth``.
+The second test lets the real HPA controller (kube-controller-manager) scale a Deployment of
+simulated pods on the served Pods metric, with the HPA manifest from ``hpa.build_hpa``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 from wsgauge_devcluster.testing import KubeCluster
+from wsgauge_operator.hpa import build_hpa
 from wsgauge_operator.metrics_api import MetricsApiServer, MetricsApiSettings, start_metrics_api
 from wsgauge_operator.metrics_api_tls import load_request_header_auth
 from wsgauge_operator.metrics_source import (
@@ -82,7 +85,7 @@ async def eventually_raw(
 @pytest.fixture
 async def served(
     kube: KubeCluster, namespace: str
-) -> AsyncIterator[tuple[MetricsApiServer, datetime]]:
+) -> AsyncIterator[tuple[MetricsApiServer, StaticMetricsSource]]:
     api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(kube.kubeconfig)
     )
@@ -109,13 +112,13 @@ async def served(
     )
     server = await start_metrics_api(settings, source, clock=lambda: now)
     try:
-        yield server, now
+        yield server, source
     finally:
         await server.stop()
 
 
 async def test_kubectl_reads_metrics_through_the_aggregation_layer(
-    kube: KubeCluster, namespace: str, served: tuple[MetricsApiServer, datetime]
+    kube: KubeCluster, namespace: str, served: tuple[MetricsApiServer, StaticMetricsSource]
 ) -> None:
     server, _ = served
     documents = local_manifests(namespace, server.port, server.serving_cert_pem)
@@ -160,6 +163,100 @@ async def test_kubectl_reads_metrics_through_the_aggregation_layer(
         )
         assert missing.returncode != 0
         assert "NotFound" in missing.stderr or "not found" in missing.stderr.lower()
+    finally:
+        await kubectl(
+            kube,
+            "delete",
+            "apiservice",
+            "v1beta2.custom.metrics.k8s.io",
+            "v1beta1.custom.metrics.k8s.io",
+            "--ignore-not-found",
+        )
+
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: chat}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: chat}}
+  template:
+    metadata: {labels: {app: chat}}
+    spec:
+      containers: [{name: app, image: registry.k8s.io/pause:3.10}]
+"""
+
+
+async def running_pods(kube: KubeCluster, namespace: str) -> list[str]:
+    result = await kubectl(kube, "get", "pods", "-n", namespace, "-l", "app=chat", "-o", "json")
+    if result.returncode != 0:
+        return []
+    return sorted(
+        pod["metadata"]["name"]
+        for pod in json.loads(result.stdout)["items"]
+        if pod.get("status", {}).get("phase") == "Running"
+    )
+
+
+async def test_real_hpa_controller_scales_on_the_served_metric(
+    kube: KubeCluster, namespace: str, served: tuple[MetricsApiServer, StaticMetricsSource]
+) -> None:
+    """The HPA controller of kube-controller-manager reads our Pods metric and acts on it."""
+    server, source = served
+    documents = local_manifests(namespace, server.port, server.serving_cert_pem)
+    applied = await kubectl(kube, "apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        created = await kubectl(kube, "apply", "-n", namespace, "-f", "-", input_text=DEPLOYMENT)
+        assert created.returncode == 0, created.stderr
+        deadline = time.monotonic() + 90
+        pods: list[str] = []
+        while time.monotonic() < deadline and len(pods) < 2:
+            pods = await running_pods(kube, namespace)
+            await asyncio.sleep(0.5)
+        assert len(pods) == 2, f"pods not running: {pods}"
+        now = datetime.now(UTC).replace(microsecond=0)
+        for name in ("chat-a", "chat-b", "chat-gone"):
+            source.remove_pod(namespace, name)
+        for name in pods:  # 120 sockets over 2 pods, 20 per pod wanted: 6 replicas
+            source.set_pod(PodMetrics(namespace, name, {"app": "chat"}, 60, {}, now, True))
+        hpa = build_hpa(
+            {
+                "metadata": {"name": "chat", "namespace": namespace, "uid": "not-a-real-owner"},
+                "spec": {
+                    "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"},
+                    "autoscaling": {
+                        "minReplicas": 1,
+                        "maxReplicas": 10,
+                        "targetConnectionsPerPod": 20,
+                    },
+                },
+            }
+        )
+        assert hpa is not None
+        del hpa["metadata"]["ownerReferences"]  # no ConnectionStats here: the GC would delete it
+        made = await kubectl(kube, "apply", "-f", "-", input_text=json.dumps(hpa))
+        assert made.returncode == 0, made.stderr
+        deadline = time.monotonic() + 120
+        replicas = 2
+        while time.monotonic() < deadline and replicas != 6:
+            result = await kubectl(
+                kube,
+                "get",
+                "deployment",
+                "chat",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.spec.replicas}",
+            )
+            replicas = int(result.stdout or 0)
+            await asyncio.sleep(1.0)
+        status = await kubectl(kube, "get", "hpa", "chat", "-n", namespace, "-o", "json")
+        assert replicas == 6, status.stdout
+        metric = json.loads(status.stdout)["status"]["currentMetrics"][0]["pods"]
+        assert metric["metric"]["name"] == "wsgauge_connections"
     finally:
         await kubectl(
             kube,
