@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from wsgauge_operator.exceptions import SpecError
+from wsgauge_operator.metrics_api_core import servable_pods
+from wsgauge_operator.metrics_source import MetricsSource
 
 METRIC_NAME = "wsgauge_connections"
 """Name of the metric served by the custom metrics API."""
@@ -332,3 +335,42 @@ def desired_replicas(
             ):
                 wanted = current_replicas
     return max(min_replicas, min(max_replicas, wanted))
+
+
+def desired_replicas_from_source(
+    source: MetricsSource,
+    *,
+    namespace: str,
+    running_pods: Iterable[str],
+    current_replicas: int,
+    target_per_pod: int,
+    min_replicas: int,
+    max_replicas: int,
+    topic: str | None = None,
+    now: datetime,
+    max_age_seconds: float,
+) -> int:
+    """:func:`desired_replicas` fed exactly what the HPA gets from our metrics API.
+
+    ``running_pods``: names of the target's pods in phase Running and not being
+    deleted (what the HPA lists with the target's selector). Their served values
+    (reachable, fresh; one topic's count when ``topic`` is set) are the metrics;
+    running pods without a served value are the HPA's "missing" pods.
+    """
+    served = {pod.name: pod for pod in servable_pods(source, namespace, now, max_age_seconds)}
+    values: list[int] = []
+    missing = 0
+    for name in running_pods:
+        pod = served.get(name)
+        if pod is None:
+            missing += 1
+        else:
+            values.append(pod.connections if topic is None else pod.topics.get(topic, 0))
+    return desired_replicas(
+        current_replicas=current_replicas,
+        pod_connections=values,
+        target_per_pod=target_per_pod,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        missing_pods=missing,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from wsgauge_operator.exceptions import SpecError
 from wsgauge_operator.hpa import (
     build_hpa,
     desired_replicas,
+    desired_replicas_from_source,
     hpa_is_owned_by,
     hpa_needs_update,
     parse_quantity,
 )
+from wsgauge_operator.metrics_source import PodMetrics, StaticMetricsSource
 
 
 def connection_stats(**autoscaling: Any) -> dict[str, Any]:
@@ -275,3 +278,37 @@ def test_matches_ceil_of_sum_over_target_outside_tolerance(
         assert result == current
     else:
         assert result == max(lo, min(hi, math.ceil(ratio * len(values))))
+
+
+def test_desired_replicas_from_source_sees_what_the_hpa_sees() -> None:
+    now = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    fresh = now - timedelta(seconds=2)
+    source = StaticMetricsSource(
+        pods=[
+            PodMetrics("prod", "a", {"app": "chat"}, 60, {"stream": 50}, fresh, True),
+            PodMetrics("prod", "b", {"app": "chat"}, 60, {"stream": 10}, fresh, True),
+            PodMetrics("prod", "down", {"app": "chat"}, 500, {}, fresh, False),
+            PodMetrics("prod", "old", {"app": "chat"}, 500, {}, now - timedelta(hours=1), True),
+        ]
+    )
+
+    def run(running: list[str], topic: str | None = None) -> int:
+        return desired_replicas_from_source(
+            source,
+            namespace="prod",
+            running_pods=running,
+            current_replicas=len(running),
+            target_per_pod=20,
+            min_replicas=1,
+            max_replicas=10,
+            topic=topic,
+            now=now,
+            max_age_seconds=30,
+        )
+
+    assert run(["a", "b"]) == 6
+    assert run(["a", "b"], topic="stream") == 3
+    # unreachable and stale pods are "missing": on a scale-up they count as 0
+    assert run(["a", "b", "down", "old"]) == calc(4, [60, 60], 20, 1, 10, missing_pods=2)
+    assert run(["a", "b", "down", "old"]) == 6
+    assert run([]) == 0  # replicas 0: the HPA treats autoscaling as disabled
