@@ -164,8 +164,7 @@ class WebSocketRelay:
         self._close_pending: int | None = None
         self._close_sent = False
         self._discard_client = False
-        self._client_eof = False
-        self._upstream_eof = False
+        self._gone_first: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         if not counted:
             return  # a 101 to something other than a WebSocket: a plain tunnel
@@ -301,8 +300,8 @@ class WebSocketRelay:
 
     def _close_timed_out(self) -> None:
         self._timer = None
-        log.info("socket %s: close handshake not finished in time, cutting it", self.socket_id)
-        self.end("close_timeout" if self.end_reason is None else self.end_reason, abort=True)
+        log.info("socket %s: close not finished in time, cutting it", self.socket_id)
+        self.end(self._reason("close_timeout"), abort=True)
 
     def protocol_error(
         self, code: int, side: str, error: Exception, *, at_boundary: bool = True
@@ -321,42 +320,44 @@ class WebSocketRelay:
     # -- connection ends -------------------------------------------------------------------
 
     def client_eof(self) -> bool:
-        """The client half-closed: pass it on; keep our side open for the reply."""
-        self._client_eof = True
-        if self._upstream_eof or self.upstream.lost:
+        """The client half-closed: pass it on; the app has ``close_timeout`` s to finish."""
+        self._note_gone("client_gone")
+        if self.upstream.lost:
             self.end(self._reason("client_gone"), abort=False)
             return False
         if self._upstream_transport.can_write_eof():
             self._upstream_transport.write_eof()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.client.proxy.close_timeout, self._close_timed_out
+            )
         return True
 
     def upstream_eof(self) -> bool:
-        """The app half-closed: pass it on."""
-        self._upstream_eof = True
-        if self._client_eof or self.client.transport is None:
-            self.end(self._reason("upstream_gone"), abort=False)
-            return False
-        if self._close_pending is not None:
-            self._close_pending = None  # the app is gone mid-frame: no boundary will come
-        if self._client_transport.can_write_eof():
-            self._client_transport.write_eof()
-        return True
+        """The app closed its side: the WebSocket is over (the server closes TCP first)."""
+        self._note_gone("upstream_gone")
+        self.end(self._reason("upstream_gone"), abort=False)
+        return False
 
     def client_lost(self, exc: Exception | None) -> None:
         """The client connection is gone (``exc`` set: reset or error)."""
+        self._note_gone("client_gone")
         self.end(self._reason("client_gone"), abort=exc is not None)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         """The app connection is gone."""
+        self._note_gone("upstream_gone")
         self.end(self._reason("upstream_gone"), abort=exc is not None)
 
+    def _note_gone(self, side_gone: str) -> None:
+        """Remember how the socket ended, at the first sign of one side going away."""
+        if self._gone_first is None:
+            tracker = self.tracker
+            closing = tracker is not None and tracker.close_code_seen is not None
+            self._gone_first = "normal" if closing else side_gone
+
     def _reason(self, default: str) -> str:
-        if self.end_reason is not None:
-            return self.end_reason
-        tracker = self.tracker
-        if tracker is not None and tracker.close_code_seen is not None:
-            return "normal"
-        return default
+        return self.end_reason or self._gone_first or default
 
     def end(self, reason: str, *, abort: bool) -> None:
         """Uncount (exactly once) and close both connections."""

@@ -10,9 +10,9 @@ from sidecar_it_harness import DemoAppProcess, SidecarProcess
 SidecarFactory = Callable[..., SidecarProcess]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo_app() -> Iterator[DemoAppProcess]:
-    """A fresh ``wsgauge-demo-app`` on a free loopback port."""
+    """A ``wsgauge-demo-app`` on a free loopback port, shared by the tests of a module."""
     app = DemoAppProcess()
     try:
         yield app
