@@ -117,6 +117,18 @@ class _HeaderReader:
 
     def take(self, data: bytes | memoryview, position: int) -> tuple[_FrameHeader | None, int]:
         """Consume header bytes from ``data[position:]``; the header once complete."""
+        if not self.buffer:  # fast path: the whole header is in ``data``
+            available = len(data) - position
+            if available >= 2:
+                first, second = data[position], data[position + 1]
+                short_length = second & 0x7F
+                needed = (4 if short_length == 126 else 10 if short_length == 127 else 2) + (
+                    4 if second & 0x80 else 0
+                )
+                if available >= needed:
+                    _check_first_bytes(first, second, self.expect_masked)
+                    header = _decode_header(first, second, data[position + 2 : position + needed])
+                    return header, position + needed
         while True:
             needed = self._needed()
             missing = needed - len(self.buffer)
@@ -128,8 +140,8 @@ class _HeaderReader:
             self.buffer += chunk
             position += len(chunk)
             if len(self.buffer) == 2:
-                self._check_first_bytes()
-        header = self._decode()
+                _check_first_bytes(self.buffer[0], self.buffer[1], self.expect_masked)
+        header = _decode_header(self.buffer[0], self.buffer[1], self.buffer[2:])
         self.buffer.clear()
         return header, position
 
@@ -144,41 +156,42 @@ class _HeaderReader:
         extra = 2 if short_length == 126 else 8 if short_length == 127 else 0
         return 2 + extra + (4 if self.buffer[1] & 0x80 else 0)
 
-    def _check_first_bytes(self) -> None:
-        first, second = self.buffer[0], self.buffer[1]
-        opcode = first & 0x0F
-        if opcode not in _KNOWN_OPCODES:
-            raise WebSocketProtocolError(f"reserved opcode {opcode:#x}", PROTOCOL_ERROR)
-        if bool(second & 0x80) != self.expect_masked:
-            which = "unmasked" if self.expect_masked else "masked"
-            raise WebSocketProtocolError(f"{which} frame in this direction", PROTOCOL_ERROR)
-        if opcode >= Opcode.CLOSE:
-            if not first & 0x80:
-                raise WebSocketProtocolError("fragmented control frame", PROTOCOL_ERROR)
-            if second & 0x7F > MAX_CONTROL_PAYLOAD:
-                raise WebSocketProtocolError("control frame payload over 125 bytes", PROTOCOL_ERROR)
 
-    def _decode(self) -> _FrameHeader:
-        first, second = self.buffer[0], self.buffer[1]
-        length = second & 0x7F
+def _check_first_bytes(first: int, second: int, expect_masked: bool) -> None:
+    opcode = first & 0x0F
+    if opcode not in _KNOWN_OPCODES:
+        raise WebSocketProtocolError(f"reserved opcode {opcode:#x}", PROTOCOL_ERROR)
+    if bool(second & 0x80) != expect_masked:
+        which = "unmasked" if expect_masked else "masked"
+        raise WebSocketProtocolError(f"{which} frame in this direction", PROTOCOL_ERROR)
+    if opcode >= 0x8:
+        if not first & 0x80:
+            raise WebSocketProtocolError("fragmented control frame", PROTOCOL_ERROR)
+        if second & 0x7F > MAX_CONTROL_PAYLOAD:
+            raise WebSocketProtocolError("control frame payload over 125 bytes", PROTOCOL_ERROR)
+
+
+def _decode_header(first: int, second: int, rest: bytes | bytearray | memoryview) -> _FrameHeader:
+    """A header from its first two bytes and the rest (extended length, mask key)."""
+    length = second & 0x7F
+    offset = 0
+    if length == 126:
+        length = int.from_bytes(rest[0:2], "big")
         offset = 2
-        if length == 126:
-            length = int.from_bytes(self.buffer[2:4], "big")
-            offset = 4
-        elif length == 127:
-            length = int.from_bytes(self.buffer[2:10], "big")
-            offset = 10
-            if length >> 63:
-                raise WebSocketProtocolError("frame length with its top bit set", PROTOCOL_ERROR)
-        masked = bool(second & 0x80)
-        return _FrameHeader(
-            fin=bool(first & 0x80),
-            rsv=(first >> 4) & 0x07,
-            opcode=first & 0x0F,
-            masked=masked,
-            length=length,
-            mask_key=bytes(self.buffer[offset : offset + 4]) if masked else b"",
-        )
+    elif length == 127:
+        length = int.from_bytes(rest[0:8], "big")
+        offset = 8
+        if length >> 63:
+            raise WebSocketProtocolError("frame length with its top bit set", PROTOCOL_ERROR)
+    masked = bool(second & 0x80)
+    return _FrameHeader(
+        fin=bool(first & 0x80),
+        rsv=(first >> 4) & 0x07,
+        opcode=first & 0x0F,
+        masked=masked,
+        length=length,
+        mask_key=bytes(rest[offset : offset + 4]) if masked else b"",
+    )
 
 
 class FrameBoundaryTracker:
@@ -195,13 +208,17 @@ class FrameBoundaryTracker:
         self._close_bytes: bytearray | None = None
         self._close_key = b""
         self._close_code_seen: int | None = None
+        self._failed: WebSocketProtocolError | None = None
         self.frames_seen = 0
         """Complete frame headers read so far."""
 
     @property
     def at_boundary(self) -> bool:
-        """True between two frames (no partial frame header or payload pending)."""
-        return self._payload_left == 0 and not self._headers.buffer
+        """True between two frames (no partial frame header or payload pending).
+
+        Always False after a protocol error: nothing may be injected into a broken stream.
+        """
+        return self._payload_left == 0 and not self._headers.buffer and self._failed is None
 
     @property
     def close_code_seen(self) -> int | None:
@@ -218,15 +235,31 @@ class FrameBoundaryTracker:
         """
         if self._payload_left:
             return self._payload_left
+        if self._failed is not None:
+            return 1  # never at a boundary again; feeding re-raises the error
         if not self._headers.buffer:
             return 0
         return self._headers.missing()
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Follow ``data``; raise :class:`WebSocketProtocolError` (1002) on malformed frames."""
+        """Follow ``data``; raise :class:`WebSocketProtocolError` (1002) on malformed frames.
+
+        After an error every further call raises the same error again.
+        """
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self._feed(data)
+        except WebSocketProtocolError as error:
+            self._failed = error
+            raise
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         position = 0
         size = len(view)
+        headers = self._headers
+        expect_masked = headers.expect_masked
         while position < size:
             if self._payload_left:
                 used = min(self._payload_left, size - position)
@@ -235,7 +268,24 @@ class FrameBoundaryTracker:
                 position += used
                 self._payload_left -= used
                 continue
-            header, position = self._headers.take(view, position)
+            # Fast path (the usual case): a whole header of an unfragmented data
+            # frame in ``data``; everything else takes the general path below.
+            if not headers.buffer and size - position >= 2:
+                first, second = view[position], view[position + 1]
+                if first in (0x81, 0x82) and bool(second & 0x80) == expect_masked:
+                    length = second & 0x7F
+                    header_size = 2 + (4 if expect_masked else 0)
+                    if length == 126:
+                        header_size += 2
+                        length = int.from_bytes(view[position + 2 : position + 4], "big")
+                    elif length == 127:
+                        header_size = size + 1  # rare: leave it to the general path
+                    if size - position >= header_size and not self._in_fragmented_message:
+                        self.frames_seen += 1
+                        position += header_size
+                        self._payload_left = length
+                        continue
+            header, position = headers.take(view, position)
             if header is None:
                 return
             self._start_frame(header)

@@ -115,6 +115,15 @@ def test_bytes_to_boundary_never_overshoots(size: int) -> None:
     assert boundaries == [len(frame), 2 * len(frame)]
 
 
+def test_tracker_stays_failed_after_an_error() -> None:
+    tracker = FrameBoundaryTracker(masked=True)
+    with pytest.raises(WebSocketProtocolError):
+        tracker.feed(encode_frame(Opcode.TEXT, b"unmasked"))
+    assert not tracker.at_boundary and tracker.bytes_to_boundary == 1
+    with pytest.raises(WebSocketProtocolError):
+        tracker.feed(encode_frame(Opcode.TEXT, b"ok", mask=True))
+
+
 def test_close_without_code_is_1005() -> None:
     tracker = FrameBoundaryTracker(masked=False)
     tracker.feed(encode_frame(Opcode.CLOSE))
