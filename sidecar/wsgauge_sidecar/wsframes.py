@@ -54,6 +54,7 @@ class Opcode(enum.IntEnum):
 
 
 _DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY})
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 _KNOWN_OPCODES = frozenset(int(opcode) for opcode in Opcode)
 
 
@@ -367,9 +368,19 @@ class MessageReader:
         messages: list[WsMessage] = []
         position = 0
         size = len(view)
+        headers = self._headers
+        expect_masked = headers.expect_masked
         while position < size:
+            # Fast path (the usual case): a whole unfragmented text/binary frame
+            # with a short header, entirely in ``data``, outside any fragmented message.
+            if self._frame is None and self._message_opcode is None and not headers.buffer:
+                fast = self._whole_frame(view, position, size, expect_masked)
+                if fast is not None:
+                    messages.append(fast[0])
+                    position = fast[1]
+                    continue
             if self._frame is None:
-                header, position = self._headers.take(view, position)
+                header, position = headers.take(view, position)
                 if header is None:
                     break
                 self._start_frame(header)
@@ -391,6 +402,45 @@ class MessageReader:
             if message is not None:
                 messages.append(message)
         return messages
+
+    def _whole_frame(
+        self, view: bytes | memoryview, position: int, size: int, expect_masked: bool
+    ) -> tuple[WsMessage, int] | None:
+        """The frame at ``position`` as a message if it is simple and complete, else None."""
+        if size - position < 2:
+            return None
+        first, second = view[position], view[position + 1]
+        if first not in (0x81, 0x82) or bool(second & 0x80) != expect_masked:
+            return None
+        length = second & 0x7F
+        start = position + 2
+        if length == 126:
+            length = int.from_bytes(view[start : start + 2], "big")
+            start += 2
+        elif length == 127:
+            return None
+        key_start = start
+        if expect_masked:
+            start += 4
+        end = start + length
+        if end > size:
+            return None
+        if length > self.max_message_bytes:
+            raise WebSocketProtocolError(
+                f"message larger than {self.max_message_bytes} bytes", MESSAGE_TOO_BIG
+            )
+        payload = bytes(view[start:end])
+        if expect_masked:
+            payload = _unmask(payload, bytes(view[key_start:start]))
+        opcode = _TEXT if first == 0x81 else _BINARY
+        if opcode is _TEXT:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise WebSocketProtocolError(
+                    "text message is not valid UTF-8", INVALID_PAYLOAD
+                ) from None
+        return WsMessage(opcode, payload), end
 
     def _start_frame(self, header: _FrameHeader) -> None:
         if header.rsv:
