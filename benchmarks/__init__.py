@@ -1,0 +1,16 @@
+"""wsgauge benchmarks: ``make bench`` (``python -m benchmarks.run``).
+
+The sidecar benchmark measures, on this machine and in one run, the sidecar
+against a direct connection and against nginx proxying the same WebSocket load:
+the proxy's own CPU time per relayed message, the added round-trip latency
+(p50/p99) and the memory per idle socket, for the ``path`` and ``phoenix`` topic
+rules, and writes the figures to ``docs/benchmarks.md``.
+
+Modules: :mod:`~benchmarks.wsproto` (minimal RFC 6455 framing),
+:mod:`~benchmarks.echo_server` (the upstream of the ``path`` runs),
+:mod:`~benchmarks.loadgen` (the load generator, run as worker processes),
+:mod:`~benchmarks.procstat` (``/proc`` readings), :mod:`~benchmarks.targets`
+(the processes under test: upstreams, sidecar, nginx), :mod:`~benchmarks.suite`
+(the measurements), :mod:`~benchmarks.report` (the Markdown) and
+:mod:`~benchmarks.run` (the command line).
+"""

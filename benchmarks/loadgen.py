@@ -1,0 +1,384 @@
+"""The load generator: raw asyncio WebSocket clients, run as worker processes.
+
+``python -m benchmarks.loadgen --task throughput|latency|idle ...`` opens its
+sockets (in ``phoenix`` mode each socket also joins a channel and waits for the
+``phx_reply``), prints ``{"event": "ready", ...}`` as one JSON line on stdout,
+waits for the line ``go`` on stdin, does its task, prints ``{"event": "done",
+...}``, and (task ``idle``) holds its sockets until the line ``close``.
+
+Tasks:
+
+* ``throughput``: every socket runs a closed loop (send one message, wait for
+  its reply, send the next) until the worker has done ``--round-trips``;
+* ``latency``: one socket, ``--warmup`` untimed round trips, then
+  ``--round-trips`` timed ones one after the other; p50/p99/mean in µs;
+* ``idle``: the sockets stay open and silent.
+
+The client does no per-message work beyond counting frames: each socket's
+message frame is built and masked (with a random key) once, replies are only
+counted (:class:`~benchmarks.wsproto.FrameCounter`). Sockets can be spread over
+several loopback source addresses (``--sources``) so that many thousands of
+them never run out of ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from benchmarks.exceptions import LoadError
+from benchmarks.wsproto import (
+    HEAD_END,
+    OP_TEXT,
+    FrameCounter,
+    encode_frame,
+    handshake_request,
+    new_mask_key,
+)
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+"""Linux: bind a source address without reserving a port until ``connect``."""
+
+PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
+TOPICS = 10
+"""Sockets are spread over this many topics (``/ws/room0`` ... or ``room:0`` ...)."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each socket of a worker does."""
+
+    mode: str = "path"
+    """``path`` (echo server, topic = request path) or ``phoenix`` (Phoenix v2 channels)."""
+    payload_bytes: int = 64
+    """Size of the message body (path: the whole text message; phoenix: the ``body`` field)."""
+
+    def target(self, index: int) -> str:
+        """The request target of socket number ``index``."""
+        if self.mode == "phoenix":
+            return PHOENIX_PATH
+        return f"/ws/room{index % TOPICS}"
+
+    def join_message(self, index: int) -> bytes | None:
+        """The Phoenix ``phx_join`` of socket ``index`` (None in path mode)."""
+        if self.mode != "phoenix":
+            return None
+        return json.dumps(["1", "1", f"room:{index % TOPICS}", "phx_join", {}]).encode()
+
+    def message(self, index: int) -> bytes:
+        """The message socket ``index`` sends in every round trip."""
+        body = "x" * self.payload_bytes
+        if self.mode == "phoenix":
+            return json.dumps(["1", "2", f"room:{index % TOPICS}", "msg", {"body": body}]).encode()
+        return body.encode()
+
+
+def percentile(sorted_values: Sequence[int | float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+class BenchSocket(asyncio.Protocol):
+    """One client WebSocket: handshake, then closed-loop round trips or silence."""
+
+    def __init__(self, request: bytes, accept: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._request = request
+        self._accept = accept
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self._head = bytearray()
+        self._open = False
+        self.counter = FrameCounter()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wait_for_frames = 0
+        self._frame = b""
+        self._remaining = 0
+        self._done: asyncio.Future[None] | None = None
+        self.times: list[int] | None = None
+        self._sent_at = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._open:
+            self._head += data
+            end = self._head.find(HEAD_END)
+            if end < 0:
+                return
+            head = bytes(self._head[:end])
+            rest = bytes(self._head[end + 4 :])
+            self._head.clear()
+            status_line = head.split(b"\r\n", 1)[0]
+            if b" 101 " not in status_line + b" " or self._accept not in head:
+                self._fail(LoadError(f"upgrade refused: {status_line.decode(errors='replace')}"))
+                return
+            self._open = True
+            if not self.opened.done():
+                self.opened.set_result(None)
+            if not rest:
+                return
+            data = rest
+        completed = self.counter.feed(data)
+        if not completed:
+            return
+        if self._remaining:
+            times = self.times
+            if times is not None:
+                times.append(time.perf_counter_ns() - self._sent_at)
+            self._remaining -= completed
+            if self._remaining > 0:
+                if times is not None:
+                    self._sent_at = time.perf_counter_ns()
+                assert self.transport is not None
+                self.transport.write(self._frame)
+            elif self._done is not None and not self._done.done():
+                self._remaining = 0
+                self._done.set_result(None)
+        elif (
+            self._waiter is not None
+            and not self._waiter.done()
+            and self.counter.frames >= self._wait_for_frames
+        ):
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(LoadError(f"socket closed early: {exc or 'by the peer'}"))
+
+    def _fail(self, error: LoadError) -> None:
+        for future in (self.opened, self._waiter, self._done):
+            if future is not None and not future.done():
+                future.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def request_reply(self, message: bytes, mask_key: bytes) -> None:
+        """Send one text message and wait for one frame back (the Phoenix join)."""
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._wait_for_frames = self.counter.frames + 1
+        self.transport.write(encode_frame(message, OP_TEXT, mask_key))
+        await self._waiter
+
+    def round_trips(self, frame: bytes, count: int, *, timed: bool) -> asyncio.Future[None]:
+        """Start ``count`` closed-loop round trips of ``frame``; the future ends with them."""
+        assert self.transport is not None and count > 0
+        self._done = asyncio.get_running_loop().create_future()
+        self._frame = frame
+        self._remaining = count
+        self.times = [] if timed else None
+        self._sent_at = time.perf_counter_ns()
+        self.transport.write(frame)
+        return self._done
+
+    def close(self) -> None:
+        """Send a close frame and close TCP."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(b"\x03\xe8", 0x8, new_mask_key()))
+            self.transport.close()
+
+
+async def open_socket(
+    host: str, port: int, target: str, source: str, timeout: float
+) -> BenchSocket:
+    """Connect from ``source`` and complete the WebSocket handshake."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source != "127.0.0.1":
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+    except (OSError, TimeoutError) as error:
+        sock.close()
+        raise LoadError(f"cannot connect to {host}:{port} from {source}: {error!r}") from None
+    request, accept = handshake_request(host, port, target)
+    _, protocol = await loop.create_connection(lambda: BenchSocket(request, accept), sock=sock)
+    try:
+        await asyncio.wait_for(protocol.opened, timeout)
+    except TimeoutError:
+        protocol.close()
+        raise LoadError(f"handshake with {host}:{port}{target} timed out") from None
+    return protocol
+
+
+async def open_sockets(
+    host: str,
+    port: int,
+    workload: Workload,
+    count: int,
+    *,
+    first_index: int = 0,
+    sources: Sequence[str] = ("127.0.0.1",),
+    parallel: int = 64,
+    timeout: float = 30.0,
+) -> list[tuple[BenchSocket, bytes]]:
+    """Open ``count`` sockets (joined, in phoenix mode); each with its masked message frame."""
+    limiter = asyncio.Semaphore(parallel)
+
+    async def one(index: int) -> tuple[BenchSocket, bytes]:
+        async with limiter:
+            source = sources[index % len(sources)]
+            bench = await open_socket(host, port, workload.target(index), source, timeout)
+            mask_key = new_mask_key()
+            join = workload.join_message(index)
+            if join is not None:
+                await asyncio.wait_for(bench.request_reply(join, mask_key), timeout)
+            return bench, encode_frame(workload.message(index), OP_TEXT, mask_key)
+
+    tasks = [asyncio.ensure_future(one(first_index + number)) for number in range(count)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result()[0].close()
+        raise
+
+
+async def run_round_trips(
+    sockets: Sequence[tuple[BenchSocket, bytes]], total: int, timeout: float
+) -> float:
+    """``total`` closed-loop round trips spread over ``sockets``; the seconds they took."""
+    if total <= 0 or not sockets:
+        raise LoadError("nothing to do: no round trips or no sockets")
+    share, extra = divmod(total, len(sockets))
+    started = time.perf_counter()
+    waits = [
+        bench.round_trips(frame, share + (1 if number < extra else 0), timed=False)
+        for number, (bench, frame) in enumerate(sockets)
+        if share + (1 if number < extra else 0) > 0
+    ]
+    await asyncio.wait_for(asyncio.gather(*waits), timeout)
+    return time.perf_counter() - started
+
+
+async def measure_latency(
+    bench: BenchSocket, frame: bytes, count: int, warmup: int, timeout: float
+) -> dict[str, float]:
+    """``warmup`` untimed then ``count`` timed sequential round trips: p50/p99/mean in µs."""
+    if warmup > 0:
+        await asyncio.wait_for(bench.round_trips(frame, warmup, timed=False), timeout)
+    await asyncio.wait_for(bench.round_trips(frame, count, timed=True), timeout)
+    times = sorted(bench.times or [])
+    if len(times) != count:
+        raise LoadError(f"expected {count} timings, got {len(times)}")
+    return {
+        "count": float(count),
+        "p50_us": percentile(times, 0.50) / 1000.0,
+        "p99_us": percentile(times, 0.99) / 1000.0,
+        "mean_us": sum(times) / len(times) / 1000.0,
+    }
+
+
+# -- worker process ----------------------------------------------------------------------------
+
+
+def _emit(document: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
+async def _read_command(reader: asyncio.StreamReader, expected: str, timeout: float) -> None:
+    line = await asyncio.wait_for(reader.readline(), timeout)
+    if line.strip().decode() != expected:
+        raise LoadError(f"expected {expected!r} on stdin, got {line!r}")
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    workload = Workload(mode=args.mode, payload_bytes=args.payload)
+    sources = [f"127.0.0.{2 + number}" for number in range(args.sources)] or ["127.0.0.1"]
+    timeout: float = args.timeout
+    connections = 1 if args.task == "latency" else args.connections
+    started = time.perf_counter()
+    sockets = await asyncio.wait_for(
+        open_sockets(
+            args.host,
+            args.port,
+            workload,
+            connections,
+            first_index=args.first_index,
+            sources=sources,
+            timeout=timeout,
+        ),
+        timeout,
+    )
+    _emit(
+        {"event": "ready", "sockets": len(sockets), "open_seconds": time.perf_counter() - started}
+    )
+    await _read_command(stdin, "go", timeout)
+    try:
+        if args.task == "throughput":
+            seconds = await run_round_trips(sockets, args.round_trips, timeout)
+            _emit({"event": "done", "round_trips": args.round_trips, "seconds": seconds})
+        elif args.task == "latency":
+            bench, frame = sockets[0]
+            figures = await measure_latency(bench, frame, args.round_trips, args.warmup, timeout)
+            _emit({"event": "done", **figures})
+        else:
+            _emit({"event": "done", "sockets": len(sockets)})
+            await _read_command(stdin, "close", timeout)
+    finally:
+        for bench, _ in sockets:
+            bench.close()
+        await asyncio.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.loadgen``: one load worker (see the module docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="benchmarks.loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=("path", "phoenix"), default="path")
+    parser.add_argument("--task", choices=("throughput", "latency", "idle"), required=True)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--first-index", type=int, default=0, help="number of the first socket")
+    parser.add_argument("--round-trips", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--payload", type=int, default=64)
+    parser.add_argument(
+        "--sources", type=int, default=0, help="spread sockets over 127.0.0.2.. (0: use 127.0.0.1)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="bound of every step")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_worker(args))
+    except (LoadError, TimeoutError, OSError) as error:
+        _emit({"event": "error", "message": f"{type(error).__name__}: {error}"})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,266 @@
+"""The Markdown of a sidecar benchmark run, and its place in ``docs/benchmarks.md``.
+
+:func:`render` turns a :class:`~benchmarks.suite.SuiteResult` into the body of
+the ``## Sidecar`` section: the run (date, machine, load), the aims of issue 2
+with whether each was reached, the table of figures, and how they were measured.
+:func:`write_section` puts that body between the markers
+``<!-- sidecar-bench:start -->`` and ``<!-- sidecar-bench:end -->`` and leaves the
+rest of the file alone (other benchmarks write their own sections).
+:func:`aims` is the verdict on the aims, also used by the command line's summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import ModeResult, SuiteResult, TargetResult
+
+START = "<!-- sidecar-bench:start -->"
+END = "<!-- sidecar-bench:end -->"
+HEADING = "## Sidecar"
+AIM_IDLE_SOCKETS = 10_000
+
+NEW_FILE = """\
+# Benchmarks
+
+Figures measured by `make bench` on a development machine. Each section is
+written by its benchmark between its markers; text outside the markers is kept.
+"""
+
+
+@dataclass(frozen=True)
+class Aim:
+    """One aim of issue 2 and what the run says about it."""
+
+    text: str
+    """The aim."""
+    sidecar: str
+    """The sidecar's figure."""
+    reference: str
+    """nginx's figure (or the target)."""
+    verdict: str
+    """``yes``, ``no`` or why it could not be judged."""
+
+
+def _cpu(result: TargetResult | None) -> float | None:
+    return None if result is None else result.throughput.cpu_us_per_message
+
+
+def _memory(result: TargetResult | None) -> float | None:
+    return None if result is None or result.idle is None else result.idle.bytes_per_socket
+
+
+def _kib(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1024:.1f} KiB"
+
+
+def _us(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} µs"
+
+
+def _ratio(mine: float, reference: float) -> str:
+    return f"{mine / reference:.2f}x nginx" if reference > 0 else "nginx figure is 0"
+
+
+def _compare(
+    text: str, mine: float | None, reference: float | None, factor: float, unit: str
+) -> Aim:
+    show = _kib if unit == "KiB" else _us
+    if mine is None:
+        return Aim(text, "not measured", show(reference), "not judged: sidecar not measured")
+    if reference is None:
+        return Aim(text, show(mine), "not measured", "not judged: nginx not measured")
+    reached = mine <= factor * reference
+    return Aim(
+        text,
+        show(mine),
+        show(reference),
+        f"{'yes' if reached else 'no'} ({_ratio(mine, reference)})",
+    )
+
+
+def aims(result: SuiteResult) -> list[Aim]:
+    """The aims of issue 2 with the verdict of this run."""
+    found: list[Aim] = []
+    path = result.mode("path")
+    if path is not None:
+        found.append(
+            _compare(
+                "path: CPU per relayed message ≤ nginx",
+                _cpu(path.target("sidecar")),
+                _cpu(path.target("nginx")),
+                1.0,
+                "µs",
+            )
+        )
+        found.append(
+            _compare(
+                "path: memory per idle socket ≤ nginx",
+                _memory(path.target("sidecar")),
+                _memory(path.target("nginx")),
+                1.0,
+                "KiB",
+            )
+        )
+    phoenix = result.mode("phoenix")
+    if phoenix is not None:
+        found.append(
+            _compare(
+                "phoenix: CPU per relayed message ≤ 2x nginx",
+                _cpu(phoenix.target("sidecar")),
+                _cpu(phoenix.target("nginx")),
+                2.0,
+                "µs",
+            )
+        )
+    held = [
+        (mode.mode, target.idle)
+        for mode in result.modes
+        for target in mode.targets
+        if target.name == "sidecar" and target.idle is not None
+    ]
+    if held:
+        best_mode, best = max(held, key=lambda item: item[1].sockets)
+        figure = f"{best.counted:,} of {best.sockets:,} counted ({best_mode})"
+        if best.sockets < AIM_IDLE_SOCKETS:
+            verdict = f"not judged: this run held only {best.sockets:,} (full run: 10,000)"
+        else:
+            verdict = "yes" if best.counted == best.sockets else "no"
+        found.append(Aim("10,000 idle sockets held by one sidecar", figure, "10,000", verdict))
+    return found
+
+
+def _target_label(mode: ModeResult, target: TargetResult) -> str:
+    if target.name == "direct":
+        return "direct (no proxy)"
+    return target.name
+
+
+def _figures_table(result: SuiteResult) -> list[str]:
+    lines = [
+        "| mode | target | proxy CPU / relayed msg | RTT p50 / p99 | added p50 / p99 "
+        "| memory / idle socket | idle sockets (sidecar count) | round trips/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in result.modes:
+        for target in mode.targets:
+            latency = target.latency
+            added = "—"
+            if target.added_p50_us is not None and target.added_p99_us is not None:
+                added = f"{target.added_p50_us:+.0f} / {target.added_p99_us:+.0f} µs"
+            idle = "—"
+            if target.idle is not None:
+                counted = "" if target.idle.counted is None else f" ({target.idle.counted:,})"
+                idle = f"{target.idle.sockets:,}{counted}"
+            lines.append(
+                f"| {mode.mode} | {_target_label(mode, target)} "
+                f"| {_us(target.throughput.cpu_us_per_message)} "
+                f"| {latency.p50_us:.0f} / {latency.p99_us:.0f} µs | {added} "
+                f"| {_kib(_memory(target))} | {idle} "
+                f"| {target.throughput.round_trips_per_second:,.0f} |"
+            )
+    return lines
+
+
+def render(result: SuiteResult) -> str:
+    """The body of the ``## Sidecar`` section (between the markers)."""
+    sizes = result.settings.sizes
+    kind = "`--quick` run" if result.settings.quick else "full run"
+    command = "python -m benchmarks.run" + (" --quick" if result.settings.quick else "")
+    when = result.started_at.strftime("%Y-%m-%d %H:%M UTC")
+    before, after = result.load_before, result.load_after
+    descriptions = sorted(
+        {
+            f"{target.name}: {target.description}"
+            for mode in result.modes
+            for target in mode.targets
+            if target.name != "direct"
+        }
+    )
+    upstreams = [f"{mode.mode}: {mode.upstream}" for mode in result.modes]
+    lines = [
+        f"Generated by `make bench` (`{command}`), {kind} of {when}, {result.seconds:.0f} s.",
+        "",
+        f"- **Machine:** {result.machine.describe()}.",
+        f"- **Machine load:** load average {before[0]:.1f} (1 min) / {before[1]:.1f} (5 min) "
+        f"before the run, {after[0]:.1f} / {after[1]:.1f} after. The cores were shared with "
+        "other work (builds, test suites) when the load is above 0: throughput and the latency "
+        "tails are then pessimistic; the CPU per message, counted for the proxy process alone, "
+        "is the least affected figure.",
+        "- **Proxies:** " + "; ".join(descriptions) + ". All on 127.0.0.1.",
+        "- **Upstreams (the same behind direct, sidecar and nginx):** "
+        + "; ".join(upstreams)
+        + ".",
+        f"- **Load:** {sizes.throughput_round_trips:,} closed-loop round trips on "
+        f"{sizes.throughput_connections} sockets ({sizes.workers} client processes) for the CPU "
+        f"figure; {sizes.latency_round_trips:,} sequential round trips on one socket for the "
+        f"latency; {sizes.idle_sockets:,} idle sockets for the memory; "
+        f"{sizes.payload_bytes}-byte message bodies.",
+    ]
+    for note in result.notes:
+        lines.append(f"- **Note:** {note}")
+    lines += [
+        "",
+        "### Aims of issue 2",
+        "",
+        "| aim | sidecar | nginx / target | reached |",
+        "|---|---:|---:|---|",
+    ]
+    for aim in aims(result):
+        lines.append(f"| {aim.text} | {aim.sidecar} | {aim.reference} | {aim.verdict} |")
+    lines += ["", "### Figures", "", *_figures_table(result), ""]
+    lines += [
+        "### How the figures are measured",
+        "",
+        "- *Proxy CPU per relayed message*: `utime + stime` of the proxy's processes "
+        "(`/proc/<pid>/stat`; nginx: master + its one worker) around the closed-loop run, "
+        "divided by the relayed messages (2 per round trip: the request and its reply). "
+        "Clock-tick resolution (10 ms) over seconds of CPU.",
+        "- *Latency*: round-trip times of one socket sending one message at a time; "
+        "*added* = through the proxy minus direct, measured back to back just before, for p50 "
+        "and p99 separately.",
+        "- *Memory per idle socket*: growth of the proxy's resident set size "
+        "(`/proc/<pid>/statm`) when the idle sockets are opened (phoenix: each has joined a "
+        "channel), divided by their number; after a warm-up so imports and first-use "
+        "allocations are not counted. nginx allocates its connection slots "
+        "(`worker_connections`) when it starts, so that part of its per-socket memory is not in "
+        "its growth; kernel socket buffers are in neither.",
+        "- The client is the benchmark's own raw asyncio WebSocket client "
+        "(`benchmarks/loadgen.py`, uvloop, frames built and masked once, replies only counted), "
+        "run as separate processes.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Put ``body`` between the sidecar markers of ``path``; keep everything else."""
+    block = f"{START}\n{body.rstrip()}\n{END}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{NEW_FILE}\n{HEADING}\n\n{block}\n")
+        return
+    text = path.read_text()
+    start, end = text.find(START), text.find(END)
+    if start >= 0 and end > start:
+        path.write_text(text[:start] + block + text[end + len(END) :])
+        return
+    separator = "" if text.endswith("\n") else "\n"
+    path.write_text(f"{text}{separator}\n{HEADING}\n\n{block}\n")
+
+
+def to_json(result: SuiteResult) -> dict[str, Any]:
+    """The raw figures (for ``--json``), derived values included."""
+    document = asdict(result)
+    document["started_at"] = result.started_at.isoformat()
+    for mode_document, mode in zip(document["modes"], result.modes, strict=True):
+        for target_document, target in zip(mode_document["targets"], mode.targets, strict=True):
+            target_document["cpu_us_per_message"] = target.throughput.cpu_us_per_message
+            target_document["round_trips_per_second"] = target.throughput.round_trips_per_second
+            target_document["added_p50_us"] = target.added_p50_us
+            target_document["added_p99_us"] = target.added_p99_us
+            target_document["bytes_per_idle_socket"] = _memory(target)
+    document["aims"] = [asdict(aim) for aim in aims(result)]
+    return document
