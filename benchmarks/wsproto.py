@@ -15,7 +15,7 @@ import hashlib
 import os
 import struct
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 """The fixed GUID of the ``Sec-WebSocket-Accept`` computation."""
 
 OP_CONTINUATION = 0x0

@@ -1,0 +1,107 @@
+"""Smoke test of the sidecar benchmark harness (``make bench``) at a tiny size, without nginx.
+
+Runs the real harness (echo server, demo app, sidecar, load worker processes)
+with 20 round trips and 20 idle sockets per measurement, and checks that the
+result objects are complete and sane, that the sidecar counted every idle socket,
+and that the report lands between its markers without touching the rest of the
+file. No timing is asserted: the figures themselves belong in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `benchmarks` lives at the repository root
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.report import END, START, aims, render, to_json, write_section  # noqa: E402
+from benchmarks.settings import BenchSettings, LoadSizes  # noqa: E402
+from benchmarks.suite import SuiteResult, TargetResult, run_suite  # noqa: E402
+from benchmarks.wsproto import FrameCounter, FrameReader, encode_frame, new_mask_key  # noqa: E402
+
+TINY = LoadSizes(
+    throughput_round_trips=20,
+    throughput_connections=4,
+    workers=2,
+    latency_round_trips=20,
+    latency_warmup=2,
+    idle_sockets=20,
+    warmup_round_trips=10,
+    source_addresses=2,
+    settle_seconds=0.1,
+    step_timeout=30.0,
+)
+
+
+def _check_target(target: TargetResult, *, proxied: bool) -> None:
+    latency = target.latency
+    assert latency.round_trips == TINY.latency_round_trips
+    assert 0 < latency.p50_us <= latency.p99_us
+    assert latency.mean_us > 0
+    throughput = target.throughput
+    assert throughput.round_trips == TINY.throughput_round_trips
+    assert throughput.relayed_messages == 2 * TINY.throughput_round_trips
+    assert throughput.seconds > 0 and throughput.round_trips_per_second > 0
+    if not proxied:
+        assert throughput.proxy_cpu_seconds is None and target.idle is None
+        assert target.added_p50_us is None
+        return
+    assert throughput.proxy_cpu_seconds is not None and throughput.proxy_cpu_seconds >= 0
+    assert target.baseline_latency is not None and target.baseline_latency.p50_us > 0
+    assert target.added_p50_us is not None and target.added_p99_us is not None
+    idle = target.idle
+    assert idle is not None
+    assert idle.sockets == TINY.idle_sockets
+    assert idle.rss_before > 0 and idle.rss_after > 0 and idle.open_seconds > 0
+    assert idle.counted == TINY.idle_sockets  # the sidecar counted every idle socket
+
+
+async def test_harness_runs_path_and_phoenix_against_the_sidecar(tmp_path: Path) -> None:
+    settings = BenchSettings(sizes=TINY, modes=("path", "phoenix"), nginx=False)
+    result = await run_suite(settings)
+    assert isinstance(result, SuiteResult)
+    assert [mode.mode for mode in result.modes] == ["path", "phoenix"]
+    for mode in result.modes:
+        assert [target.name for target in mode.targets] == ["direct", "sidecar"]
+        direct, sidecar = mode.targets
+        _check_target(direct, proxied=False)
+        _check_target(sidecar, proxied=True)
+        assert "wsgauge-sidecar" in sidecar.description
+    assert result.seconds > 0 and result.machine.cores >= 1
+    assert any("nginx" in note for note in result.notes)
+
+    verdicts = {aim.text: aim.verdict for aim in aims(result)}
+    assert verdicts["path: CPU per relayed message ≤ nginx"].startswith("not judged")
+    assert verdicts["10,000 idle sockets held by one sidecar"].startswith("not judged")
+    body = render(result)
+    assert "| path | sidecar |" in body and "| phoenix | sidecar |" in body
+    assert to_json(result)["modes"][0]["targets"][1]["bytes_per_idle_socket"] is not None
+
+    document = tmp_path / "benchmarks.md"
+    document.write_text("# Benchmarks\n\n## Operator\n\nkept text\n")
+    write_section(document, body)
+    write_section(document, "second run\n")
+    text = document.read_text()
+    assert text.startswith("# Benchmarks\n\n## Operator\n\nkept text\n")
+    assert text.count(START) == 1 and text.count(END) == 1 and text.count("## Sidecar") == 1
+    assert f"{START}\nsecond run\n{END}" in text
+
+
+def test_frame_readers_agree_fed_whole_and_byte_by_byte() -> None:
+    key = new_mask_key()
+    sizes = (0, 5, 125, 126, 300, 65535, 65536)
+    stream = b"".join(encode_frame(bytes([n % 251]) * n, 0x2, key) for n in sizes)
+    whole = FrameCounter()
+    assert whole.feed(stream) == len(sizes)
+    counter, reader = FrameCounter(), FrameReader()
+    frames = []
+    for index in range(len(stream)):
+        counter.feed(stream[index : index + 1])
+        frames += reader.feed(stream[index : index + 1])
+    assert counter.frames == len(sizes)
+    assert [(opcode, len(payload)) for opcode, payload in frames] == [(0x2, n) for n in sizes]
+    assert all(
+        payload == bytes([n % 251]) * n for (_, payload), n in zip(frames, sizes, strict=True)
+    )
