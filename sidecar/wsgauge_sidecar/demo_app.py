@@ -14,9 +14,11 @@ Endpoints (``--listen``, default ``127.0.0.1:8081``, env ``WSGAUGE_DEMO_LISTEN``
   messages of SIZE bytes; ``drop`` makes the server cut the TCP connection.
 * WebSocket ``/socket/websocket``: the Phoenix channels JSON protocol, v1 objects
   or v2 arrays (``vsn=2.0.0``): ``phx_join`` (topics starting with ``deny:`` are
-  refused with status ``error``), ``phx_leave`` (reply ok, then ``phx_close``),
+  refused with status ``error``; a duplicate join closes the old channel with ``phx_close``
+  first, as Phoenix does), ``phx_leave`` (reply ok, then ``phx_close``),
   ``heartbeat`` on topic ``phoenix``, event ``crash`` (the channel sends
-  ``phx_error``), event ``shout`` (broadcast to the topic), other events reply ok.
+  ``phx_error``), event ``shout`` (broadcast to the topic, then reply ok), other events
+  reply ok with their payload.
 * ``--report-to URL``: report mode; after every change the app PUTs its own counts
   (``{"connections": N, "topics": {...}}``) to URL (the sidecar's ``/report``).
 """
@@ -53,7 +55,7 @@ class _Channel:
     join_ref: str | None
 
 
-@dataclass
+@dataclass(eq=False)
 class _PhoenixSocket:
     """A Phoenix socket's serializer and joined channels."""
 
@@ -67,10 +69,8 @@ class _PhoenixSocket:
         if self.v2:
             await self.ws.send_str(json.dumps([join_ref, ref, topic, event, payload]))
         else:
-            message: dict[str, Any] = {"topic": topic, "event": event, "payload": payload}
-            message["ref"] = ref
-            if join_ref is not None:
-                message["join_ref"] = join_ref
+            # v1 sends exactly these four keys (Phoenix's encode_v1_fields_only)
+            message = {"topic": topic, "event": event, "payload": payload, "ref": ref}
             await self.ws.send_str(json.dumps(message))
 
 
@@ -187,30 +187,36 @@ class DemoApp:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    await self._phoenix_message(socket, message.data)
-                except (ValueError, KeyError, TypeError, IndexError):
+                    fields = _decode_phoenix(message.data, socket.v2)
+                except ValueError:
                     await ws.close(code=1007, message=b"bad phoenix message")
                     break
+                await self._phoenix_message(socket, *fields)
         finally:
             for topic in list(socket.channels):
                 self._phoenix_leave(socket, topic)
         return ws
 
-    async def _phoenix_message(self, socket: _PhoenixSocket, text: str) -> None:
-        data = json.loads(text)
-        if socket.v2:
-            join_ref, ref, topic, event, payload = data
-        else:
-            topic, event, payload, ref = data["topic"], data["event"], data["payload"], data["ref"]
-            join_ref = data.get("join_ref")
+    async def _phoenix_message(
+        self,
+        socket: _PhoenixSocket,
+        join_ref: str | None,
+        ref: str | None,
+        topic: str,
+        event: str,
+        payload: object,
+    ) -> None:
         if topic == PHOENIX_TOPIC and event == "heartbeat":
             await socket.push(topic, "phx_reply", _reply("ok"), ref, None)
         elif event == "phx_join":
             if topic.startswith("deny:"):
                 reply = _reply("error", {"reason": "denied"})
-                await socket.push(topic, "phx_reply", reply, ref, join_ref or ref)
+                await socket.push(topic, "phx_reply", reply, ref, join_ref)
                 return
-            channel_ref = join_ref if join_ref is not None else ref
+            channel_ref = join_ref  # as in Phoenix: null for v1 clients that send none
+            old = socket.channels.get(topic)
+            if old is not None:  # like Phoenix: a duplicate join closes the old channel
+                await socket.push(topic, "phx_close", {}, old.join_ref, old.join_ref)
             socket.channels[topic] = _Channel(topic, channel_ref)
             self.phoenix_members[topic].add(socket)
             self._changed()
@@ -232,6 +238,7 @@ class DemoApp:
                 member_channel = member.channels.get(topic)
                 if member_channel is not None and not member.ws.closed:
                     await member.push(topic, "shout", payload, None, member_channel.join_ref)
+            await socket.push(topic, "phx_reply", _reply("ok"), ref, join_ref)
         else:
             await socket.push(topic, "phx_reply", _reply("ok", payload), ref, join_ref)
 
@@ -299,6 +306,23 @@ class DemoApp:
         app.on_startup.append(self._start_reporter)
         app.on_cleanup.append(self._stop_reporter)
         return app
+
+
+def _decode_phoenix(text: str, v2: bool) -> tuple[str | None, str | None, str, str, object]:
+    """(join_ref, ref, topic, event, payload) of a v1 or v2 message; ``ValueError`` if malformed."""
+    data = json.loads(text)
+    if v2:
+        if not isinstance(data, list) or len(data) != 5:
+            raise ValueError("a v2 message is a 5-element array")
+        join_ref, ref, topic, event, payload = data
+    else:
+        if not isinstance(data, dict):
+            raise ValueError("a v1 message is an object")
+        join_ref, ref = data.get("join_ref"), data.get("ref")
+        topic, event, payload = data.get("topic"), data.get("event"), data.get("payload")
+    if not isinstance(topic, str) or not isinstance(event, str):
+        raise ValueError("topic and event must be strings")
+    return join_ref, ref, topic, event, payload
 
 
 def _reply(status: str, response: object = None) -> dict[str, object]:

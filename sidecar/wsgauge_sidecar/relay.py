@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, cast
 
 from wsgauge_sidecar.exceptions import PhoenixProtocolError, WebSocketProtocolError
 from wsgauge_sidecar.httpwire import RequestHead
+from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent, PhoenixSession, serializer_from_query
 from wsgauge_sidecar.wsframes import (
     FrameBoundaryTracker,
     MessageReader,
@@ -41,7 +42,6 @@ from wsgauge_sidecar.wsframes import (
 )
 
 if TYPE_CHECKING:
-    from wsgauge_sidecar.phoenix import PhoenixEvent, PhoenixSession
     from wsgauge_sidecar.proxy import ClientConnection
 
 log = logging.getLogger("wsgauge.sidecar.relay")
@@ -178,9 +178,7 @@ class WebSocketRelay:
             limit = client.settings.max_message_bytes
             self._client_reader = MessageReader(masked=True, max_message_bytes=limit)
             self._server_reader = MessageReader(masked=False, max_message_bytes=limit)
-            from wsgauge_sidecar import phoenix  # only phoenix mode needs it
-
-            self._session = phoenix.PhoenixSession(phoenix.serializer_from_query(request.target))
+            self._session = PhoenixSession(serializer_from_query(request.target))
         log.debug("socket %s opened: %s topic=%s", self.socket_id, request.target, topic)
 
     # -- bytes -----------------------------------------------------------------------------
@@ -228,21 +226,24 @@ class WebSocketRelay:
         if session is None or self.socket_id is None:
             return
         for message in messages:
-            if message.opcode != Opcode.TEXT:
-                continue
-            if from_client:
-                events = session.client_message(message.text)
-            else:
-                events = session.server_message(message.text)
-            self._apply(events)
+            opcode = message.opcode
+            if opcode == Opcode.TEXT:
+                text = message.text
+                if from_client:
+                    self._apply(session.client_message(text))
+                else:
+                    self._apply(session.server_message(text))
+            elif opcode == Opcode.BINARY:
+                if from_client:
+                    self._apply(session.client_binary_message(message.payload))
+                else:
+                    self._apply(session.server_binary_message(message.payload))
 
     def _apply(self, events: list[PhoenixEvent]) -> None:
         counter = self.state.connection_counter
         socket_id = self.socket_id
         if socket_id is None or self.ended:
             return
-        from wsgauge_sidecar.phoenix import Joined, Left
-
         for event in events:
             if isinstance(event, Joined):
                 counter.join(socket_id, event.topic)
