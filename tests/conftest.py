@@ -4,7 +4,8 @@
 `kube` reuses the cluster named by $KUBECONFIG when that is set (our devcluster or any other, e.g.
 kind); otherwise it runs `wsgauge-devcluster up` (state in <repo>/.cluster or $WSGAUGE_CLUSTER_DIR),
 and, if it had to start the cluster, stops it again at the end of the session (etcd data is kept,
-so the next start is warm) unless WSGAUGE_KEEP_CLUSTER=1.
+so the next start is warm) unless WSGAUGE_KEEP_CLUSTER=1 or another pytest session still uses it
+(sessions register their pid under <state_dir>/sessions/).
 Tests that use `kube` automatically get the `cluster` marker (deselect with -m "not cluster").
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from wsgauge_devcluster.binaries import locate
+from wsgauge_devcluster.processes import pid_alive
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +67,16 @@ def kube() -> Iterator[KubeCluster]:
     cluster = KubeCluster(
         kubeconfig, binaries.bin_dir, kubeconfig.parent, binaries.kubernetes_version
     )
+    sessions = kubeconfig.parent / "sessions"
+    sessions.mkdir(exist_ok=True)
+    mine = sessions / str(os.getpid())
+    mine.touch()
     try:
         yield cluster
     finally:
-        if not was_running and os.environ.get("WSGAUGE_KEEP_CLUSTER") != "1":
+        mine.unlink(missing_ok=True)
+        others = [p for p in sessions.iterdir() if p.name.isdigit() and pid_alive(int(p.name))]
+        if not was_running and not others and os.environ.get("WSGAUGE_KEEP_CLUSTER") != "1":
             subprocess.run([*DEVCLUSTER, "down"], capture_output=True, check=False, timeout=120)
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from wsgauge_devcluster.binaries import locate
 from wsgauge_devcluster.controlplane import ControlPlane
@@ -18,6 +22,18 @@ def _progress(message: str) -> None:
 def build_control_plane() -> ControlPlane:
     """The cluster as configured by the environment (WSGAUGE_CLUSTER_DIR, ports, node count)."""
     return ControlPlane(ControlPlaneSettings(), locate(), RunnerSettings())
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialize `up`/`down` of one state directory across processes (flock)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plane = build_control_plane()
         if options.command == "up":
-            plane.up(_progress)
+            with state_lock(plane.settings.state_dir):
+                plane.up(_progress)
             print("\n".join(plane.exports()), flush=True)
         elif options.command == "down":
-            plane.down(_progress, purge=options.purge)
+            with state_lock(plane.settings.state_dir):
+                plane.down(_progress, purge=options.purge)
         elif options.command == "status":
             running = plane.running()
             print(f"state dir: {plane.settings.state_dir}")

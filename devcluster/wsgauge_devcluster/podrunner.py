@@ -147,6 +147,7 @@ class PodWorker:
         terminal = phase in ("Succeeded", "Failed")
         if not terminal and not self.pod["metadata"].get("deletionTimestamp"):
             self._start_containers()
+        self.changed.set()  # publish the first status at once
         try:
             while True:
                 with contextlib.suppress(TimeoutError):

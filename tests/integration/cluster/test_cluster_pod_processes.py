@@ -19,6 +19,12 @@ from wsgauge_devcluster.testing import KubeCluster, eventually
 pytestmark = pytest.mark.cluster
 
 
+@pytest.fixture(autouse=True)
+def _local_devcluster_only(kube: KubeCluster) -> None:
+    if kube.state_dir is None:
+        pytest.skip("pod processes exist only on the local devcluster")
+
+
 def sidecar_pod(name: str, namespace: str) -> dict[str, Any]:
     downward = [
         {"name": env, "valueFrom": {"fieldRef": {"fieldPath": path}}}
