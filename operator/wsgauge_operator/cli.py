@@ -210,7 +210,7 @@ async def run(settings: OperatorSettings) -> None:
     namespaces = list(settings.kube.namespaces)
     try:
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(settings.kube),
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
@@ -234,9 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         logging.getLogger("kopf").setLevel(max(level, logging.WARNING))
-    if settings.kube.kubeconfig:
-        # kopf's login (via the kubernetes client) reads $KUBECONFIG.
-        os.environ["KUBECONFIG"] = settings.kube.kubeconfig
     try:
         asyncio.run(run(settings))
     except ConfigError as error:

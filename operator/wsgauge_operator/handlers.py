@@ -20,8 +20,9 @@ from typing import Any
 import kopf
 
 from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import KubeApiError, OperatorError
-from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL
+from wsgauge_operator.exceptions import ConfigError, KubeApiError, OperatorError
+from wsgauge_operator.kubeapi import load_client_configuration
+from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL, KubeSettings
 from wsgauge_operator.stats_server import StatsServer
 
 logger = logging.getLogger(__name__)
@@ -44,15 +45,42 @@ def _event_parts(event: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any
     return (str(event_type) if event_type else None), body
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def connection_info(settings: KubeSettings) -> kopf.ConnectionInfo:
+    """kopf credentials from the same source as :class:`~.kubeapi.KubeApi`'s client."""
+    try:
+        config = load_client_configuration(settings)
+    except ConfigError as error:
+        raise kopf.LoginError(str(error)) from error
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None)
+    if len(parts) == 1:
+        token = parts[0]
+    elif len(parts) == 2:
+        scheme, token = parts[0], parts[1]
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+def build_registry(kube_settings: KubeSettings) -> kopf.OperatorRegistry:
     """A fresh kopf registry with the operator's handlers."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        # The kubernetes client's loader: in-cluster service account, else $KUBECONFIG
-        # (which the CLI sets from --kubeconfig).
-        return kopf.login_via_client(**kwargs)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # --kubeconfig if given, else in-cluster service account, else $KUBECONFIG.
+        return connection_info(kube_settings)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
