@@ -99,8 +99,6 @@ class ControlPlane:
             "etcd": self.settings.etcd_client_port,
             "etcd (peer)": self.settings.etcd_peer_port,
             "kube-apiserver": self.settings.apiserver_port,
-            "kube-controller-manager": self.settings.controller_manager_port,
-            "kube-scheduler": self.settings.scheduler_port,
         }
         require_free_ports(
             {label: port for label, port in ports.items() if status[label.split()[0]] is None}
@@ -197,9 +195,7 @@ class ControlPlane:
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={s.controller_manager_port}",
-                f"--cert-dir={p / 'controller-manager-serving'}",
+                "--secure-port=0",  # no health endpoint: no port to collide with
                 "--leader-elect=false",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={p / 'sa.key'}",
@@ -215,7 +211,6 @@ class ControlPlane:
         )
 
     def _start_scheduler(self) -> None:
-        s = self.settings
         kubeconfig = self.component_kubeconfig("scheduler")
         self.process("kube-scheduler").start(
             [
@@ -223,9 +218,7 @@ class ControlPlane:
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={s.scheduler_port}",
-                f"--cert-dir={self.pki_dir / 'scheduler-serving'}",
+                "--secure-port=0",  # no health endpoint: no port to collide with
                 "--leader-elect=false",
                 "--profiling=false",
                 "--v=1",
@@ -246,6 +239,8 @@ class ControlPlane:
                 str(self.runner.node_count),
                 "--kubelet-version",
                 self.binaries.kubernetes_version,
+                "--ip-base",
+                str(self.runner.ip_second_octet_base),
             ]
         )
 

@@ -388,11 +388,16 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--kubelet-version", default=RunnerSettings().kubelet_version)
+    parser.add_argument("--ip-base", type=int, default=100, help="pod IPs 127.<base+i>.x.y")
     options = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = RunnerSettings(state_dir=options.state_dir.resolve(), node_count=options.nodes)
+    settings = RunnerSettings(
+        state_dir=options.state_dir.resolve(),
+        node_count=options.nodes,
+        ip_second_octet_base=options.ip_base,
+    )
     asyncio.run(PodRunner(settings, options.kubeconfig, options.kubelet_version).run())
 
 

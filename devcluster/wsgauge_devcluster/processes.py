@@ -61,6 +61,14 @@ class ManagedProcess:
                 env=dict(env) if env is not None else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
+        # Right after exec the kernel may not have set up the new argv yet (cmdline reads
+        # empty), which would look like "not our process": wait for it, briefly.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                    break
+            time.sleep(0.01)
         return proc.pid
 
     def stop(self, timeout: float) -> bool:

@@ -30,10 +30,6 @@ class ControlPlaneSettings:
     """Secure port of kube-apiserver on 127.0.0.1 (env WSGAUGE_APISERVER_PORT)."""
     etcd_client_port: int = field(default_factory=lambda: _env_int("WSGAUGE_ETCD_PORT", 12379))
     """etcd client port on 127.0.0.1 (peer port is this + 1) (env WSGAUGE_ETCD_PORT)."""
-    controller_manager_port: int = 10257
-    """Secure (health) port of kube-controller-manager on 127.0.0.1."""
-    scheduler_port: int = 10259
-    """Secure (health) port of kube-scheduler on 127.0.0.1."""
     hpa_sync_period_seconds: int = field(
         default_factory=lambda: _env_int("WSGAUGE_HPA_SYNC_SECONDS", 5)
     )
@@ -71,8 +67,9 @@ class RunnerSettings:
     """Number of nodes named wsgauge-node-1..N (env WSGAUGE_NODES)."""
     node_prefix: str = "wsgauge-node-"
     """Node names are this prefix plus 1..node_count."""
-    ip_second_octet_base: int = 100
-    """Node i hands out pod IPs 127.<base+i>.x.y (x.y from 0.2 upward); the node itself is .0.1."""
+    ip_second_octet_base: int = field(default_factory=lambda: _env_int("WSGAUGE_POD_IP_BASE", 100))
+    """Node i hands out pod IPs 127.<base+i>.x.y (x.y from 0.2 up); the node is .0.1 (env
+    WSGAUGE_POD_IP_BASE; give a second cluster another base)."""
     max_pods: int = 2000
     """The pods capacity each node reports."""
     lease_duration_seconds: int = 40
