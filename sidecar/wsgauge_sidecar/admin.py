@@ -1,4 +1,4 @@
-"""The admin port: ``/metrics``, ``/stats``, ``/stats/watch``, ``/healthz``, ``/readyz``, ``/report``.
+"""The admin port: metrics, stats, stats watch, health, readiness and the report API.
 
 An aiohttp application bound to ``--admin-listen`` only; the data port never
 serves these paths (there they are ordinary requests for the app). Errors are

@@ -10,6 +10,7 @@ be bound. uvloop is used when it is installed.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -30,7 +31,7 @@ log = logging.getLogger("wsgauge.sidecar")
 
 def _loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
     try:
-        import uvloop
+        uvloop = importlib.import_module("uvloop")
     except ImportError:
         return None, "asyncio"
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop

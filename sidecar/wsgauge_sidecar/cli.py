@@ -17,8 +17,8 @@ from typing import NoReturn
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.settings import (
-    AdminSettings,
     Address,
+    AdminSettings,
     DrainSettings,
     LimitSettings,
     PodIdentity,
@@ -131,30 +131,47 @@ FLAGS: tuple[_Flag, ...] = (
     _Flag("upstream", "HOST:PORT", _address, "127.0.0.1:8081", "the app behind the proxy"),
     _Flag("topic", "RULE", _topic_rule, "path", "topic rule (see below)"),
     _Flag(
-        "max-connections", "N", _non_negative_int, "0",
+        "max-connections",
+        "N",
+        _non_negative_int,
+        "0",
         "new upgrades get HTTP 503 at N sockets (0 = unlimited)",
     ),
-    _Flag("ready-below", "N", _non_negative_int, "0", "/readyz fails at or above N sockets (0 = off)"),
+    _Flag(
+        "ready-below", "N", _non_negative_int, "0", "/readyz fails at or above N sockets (0 = off)"
+    ),
     _Flag("max-topics", "N", _non_negative_int, "100", "topics beyond N count under _other"),
     _Flag("drain-grace", "SECONDS", _seconds, "5", "after SIGTERM: not ready, still accepting"),
     _Flag("drain-spread", "SECONDS", _seconds, "10", "then close sockets (1001) spread over this"),
     _Flag(
-        "handshake-timeout", "SECONDS", _seconds, "10",
+        "handshake-timeout",
+        "SECONDS",
+        _seconds,
+        "10",
         "time for a client to send a full request head (and the upstream to answer an upgrade)",
     ),
     _Flag("watch-heartbeat", "SECONDS", _seconds, "5", "blank line on /stats/watch when idle"),
     _Flag("watch-min-interval", "SECONDS", _seconds, "0.05", "least time between watch documents"),
     _Flag("max-header-bytes", "N", _non_negative_int, "16384", "largest HTTP message head"),
     _Flag(
-        "max-message-bytes", "N", _non_negative_int, "1048576",
+        "max-message-bytes",
+        "N",
+        _non_negative_int,
+        "1048576",
         "largest WebSocket message (phoenix mode; 1009 above it)",
     ),
     _Flag(
-        "socket-buffer-bytes", "N", _non_negative_int, "262144",
+        "socket-buffer-bytes",
+        "N",
+        _non_negative_int,
+        "262144",
         "per-direction relay buffer; the sending peer is paused above it",
     ),
     _Flag(
-        "upstream-check-interval", "SECONDS", _seconds, "2",
+        "upstream-check-interval",
+        "SECONDS",
+        _seconds,
+        "2",
         "TCP connect check of the upstream for /readyz",
     ),
     _Flag("log-level", "LEVEL", _log_level, "info", "debug | info | warning | error"),

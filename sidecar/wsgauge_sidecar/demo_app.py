@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -187,25 +188,20 @@ class DemoApp:
                 if message.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    fields = _decode_phoenix(message.data, socket.v2)
+                    decoded = _decode_phoenix(message.data, socket.v2)
                 except ValueError:
                     await ws.close(code=1007, message=b"bad phoenix message")
                     break
-                await self._phoenix_message(socket, *fields)
+                await self._phoenix_message(socket, decoded)
         finally:
             for topic in list(socket.channels):
                 self._phoenix_leave(socket, topic)
         return ws
 
-    async def _phoenix_message(
-        self,
-        socket: _PhoenixSocket,
-        join_ref: str | None,
-        ref: str | None,
-        topic: str,
-        event: str,
-        payload: object,
-    ) -> None:
+    async def _phoenix_message(self, socket: _PhoenixSocket, message: _Message) -> None:
+        join_ref, ref, topic, event, payload = (
+            message.join_ref, message.ref, message.topic, message.event, message.payload,
+        )  # fmt: skip
         if topic == PHOENIX_TOPIC and event == "heartbeat":
             await socket.push(topic, "phx_reply", _reply("ok"), ref, None)
         elif event == "phx_join":
@@ -268,10 +264,8 @@ class DemoApp:
         """PUT a snapshot to ``url`` after every change (and every 10 s as a refresh)."""
         async with aiohttp.ClientSession() as session:
             while True:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._report_dirty.wait(), 10.0)
-                except TimeoutError:
-                    pass
                 self._report_dirty.clear()
                 try:
                     async with session.put(url, json=self.counts()) as response:
@@ -308,8 +302,19 @@ class DemoApp:
         return app
 
 
-def _decode_phoenix(text: str, v2: bool) -> tuple[str | None, str | None, str, str, object]:
-    """(join_ref, ref, topic, event, payload) of a v1 or v2 message; ``ValueError`` if malformed."""
+@dataclass(frozen=True)
+class _Message:
+    """One decoded Phoenix message."""
+
+    join_ref: str | None
+    ref: str | None
+    topic: str
+    event: str
+    payload: object
+
+
+def _decode_phoenix(text: str, v2: bool) -> _Message:
+    """A v1 or v2 message; ``ValueError`` if malformed."""
     data = json.loads(text)
     if v2:
         if not isinstance(data, list) or len(data) != 5:
@@ -322,7 +327,7 @@ def _decode_phoenix(text: str, v2: bool) -> tuple[str | None, str | None, str, s
         topic, event, payload = data.get("topic"), data.get("event"), data.get("payload")
     if not isinstance(topic, str) or not isinstance(event, str):
         raise ValueError("topic and event must be strings")
-    return join_ref, ref, topic, event, payload
+    return _Message(join_ref, ref, topic, event, payload)
 
 
 def _reply(status: str, response: object = None) -> dict[str, object]:

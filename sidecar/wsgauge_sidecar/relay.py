@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, cast
 
 from wsgauge_sidecar.exceptions import PhoenixProtocolError, WebSocketProtocolError
 from wsgauge_sidecar.httpwire import RequestHead
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent, PhoenixSession, serializer_from_query
+from wsgauge_sidecar.phoenix import (
+    Joined,
+    Left,
+    PhoenixEvent,
+    PhoenixSession,
+    serializer_from_query,
+)
 from wsgauge_sidecar.wsframes import (
     FrameBoundaryTracker,
     MessageReader,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from sidecar_it_harness import DemoAppProcess, SidecarProcess
-
-SidecarFactory = Callable[..., SidecarProcess]
+from sidecar_it_harness import DemoAppProcess, SidecarFactory, SidecarProcess
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import json
 import os
@@ -197,6 +198,10 @@ class SidecarProcess(_Process):
         return self.wait(timeout)
 
 
+SidecarFactory = Callable[..., SidecarProcess]
+"""The ``start_sidecar`` fixture: ``start_sidecar(*flags, upstream_port=None, **kwargs)``."""
+
+
 async def eventually(
     condition: Callable[[], bool | Awaitable[bool]],
     *,
@@ -246,13 +251,16 @@ class RawWebSocket:
         self.response_head = b""
 
     @classmethod
-    async def open_tcp(cls, port: int, *, receive_buffer: int | None = None) -> RawWebSocket:
+    async def open_tcp(
+        cls, port: int, *, receive_buffer: int | None = None, stream_limit: int = 2**24
+    ) -> RawWebSocket:
+        """A TCP connection; ``stream_limit`` bounds what the client itself buffers unread."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=2**24)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=stream_limit)
         return cls(reader, writer)
 
     @staticmethod
@@ -308,7 +316,5 @@ class RawWebSocket:
 
     async def close_tcp(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:
-            pass

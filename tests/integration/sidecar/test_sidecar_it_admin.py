@@ -9,8 +9,7 @@ import time
 
 import aiohttp
 import websockets
-from conftest import SidecarFactory
-from sidecar_it_harness import BIN, DemoAppProcess, SidecarProcess, free_port
+from sidecar_it_harness import BIN, DemoAppProcess, SidecarFactory, SidecarProcess, free_port
 from wsgauge_contract import StatsDocument, WatchHeartbeat, WatchStreamDecoder
 
 
@@ -70,51 +69,55 @@ async def _read_watch(
 async def test_watch_delivers_changes_and_heartbeats(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--watch-heartbeat", "0.5", "--watch-min-interval", "0")
     decoder = WatchStreamDecoder()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{sidecar.admin}/stats/watch") as response:
-            assert response.status == 200
-            assert response.headers["Content-Type"].startswith("application/x-ndjson")
-            first = await _read_watch(response, decoder)
-            assert isinstance(first, StatsDocument) and first.connections == 0
-            ws = await websockets.connect(f"{sidecar.ws_base}/ws/watched")
-            seen: list[StatsDocument] = []
-            for _ in range(20):
-                event = await _read_watch(response, decoder)
-                if isinstance(event, StatsDocument):
-                    seen.append(event)
-                    if event.topics.get("/ws/watched") == 1:
-                        break
-            assert seen and seen[-1].connections == 1
-            assert [doc.seq for doc in seen] == sorted({doc.seq for doc in seen})
-            assert seen[0].seq > first.seq
-            # nothing changes now: heartbeats (blank lines) arrive
-            assert isinstance(await _read_watch(response, decoder), WatchHeartbeat)
-            assert isinstance(await _read_watch(response, decoder), WatchHeartbeat)
-            await ws.close()
-            for _ in range(20):
-                event = await _read_watch(response, decoder)
-                if isinstance(event, StatsDocument) and event.connections == 0:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{sidecar.admin}/stats/watch") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/x-ndjson")
+        first = await _read_watch(response, decoder)
+        assert isinstance(first, StatsDocument) and first.connections == 0
+        ws = await websockets.connect(f"{sidecar.ws_base}/ws/watched")
+        seen: list[StatsDocument] = []
+        for _ in range(20):
+            event = await _read_watch(response, decoder)
+            if isinstance(event, StatsDocument):
+                seen.append(event)
+                if event.topics.get("/ws/watched") == 1:
                     break
-            else:
-                raise AssertionError("no document with 0 connections")
+        assert seen and seen[-1].connections == 1
+        assert [doc.seq for doc in seen] == sorted({doc.seq for doc in seen})
+        assert seen[0].seq > first.seq
+        # nothing changes now: heartbeats (blank lines) arrive
+        assert isinstance(await _read_watch(response, decoder), WatchHeartbeat)
+        assert isinstance(await _read_watch(response, decoder), WatchHeartbeat)
+        await ws.close()
+        for _ in range(20):
+            event = await _read_watch(response, decoder)
+            if isinstance(event, StatsDocument) and event.connections == 0:
+                break
+        else:
+            raise AssertionError("no document with 0 connections")
 
 
 async def test_watch_coalesces_bursts(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--watch-min-interval", "1", "--watch-heartbeat", "30")
     decoder = WatchStreamDecoder()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{sidecar.admin}/stats/watch") as response:
-            await _read_watch(response, decoder)
-            sockets = [await websockets.connect(f"{sidecar.ws_base}/ws/b") for _ in range(10)]
-            documents: list[StatsDocument] = []
-            while not documents or documents[-1].connections < 10:
-                event = await _read_watch(response, decoder)
-                assert isinstance(event, StatsDocument)
-                documents.append(event)
-            # ten opens (plus joins: 20 changes) arrive in far fewer documents
-            assert len(documents) < 10
-            for ws in sockets:
-                await ws.close()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{sidecar.admin}/stats/watch") as response,
+    ):
+        await _read_watch(response, decoder)
+        sockets = [await websockets.connect(f"{sidecar.ws_base}/ws/b") for _ in range(10)]
+        documents: list[StatsDocument] = []
+        while not documents or documents[-1].connections < 10:
+            event = await _read_watch(response, decoder)
+            assert isinstance(event, StatsDocument)
+            documents.append(event)
+        # ten opens (plus joins: 20 changes) arrive in far fewer documents
+        assert len(documents) < 10
+        for ws in sockets:
+            await ws.close()
 
 
 async def test_metrics_text(sidecar: SidecarProcess) -> None:

@@ -7,8 +7,13 @@ import signal
 
 import pytest
 import websockets
-from conftest import SidecarFactory
-from sidecar_it_harness import DemoAppProcess, RawWebSocket, SidecarProcess, mask_frame
+from sidecar_it_harness import (
+    DemoAppProcess,
+    RawWebSocket,
+    SidecarFactory,
+    SidecarProcess,
+    mask_frame,
+)
 
 
 async def test_clean_close_from_client(sidecar: SidecarProcess) -> None:
@@ -73,8 +78,7 @@ async def test_upstream_killed(start_sidecar: SidecarFactory) -> None:
         assert refused.value.response.status_code == 502
         assert sidecar.stats()["opened"] == 5
         assert (
-            sidecar.metric("wsgauge_handshake_failures_total", 'reason="upstream_unreachable"')
-            == 1
+            sidecar.metric("wsgauge_handshake_failures_total", 'reason="upstream_unreachable"') == 1
         )
     finally:
         app.stop()

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import websockets
-from conftest import SidecarFactory
-from sidecar_it_harness import RawWebSocket, SidecarProcess, mask_frame
+from sidecar_it_harness import RawWebSocket, SidecarFactory, SidecarProcess, mask_frame
 
 
 class PhoenixClient:
@@ -95,7 +94,9 @@ async def test_join_leave_error_and_refused_join(phoenix_sidecar: SidecarProcess
     # the channel crashes: phx_error leaves the topic
     # (the crash event gets no reply, only phx_error)
     if v2:
-        await bob.ws.send(json.dumps([bob.join_refs["room:lobby"], "99", "room:lobby", "crash", {}]))
+        await bob.ws.send(
+            json.dumps([bob.join_refs["room:lobby"], "99", "room:lobby", "crash", {}])
+        )
     else:
         await bob.ws.send(json.dumps({"topic": "room:lobby", "event": "crash", "payload": {},
                                       "ref": "99"}))  # fmt: skip
@@ -117,13 +118,22 @@ async def test_extensions_are_not_negotiated(phoenix_sidecar: SidecarProcess) ->
     )
     assert b"sec-websocket-extensions" not in client.response_head.lower()
     await client.close_tcp()
-    # in path mode the header passes and the app negotiates compression
-    ws = await websockets.connect(f"{phoenix_sidecar.ws_base}/socket/websocket")
+    # a library client that offers compression gets a plain socket, and it works
+    ws = await websockets.connect(
+        f"{phoenix_sidecar.ws_base}/socket/websocket?vsn=2.0.0", compression="deflate"
+    )
+    assert ws.response is not None
+    assert "Sec-WebSocket-Extensions" not in ws.response.headers
+    client_v2 = PhoenixClient(ws, v2=True)
+    assert (await client_v2.push("room:z", "phx_join"))["payload"]["status"] == "ok"
+    await phoenix_sidecar.wait_stats(lambda d: d["topics"] == {"room:z": 1})
     await ws.close()
+    await phoenix_sidecar.wait_stats(lambda d: d["connections"] == 0)
 
 
 async def test_path_mode_passes_compression_through(sidecar: SidecarProcess) -> None:
     ws = await websockets.connect(f"{sidecar.ws_base}/ws/z", compression="deflate")
+    assert ws.response is not None
     assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
     await ws.send("compressed " * 100)
     assert await asyncio.wait_for(ws.recv(), 10) == "compressed " * 100

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 
 import websockets
-from conftest import SidecarFactory
-from sidecar_it_harness import SidecarProcess
+from sidecar_it_harness import SidecarFactory, SidecarProcess
 
 
 async def _open(url: str, count: int, **kwargs: object) -> list[websockets.ClientConnection]:

@@ -1,0 +1,96 @@
+"""Drain on SIGTERM: not ready at once, upgrades refused after the grace, 1001s spread, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import pytest
+import websockets
+from sidecar_it_harness import SidecarFactory
+from wsgauge_contract import StatsDocument, WatchStreamDecoder
+
+
+async def _watch(url: str, documents: list[StatsDocument]) -> None:
+    decoder = WatchStreamDecoder()
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        async for chunk in response.content.iter_any():
+            documents.extend(e for e in decoder.feed(chunk) if isinstance(e, StatsDocument))
+
+
+async def test_drain_closes_every_socket_with_1001_spread_out(
+    start_sidecar: SidecarFactory,
+) -> None:
+    sidecar = start_sidecar(
+        "--drain-grace", "1.5", "--drain-spread", "3", "--watch-min-interval", "0"
+    )
+    count = 12
+    sockets = [await websockets.connect(f"{sidecar.ws_base}/ws/d{i % 3}") for i in range(count)]
+    await sidecar.wait_stats(lambda d: d["connections"] == count)
+    closed_at: dict[int, float] = {}
+
+    async def wait_close(index: int, ws: websockets.ClientConnection) -> None:
+        await asyncio.wait_for(ws.wait_closed(), 60)
+        closed_at[index] = time.monotonic()
+
+    waiters = [asyncio.create_task(wait_close(i, ws)) for i, ws in enumerate(sockets)]
+    documents: list[StatsDocument] = []
+    watcher = asyncio.create_task(_watch(f"{sidecar.admin}/stats/watch", documents))
+    await asyncio.sleep(0.3)
+    sidecar.signal(signal.SIGTERM)
+    # not ready at once, while still accepting upgrades
+    status, reason = await asyncio.to_thread(sidecar.get, "/readyz")
+    for _ in range(50):
+        if status == 503:
+            break
+        await asyncio.sleep(0.02)
+        status, reason = await asyncio.to_thread(sidecar.get, "/readyz")
+    assert (status, reason) == (503, "draining")
+    # after the grace, new upgrades are refused with 503
+    refused = False
+    for _ in range(100):
+        try:
+            late = await websockets.connect(f"{sidecar.ws_base}/ws/late")
+        except websockets.InvalidStatus as error:
+            assert error.response.status_code == 503
+            refused = True
+            break
+        sockets.append(late)  # accepted during the grace: drained like the others
+        waiters.append(asyncio.create_task(wait_close(len(sockets) - 1, late)))
+        await asyncio.sleep(0.1)
+    assert refused
+    assert await asyncio.to_thread(sidecar.wait, 60) == 0
+    await asyncio.gather(*waiters)
+    watcher.cancel()
+    # every client got 1001 from the drain
+    assert [ws.close_code for ws in sockets] == [1001] * len(sockets)
+    # the closes were spread: they did not all happen at once, and the count went down in steps
+    times = sorted(closed_at.values())
+    assert times[-1] - times[0] >= 0.5 * 3 * (count - 1) / count
+    draining = [d.connections for d in documents if d.draining]
+    assert draining and draining[-1] == 0
+    after_peak = draining[draining.index(max(draining)) :]  # (upgrades in the grace add some)
+    assert after_peak == sorted(after_peak, reverse=True)
+    assert len(set(after_peak)) >= count // 2
+    assert documents[-1].ready is False
+
+
+async def test_drain_without_sockets_exits_after_grace(start_sidecar: SidecarFactory) -> None:
+    sidecar = start_sidecar("--drain-grace", "0.2", "--drain-spread", "5")
+    sidecar.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(sidecar.wait, 30) == 0
+    assert "drain: done" in sidecar.output()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT])
+async def test_sigint_drains_at_once(start_sidecar: SidecarFactory, signal_number: int) -> None:
+    sidecar = start_sidecar("--drain-grace", "30", "--drain-spread", "30")
+    sockets = [await websockets.connect(f"{sidecar.ws_base}/ws/i") for _ in range(3)]
+    await sidecar.wait_stats(lambda d: d["connections"] == 3)
+    sidecar.signal(signal_number)
+    assert await asyncio.to_thread(sidecar.wait, 20) == 0
+    for ws in sockets:
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1001
