@@ -47,7 +47,12 @@ from wsgauge_operator.exceptions import KubeApiError, SpecError
 from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
 from wsgauge_operator.follower import SidecarFollower
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics
-from wsgauge_operator.readiness import ConditionWrites, ReadinessInput, decide_readiness
+from wsgauge_operator.readiness import (
+    ConditionWrites,
+    ReadinessDecision,
+    ReadinessInput,
+    decide_readiness,
+)
 from wsgauge_operator.settings import OperatorSettings
 from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
 from wsgauge_operator.status_writer import StatusCoalescer
@@ -528,11 +533,11 @@ class Controller:
             max_per_pod=spec.capacity.max_connections_per_pod,
             min_ready_pods=spec.capacity.min_ready_pods,
         )
-        current: dict[str, tuple[str, bool | None]] = {}
+        current: dict[str, tuple[str, bool | None, str]] = {}
         for item in pods:
             pod = self.fleet.pod(record.namespace, item.name)
             if pod is not None:
-                current[item.name] = (pod.uid, pod.gate_status)
+                current[item.name] = (pod.uid, pod.gate_status, pod.gate_reason)
         needed = self._condition_writes.needed(record.namespace, decisions, current)
         if not needed:
             return
@@ -540,15 +545,17 @@ class Controller:
         kube = self._kube
         now = utc_now_iso()
 
-        async def write(name: str, ok: bool, reason: str, message: str) -> None:
-            uid = current[name][0]
-            condition = {
+        async def write(decision: ReadinessDecision) -> None:
+            name, ok = decision.name, decision.ok
+            uid, status, _ = current[name]
+            condition: dict[str, Any] = {
                 "type": self.settings.readiness.condition_type,
                 "status": "True" if ok else "False",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": now,
+                "reason": decision.reason,
+                "message": decision.message,
             }
+            if status is not ok:  # a new reason alone keeps the transition time
+                condition["lastTransitionTime"] = now
             async with semaphore:
                 try:
                     await kube.patch_pod_condition(record.namespace, name, uid, condition)
@@ -558,17 +565,17 @@ class Controller:
                         logger.warning("condition of pod %s/%s: %s", record.namespace, name, error)
                     return
             self.telemetry.condition_writes.labels(str(ok), "ok").inc()
-            self._condition_writes.written(record.namespace, name, uid, ok)
+            self._condition_writes.written(record.namespace, name, uid, decision)
             logger.info(
                 "pod %s/%s: %s=%s (%s)",
                 record.namespace,
                 name,
                 self.settings.readiness.condition_type,
                 ok,
-                reason,
+                decision.reason,
             )
 
-        await asyncio.gather(*(write(d.name, d.ok, d.reason, d.message) for d in needed))
+        await asyncio.gather(*(write(decision) for decision in needed))
 
     async def _record_events(
         self,

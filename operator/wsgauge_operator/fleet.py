@@ -50,6 +50,8 @@ class PodRecord:
     """The pod has a readinessGate of the operator's condition type."""
     gate_status: bool | None = None
     """The current value of that condition on the pod (``None``: not set)."""
+    gate_reason: str = ""
+    """The reason of that condition."""
     ready: bool = False
     """The pod's Ready condition."""
     containers_ready: bool = False
@@ -63,11 +65,12 @@ class PodRecord:
         metadata = body.get("metadata") or {}
         spec = body.get("spec") or {}
         status = body.get("status") or {}
-        conditions = {
-            str(item.get("type")): item.get("status")
-            for item in status.get("conditions") or []
-            if isinstance(item, Mapping)
-        }
+        items = [item for item in status.get("conditions") or [] if isinstance(item, Mapping)]
+        conditions = {str(item.get("type")): item.get("status") for item in items}
+        gate_reason = next(
+            (str(item.get("reason") or "") for item in items if item.get("type") == condition_type),
+            "",
+        )
         ports: dict[str, int] = {}
         for container in spec.get("containers") or []:
             for port in container.get("ports") or []:
@@ -91,6 +94,7 @@ class PodRecord:
                 for gate in spec.get("readinessGates") or []
             ),
             gate_status=None if gate_raw is None else gate_raw == "True",
+            gate_reason=gate_reason,
             ready=conditions.get("Ready") == "True",
             containers_ready=conditions.get("ContainersReady", containers_ready_default) == "True",
             container_ports=ports,

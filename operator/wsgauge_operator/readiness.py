@@ -124,6 +124,7 @@ class PendingWrite:
 
     uid: str
     ok: bool
+    reason: str
     at: float
 
 
@@ -139,31 +140,38 @@ class ConditionWrites:
         self,
         namespace: str,
         decisions: Mapping[str, ReadinessDecision],
-        current: Mapping[str, tuple[str, bool | None]],
+        current: Mapping[str, tuple[str, bool | None, str]],
     ) -> list[ReadinessDecision]:
-        """Decisions whose value differs from the pod's (``current``: name -> (uid, status))."""
+        """Decisions that differ from the pod's condition.
+
+        ``current`` maps pod names to (uid, status, reason); a different reason alone
+        (e.g. kept ready for minReadyPods rather than within capacity) is written too.
+        """
         now = self._clock()
         result: list[ReadinessDecision] = []
         for name, decision in sorted(decisions.items()):
-            uid, status = current.get(name, ("", None))
+            uid, status, reason = current.get(name, ("", None, ""))
             key = (namespace, name)
             pending = self._pending.get(key)
-            if status is decision.ok:
+            if status is decision.ok and reason == decision.reason:
                 self._pending.pop(key, None)
                 continue
             if (
                 pending is not None
                 and pending.uid == uid
                 and pending.ok == decision.ok
+                and pending.reason == decision.reason
                 and now - pending.at < self._repatch_after
             ):
                 continue
             result.append(decision)
         return result
 
-    def written(self, namespace: str, name: str, uid: str, ok: bool) -> None:
+    def written(self, namespace: str, name: str, uid: str, decision: ReadinessDecision) -> None:
         """Record a successful write."""
-        self._pending[(namespace, name)] = PendingWrite(uid, ok, self._clock())
+        self._pending[(namespace, name)] = PendingWrite(
+            uid, decision.ok, decision.reason, self._clock()
+        )
 
     def forget(self, namespace: str, name: str) -> None:
         """The pod is gone."""

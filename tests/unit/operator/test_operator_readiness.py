@@ -116,14 +116,19 @@ def test_condition_writes_only_when_different_and_not_repeated_too_soon() -> Non
         "a": ReadinessDecision("a", True, "ConnectionsOk", ""),
         "b": ReadinessDecision("b", False, "OverCapacity", ""),
     }
-    current: dict[str, tuple[str, bool | None]] = {"a": ("uid-a", None), "b": ("uid-b", False)}
+    current: dict[str, tuple[str, bool | None, str]] = {
+        "a": ("uid-a", None, ""),
+        "b": ("uid-b", False, "OverCapacity"),
+    }
     assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]
-    writes.written("ns", "a", "uid-a", True)
+    writes.written("ns", "a", "uid-a", decisions["a"])
     clock.now += 1
     assert writes.needed("ns", decisions, current) == []  # written, watch not caught up yet
     clock.now += 5
     assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]  # retried
-    current["a"] = ("uid-a", True)
+    current["a"] = ("uid-a", True, "ConnectionsOk")
     assert writes.needed("ns", decisions, current) == []
-    current["a"] = ("uid-a2", None)  # re-created pod of the same name
+    current["a"] = ("uid-a", True, "MinReadyPods")  # same status, other reason: rewritten
+    assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]
+    current["a"] = ("uid-a2", None, "")  # re-created pod of the same name
     assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]
