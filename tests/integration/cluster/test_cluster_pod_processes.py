@@ -143,3 +143,55 @@ def test_killed_sidecar_is_restarted_and_deletion_stops_processes(
     kube.kubectl("delete", "pod", "chat-1", "-n", namespace, "--wait=true", timeout=60)
     assert not pid_alive(new_pid)
     assert not pid_alive(app_pid)
+
+
+def _conditions(kube: KubeCluster, namespace: str, name: str) -> dict[str, str]:
+    pod = kube.get_json("pod", name, "-n", namespace)
+    return {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+
+
+def test_readiness_gate_and_probe_failure_drive_pod_ready(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """Ready needs every readiness gate True (set by someone else, kept by the runner) and
+    passing probes: a SIGSTOPped sidecar fails its probe and makes the pod unready."""
+    manifest = sidecar_pod("chat-2", namespace)
+    manifest["spec"]["readinessGates"] = [{"conditionType": "wsgauge.dev/steer"}]
+    kube.apply(manifest)
+    eventually(
+        lambda: _conditions(kube, namespace, "chat-2").get("ContainersReady") == "True",
+        60,
+        0.5,
+        "containers ready",
+    )
+    assert _conditions(kube, namespace, "chat-2")["Ready"] == "False"
+
+    gate = {"status": {"conditions": [{"type": "wsgauge.dev/steer", "status": "True"}]}}
+    kube.kubectl(
+        "patch", "pod", "chat-2", "-n", namespace, "--subresource=status",
+        "--type=strategic", "-p", json.dumps(gate),
+    )  # fmt: skip
+    eventually(
+        lambda: _conditions(kube, namespace, "chat-2").get("Ready") == "True", 30, 0.5, "Ready"
+    )
+
+    pid = kube.container_pid(namespace, "chat-2", "wsgauge")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+
+        def unready() -> dict[str, str] | None:
+            conditions = _conditions(kube, namespace, "chat-2")
+            return conditions if conditions.get("Ready") == "False" else None
+
+        conditions = eventually(unready, 60, 0.5, "unready after the probe fails")
+        assert conditions["ContainersReady"] == "False"
+        assert conditions["wsgauge.dev/steer"] == "True"  # the gate is left alone
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    eventually(
+        lambda: _conditions(kube, namespace, "chat-2").get("Ready") == "True",
+        60,
+        0.5,
+        "Ready again after SIGCONT",
+    )
