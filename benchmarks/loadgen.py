@@ -180,7 +180,10 @@ class BenchSocket(asyncio.Protocol):
         self._done = asyncio.get_running_loop().create_future()
         self._frame = frame
         self._remaining = count
-        self.times = [] if timed else None
+        if not timed:
+            self.times = None
+        elif self.times is None:
+            self.times = []  # timed calls accumulate until the caller resets ``times``
         self._sent_at = time.perf_counter_ns()
         self.transport.write(frame)
         return self._done
@@ -271,22 +274,50 @@ async def run_round_trips(
     return time.perf_counter() - started
 
 
-async def measure_latency(
-    bench: BenchSocket, frame: bytes, count: int, warmup: int, timeout: float
-) -> dict[str, float]:
-    """``warmup`` untimed then ``count`` timed sequential round trips: p50/p99/mean in µs."""
-    if warmup > 0:
-        await asyncio.wait_for(bench.round_trips(frame, warmup, timed=False), timeout)
-    await asyncio.wait_for(bench.round_trips(frame, count, timed=True), timeout)
-    times = sorted(bench.times or [])
-    if len(times) != count:
-        raise LoadError(f"expected {count} timings, got {len(times)}")
+def _figures(times_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(times_ns)
     return {
-        "count": float(count),
-        "p50_us": percentile(times, 0.50) / 1000.0,
-        "p99_us": percentile(times, 0.99) / 1000.0,
-        "mean_us": sum(times) / len(times) / 1000.0,
+        "count": float(len(ordered)),
+        "p50_us": percentile(ordered, 0.50) / 1000.0,
+        "p99_us": percentile(ordered, 0.99) / 1000.0,
+        "mean_us": sum(ordered) / len(ordered) / 1000.0,
     }
+
+
+async def measure_latency(
+    target: tuple[BenchSocket, bytes],
+    baseline: tuple[BenchSocket, bytes] | None,
+    count: int,
+    warmup: int,
+    timeout: float,
+) -> dict[str, dict[str, float]]:
+    """``warmup`` untimed then ``count`` timed sequential round trips on ``target``.
+
+    With a ``baseline`` socket (straight to the upstream) the round trips
+    alternate between the two, one at a time, so both series see the same
+    background load. The result has ``target`` (and ``baseline``) figures:
+    count, p50/p99/mean in µs.
+    """
+    pairs = [target] if baseline is None else [baseline, target]
+    for bench, frame in pairs:
+        if warmup > 0:
+            await asyncio.wait_for(bench.round_trips(frame, warmup, timed=False), timeout)
+        bench.times = []
+    deadline = time.monotonic() + timeout
+    for _ in range(count):
+        for bench, frame in pairs:
+            await asyncio.wait_for(
+                bench.round_trips(frame, 1, timed=True), max(0.001, deadline - time.monotonic())
+            )
+    figures: dict[str, dict[str, float]] = {}
+    for name, pair in (("target", target), ("baseline", baseline)):
+        if pair is None:
+            continue
+        times = pair[0].times or []
+        if len(times) != count:
+            raise LoadError(f"expected {count} timings, got {len(times)}")
+        figures[name] = _figures(times)
+    return figures
 
 
 # -- worker process ----------------------------------------------------------------------------
@@ -324,6 +355,12 @@ async def _worker(args: argparse.Namespace) -> None:
         ),
         timeout,
     )
+    baseline: list[tuple[BenchSocket, bytes]] = []
+    if args.task == "latency" and args.baseline_port:
+        baseline = await asyncio.wait_for(
+            open_sockets(args.host, args.baseline_port, workload, 1, timeout=timeout), timeout
+        )
+        sockets += baseline
     _emit(
         {"event": "ready", "sockets": len(sockets), "open_seconds": time.perf_counter() - started}
     )
@@ -333,8 +370,13 @@ async def _worker(args: argparse.Namespace) -> None:
             seconds = await run_round_trips(sockets, args.round_trips, timeout)
             _emit({"event": "done", "round_trips": args.round_trips, "seconds": seconds})
         elif args.task == "latency":
-            bench, frame = sockets[0]
-            figures = await measure_latency(bench, frame, args.round_trips, args.warmup, timeout)
+            figures = await measure_latency(
+                sockets[0],
+                baseline[0] if baseline else None,
+                args.round_trips,
+                args.warmup,
+                timeout,
+            )
             _emit({"event": "done", **figures})
         else:
             _emit({"event": "done", "sockets": len(sockets)})
@@ -358,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--task", choices=("throughput", "latency", "idle"), required=True)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--first-index", type=int, default=0, help="number of the first socket")
+    parser.add_argument(
+        "--baseline-port",
+        type=int,
+        default=0,
+        help="latency: also time round trips straight to this port, alternating",
+    )
     parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--payload", type=int, default=64)

@@ -138,10 +138,18 @@ def _target_label(mode: ModeResult, target: TargetResult) -> str:
     return target.name
 
 
+def _cpu_cell(target: TargetResult) -> str:
+    figure = _us(target.throughput.cpu_us_per_message)
+    rounds = target.throughput.round_cpu_us
+    if len(rounds) > 1:
+        figure += f" ({min(rounds):.1f}-{max(rounds):.1f})"
+    return figure
+
+
 def _figures_table(result: SuiteResult) -> list[str]:
     lines = [
-        "| mode | target | proxy CPU / relayed msg | RTT p50 / p99 | added p50 / p99 "
-        "| memory / idle socket | idle sockets (sidecar count) | round trips/s |",
+        "| mode | target | proxy CPU / relayed msg (range of rounds) | RTT p50 / p99 "
+        "| added p50 / p99 | memory / idle socket | idle sockets (sidecar count) | round trips/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in result.modes:
@@ -156,7 +164,7 @@ def _figures_table(result: SuiteResult) -> list[str]:
                 idle = f"{target.idle.sockets:,}{counted}"
             lines.append(
                 f"| {mode.mode} | {_target_label(mode, target)} "
-                f"| {_us(target.throughput.cpu_us_per_message)} "
+                f"| {_cpu_cell(target)} "
                 f"| {latency.p50_us:.0f} / {latency.p99_us:.0f} µs | {added} "
                 f"| {_kib(_memory(target))} | {idle} "
                 f"| {target.throughput.round_trips_per_second:,.0f} |"
@@ -215,12 +223,19 @@ def render(result: SuiteResult) -> str:
         "### How the figures are measured",
         "",
         "- *Proxy CPU per relayed message*: `utime + stime` of the proxy's processes "
-        "(`/proc/<pid>/stat`; nginx: master + its one worker) around the closed-loop run, "
-        "divided by the relayed messages (2 per round trip: the request and its reply). "
-        "Clock-tick resolution (10 ms) over seconds of CPU.",
-        "- *Latency*: round-trip times of one socket sending one message at a time; "
-        "*added* = through the proxy minus direct, measured back to back just before, for p50 "
-        "and p99 separately.",
+        "(`/proc/<pid>/stat`; nginx: master + its one worker) around closed-loop runs (each "
+        "socket sends one message and waits for its reply), divided by the relayed messages "
+        "(2 per round trip: the request and its reply). The runs are split into rounds that "
+        "alternate between the two proxies (both running, fed in turn), so drifting background "
+        "load hits both alike; the range of the rounds is in brackets. On loopback the kernel "
+        "charges the TCP receive work of a segment to the process that sends it, so most of "
+        "either proxy's CPU is kernel time (measured with `perf`: about 90% for nginx, about "
+        "two thirds for the sidecar).",
+        "- *Latency*: round-trip times of one message at a time, alternating between a socket "
+        "through the proxy and one straight to the upstream (so both series share the same "
+        "background load); *added* = through the proxy minus direct, for p50 and p99 "
+        "separately. On a shared machine the p99 is dominated by scheduling delays and can "
+        "even come out negative.",
         "- *Memory per idle socket*: growth of the proxy's resident set size "
         "(`/proc/<pid>/statm`) when the idle sockets are opened (phoenix: each has joined a "
         "channel), divided by their number; after a warm-up so imports and first-use "

@@ -11,6 +11,8 @@ class LoadSizes:
 
     throughput_round_trips: int = 100_000
     """Closed-loop round trips (one message each way) per proxy and mode for the CPU figure."""
+    cpu_rounds: int = 4
+    """Those round trips are split into this many rounds, alternating between the proxies."""
     throughput_connections: int = 64
     """Sockets that share those round trips (spread over the workers)."""
     workers: int = 2
@@ -36,6 +38,7 @@ class LoadSizes:
 QUICK = LoadSizes(
     throughput_round_trips=20_000,
     throughput_connections=32,
+    cpu_rounds=2,
     latency_round_trips=2_000,
     latency_warmup=200,
     idle_sockets=2_000,

@@ -29,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from benchmarks.exceptions import BenchmarkError, LoadError, NginxUnavailable
 from benchmarks.nginx import NginxProxy, ensure_nginx
@@ -47,6 +47,7 @@ from benchmarks.targets import (
     SidecarProxy,
 )
 
+T = TypeVar("T")
 Progress = Callable[[str], None]
 """Where progress lines go (``print``)."""
 
@@ -90,6 +91,8 @@ class ThroughputResult:
     """Wall time."""
     proxy_cpu_seconds: float | None
     """utime + stime of the proxy's processes during the run (None: direct)."""
+    round_cpu_us: tuple[float, ...] = ()
+    """The proxy's CPU µs per relayed message in each round (their spread shows the noise)."""
 
     @property
     def relayed_messages(self) -> int:
@@ -326,7 +329,7 @@ async def run_round_trips(
     pids: list[int] | None = None,
 ) -> ThroughputResult:
     """Closed-loop round trips through ``port``; the CPU of ``pids`` around them."""
-    parts = max(1, min(sizes.workers, connections))
+    parts = max(1, min(sizes.workers, connections, round_trips))
     argument_lists = []
     first = 0
     for worker_connections, worker_trips in zip(
@@ -364,8 +367,19 @@ async def run_round_trips(
     return ThroughputResult(round_trips, connections, seconds, cpu)
 
 
-async def measure_latency(port: int, mode: str, sizes: LoadSizes) -> LatencyResult:
-    """Sequential round trips on one socket through ``port``."""
+def _latency(figures: dict[str, float]) -> LatencyResult:
+    return LatencyResult(
+        int(figures["count"]), figures["p50_us"], figures["p99_us"], figures["mean_us"]
+    )
+
+
+async def measure_latency(
+    port: int, baseline_port: int, mode: str, sizes: LoadSizes
+) -> tuple[LatencyResult, LatencyResult]:
+    """Sequential round trips through ``port`` and straight to ``baseline_port``, alternating.
+
+    The result is (baseline, through the port).
+    """
     arguments = _worker_arguments(
         port,
         mode,
@@ -373,6 +387,7 @@ async def measure_latency(port: int, mode: str, sizes: LoadSizes) -> LatencyResu
         sizes,
         round_trips=sizes.latency_round_trips,
         warmup=sizes.latency_warmup,
+        baseline_port=baseline_port,
     )
     workers = await _start_workers([arguments], sizes.step_timeout)
     try:
@@ -383,9 +398,7 @@ async def measure_latency(port: int, mode: str, sizes: LoadSizes) -> LatencyResu
         raise
     finally:
         await _end_workers(workers)
-    return LatencyResult(
-        int(done["count"]), float(done["p50_us"]), float(done["p99_us"]), float(done["mean_us"])
-    )
+    return _latency(done["baseline"]), _latency(done["target"])
 
 
 async def measure_idle(proxy: Proxy, mode: str, sizes: LoadSizes) -> IdleResult:
@@ -428,46 +441,51 @@ async def measure_idle(proxy: Proxy, mode: str, sizes: LoadSizes) -> IdleResult:
     return IdleResult(sizes.idle_sockets, rss_before, rss_after, open_seconds, counted)
 
 
-async def measure_direct(upstream: ManagedProcess, mode: str, sizes: LoadSizes) -> TargetResult:
-    """The upstream without a proxy: the baseline latency and the load setup's throughput."""
-    await run_round_trips(
-        upstream.port, mode, sizes, sizes.warmup_round_trips, min(8, sizes.throughput_connections)
+def _warmup(port: int, mode: str, sizes: LoadSizes) -> Awaitable[ThroughputResult]:
+    return run_round_trips(
+        port, mode, sizes, sizes.warmup_round_trips, min(8, sizes.throughput_connections)
     )
-    latency = await measure_latency(upstream.port, mode, sizes)
-    throughput = await run_round_trips(
-        upstream.port, mode, sizes, sizes.throughput_round_trips, sizes.throughput_connections
-    )
-    return TargetResult("direct", f"client straight to the {upstream.name}", latency, throughput)
 
 
-async def measure_proxy(
-    proxy: Proxy, upstream: ManagedProcess, mode: str, sizes: LoadSizes
-) -> TargetResult:
-    """Warm-up, idle memory, latency (with an adjacent direct baseline) and CPU of one proxy."""
-    await proxy.start()
+async def _annotated(proxy: Proxy, mode: str, step: Awaitable[T]) -> T:
+    """Run ``step``; a failure names the proxy and shows the end of its output."""
     try:
-        await run_round_trips(
-            proxy.port, mode, sizes, sizes.warmup_round_trips, min(8, sizes.throughput_connections)
-        )
-        idle = await measure_idle(proxy, mode, sizes)
-        baseline = await measure_latency(upstream.port, mode, sizes)
-        latency = await measure_latency(proxy.port, mode, sizes)
-        throughput = await run_round_trips(
-            proxy.port,
-            mode,
-            sizes,
-            sizes.throughput_round_trips,
-            sizes.throughput_connections,
-            pids=proxy.pids(),
-        )
-        return TargetResult(proxy.name, proxy.description(), latency, throughput, baseline, idle)
+        return await step
     except BenchmarkError as error:
         raise BenchmarkError(f"{proxy.name} ({mode}): {error}\n{proxy.output()[-1500:]}") from None
-    finally:
-        proxy.stop()
 
 
-def _upstream_for(mode: str) -> ManagedProcess:
+def _combine(parts: list[ThroughputResult]) -> ThroughputResult:
+    cpu = [part.proxy_cpu_seconds for part in parts]
+    return ThroughputResult(
+        round_trips=sum(part.round_trips for part in parts),
+        connections=parts[0].connections,
+        seconds=sum(part.seconds for part in parts),
+        proxy_cpu_seconds=None if None in cpu else sum(value or 0.0 for value in cpu),
+        round_cpu_us=tuple(part.cpu_us_per_message or 0.0 for part in parts),
+    )
+
+
+async def measure_cpu(
+    proxies: list[Proxy], mode: str, sizes: LoadSizes
+) -> dict[str, ThroughputResult]:
+    """The closed-loop CPU runs, split into rounds that alternate between the proxies.
+
+    Alternating (A B, B A, A B ...) lets both proxies see the same drift in the
+    machine's background load; each proxy's figure is its CPU over all rounds.
+    """
+    parts: dict[str, list[ThroughputResult]] = {proxy.name: [] for proxy in proxies}
+    rounds = max(1, min(sizes.cpu_rounds, sizes.throughput_round_trips))
+    for number, trips in enumerate(_split(sizes.throughput_round_trips, rounds)):
+        for proxy in proxies if number % 2 == 0 else proxies[::-1]:
+            step = run_round_trips(
+                proxy.port, mode, sizes, trips, sizes.throughput_connections, pids=proxy.pids()
+            )
+            parts[proxy.name].append(await _annotated(proxy, mode, step))
+    return {name: _combine(runs) for name, runs in parts.items()}
+
+
+def upstream_for(mode: str) -> ManagedProcess:
     if mode == "path":
         return EchoUpstream()
     if mode == "phoenix":
@@ -475,30 +493,72 @@ def _upstream_for(mode: str) -> ManagedProcess:
     raise BenchmarkError(f"unknown mode {mode!r} (path or phoenix)")
 
 
+UPSTREAM_DESCRIPTIONS = {
+    "path": "benchmarks/echo_server.py (raw asyncio echo)",
+    "phoenix": "wsgauge-demo-app /socket/websocket (Phoenix v2 JSON, aiohttp)",
+}
+
+
 async def run_mode(
     mode: str, sizes: LoadSizes, nginx_binary: str | None, progress: Progress | None = None
 ) -> ModeResult:
-    """Direct, sidecar and (when ``nginx_binary``) nginx in one mode, one shared upstream."""
+    """Direct, sidecar and (when ``nginx_binary``) nginx in one mode, one shared upstream.
+
+    Both proxies run side by side (fresh processes); memory is measured one proxy
+    at a time, latency as direct/proxy pairs, CPU in alternating rounds.
+    """
     say = progress or (lambda message: None)
-    upstream = _upstream_for(mode)
+    upstream = upstream_for(mode)
     await upstream.start()
+    proxies: list[Proxy] = [SidecarProxy(upstream.port, mode)]
+    if nginx_binary is not None:
+        proxies.append(NginxProxy(nginx_binary, upstream.port, sizes.idle_sockets))
+    started: list[Proxy] = []
     try:
-        described = (
-            "benchmarks/echo_server.py (raw asyncio echo)"
-            if mode == "path"
-            else ("wsgauge-demo-app /socket/websocket (Phoenix v2 JSON, aiohttp)")
-        )
-        result = ModeResult(mode, described)
-        say(f"[{mode}] direct")
-        result.targets.append(await measure_direct(upstream, mode, sizes))
-        proxies: list[Proxy] = [SidecarProxy(upstream.port, mode)]
-        if nginx_binary is not None:
-            proxies.append(NginxProxy(nginx_binary, upstream.port, sizes.idle_sockets))
+        await _warmup(upstream.port, mode, sizes)
         for proxy in proxies:
-            say(f"[{mode}] {proxy.name}")
-            result.targets.append(await measure_proxy(proxy, upstream, mode, sizes))
+            await proxy.start()
+            started.append(proxy)
+            await _annotated(proxy, mode, _warmup(proxy.port, mode, sizes))
+        idle: dict[str, IdleResult] = {}
+        for proxy in proxies:
+            say(f"[{mode}] {proxy.name}: memory with {sizes.idle_sockets:,} idle sockets")
+            idle[proxy.name] = await _annotated(proxy, mode, measure_idle(proxy, mode, sizes))
+        latency: dict[str, tuple[LatencyResult, LatencyResult]] = {}
+        for proxy in proxies:
+            say(f"[{mode}] {proxy.name}: latency (alternating direct and through the proxy)")
+            latency[proxy.name] = await _annotated(
+                proxy, mode, measure_latency(proxy.port, upstream.port, mode, sizes)
+            )
+        say(f"[{mode}] CPU: {sizes.throughput_round_trips:,} round trips per proxy")
+        cpu = await measure_cpu(proxies, mode, sizes)
+        say(f"[{mode}] direct throughput")
+        direct = await run_round_trips(
+            upstream.port, mode, sizes, sizes.throughput_round_trips, sizes.throughput_connections
+        )
+        result = ModeResult(mode, UPSTREAM_DESCRIPTIONS[mode])
+        first_baseline = latency[proxies[0].name][0]
+        result.targets.append(
+            TargetResult(
+                "direct", f"client straight to the {upstream.name}", first_baseline, direct
+            )
+        )
+        for proxy in proxies:
+            baseline, through = latency[proxy.name]
+            result.targets.append(
+                TargetResult(
+                    proxy.name,
+                    proxy.description(),
+                    through,
+                    cpu[proxy.name],
+                    baseline,
+                    idle[proxy.name],
+                )
+            )
         return result
     finally:
+        for proxy in started:
+            proxy.stop()
         upstream.stop()
 
 

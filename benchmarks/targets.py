@@ -156,15 +156,21 @@ class SidecarProxy(ManagedProcess):
     name = "sidecar"
     stop_signal = signal.SIGINT  # drain at once, no grace, no spread
 
-    def __init__(self, upstream_port: int, rule: str) -> None:
+    def __init__(self, upstream_port: int, rule: str, profile_to: Path | None = None) -> None:
         super().__init__()
         self.upstream_port = upstream_port
         self.rule = rule
         self.admin_port = free_port()
+        self.profile_to = profile_to
+        """Run under cProfile and write the statistics here when the sidecar exits."""
 
     def argv(self) -> Sequence[str]:
+        command = [str(BIN / "wsgauge-sidecar")]
+        if self.profile_to is not None:
+            profile = str(self.profile_to)
+            command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "wsgauge_sidecar"]
         return [
-            str(BIN / "wsgauge-sidecar"),
+            *command,
             "--listen",
             f"{LOOPBACK}:{self.port}",
             "--admin-listen",
