@@ -25,7 +25,7 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,6 +115,9 @@ class StatusContribution:
 
 
 StatusContributor = Callable[[ConnectionStatsRecord, Aggregate], StatusContribution]
+RecordListener = Callable[[tuple[str, str], "ConnectionStatsRecord | None"], None]
+"""Called with (namespace, name) and the record after each ConnectionStats event (None: deleted)."""
+Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
 @dataclass
@@ -156,6 +159,8 @@ class Controller:
         self._condition_writes = ConditionWrites(settings.readiness.repatch_after, monotonic)
         self._events = EventRecorder(kube, settings.events, monotonic, settings.kube.instance)
         self._contributors: list[StatusContributor] = []
+        self._record_listeners: list[RecordListener] = []
+        self._services: list[Service] = []
         self._session: aiohttp.ClientSession | None = None
         self._started = False
         self.summaries: dict[Key, dict[str, Any]] = {}
@@ -178,9 +183,14 @@ class Controller:
         self._reconcile_followers()
         for key in list(self._records):
             self._ensure_worker(key)
+        for start, _ in self._services:
+            await start()
 
     async def stop(self) -> None:
-        """Cancel every task and close the HTTP client."""
+        """Stop the added services, cancel every task and close the HTTP client."""
+        if self._started:
+            for _, stop in reversed(self._services):
+                await stop()
         tasks = [task for _, task in self._followers.values()] + list(self._workers.values())
         for task in tasks:
             task.cancel()
@@ -197,6 +207,16 @@ class Controller:
     def add_status_contributor(self, contributor: StatusContributor) -> None:
         """Add fields and conditions to every status written (called each round)."""
         self._contributors.append(contributor)
+
+    def add_record_listener(self, listener: RecordListener) -> None:
+        """Hear about every ConnectionStats change (e.g. to reconcile an owned HPA)."""
+        self._record_listeners.append(listener)
+
+    def add_service(
+        self, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Start and stop something (e.g. the metrics API server) with the controller."""
+        self._services.append((start, stop))
 
     def records(self) -> list[ConnectionStatsRecord]:
         """Every ConnectionStats known."""
@@ -232,6 +252,8 @@ class Controller:
         key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
         if event_type == "DELETED":
             self._forget(key)
+            for listener in list(self._record_listeners):
+                listener(key, None)
             return
         uid = str(metadata.get("uid") or "")
         generation = metadata.get("generation")
@@ -264,6 +286,8 @@ class Controller:
         self._reconcile_followers()
         self._ensure_worker(key)
         self._wake_worker(key)
+        for listener in list(self._record_listeners):
+            listener(key, record)
 
     def _forget(self, key: Key) -> None:
         self._records.pop(key, None)

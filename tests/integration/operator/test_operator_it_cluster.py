@@ -63,11 +63,12 @@ async def test_status_counts_follow_real_sockets_and_pods(
         await clients.open(ip_of(second), DATA_PORT, "stats", 4)
         status = wait_status(
             kube, namespace,
-            lambda s: s["connections"] == 9 and s["topics"] == {"stream": 5, "stats": 4},
-            "9 sockets on 2 topics",
+            lambda s: s["connections"] == 9 and s["topics"] == {"stream": 5, "stats": 4}
+            and s["pods"]["ready"] == 2,
+            "9 sockets on 2 topics, 2 pods ready",
         )  # fmt: skip
         assert status["busiestPods"][0] == {"name": name_of(second), "connections": 6}
-        assert status["pods"]["matched"] == 2 and status["pods"]["ready"] == 2
+        assert status["pods"]["matched"] == 2
         assert condition_of(status, "Ready") == ("True", "PodsReporting")
         assert condition_of(status, "Degraded") == ("False", "AllReachable")
         assert condition_of(status, "CapacityExceeded") == ("False", "WithinCapacity")
@@ -80,10 +81,27 @@ async def test_status_counts_follow_real_sockets_and_pods(
             "7 sockets after closing 2",
         )  # fmt: skip
 
-        # the cluster-wide stats server agrees
+        # the cluster-wide stats server agrees, and its live stream follows the next change
         document = json.loads(operator.get("/stats"))
         assert document["connections"] == 7 and document["topics"] == {"stream": 5, "stats": 2}
         assert document["connectionStats"][0]["name"] == "chat"
+        one = json.loads(operator.get(f"/stats/{namespace}/chat"))
+        assert one["status"]["connections"] == 7
+        assert b"wsgauge_connectionstats_connections" in operator.get("/metrics")
+        url = f"http://127.0.0.1:{operator.port}/stats/watch"
+        async with clients.session.get(url) as stream:
+            first_line = json.loads(await asyncio.wait_for(stream.content.readline(), 10))
+            assert first_line["connections"] == 7
+            await clients.open(ip_of(first), DATA_PORT, "stream", 1)
+            seen = []
+            for _ in range(50):
+                line = await asyncio.wait_for(stream.content.readline(), 10)
+                if line.strip():
+                    seen.append(json.loads(line)["connections"])
+                    if seen[-1] == 8:
+                        break
+            assert seen[-1] == 8, seen
+        await clients.close(ip_of(first), DATA_PORT, "stream", 1)
 
         kube.kubectl("scale", "deployment/chat", "-n", namespace, "--replicas=3")
         third = next(
