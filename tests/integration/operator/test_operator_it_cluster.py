@@ -12,7 +12,7 @@ import os
 import signal
 from typing import Any
 
-from conftest import (
+from operator_it_cluster_helpers import (
     OperatorProcess,
     chat_deployment,
     condition_of,

@@ -1,0 +1,195 @@
+"""Helpers of the operator integration tests on the real control plane: the operator as a real
+subprocess (``wsgauge-operator --kubeconfig ...``), the chat workload, status polling."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from operator_it_harness import VENV_BIN, Process, free_port, wait_for_port
+from wsgauge_devcluster.testing import KubeCluster, eventually
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "crds" / "connectionstats.yaml"
+EXAMPLE = REPO / "examples" / "chat"
+
+
+class OperatorProcess:
+    """``wsgauge-operator`` watching one namespace, its stats server on a loopback port."""
+
+    def __init__(self, kube: KubeCluster, namespace: str, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self._argv = [
+            str(VENV_BIN / "wsgauge-operator"),
+            "--kubeconfig", str(kube.kubeconfig),
+            "--namespaces", namespace,
+            "--listen", f"127.0.0.1:{self.port}",
+            "--read-timeout", "3",
+            "--startup-grace", "5",
+            "--backoff-max", "1",
+            "--status-interval", "500ms",
+            "--min-status-interval", "200ms",
+            "--log-level", "info",
+            *extra,
+        ]  # fmt: skip
+        self._log = log
+        self.process: Process | None = None
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start the process; wait for its stats server."""
+        self.process = Process(self._argv, self._log)
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process is not None:
+            self.process.stop(timeout=15)
+            self.process = None
+
+    def get(self, path: str) -> bytes:
+        """GET from the stats server."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as reply:
+            return bytes(reply.read())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (0 if absent)."""
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.get("/metrics").decode().splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            series_name, _, label_text = series.partition("{")
+            if series_name != name:
+                continue
+            have = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if have == wanted:
+                return float(value)
+        return 0.0
+
+    def output(self) -> str:
+        """The operator's log so far."""
+        return self._log.read_text(errors="replace")
+
+
+def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[str, Any]:
+    """examples/chat/deployment.yaml, made quick to stop (no drain wait) for tests."""
+    deployment = yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
+    deployment = copy.deepcopy(deployment)
+    deployment["metadata"].update(name=name, namespace=namespace)
+    deployment["spec"]["replicas"] = replicas
+    pod_spec = deployment["spec"]["template"]["spec"]
+    pod_spec["terminationGracePeriodSeconds"] = 3
+    for container in pod_spec["containers"]:
+        container.get("lifecycle", {}).pop("preStop", None)
+        if container["name"] == "wsgauge-sidecar":
+            container["args"] = [
+                a
+                for a in container["args"]
+                if not a.startswith(("--drain-grace", "--drain-spread"))
+            ] + ["--drain-grace=0", "--drain-spread=0", "--watch-heartbeat=1"]
+    return deployment
+
+
+def connection_stats(namespace: str, name: str = "chat", **spec: Any) -> dict[str, Any]:
+    """A ConnectionStats for the chat pods (no autoscaling: that is the next issue)."""
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": "chat"}},
+        "sidecarPort": "wsgauge-admin",
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"},
+        "capacity": {"maxConnectionsPerPod": 1000, "minReadyPods": 1},
+        "statusInterval": "500ms",
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "wsgauge.dev/v1alpha1",
+        "kind": "ConnectionStats",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def status_of(kube: KubeCluster, namespace: str, name: str = "chat") -> dict[str, Any]:
+    """The ConnectionStats status ({} if none yet)."""
+    result = kube.kubectl(
+        "get", "connectionstats", name, "-n", namespace, "-o", "json", check=False
+    )
+    if result.returncode != 0:
+        return {}
+    return dict(json.loads(result.stdout).get("status") or {})
+
+
+def condition_of(status: dict[str, Any], type_: str) -> tuple[str, str] | None:
+    """(status, reason) of a condition in a status."""
+    for item in status.get("conditions") or []:
+        if item.get("type") == type_:
+            return str(item.get("status")), str(item.get("reason"))
+    return None
+
+
+def running_pods(
+    kube: KubeCluster, namespace: str, selector: str = "app=chat"
+) -> list[dict[str, Any]]:
+    """Running pods with an IP, not being deleted, sorted by name."""
+    pods = kube.get_json("pods", "-n", namespace, "-l", selector)["items"]
+    alive = [
+        p for p in pods
+        if p["status"].get("phase") == "Running" and p["status"].get("podIP")
+        and not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+    return sorted(alive, key=lambda p: p["metadata"]["name"])
+
+
+def gate_of(pod: dict[str, Any]) -> str | None:
+    """The pod's wsgauge.dev/connections-ok condition status."""
+    for item in pod["status"].get("conditions") or []:
+        if item["type"] == "wsgauge.dev/connections-ok":
+            return str(item["status"])
+    return None
+
+
+def wait_status(
+    kube: KubeCluster,
+    namespace: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 30.0,
+    name: str = "chat",
+) -> dict[str, Any]:
+    """Poll the status until predicate holds; the failure message shows the last status."""
+    last: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        nonlocal last
+        last = status_of(kube, namespace, name)
+        return last if last and predicate(last) else None
+
+    try:
+        return eventually(check, timeout=timeout, interval=0.3, what=what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last status: {json.dumps(last)}") from None
+
+
+def ready_pods(
+    kube: KubeCluster, namespace: str, count: int, timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """Wait for exactly count running pods, all with the gate condition True; return them."""
+
+    def check() -> list[dict[str, Any]] | None:
+        pods = running_pods(kube, namespace)
+        if len(pods) == count and all(gate_of(p) == "True" for p in pods):
+            return pods
+        return None
+
+    return eventually(check, timeout=timeout, interval=0.5, what=f"{count} gated pods ready")
+
+
+def settle(seconds: float) -> None:
+    """Let the operator see a change that must NOT have an effect (bounded)."""
+    time.sleep(seconds)
