@@ -216,7 +216,16 @@ class ClientConnection(asyncio.Protocol):
     # -- plain HTTP: requests --------------------------------------------------------------
 
     def _process_client_bytes(self) -> None:
-        high_water = self.settings.socket_buffer_bytes
+        self._consume_client_bytes()
+        # While a request is in flight, unconsumed bytes (a body waiting for the upstream
+        # connection, pipelined requests) are bounded: stop reading above the high-water
+        # mark. A request head is bounded by the parser (--max-header-bytes) instead.
+        if self.mode == _EXCHANGE and len(self._inbuf) > self.settings.socket_buffer_bytes:
+            self.pause_client("buffer")
+        else:
+            self.resume_client("buffer")
+
+    def _consume_client_bytes(self) -> None:
         while self.mode in (_HEAD, _EXCHANGE):
             if self._request is None:
                 try:
@@ -236,8 +245,6 @@ class ClientConnection(asyncio.Protocol):
             if not self._request_done:
                 upstream = self.upstream
                 if not self._inbuf or upstream is None or not upstream.connected:
-                    if len(self._inbuf) > high_water:
-                        self.pause_client("buffer")
                     return
                 framer = self._request_framer
                 assert framer is not None
@@ -254,10 +261,7 @@ class ClientConnection(asyncio.Protocol):
                     self._request_done = True
                     self._maybe_finish_exchange()
                 continue
-            # request complete, response in flight: pipelined bytes wait here
-            if len(self._inbuf) > high_water:
-                self.pause_client("buffer")
-            return
+            return  # request complete, response in flight: pipelined bytes wait here
 
     def _start_request(self, head: RequestHead) -> None:
         self.mode = _EXCHANGE
@@ -340,7 +344,6 @@ class ClientConnection(asyncio.Protocol):
         self._request_framer = None
         self._response_head = None
         self._response_framer = None
-        self.resume_client("buffer")
         self._start_timer(self.settings.handshake_timeout, self._head_timed_out)
         self._process_client_bytes()
 

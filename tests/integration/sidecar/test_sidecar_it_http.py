@@ -42,6 +42,16 @@ async def test_keep_alive_several_requests_on_one_connection(sidecar: SidecarPro
         + payload,
     )
     assert head.startswith(b"HTTP/1.1 200") and body == payload
+    # a body far larger than the relay buffer (backpressure must not stall it)
+    payload = bytes(range(256)) * 12_000
+    head, body = await _exchange(
+        reader,
+        writer,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload,
+    )
+    assert head.startswith(b"HTTP/1.1 200") and body == payload
     # two pipelined requests in one write are answered in order
     writer.write(b"GET /p1 HTTP/1.1\r\nHost: t\r\n\r\nGET /p2 HTTP/1.1\r\nHost: t\r\n\r\n")
     for name in (b"/p1", b"/p2"):
@@ -59,6 +69,9 @@ async def test_chunked_request_and_response_bodies(sidecar: SidecarProcess) -> N
 
     async with aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{sidecar.port}"
+        big = bytes(range(256)) * 16_000  # first request of a fresh connection, 4 MB body
+        async with session.post(f"{base}/echo", data=big) as response:
+            assert await response.read() == big
         async with session.get(f"{base}/chunked?chunks=4") as response:
             assert response.status == 200
             assert response.headers.get("Transfer-Encoding") == "chunked"
