@@ -26,7 +26,8 @@ def _pod(conditions: list[dict[str, str]], gates: list[str]) -> dict[str, Any]:
 
 
 async def _worker(tmp_path: Path, pod: dict[str, Any]) -> PodWorker:
-    runner = PodRunner(RunnerSettings(state_dir=tmp_path), tmp_path / "kubeconfig", "v1.37.2")
+    settings = RunnerSettings(state_dir=tmp_path, node_count=2, ip_second_octet_base=100)
+    runner = PodRunner(settings, tmp_path / "kubeconfig", "v1.37.2")
     node = runner.nodes["wsgauge-node-1"]
     worker = PodWorker(runner, pod, node, node.allocate("u1"))
     async with aiohttp.ClientSession() as session:
