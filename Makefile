@@ -51,7 +51,7 @@ demo: $(STAMP) k8s-bins
 	$(PY) -m wsgauge_devcluster.demo
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

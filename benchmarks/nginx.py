@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -162,7 +163,15 @@ class NginxProxy(ManagedProcess):
         self._pids: list[int] = []
 
     def argv(self) -> Sequence[str]:
-        connections = 2 * self.max_sockets + 1024  # a proxied socket holds two connections
+        # A proxied socket holds two connections; nginx starts closing connections that wait
+        # for a request (handshakes in flight) once fewer than 1/16 of the slots are free.
+        connections = 2 * self.max_sockets + self.max_sockets // 4 + 1024
+        # the worker cannot raise its descriptor limit above ours (inherited) without
+        # CAP_SYS_RESOURCE, so ask for no more than that (slots need no descriptor until used)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = (
+            connections + 1024 if hard == resource.RLIM_INFINITY else min(connections + 1024, hard)
+        )
         self.config_path.write_text(
             CONFIG.format(
                 dir=self.work_dir,
@@ -170,7 +179,7 @@ class NginxProxy(ManagedProcess):
                 port=self.port,
                 upstream=self.upstream_port,
                 connections=connections,
-                nofile=connections + 1024,
+                nofile=nofile,
             )
         )
         error_log = str(self.work_dir / "error.log")
