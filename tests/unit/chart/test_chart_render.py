@@ -12,7 +12,6 @@ import pytest
 import yaml
 from chart_render_harness import CHART, REPO, Render, find, one, run_helm
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 from wsgauge_operator.injector import settings_from_mapping
 
 CRD_NAME = "connectionstats.wsgauge.dev"
@@ -89,8 +88,8 @@ def test_generated_tls_one_ca_for_secrets_apiservices_and_webhook(render: Render
     ):
         cert = _certificate(base64.b64decode(secrets[name]["data"]["tls.crt"]).decode())
         cert.verify_directly_issued_by(ca)
-        names = cert.extensions.get_extension_for_oid(
-            ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.DNSName)
         assert f"{service}.wsg.svc" in names
         assert secrets[name]["type"] == "kubernetes.io/tls"

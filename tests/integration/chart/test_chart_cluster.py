@@ -1,0 +1,327 @@
+"""The Helm chart against the local real control plane (or any cluster in $KUBECONFIG).
+
+One release is installed for the module (custom metrics API off: other tests own those
+cluster-wide APIServices); the injector runs as a local process on loopback with the chart's own
+generated TLS Secret and ConfigMap, and the chart's webhook points at it (injector.url). A second,
+short-lived release checks the APIService part when no other server holds custom.metrics.k8s.io.
+The last test uninstalls and checks that only the kept CRD remains.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_cluster_harness import (
+    CHART,
+    CRD_NAME,
+    LocalInjector,
+    apiservices_present,
+    can_i,
+    create_pod,
+    free_loopback_port,
+    helm,
+    kubectl_input,
+    leftovers,
+    pod_manifest,
+)
+from wsgauge_devcluster.testing import KubeCluster, eventually
+
+GATE = {"conditionType": "wsgauge.dev/connections-ok"}
+RELEASE_KINDS = (
+    "clusterroles",
+    "clusterrolebindings",
+    "rolebindings",
+    "mutatingwebhookconfigurations",
+    "apiservices",
+    "deployments",
+    "services",
+    "secrets",
+    "configmaps",
+    "serviceaccounts",
+    "poddisruptionbudgets",
+)
+
+
+@dataclass
+class Release:
+    """The module's installed release."""
+
+    name: str
+    namespace: str
+    apps: str
+    """A namespace opted in to injection."""
+    plain: str
+    """A namespace not opted in."""
+    injector: LocalInjector
+    uninstalled: bool = False
+
+    @property
+    def operator_sa(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-wsgauge-operator"
+
+
+@pytest.fixture(scope="module")
+def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"wsg-{suffix}", f"t-chart-{suffix}"
+    apps, plain = f"t-chart-apps-{suffix}", f"t-chart-plain-{suffix}"
+    for ns in (namespace, apps, plain):
+        kube.kubectl("create", "namespace", ns)
+    kube.kubectl("label", "namespace", apps, "wsgauge.dev/injection=enabled")
+    port = free_loopback_port()
+    injector: LocalInjector | None = None
+    try:
+        helm(
+            kube,
+            "install", name, str(CHART),
+            "--namespace", namespace,
+            "--take-ownership",  # the CRD may already be there (applied from crds/ by other tests)
+            "--set", "metricsApi.enabled=false",
+            "--set", "injector.replicas=1",
+            "--set", f"injector.url=https://127.0.0.1:{port}/mutate",
+        )  # fmt: skip
+        injector = LocalInjector(kube, namespace, name, port, tmp_path_factory.mktemp("injector"))
+        handle = Release(name, namespace, apps, plain, injector)
+        yield handle
+    finally:
+        if injector is not None:
+            injector.stop()
+        helm(kube, "uninstall", name, "--namespace", namespace, check=False)
+        for ns in (namespace, apps, plain):
+            kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _container_names(pod: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in pod["spec"]["containers"]]
+
+
+def test_install_creates_crd_rbac_webhook_and_workloads(
+    kube: KubeCluster, release: Release
+) -> None:
+    crd = kube.get_json("crd", CRD_NAME)
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
+    prefix = f"{release.name}-wsgauge"
+    for kind, name in (
+        ("clusterrole", f"{prefix}-operator"),
+        ("clusterrole", f"{prefix}-operator-cluster"),
+        ("clusterrolebinding", f"{prefix}-operator"),
+        ("clusterrolebinding", f"{prefix}-operator-cluster"),
+        ("mutatingwebhookconfiguration", f"{prefix}-injector"),
+    ):
+        kube.kubectl("get", kind, name)
+    for kind, name in (
+        ("serviceaccount", f"{prefix}-operator"),
+        ("deployment", f"{prefix}-operator"),
+        ("deployment", f"{prefix}-injector"),
+        ("service", f"{prefix}-operator"),
+        ("service", f"{prefix}-injector"),
+        ("secret", f"{prefix}-injector-tls"),
+    ):
+        kube.kubectl("get", kind, name, "-n", release.namespace)
+    webhook = kube.get_json("mutatingwebhookconfiguration", f"{prefix}-injector")["webhooks"][0]
+    assert webhook["clientConfig"]["url"] == f"https://127.0.0.1:{release.injector.port}/mutate"
+    # metricsApi.enabled=false: no APIService, no metrics Service
+    assert kube.kubectl("get", "service", f"{prefix}-metrics-api", "-n", release.namespace,
+                        check=False).returncode != 0  # fmt: skip
+    listed = kube.kubectl("get", "connectionstats", "-A").returncode
+    assert listed == 0
+
+
+def test_annotated_pod_comes_back_with_sidecar_and_readiness_gate(
+    kube: KubeCluster, release: Release
+) -> None:
+    manifest = pod_manifest(
+        "chat-1",
+        release.apps,
+        {"wsgauge.dev/inject": "true", "wsgauge.dev/topic": "path:^/ws/([^/]+)",
+         "wsgauge.dev/max-connections": "5000"},
+    )  # fmt: skip
+    result = create_pod(kube, manifest)
+    assert result.returncode == 0, result.stderr
+    pod = json.loads(result.stdout)
+    assert _container_names(pod) == ["app", "wsgauge-sidecar"]
+    assert pod["spec"]["readinessGates"] == [GATE]
+    sidecar = pod["spec"]["containers"][1]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["WSGAUGE_TOPIC"] == "path:^/ws/([^/]+)"
+    assert env["WSGAUGE_MAX_CONNECTIONS"] == "5000"
+    assert {p["name"] for p in sidecar["ports"]} == {"wsgauge-http", "wsgauge-admin"}
+    assert sidecar["image"].endswith("/sidecar:0.1.0")
+    preStop = pod["spec"]["containers"][0]["lifecycle"]["preStop"]
+    assert preStop == {"sleep": {"seconds": 17}}
+    assert pod["metadata"]["annotations"]["wsgauge.dev/injected"] == sidecar["image"]
+    # what the API server stored is what a later read returns
+    stored = kube.get_json("pod", "chat-1", "-n", release.apps)
+    assert _container_names(stored) == ["app", "wsgauge-sidecar"]
+    assert stored["spec"]["readinessGates"] == [GATE]
+
+
+def test_pods_without_the_annotation_or_outside_opted_in_namespaces_are_untouched(
+    kube: KubeCluster, release: Release
+) -> None:
+    for manifest in (
+        pod_manifest("plain-1", release.apps),
+        pod_manifest("plain-2", release.apps, {"wsgauge.dev/inject": "false"}),
+        pod_manifest("elsewhere-1", release.plain, {"wsgauge.dev/inject": "true"}),
+    ):
+        result = create_pod(kube, manifest)
+        assert result.returncode == 0, result.stderr
+        pod = json.loads(result.stdout)
+        assert _container_names(pod) == ["app"]
+        assert "readinessGates" not in pod["spec"]
+        assert "lifecycle" not in pod["spec"]["containers"][0]
+        assert "wsgauge.dev/injected" not in (pod["metadata"].get("annotations") or {})
+
+
+def test_invalid_override_is_refused_with_the_annotation_named(
+    kube: KubeCluster, release: Release
+) -> None:
+    manifest = pod_manifest(
+        "bad-1", release.apps, {"wsgauge.dev/inject": "true", "wsgauge.dev/drain-grace": "soon"}
+    )
+    result = create_pod(kube, manifest)
+    assert result.returncode != 0
+    assert "wsgauge.dev/drain-grace" in result.stderr
+
+
+def test_operator_service_account_can_do_what_it_needs_and_nothing_else(
+    kube: KubeCluster, release: Release
+) -> None:
+    sa = release.operator_sa
+    allowed = [
+        ("list", "pods", "-A"),
+        ("watch", "pods", "-A"),
+        ("patch", "pods", "-n", release.apps),
+        ("patch", "pods", "--subresource=status", "-n", release.apps),
+        ("watch", "connectionstats.wsgauge.dev", "-A"),
+        ("patch", "connectionstats.wsgauge.dev", "--subresource=status", "-n", release.apps),
+        ("create", "events.events.k8s.io", "-n", release.apps),
+        ("create", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
+        ("delete", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
+        ("get", "deployments.apps", "--subresource=scale", "-n", release.apps),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ]
+    denied = [
+        ("get", "secrets", "-n", release.namespace),
+        ("list", "secrets", "-A"),
+        ("get", "secrets", "-n", "kube-system"),
+        ("delete", "pods", "-n", release.apps),
+        ("create", "pods", "-n", release.apps),
+        ("update", "pods", "-n", release.apps),
+        ("patch", "connectionstats.wsgauge.dev", "-n", release.apps),
+        ("create", "connectionstats.wsgauge.dev", "-n", release.apps),
+        ("delete", "connectionstats.wsgauge.dev", "-n", release.apps),
+        ("patch", "deployments.apps", "-n", release.apps),
+        ("update", "deployments.apps", "--subresource=scale", "-n", release.apps),
+        ("get", "configmaps", "-n", release.apps),
+        ("list", "namespaces"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("create", "events", "-n", release.apps),
+        # metricsApi.enabled=false: no access to the aggregator's CA either
+        ("get", "configmaps/extension-apiserver-authentication", "-n", "kube-system"),
+    ]
+    for args in allowed:
+        assert can_i(kube, sa, *args), f"operator should be allowed: {args}"
+    for args in denied:
+        assert not can_i(kube, sa, *args), f"operator should be denied: {args}"
+    injector_sa = f"system:serviceaccount:{release.namespace}:{release.name}-wsgauge-injector"
+    assert not can_i(kube, injector_sa, "list", "pods", "-A")
+    assert not can_i(kube, injector_sa, "get", "secrets", "-n", release.namespace)
+
+
+def test_rendered_chart_passes_a_server_side_dry_run(kube: KubeCluster, release: Release) -> None:
+    for sets in (
+        [],
+        [
+            "--set",
+            f"operator.watchNamespaces={{{release.apps},{release.plain}}}",
+            "--set",
+            "injector.failurePolicy=Ignore",
+        ],
+        ["--set", "metricsApi.enabled=false,injector.enabled=false,crds.keep=false"],
+    ):
+        rendered = helm(
+            kube, "template", "dry", str(CHART), "--namespace", release.namespace, *sets
+        ).stdout
+        result = kubectl_input(kube, rendered, "apply", "--dry-run=server", "-f", "-")
+        assert result.returncode == 0, result.stderr
+        assert "(server dry run)" in result.stdout
+
+
+def test_a_down_webhook_blocks_pods_only_in_opted_in_namespaces(
+    kube: KubeCluster, release: Release
+) -> None:
+    release.injector.stop()
+    elsewhere = create_pod(
+        kube, pod_manifest("down-1", release.plain, {"wsgauge.dev/inject": "true"})
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    opted_in = create_pod(
+        kube, pod_manifest("down-2", release.apps, {"wsgauge.dev/inject": "true"})
+    )
+    assert opted_in.returncode != 0  # failurePolicy Fail, inside the opted-in namespace only
+    assert "inject.wsgauge.dev" in opted_in.stderr
+    system = create_pod(kube, pod_manifest(f"down-{release.name}", "kube-system"))
+    assert system.returncode == 0, system.stderr
+    kube.kubectl("delete", "pod", f"down-{release.name}", "-n", "kube-system", "--wait=false")
+
+
+def test_metrics_api_release_registers_apiservices_with_tls(
+    kube: KubeCluster, tmp_path: Path, release: Release
+) -> None:
+    present = apiservices_present(kube)
+    if present:
+        pytest.skip(f"another server holds custom.metrics.k8s.io ({', '.join(present)})")
+    name = f"{release.name}-m"
+    try:
+        helm(
+            kube,
+            "install", name, str(CHART),
+            "--namespace", release.namespace,
+            "--set", "crds.install=false,injector.enabled=false",
+        )  # fmt: skip
+        secret = kube.get_json("secret", f"{name}-wsgauge-metrics-api-tls", "-n", release.namespace)
+        for version in ("v1beta1", "v1beta2"):
+            apiservice = kube.get_json("apiservice", f"{version}.custom.metrics.k8s.io")
+            spec = apiservice["spec"]
+            assert spec["service"]["name"] == f"{name}-wsgauge-metrics-api"
+            assert spec["service"]["namespace"] == release.namespace
+            assert spec["caBundle"] == secret["data"]["ca.crt"]
+            assert not spec.get("insecureSkipTLSVerify")
+        sa = f"system:serviceaccount:{release.namespace}:{name}-wsgauge-operator"
+        assert can_i(
+            kube, sa, "get", "configmaps/extension-apiserver-authentication", "-n", "kube-system"
+        )
+        assert not can_i(kube, sa, "get", "configmaps/kube-proxy", "-n", "kube-system")
+        assert not can_i(kube, sa, "get", "secrets", "-n", release.namespace)
+    finally:
+        helm(kube, "uninstall", name, "--namespace", release.namespace, "--wait", check=False)
+    eventually(
+        lambda: (
+            not apiservices_present(kube)
+            and not leftovers(kube, RELEASE_KINDS, f"app.kubernetes.io/instance={name}")
+        ),
+        timeout=60,
+        what="metrics API release gone",
+    )
+
+
+def test_zz_uninstall_leaves_only_the_kept_crd(kube: KubeCluster, release: Release) -> None:
+    helm(kube, "uninstall", release.name, "--namespace", release.namespace, "--wait")
+    selector = f"app.kubernetes.io/instance={release.name}"
+    eventually(
+        lambda: not leftovers(kube, (*RELEASE_KINDS, "pods"), selector),
+        timeout=90,
+        what="release objects gone",
+    )
+    crd = kube.get_json("crd", CRD_NAME)
+    assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name
+    assert kube.kubectl("get", "connectionstats", "-A").returncode == 0
