@@ -124,7 +124,7 @@ def aims(result: SuiteResult) -> list[Aim]:
     if held:
         best_mode, best = max(held, key=lambda item: item[1].sockets)
         figure = f"{best.counted:,} of {best.sockets:,} counted ({best_mode})"
-        if best.sockets < AIM_IDLE_SOCKETS and result.settings.quick:
+        if best.sockets < AIM_IDLE_SOCKETS and not result.file_limited:
             verdict = f"not judged: this run held only {best.sockets:,} (full run: 10,000)"
         elif best.sockets < AIM_IDLE_SOCKETS:
             verdict = (

@@ -193,6 +193,8 @@ class SuiteResult:
     modes: list[ModeResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Things the reader must know (skipped parts, reduced sizes)."""
+    file_limited: bool = False
+    """The idle socket count was lowered to fit the per-process file limit."""
 
     def mode(self, name: str) -> ModeResult | None:
         """The result of mode ``name``, if it ran."""
@@ -596,6 +598,7 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
             f"{idle:,} sockets instead of {sizes.idle_sockets:,}"
         )
         sizes = replace(sizes, idle_sockets=idle)
+        result.file_limited = True
         result.settings = replace(settings, sizes=sizes)
     nginx_binary: str | None = None
     if settings.nginx:
