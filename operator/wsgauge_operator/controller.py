@@ -66,6 +66,8 @@ PERIODIC_SECONDS = 10.0
 """A worker re-checks at least this often even without a change."""
 PARALLEL_CONDITION_WRITES = 8
 """Pod condition writes in flight at once per ConnectionStats."""
+WARM_UP_RETRY_SECONDS = 0.2
+"""How soon a status held back during warm-up is reconsidered."""
 OWN_CONDITIONS = ("Ready", "Degraded", "CapacityExceeded")
 """Condition types this module computes (Events are recorded on their transitions)."""
 
@@ -97,6 +99,8 @@ class ConnectionStatsRecord:
     spec: ConnectionStatsSpec | None = None
     spec_error: str = ""
     status: dict[str, Any] = field(default_factory=dict)
+    first_seen: float = 0.0
+    """Monotonic time this operator first saw the resource (warm-up, see ``reconcile``)."""
 
     @property
     def ref(self) -> ObjectRef:
@@ -260,7 +264,9 @@ class Controller:
         status = dict(body.get("status") or {})
         record = self._records.get(key)
         if record is None or record.uid != uid:
-            record = ConnectionStatsRecord(namespace=key[0], name=key[1], uid=uid)
+            record = ConnectionStatsRecord(
+                namespace=key[0], name=key[1], uid=uid, first_seen=self._monotonic()
+            )
             self._records[key] = record
             coalescer = StatusCoalescer(self._monotonic)
             coalescer.seed(status)
@@ -453,11 +459,13 @@ class Controller:
             )
             readiness: list[ReadinessInput] = []
             restarts: dict[str, int] = {}
+            warming = False
         else:
             spec = record.spec
             pods = self.fleet.pods_matching(record.namespace, spec.selector)
             observed = [self._observe(pod, spec) for pod in pods]
             restarts = {o.name: count for o, _, _, count in observed}
+            warming = any(o.state is PodState.STARTING for o, _, _, _ in observed)
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
                 busiest_pods=self.settings.status.busiest_pods,
@@ -501,6 +509,11 @@ class Controller:
         if record.spec is not None:
             await self._apply_readiness(record, record.spec, readiness)
         await self._record_events(record, result, status["conditions"], restarts)
+        if warming and self._monotonic() - record.first_seen < self.settings.follower.startup_grace:
+            # Just started (or just created): some sidecars have not answered yet. Writing now
+            # would publish a transient undercount (and, after an operator restart, rewrite an
+            # unchanged status); wait for them, at most for the startup grace.
+            return WARM_UP_RETRY_SECONDS
         return await self._write_status(key, record, status, now)
 
     def _publish(self, key: Key, status: dict[str, Any], result: Aggregate) -> None:
