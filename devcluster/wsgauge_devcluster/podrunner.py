@@ -148,10 +148,11 @@ class PodWorker:
         if not terminal and not self.pod["metadata"].get("deletionTimestamp"):
             self._start_containers()
         self.changed.set()  # publish the first status at once
+        retry: float | None = None  # no timer while in sync: thousands of idle pods cost nothing
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), 5.0)
+                    await asyncio.wait_for(self.changed.wait(), retry)
                 self.changed.clear()
                 if self.gone:
                     await self._stop_all(grace=2.0)
@@ -160,7 +161,7 @@ class PodWorker:
                     await self._terminate_and_delete()
                     return
                 if not terminal:
-                    await self._sync_status()
+                    retry = None if await self._sync_status() else 2.0
         finally:
             self.runner.forget(self)
 
@@ -239,10 +240,11 @@ class PodWorker:
             "containerStatuses": statuses,
         }
 
-    async def _sync_status(self) -> None:
+    async def _sync_status(self) -> bool:
+        """Patch the status if it changed; False means "failed, retry soon"."""
         desired = self.desired_status()
         if desired == self._last_sent:
-            return
+            return True
         try:
             updated = await self.runner.api.patch(
                 pod_path(self.pod) + "/status", {"status": desired}, STRATEGIC_MERGE_PATCH
@@ -251,15 +253,16 @@ class PodWorker:
             if error.status == 404:
                 self.gone = True
                 self.changed.set()
-                return
+                return True
             LOG.warning("pod %s: status patch failed: %s", self.key, error)
-            return
+            return False
         except API_ERRORS as error:
             LOG.warning("pod %s: status patch failed (will retry): %s", self.key, error)
-            return
+            return False
         self._last_sent = desired
         if updated.get("metadata", {}).get("uid") == self.uid:
             self.pod = updated
+        return True
 
 
 class PodRunner:

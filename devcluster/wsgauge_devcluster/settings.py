@@ -70,8 +70,8 @@ class RunnerSettings:
     ip_second_octet_base: int = field(default_factory=lambda: _env_int("WSGAUGE_POD_IP_BASE", 100))
     """Node i hands out pod IPs 127.<base+i>.x.y (x.y from 0.2 up); the node is .0.1 (env
     WSGAUGE_POD_IP_BASE; give a second cluster another base)."""
-    max_pods: int = 2000
-    """The pods capacity each node reports."""
+    max_pods: int = field(default_factory=lambda: _env_int("WSGAUGE_MAX_PODS", 2000))
+    """The pods capacity each node reports (env WSGAUGE_MAX_PODS)."""
     lease_duration_seconds: int = 40
     """Node Lease duration; renewed every quarter of it."""
     node_status_interval_seconds: float = 60.0
