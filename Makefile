@@ -2,6 +2,9 @@
 #   make demo     the whole thing on a local real control plane
 #   make test     lint, type-check and every test (builds the control plane once)
 #   make bench    benchmarks, results in docs/benchmarks.md
+#   make images   the operator and sidecar container images (needs a Docker engine)
+#   make chart-test   helm lint + the chart tests (rendering, then on the local control plane)
+#   make kind-e2e the chart and e2e tests on a kind cluster (needs Docker and kind)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +12,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
-.PHONY: all venv lint typecheck unit test k8s-bins cluster cluster-down demo bench clean help
+.PHONY: all venv lint typecheck unit test k8s-bins cluster cluster-down demo bench clean help \
+	images chart-test kind-e2e
 
 all: test
 
@@ -55,3 +59,37 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# --- images, chart, kind ------------------------------------------------------------------
+IMAGE_REGISTRY ?= ghcr.io/wsgauge
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= wsgauge-e2e
+KIND_KUBECONFIG ?= $(or $(TMPDIR),/tmp)/wsgauge-$(KIND_CLUSTER).kubeconfig
+
+define require_docker
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make $@: Docker is missing ('$(DOCKER)' not found): install Docker to build images" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: Docker is missing: the '$(DOCKER)' client is installed but no Docker engine answers (is the daemon running?)" >&2; exit 1; }
+endef
+
+images:
+	$(require_docker)
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.operator -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.sidecar -t $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) .
+	@echo ">>> built $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)"
+
+chart-test: $(STAMP) k8s-bins
+	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge
+	$(PY) -m pytest -q tests/unit/chart tests/unit/injector tests/integration/chart
+
+# The same chart and e2e tests on a kind cluster, with the real images loaded into it.
+kind-e2e: $(STAMP) k8s-bins images
+	@command -v $(KIND) >/dev/null 2>&1 || { echo "make kind-e2e: kind is missing (https://kind.sigs.k8s.io)" >&2; exit 1; }
+	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)
+	KUBECONFIG=$(KIND_KUBECONFIG) WSGAUGE_IMAGE_REGISTRY=$(IMAGE_REGISTRY) \
+	  WSGAUGE_IMAGE_TAG=$(IMAGE_TAG) PATH=$(K8S_BIN_DIR):$$PATH \
+	  $(PY) -m pytest -q -m cluster tests/integration/chart tests/e2e
+	@echo ">>> kind cluster $(KIND_CLUSTER) kept; delete it with: $(KIND) delete cluster --name $(KIND_CLUSTER)"

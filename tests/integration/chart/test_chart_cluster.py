@@ -1,8 +1,10 @@
 """The Helm chart against the local real control plane (or any cluster in $KUBECONFIG).
 
 One release is installed for the module (custom metrics API off: other tests own those
-cluster-wide APIServices); the injector runs as a local process on loopback with the chart's own
-generated TLS Secret and ConfigMap, and the chart's webhook points at it (injector.url). A second,
+cluster-wide APIServices). On the local control plane (no images can run there) the injector runs
+as a local process on loopback with the chart's own generated TLS Secret and ConfigMap, and the
+chart's webhook points at it (injector.url). With real images (WSGAUGE_IMAGE_REGISTRY set, as
+`make kind-e2e` does) the chart's own injector Deployment serves the webhook instead. A second,
 short-lived release checks the APIService part when no other server holds custom.metrics.k8s.io.
 The last test uninstalls and checks that only the kept CRD remains.
 """
@@ -10,6 +12,7 @@ The last test uninstalls and checks that only the kept CRD remains.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,8 +61,24 @@ class Release:
     """A namespace opted in to injection."""
     plain: str
     """A namespace not opted in."""
-    injector: LocalInjector
-    uninstalled: bool = False
+    injector: LocalInjector | None
+    """The local injector process; None when the chart's injector Deployment serves."""
+
+    def stop_injector(self, kube: KubeCluster) -> None:
+        """Take the webhook's server away."""
+        if self.injector is not None:
+            self.injector.stop()
+            return
+        deployment = f"deployment/{self.name}-wsgauge-injector"
+        kube.kubectl("scale", deployment, "--replicas=0", "-n", self.namespace)
+        eventually(
+            lambda: not kube.kubectl(
+                "get", "pods", "-n", self.namespace, "-o", "name",
+                "-l", "app.kubernetes.io/component=injector",
+            ).stdout.strip(),
+            timeout=90,
+            what="injector pods gone",
+        )  # fmt: skip
 
     @property
     def operator_sa(self) -> str:
@@ -75,6 +94,13 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         kube.kubectl("create", "namespace", ns)
     kube.kubectl("label", "namespace", apps, "wsgauge.dev/injection=enabled")
     port = free_loopback_port()
+    registry = os.environ.get("WSGAUGE_IMAGE_REGISTRY")
+    if registry:
+        where = ["--set", f"image.registry={registry}", "--wait", "--timeout", "180s"]
+        if os.environ.get("WSGAUGE_IMAGE_TAG"):
+            where += ["--set", f"image.tag={os.environ['WSGAUGE_IMAGE_TAG']}"]
+    else:
+        where = ["--set", f"injector.url=https://127.0.0.1:{port}/mutate"]
     injector: LocalInjector | None = None
     try:
         helm(
@@ -84,9 +110,12 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--take-ownership",  # the CRD may already be there (applied from crds/ by other tests)
             "--set", "metricsApi.enabled=false",
             "--set", "injector.replicas=1",
-            "--set", f"injector.url=https://127.0.0.1:{port}/mutate",
+            *where,
         )  # fmt: skip
-        injector = LocalInjector(kube, namespace, name, port, tmp_path_factory.mktemp("injector"))
+        if not registry:
+            injector = LocalInjector(
+                kube, namespace, name, port, tmp_path_factory.mktemp("injector")
+            )
         handle = Release(name, namespace, apps, plain, injector)
         yield handle
     finally:
@@ -126,7 +155,10 @@ def test_install_creates_crd_rbac_webhook_and_workloads(
     ):
         kube.kubectl("get", kind, name, "-n", release.namespace)
     webhook = kube.get_json("mutatingwebhookconfiguration", f"{prefix}-injector")["webhooks"][0]
-    assert webhook["clientConfig"]["url"] == f"https://127.0.0.1:{release.injector.port}/mutate"
+    if release.injector is not None:
+        assert webhook["clientConfig"]["url"] == f"https://127.0.0.1:{release.injector.port}/mutate"
+    else:
+        assert webhook["clientConfig"]["service"]["name"] == f"{prefix}-injector"
     # metricsApi.enabled=false: no APIService, no metrics Service
     assert kube.kubectl("get", "service", f"{prefix}-metrics-api", "-n", release.namespace,
                         check=False).returncode != 0  # fmt: skip
@@ -153,7 +185,7 @@ def test_annotated_pod_comes_back_with_sidecar_and_readiness_gate(
     assert env["WSGAUGE_TOPIC"] == "path:^/ws/([^/]+)"
     assert env["WSGAUGE_MAX_CONNECTIONS"] == "5000"
     assert {p["name"] for p in sidecar["ports"]} == {"wsgauge-http", "wsgauge-admin"}
-    assert sidecar["image"].endswith("/sidecar:0.1.0")
+    assert sidecar["image"].endswith(f"/sidecar:{os.environ.get('WSGAUGE_IMAGE_TAG', '0.1.0')}")
     preStop = pod["spec"]["containers"][0]["lifecycle"]["preStop"]
     assert preStop == {"sleep": {"seconds": 17}}
     assert pod["metadata"]["annotations"]["wsgauge.dev/injected"] == sidecar["image"]
@@ -259,7 +291,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(kube: KubeCluster, release:
 def test_a_down_webhook_blocks_pods_only_in_opted_in_namespaces(
     kube: KubeCluster, release: Release
 ) -> None:
-    release.injector.stop()
+    release.stop_injector(kube)
     elsewhere = create_pod(
         kube, pod_manifest("down-1", release.plain, {"wsgauge.dev/inject": "true"})
     )
