@@ -7,8 +7,10 @@ import ipaddress
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 pytestmark = pytest.mark.cluster
@@ -192,3 +194,32 @@ def test_loopback_is_accepted_as_pod_ip_but_rejected_in_endpoint_slices(
     result = kube.kubectl("apply", "-f", "-", input_text=json.dumps(endpoints), check=False)
     assert result.returncode != 0
     assert "loopback" in result.stderr
+
+
+def test_service_account_tokens_authenticate_and_rbac_authorizes(
+    kube: KubeCluster, namespace: str, tmp_path: Path
+) -> None:
+    token = kube.kubectl("create", "token", "default", "-n", namespace).stdout.strip()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    for user in config["users"]:
+        if user["name"] == context["context"]["user"]:
+            user["user"] = {"token": token}  # no client certificate: only the token counts
+    sa_kubeconfig = tmp_path / "sa.kubeconfig"
+    sa_kubeconfig.write_text(yaml.safe_dump(config))
+    as_sa = ("--kubeconfig", str(sa_kubeconfig))
+    whoami = json.loads(kube.kubectl("auth", "whoami", "-o", "json", *as_sa).stdout)
+    assert whoami["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:default"
+    denied = kube.kubectl("get", "pods", "-n", namespace, *as_sa, check=False)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr.lower()
+    kube.kubectl("create", "role", "pod-reader", "-n", namespace, "--verb=list", "--resource=pods")
+    kube.kubectl(
+        "create", "rolebinding", "pod-reader", "-n", namespace, "--role=pod-reader",
+        f"--serviceaccount={namespace}:default",
+    )  # fmt: skip
+    eventually(
+        lambda: kube.kubectl("get", "pods", "-n", namespace, *as_sa, check=False).returncode == 0,
+        timeout=30,
+        what="RoleBinding to take effect",
+    )
