@@ -214,4 +214,8 @@ async def run_node_heartbeats(
             uids.clear()  # the API may have lost them (etcd wiped): re-register
             await asyncio.sleep(1.0)
             continue
+        except Exception:  # top-level boundary of the heartbeat loop: log, retry
+            LOG.exception("node heartbeat failed unexpectedly (will retry)")
+            await asyncio.sleep(5.0)
+            continue
         await asyncio.sleep(interval)

@@ -329,7 +329,16 @@ class PodRunner:
         pod_ip = node.allocate(uid, pod.get("status", {}).get("podIP"))
         worker = PodWorker(self, pod, node, pod_ip)
         self.workers[uid] = worker
-        worker.task = asyncio.create_task(worker.run(), name=f"pod {worker.key}")
+        worker.task = asyncio.create_task(self._run_worker(worker), name=f"pod {worker.key}")
+
+    @staticmethod
+    async def _run_worker(worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # top-level boundary of one pod's task: log it, keep the runner
+            LOG.exception("pod %s: worker failed", worker.key)
 
     async def _watch_pods(self) -> None:
         params = {"fieldSelector": "spec.nodeName!="}
@@ -352,6 +361,9 @@ class PodRunner:
                             self._handle(event["type"], obj)
             except API_ERRORS as error:
                 LOG.warning("pod watch interrupted (%s); re-listing", error)
+                await asyncio.sleep(1.0)
+            except Exception:  # top-level boundary of the watch loop: log, re-list
+                LOG.exception("pod watch failed unexpectedly; re-listing")
                 await asyncio.sleep(1.0)
 
     async def run(self) -> None:
