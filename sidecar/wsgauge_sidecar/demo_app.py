@@ -17,7 +17,8 @@ Endpoints (``--listen``, default ``127.0.0.1:8081``, env ``WSGAUGE_DEMO_LISTEN``
   refused with status ``error``; a duplicate join closes the old channel with ``phx_close``
   first, as Phoenix does), ``phx_leave`` (reply ok, then ``phx_close``),
   ``heartbeat`` on topic ``phoenix``, event ``crash`` (the channel sends
-  ``phx_error``), event ``shout`` (broadcast to the topic, then reply ok), other events
+  ``phx_error``), event ``shout`` (broadcast to the topic, then reply ok), event ``flood``
+  (payload ``{count, size}``: that many pushes of ``size`` characters), other events
   reply ok with their payload.
 * ``--report-to URL``: report mode; after every change the app PUTs its own counts
   (``{"connections": N, "topics": {...}}``) to URL (the sidecar's ``/report``).
@@ -229,6 +230,12 @@ class DemoApp:
             channel = socket.channels[topic]
             self._phoenix_leave(socket, topic)
             await socket.push(topic, "phx_error", {}, channel.join_ref, channel.join_ref)
+        elif event == "flood" and isinstance(payload, dict):
+            channel = socket.channels[topic]
+            body = "x" * int(payload.get("size", 1000))
+            for _ in range(int(payload.get("count", 1))):
+                await socket.push(topic, "flood", {"data": body}, None, channel.join_ref)
+            await socket.push(topic, "phx_reply", _reply("ok"), ref, join_ref)
         elif event == "shout":
             for member in list(self.phoenix_members.get(topic, ())):
                 member_channel = member.channels.get(topic)

@@ -262,9 +262,8 @@ class WebSocketRelay:
         size = len(data)
         try:
             while position < size and not tracker.at_boundary:
-                remaining = getattr(tracker, "bytes_to_boundary", None)
-                step = remaining if isinstance(remaining, int) and remaining > 0 else 1
-                step = min(step, size - position)
+                # never passes a boundary: the rest of the frame, or what its header lacks
+                step = min(max(1, tracker.bytes_to_boundary), size - position)
                 tracker.feed(data[position : position + step])
                 position += step
         except WebSocketProtocolError as error:
