@@ -248,7 +248,7 @@ class Controller:
             self.fleet.upsert_pod(record)
             if previous is not None and not previous.containers_ready and record.containers_ready:
                 self._poke_followers(record)
-        self._reconcile_followers()
+        self._reconcile_followers(record.namespace)
 
     def connectionstats_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A ConnectionStats was listed, added, modified or deleted."""
@@ -289,7 +289,7 @@ class Controller:
                 logger.warning("ConnectionStats %s/%s: invalid spec: %s", *key, error)
         record.status = status
         self.telemetry.connectionstats.set(len(self._records))
-        self._reconcile_followers()
+        self._reconcile_followers(key[0])
         self._ensure_worker(key)
         self._wake_worker(key)
         for listener in list(self._record_listeners):
@@ -308,13 +308,13 @@ class Controller:
         self.telemetry.connectionstats.set(len(self._records))
         if self.summaries.pop(key, None) is not None:
             self._bump()
-        self._reconcile_followers()
+        self._reconcile_followers(key[0])
 
     # -- followers -------------------------------------------------------------------------
-    def _desired_endpoints(self) -> set[EndpointKey]:
+    def _desired_endpoints(self, namespace: str | None) -> set[EndpointKey]:
         desired: set[EndpointKey] = set()
         for record in self._records.values():
-            if record.spec is None:
+            if record.spec is None or namespace not in (None, record.namespace):
                 continue
             for pod in self.fleet.pods_matching(record.namespace, record.spec.selector):
                 port = pod.resolve_port(record.spec.sidecar_port)
@@ -322,11 +322,14 @@ class Controller:
                     desired.add(EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port))
         return desired
 
-    def _reconcile_followers(self) -> None:
+    def _reconcile_followers(self, namespace: str | None = None) -> None:
+        """Start and stop followers to match the selected pods (of one namespace, or all)."""
         if not self._started or self._session is None:
             return
-        desired = self._desired_endpoints()
+        desired = self._desired_endpoints(namespace)
         for key in list(self._followers):
+            if namespace not in (None, key.namespace):
+                continue
             if key not in desired:
                 _, task = self._followers.pop(key)
                 task.cancel()
