@@ -226,6 +226,22 @@ def render(result: SuiteResult) -> str:
     for aim in aims(result):
         lines.append(f"| {aim.text} | {aim.sidecar} | {aim.reference} | {aim.verdict} |")
     lines += ["", "### Figures", "", *_figures_table(result), ""]
+    if result.core_costs:
+        lines += [
+            "### The sidecar's protocol work per message (pure cores, no I/O)",
+            "",
+            "Process CPU per call of the sidecar's sans-I/O objects on the same messages "
+            "(`python -m benchmarks.core_costs`). A relayed phoenix round trip runs every "
+            "phoenix row once; a path round trip runs the path row once. The rest of the "
+            "sidecar's CPU per message is relaying: event loop, Python glue, system calls and "
+            "the kernel's TCP work.",
+            "",
+            "| rule | step | CPU per call |",
+            "|---|---|---:|",
+        ]
+        for cost in result.core_costs:
+            lines.append(f"| {cost.mode} | `{cost.step}` | {cost.us_per_call:.2f} µs |")
+        lines.append("")
     lines += [
         "### How the figures are measured",
         "",

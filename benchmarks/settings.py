@@ -31,6 +31,8 @@ class LoadSizes:
     """Loopback source addresses (127.0.0.2 ...) the idle sockets are spread over."""
     settle_seconds: float = 1.0
     """Pause after opening the idle sockets before the memory is read."""
+    core_iterations: int = 50_000
+    """Calls per step in the pure-core microbenchmark (:mod:`benchmarks.core_costs`)."""
     step_timeout: float = 240.0
     """Upper bound of every single step (opening sockets, a measurement, a shutdown)."""
 
@@ -44,6 +46,7 @@ QUICK = LoadSizes(
     idle_sockets=2_000,
     warmup_round_trips=1_000,
     settle_seconds=0.5,
+    core_iterations=20_000,
     step_timeout=90.0,
 )
 """``--quick``: the same measurements at a size that runs in well under two minutes."""

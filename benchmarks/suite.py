@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from benchmarks.core_costs import CoreCost, measure_core_costs
 from benchmarks.exceptions import BenchmarkError, LoadError, NginxUnavailable
 from benchmarks.nginx import NginxProxy, ensure_nginx
 from benchmarks.procstat import Machine, cpu_seconds, load_average, machine, rss_bytes
@@ -193,6 +194,8 @@ class SuiteResult:
     modes: list[ModeResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Things the reader must know (skipped parts, reduced sizes)."""
+    core_costs: list[CoreCost] = field(default_factory=list)
+    """The sidecar's pure-core work per message (no I/O)."""
     file_limited: bool = False
     """The idle socket count was lowered to fit the per-process file limit."""
 
@@ -535,8 +538,12 @@ async def run_mode(
         say(f"[{mode}] CPU: {sizes.throughput_round_trips:,} round trips per proxy")
         cpu = await measure_cpu(proxies, mode, sizes)
         say(f"[{mode}] direct throughput")
-        direct = await run_round_trips(
-            upstream.port, mode, sizes, sizes.throughput_round_trips, sizes.throughput_connections
+        direct = await run_round_trips(  # only a rate, for scale: a quarter of the load
+            upstream.port,
+            mode,
+            sizes,
+            max(1, sizes.throughput_round_trips // 4),
+            sizes.throughput_connections,
         )
         result = ModeResult(mode, UPSTREAM_DESCRIPTIONS[mode])
         first_baseline = latency[proxies[0].name][0]
@@ -611,6 +618,8 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
         result.notes.append("nginx not measured (--no-nginx)")
     for mode in settings.modes:
         result.modes.append(await run_mode(mode, sizes, nginx_binary, say))
+    say("sidecar pure cores (no I/O)")
+    result.core_costs = measure_core_costs(sizes.core_iterations, sizes.payload_bytes)
     result.seconds = time.perf_counter() - started
     result.load_after = load_average()
     return result

@@ -1,0 +1,98 @@
+"""CPU cost per message of the sidecar's pure cores, measured in-process without any I/O.
+
+``python -m benchmarks.core_costs`` (also part of ``make bench``) feeds the
+benchmark's own messages, already framed, to the sidecar's sans-I/O objects in
+a tight loop and reports process CPU µs per call: the frame boundary tracker
+that the ``path`` rule runs on server-to-client bytes, and the message readers
+and Phoenix session that the ``phoenix`` rule runs on both directions. Together
+with the end-to-end figures this shows how much of the sidecar's CPU per
+message is protocol work (these rows) and how much is relaying (event loop,
+Python glue, system calls and the kernel's TCP work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from wsgauge_sidecar.phoenix import PhoenixSession
+from wsgauge_sidecar.wsframes import FrameBoundaryTracker, MessageReader
+
+from benchmarks.loadgen import Workload
+from benchmarks.wsproto import OP_TEXT, encode_frame, new_mask_key
+
+
+@dataclass(frozen=True)
+class CoreCost:
+    """One pure-core step and its CPU cost."""
+
+    step: str
+    """What was called, on what."""
+    mode: str
+    """The topic rule that runs this step for every relayed message."""
+    us_per_call: float
+    """Process CPU µs per call."""
+
+
+def _measure(call: Callable[[], object], iterations: int) -> float:
+    for _ in range(min(1000, iterations)):
+        call()
+    started = time.process_time()
+    for _ in range(iterations):
+        call()
+    return (time.process_time() - started) / iterations * 1e6
+
+
+def measure_core_costs(iterations: int = 50_000, payload_bytes: int = 64) -> list[CoreCost]:
+    """The cost of each pure-core step on the benchmark's messages."""
+    path = Workload("path", payload_bytes)
+    phoenix = Workload("phoenix", payload_bytes)
+    key = new_mask_key()
+    echo_frame = encode_frame(path.message(0), OP_TEXT)
+    request = phoenix.message(0)
+    reply = json.dumps(
+        ["1", "2", "room:0", "phx_reply", {"status": "ok", "response": {"body": "x" * 64}}]
+    ).encode()
+    client_frame = encode_frame(request, OP_TEXT, key)
+    server_frame = encode_frame(reply, OP_TEXT)
+    session = PhoenixSession("v2")
+    session.client_message(json.dumps(["1", "1", "room:0", "phx_join", {}]))
+    session.server_message(
+        json.dumps(["1", "1", "room:0", "phx_reply", {"status": "ok", "response": {}}])
+    )
+    tracker = FrameBoundaryTracker(masked=False)
+    phoenix_tracker = FrameBoundaryTracker(masked=False)
+    client_reader = MessageReader(masked=True, max_message_bytes=1 << 20)
+    server_reader = MessageReader(masked=False, max_message_bytes=1 << 20)
+    request_text, reply_text = request.decode(), reply.decode()
+    steps: list[tuple[str, str, Callable[[], object]]] = [
+        ("FrameBoundaryTracker.feed(echo frame, server to client)", "path",
+         lambda: tracker.feed(echo_frame)),
+        ("MessageReader.feed(masked client frame)", "phoenix",
+         lambda: client_reader.feed(client_frame)),
+        ("PhoenixSession.client_message(event)", "phoenix",
+         lambda: session.client_message(request_text)),
+        ("MessageReader.feed(server frame)", "phoenix", lambda: server_reader.feed(server_frame)),
+        ("PhoenixSession.server_message(phx_reply)", "phoenix",
+         lambda: session.server_message(reply_text)),
+        ("FrameBoundaryTracker.feed(server frame)", "phoenix",
+         lambda: phoenix_tracker.feed(server_frame)),
+        ("json.loads(event) (for scale)", "-", lambda: json.loads(request_text)),
+    ]  # fmt: skip
+    return [CoreCost(step, mode, _measure(call, iterations)) for step, mode, call in steps]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.core_costs", description=__doc__)
+    parser.add_argument("--iterations", type=int, default=50_000)
+    args = parser.parse_args(argv)
+    for cost in measure_core_costs(args.iterations):
+        print(f"{cost.us_per_call:7.2f} µs  [{cost.mode}] {cost.step}")
+
+
+if __name__ == "__main__":
+    main()
