@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,24 @@ def test_server_and_client_report_the_pinned_version(kube: KubeCluster) -> None:
     assert versions["serverVersion"]["gitVersion"] == kube.version
     assert versions["clientVersion"]["gitVersion"] == kube.version
     assert kube.version.startswith("v1.")
+
+
+def test_helm_is_the_pinned_version_and_reaches_the_cluster(kube: KubeCluster) -> None:
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(kube.helm_path), *args],
+            capture_output=True,
+            text=True,
+            env=kube.env,
+            timeout=60,
+            check=False,
+        )
+
+    pinned = kube.bin_dir.name.rsplit("helm-", 1)[-1]
+    assert helm("version", "--short").stdout.strip().startswith(pinned)
+    listing = helm("list", "--all-namespaces", "--output", "json")
+    assert listing.returncode == 0, listing.stderr
+    assert isinstance(json.loads(listing.stdout), list)
 
 
 def test_nodes_are_ready(kube: KubeCluster) -> None:
