@@ -124,12 +124,17 @@ async def test_status_counts_follow_real_sockets_and_pods(
             what="one pod left",
         )
         left_ip = ip_of(remaining)
-        expected = sum(1 for target, _ in clients.sockets if target.startswith(f"{left_ip}:"))
+        left = [target for target, _ in clients.sockets if target.startswith(f"{left_ip}:")]
+        expected = len(left)
+        topics: dict[str, int] = {}
+        for target in left:
+            topic = target.rsplit("/", 1)[1]
+            topics[topic] = topics.get(topic, 0) + 1
         status = wait_status(
             kube, namespace,
             lambda s: s["pods"]["matched"] == 1 and s["pods"]["reporting"] == 1
-            and s["connections"] == expected,
-            f"1 pod with {expected} sockets",
+            and s["connections"] == expected and s["topics"] == topics,
+            f"1 pod with {expected} sockets on {topics}",
         )  # fmt: skip
 
         table = kube.kubectl("get", "connectionstats", "-n", namespace).stdout.splitlines()
@@ -278,6 +283,10 @@ async def test_over_capacity_never_below_min_ready_pods(
             if c["type"] == "wsgauge.dev/connections-ok"
         )  # fmt: skip
         assert reason == "MinReadyPods"
+        scale = eventually(
+            lambda: events(kube, namespace, "ScaleRecommended"), timeout=20, what="recommendation"
+        )
+        assert "at least 3 pods" in scale[0]["note"]
         for _ in range(5):  # it stays that way
             settle(0.5)
             assert gates() == {name_of(hot): "False", name_of(cool): "True"}
