@@ -115,7 +115,8 @@ seccompProfile:
 The chart-generated TLS material (tls.mode=helm), computed once per render and shared by every
 template: a CA and one serving certificate per Service. Existing Secrets are reused (lookup), so an
 upgrade does not rotate the certificates; they are regenerated when a Secret is missing.
-Returns YAML: {ca, metrics: {crt, key}, injector: {crt, key}} (PEM strings).
+Returns YAML: {ca, metrics: {crt, key}, injector: {crt, key}}, base64-encoded PEM (as stored
+in the Secrets, so that reused values are byte-for-byte the same).
 */}}
 {{- define "wsgauge.generatedTls" -}}
 {{- if not (hasKey .Values "__wsgaugeTls") }}
@@ -139,9 +140,9 @@ Returns YAML: {ca, metrics: {crt, key}, injector: {crt, key}} (PEM strings).
 {{- end }}
 {{- end }}
 {{- if and $reuse $cas (eq (len (uniq $cas)) 1) }}
-{{- $_ := set $result "ca" (first $cas | b64dec) }}
+{{- $_ := set $result "ca" (first $cas) }}
 {{- range $part, $data := $existing }}
-{{- $_ := set $result $part (dict "crt" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec)) }}
+{{- $_ := set $result $part (dict "crt" (index $data "tls.crt") "key" (index $data "tls.key")) }}
 {{- end }}
 {{- else }}
 {{- $days := int .Values.tls.validityDays }}
@@ -152,9 +153,9 @@ Returns YAML: {ca, metrics: {crt, key}, injector: {crt, key}} (PEM strings).
 {{- $iHosts := list $i (printf "%s.%s" $i $ns) (printf "%s.%s.svc" $i $ns) (printf "%s.%s.svc.cluster.local" $i $ns) "localhost" }}
 {{- $mCert := genSignedCert (printf "%s.%s.svc" $m $ns) (list "127.0.0.1") $mHosts $days $ca }}
 {{- $iCert := genSignedCert (printf "%s.%s.svc" $i $ns) (list "127.0.0.1") $iHosts $days $ca }}
-{{- $_ := set $result "ca" $ca.Cert }}
-{{- $_ := set $result "metrics" (dict "crt" $mCert.Cert "key" $mCert.Key) }}
-{{- $_ := set $result "injector" (dict "crt" $iCert.Cert "key" $iCert.Key) }}
+{{- $_ := set $result "ca" ($ca.Cert | b64enc) }}
+{{- $_ := set $result "metrics" (dict "crt" ($mCert.Cert | b64enc) "key" ($mCert.Key | b64enc)) }}
+{{- $_ := set $result "injector" (dict "crt" ($iCert.Cert | b64enc) "key" ($iCert.Key | b64enc)) }}
 {{- end }}
 {{- $_ := set .Values "__wsgaugeTls" $result }}
 {{- end }}

@@ -288,6 +288,22 @@ def test_rendered_chart_passes_a_server_side_dry_run(kube: KubeCluster, release:
         assert "(server dry run)" in result.stdout
 
 
+def test_upgrade_keeps_the_generated_certificates(kube: KubeCluster, release: Release) -> None:
+    secret_name = f"{release.name}-wsgauge-injector-tls"
+    webhook_name = f"{release.name}-wsgauge-injector"
+    before = kube.get_json("secret", secret_name, "-n", release.namespace)["data"]
+    helm(
+        kube, "upgrade", release.name, str(CHART), "--namespace", release.namespace,
+        "--reuse-values", "--set", "injector.sidecar.maxTopics=50",
+    )  # fmt: skip
+    after = kube.get_json("secret", secret_name, "-n", release.namespace)["data"]
+    assert after == before
+    webhook = kube.get_json("mutatingwebhookconfiguration", webhook_name)["webhooks"][0]
+    assert webhook["clientConfig"]["caBundle"] == before["ca.crt"]
+    config = kube.get_json("configmap", webhook_name, "-n", release.namespace)["data"]
+    assert json.loads(config["injector.json"])["maxTopics"] == 50
+
+
 def test_a_down_webhook_blocks_pods_only_in_opted_in_namespaces(
     kube: KubeCluster, release: Release
 ) -> None:

@@ -156,6 +156,8 @@ def test_deployments_are_locked_down_with_probes_and_resources(render: Render) -
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}
             assert container["readinessProbe"] and container["livenessProbe"]
             assert container["resources"]["requests"] and container["resources"]["limits"]
+            # the TLS helpers write temporary files: /tmp must be a writable volume
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
     injector = one(deployments, "Deployment", "rel-wsgauge-injector")["spec"]["template"]["spec"]
     assert injector["automountServiceAccountToken"] is False
 
