@@ -196,6 +196,8 @@ class SuiteResult:
     """Things the reader must know (skipped parts, reduced sizes)."""
     core_costs: list[CoreCost] = field(default_factory=list)
     """The sidecar's pure-core work per message (no I/O)."""
+    revision: str = "unknown"
+    """``git describe`` of the repository (``-dirty`` when files differ from it)."""
     file_limited: bool = False
     """The idle socket count was lowered to fit the per-process file limit."""
 
@@ -571,6 +573,30 @@ async def run_mode(
         upstream.stop()
 
 
+def repository_revision() -> str:
+    """The commit the benchmarked code is at, ``-dirty`` if the sidecar's files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "sidecar"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"`{commit}`" + (" with uncommitted sidecar changes" if changed else "")
+
+
 FILE_RESERVE = 64
 """Descriptors a proxy needs besides its sockets (listeners, event loop, logs)."""
 
@@ -593,6 +619,7 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
     say = progress or (lambda message: None)
     sizes = settings.sizes
     result = SuiteResult(settings, machine(), datetime.now(UTC), load_before=load_average())
+    result.revision = repository_revision()
     started = time.perf_counter()
     # a proxy holds two descriptors per proxied socket, plus a few of its own
     limit = raise_file_limit(2 * sizes.idle_sockets + 4096)

@@ -194,7 +194,7 @@ class SidecarProxy(ManagedProcess):
     def description(self) -> str:
         """Name and version for the report."""
         loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        return f"wsgauge-sidecar {__version__} ({loop}, --topic {self.rule})"
+        return f"wsgauge-sidecar {__version__} ({loop}, one process, `--topic` = the mode)"
 
     def counted_sockets(self) -> int:
         """``connections`` of the sidecar's ``/stats`` document."""
