@@ -67,8 +67,7 @@ class Sidecar:
             "wsgauge-sidecar %s: data %s, admin %s, upstream %s (%s), topic rule %s, "
             "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s, loop %s",
             __version__,
-            f"127.0.0.1:{self.proxy.port}" if self.proxy and settings.proxy.listen.port == 0
-            else ("off (report mode)" if self.proxy is None else settings.proxy.listen),
+            self.data_address(),
             self.admin_address(),
             upstream,
             "reachable" if self.state.upstream_reachable else "NOT reachable",
@@ -80,6 +79,15 @@ class Sidecar:
             settings.drain.spread,
             self.loop_name,
         )  # fmt: skip
+
+    def data_address(self) -> str:
+        """The data listen address, with the real port if it was 0."""
+        if self.proxy is None:
+            return "off (report mode)"
+        listen = self.settings.proxy.listen
+        if listen.port == 0:
+            return f"{listen.host}:{self.proxy.port}"
+        return str(listen)
 
     def admin_address(self) -> str:
         """The admin listen address, with the real port if it was 0."""

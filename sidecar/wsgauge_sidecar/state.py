@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -20,6 +21,8 @@ from wsgauge_contract import Capacity, StatsDocument
 from wsgauge_sidecar.counter import ConnectionCounter, ReportedCounts
 from wsgauge_sidecar.metrics import LiveView, SidecarMetrics
 from wsgauge_sidecar.settings import SidecarSettings
+
+log = logging.getLogger("wsgauge.sidecar")
 
 READY = "ready"
 """Body of a 200 ``/readyz``."""
@@ -97,10 +100,17 @@ class SidecarState:
 
     def set_upstream_reachable(self, reachable: bool) -> None:
         """Record the result of an upstream TCP check."""
+        first = not self.upstream_checked
         self.upstream_checked = True
         if reachable != self.upstream_reachable:
             self.upstream_reachable = reachable
             self._state_changed()
+            if not first:
+                upstream = self.settings.proxy.upstream
+                if reachable:
+                    log.info("upstream %s reachable again: ready", upstream)
+                else:
+                    log.warning("upstream %s unreachable: /readyz fails until it is back", upstream)
 
     def _state_changed(self) -> None:
         self._state_seq += 1

@@ -8,9 +8,11 @@ import subprocess
 import time
 
 import aiohttp
+import pytest
 import websockets
 from sidecar_it_harness import BIN, DemoAppProcess, SidecarFactory, SidecarProcess, free_port
 from wsgauge_contract import StatsDocument, WatchHeartbeat, WatchStreamDecoder
+from wsgauge_sidecar.cli import parse_settings
 
 
 async def test_ready_below_makes_readyz_fail(start_sidecar: SidecarFactory) -> None:
@@ -200,19 +202,31 @@ def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )  # fmt: skip
 
 
-def test_bad_flags_exit_2_with_a_message() -> None:
+def _parse_error(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(argv, environ)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_flags_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    # the real process: exit code 2 and the message on stderr
     result = _run_cli("--topic", "bogus")
     assert result.returncode == 2 and "unknown topic rule" in result.stderr
-    result = _run_cli("--listen", "127.0.0.1:9999", "--admin-listen", "127.0.0.1:9999")
-    assert result.returncode == 2 and "must differ" in result.stderr
-    result = _run_cli("--max-connections", "-3")
-    assert result.returncode == 2 and "--max-connections" in result.stderr
-    result = _run_cli("--topic", "path:([")
-    assert result.returncode == 2 and "regular expression" in result.stderr
-    result = _run_cli(env={"WSGAUGE_DRAIN_GRACE": "soon", "PATH": "/usr/bin"})
-    assert result.returncode == 2
-    assert "environment" in result.stderr and "--drain-grace" in result.stderr
-    help_text = _run_cli("--help").stdout
+    # the same parser in-process, for the other cases
+    message = _parse_error(["--listen", "127.0.0.1:9999", "--admin-listen", "127.0.0.1:9999"], {},
+                           capsys)  # fmt: skip
+    assert "must differ" in message
+    assert "--max-connections" in _parse_error(["--max-connections", "-3"], {}, capsys)
+    assert "regular expression" in _parse_error(["--topic", "path:(["], {}, capsys)
+    message = _parse_error([], {"WSGAUGE_DRAIN_GRACE": "soon"}, capsys)
+    assert "environment" in message and "--drain-grace" in message
+    assert "upstream" in _parse_error(["--upstream", "0.0.0.0:8080"], {}, capsys)
+    with pytest.raises(SystemExit):
+        parse_settings(["--help"], {})
+    help_text = capsys.readouterr().out
     for flag in ("--max-connections", "--ready-below", "--drain-spread", "WSGAUGE_MAX_TOPICS"):
         assert flag in help_text
 
