@@ -11,8 +11,11 @@ The last test uninstalls and checks that only the kept CRD remains.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from chart_cluster_harness import (
     CHART,
     CRD_NAME,
@@ -193,6 +197,58 @@ def test_annotated_pod_comes_back_with_sidecar_and_readiness_gate(
     stored = kube.get_json("pod", "chat-1", "-n", release.apps)
     assert _container_names(stored) == ["app", "wsgauge-sidecar"]
     assert stored["spec"]["readinessGates"] == [GATE]
+
+
+def _stats(ip: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:9090/stats", timeout=3) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
+async def _count_one_socket(ip: str) -> dict[str, Any]:
+    async with websockets.connect(f"ws://{ip}:8080/ws/stream", open_timeout=10) as socket:
+        await socket.send("hello")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            document = await asyncio.to_thread(_stats, ip)
+            if document and document["topics"] == {"stream": 1}:
+                return document
+            await asyncio.sleep(0.2)
+    raise AssertionError("the injected sidecar never counted the socket")
+
+
+def test_injected_pod_runs_and_its_sidecar_counts(kube: KubeCluster, release: Release) -> None:
+    if kube.state_dir is None or release.injector is None:
+        pytest.skip("runs pod processes: local devcluster only")
+    manifest = pod_manifest(
+        "live-1",
+        release.apps,
+        {"wsgauge.dev/inject": "true", "wsgauge.dev/topic": "path:^/ws/([^/]+)",
+         "wsgauge.dev/drain-grace": "0", "wsgauge.dev/drain-spread": "1"},
+    )  # fmt: skip
+    del manifest["spec"]["nodeSelector"]
+    manifest["spec"]["containers"][0]["image"] = "wsgauge/demo-app:0.1.0"
+    result = create_pod(kube, manifest)
+    assert result.returncode == 0, result.stderr
+    try:
+
+        def containers_ready() -> dict[str, Any] | None:
+            pod: dict[str, Any] = kube.get_json("pod", "live-1", "-n", release.apps)
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            return pod if conditions.get("ContainersReady") == "True" else None
+
+        pod = eventually(containers_ready, timeout=90, what="injected pod's containers ready")
+        # the readiness gate holds the pod back until an operator sets the condition
+        conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert conditions["Ready"] == "False"
+        ip = pod["status"]["podIP"]
+        document = asyncio.run(_count_one_socket(ip))
+        assert document["pod"] == "live-1" and document["namespace"] == release.apps
+        assert document["node"] == pod["spec"]["nodeName"]
+    finally:
+        kube.kubectl("delete", "pod", "live-1", "-n", release.apps, "--wait=false", check=False)
 
 
 def test_pods_without_the_annotation_or_outside_opted_in_namespaces_are_untouched(

@@ -349,3 +349,25 @@ def test_monitoring_objects(render: Render) -> None:
     plain = render()
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         assert find(plain, kind) == []
+
+
+def test_operator_environment_from_the_chart_is_understood_by_the_operator_cli(
+    render: Render,
+) -> None:
+    from wsgauge_operator.cli import settings_from
+
+    objects = render("operator.watchNamespaces={team-a}", "operator.statusInterval=3s")
+    operator = one(objects, "Deployment", "rel-wsgauge-operator")
+    environ = {e["name"]: e["value"] for e in _containers(operator)[0]["env"] if "value" in e}
+    environ["WSGAUGE_OPERATOR_INSTANCE"] = "rel-wsgauge-operator-abc"  # from the downward API
+    settings = settings_from([], environ)
+    assert settings.kube.namespaces == ("team-a",)
+    assert settings.kube.instance == "rel-wsgauge-operator-abc"
+    assert settings.server.listen == "0.0.0.0:8090"
+    assert settings.status.default_interval == 3.0
+    assert settings.readiness.enabled is True and settings.events.enabled is True
+    assert settings.liveness_endpoint == "http://0.0.0.0:8091/healthz"
+    probes = _containers(operator)[0]
+    ports = {p["name"]: p["containerPort"] for p in probes["ports"]}
+    assert probes["livenessProbe"]["httpGet"]["port"] == "http-liveness"
+    assert ports["http-liveness"] == 8091 and ports["http-stats"] == 8090
