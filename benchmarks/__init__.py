@@ -11,6 +11,8 @@ Modules: :mod:`~benchmarks.wsproto` (minimal RFC 6455 framing),
 :mod:`~benchmarks.loadgen` (the load generator, run as worker processes),
 :mod:`~benchmarks.procstat` (``/proc`` readings), :mod:`~benchmarks.targets`
 (the processes under test: upstreams, sidecar, nginx), :mod:`~benchmarks.suite`
-(the measurements), :mod:`~benchmarks.report` (the Markdown) and
-:mod:`~benchmarks.run` (the command line).
+(the measurements), :mod:`~benchmarks.core_costs` (the sidecar's pure cores
+per message), :mod:`~benchmarks.report` (the Markdown), :mod:`~benchmarks.run`
+(the command line) and :mod:`~benchmarks.profile_sidecar` (cProfile of a
+sidecar under the benchmark's load, for finding hot spots).
 """
