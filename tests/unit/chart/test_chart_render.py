@@ -12,6 +12,7 @@ import pytest
 import yaml
 from chart_render_harness import CHART, REPO, Render, find, one, run_helm
 from cryptography import x509
+from wsgauge_operator.cli import settings_from
 from wsgauge_operator.injector import settings_from_mapping
 
 CRD_NAME = "connectionstats.wsgauge.dev"
@@ -354,8 +355,6 @@ def test_monitoring_objects(render: Render) -> None:
 def test_operator_environment_from_the_chart_is_understood_by_the_operator_cli(
     render: Render,
 ) -> None:
-    from wsgauge_operator.cli import settings_from
-
     objects = render("operator.watchNamespaces={team-a}", "operator.statusInterval=3s")
     operator = one(objects, "Deployment", "rel-wsgauge-operator")
     environ = {e["name"]: e["value"] for e in _containers(operator)[0]["env"] if "value" in e}
