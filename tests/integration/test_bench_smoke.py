@@ -9,13 +9,18 @@ file. No timing is asserted: the figures themselves belong in docs/benchmarks.md
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `benchmarks` lives at the repository root
     sys.path.insert(0, str(REPO))
 
+from benchmarks import nginx  # noqa: E402
+from benchmarks.exceptions import NginxUnavailable  # noqa: E402
 from benchmarks.report import END, START, aims, render, to_json, write_section  # noqa: E402
 from benchmarks.settings import BenchSettings, LoadSizes  # noqa: E402
 from benchmarks.suite import SuiteResult, TargetResult, run_suite  # noqa: E402
@@ -107,3 +112,15 @@ def test_frame_readers_agree_fed_whole_and_byte_by_byte() -> None:
     assert all(
         payload == bytes([n % 251]) * n for (_, payload), n in zip(frames, sizes, strict=True)
     )
+
+
+def test_missing_nginx_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nginx, "find_nginx", lambda: None)
+    with pytest.raises(NginxUnavailable, match="not allowed"):
+        nginx.ensure_nginx(install=False)
+    real_which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name: None if name == "apt-get" else real_which(name)
+    )
+    with pytest.raises(NginxUnavailable, match="apt-get is not available"):
+        nginx.ensure_nginx(install=True)
