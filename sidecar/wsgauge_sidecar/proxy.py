@@ -129,6 +129,7 @@ class ClientConnection(asyncio.Protocol):
         self._pending_head: bytes | None = None
         self._paused: set[str] = set()
         self._write_paused = False
+        self._client_eof = False
         self._timer: asyncio.TimerHandle | None = None
         self._peer = "?"
 
@@ -159,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         if self.relay is not None:
             return self.relay.client_eof()
         # Plain HTTP: a half-closed client may still read the response in flight.
+        self._client_eof = True
         if self._request is None:
             self.close("client")
             return False
@@ -334,7 +336,10 @@ class ClientConnection(asyncio.Protocol):
         request, response = self._request, self._response_head
         assert request is not None and response is not None
         keep_alive = (
-            request.keep_alive and response.keep_alive and not self._response_framer.until_close
+            request.keep_alive
+            and response.keep_alive
+            and not self._response_framer.until_close
+            and not self._client_eof
         )
         if not keep_alive:
             self.close("http_done")

@@ -113,3 +113,11 @@ async def test_bad_request_heads_get_4xx(
     client.writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 40_000 + b"\r\n\r\n")
     answer = await asyncio.wait_for(client.reader.read(), 10)
     assert answer.startswith(b"HTTP/1.1 431"), answer
+
+
+async def test_half_closed_client_still_gets_its_long_poll_answer(sidecar: SidecarProcess) -> None:
+    client = await RawWebSocket.open_tcp(sidecar.port)
+    client.writer.write(b"GET /slow?seconds=0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+    client.writer.write_eof()  # the client sends FIN right after its request
+    answer = await asyncio.wait_for(client.reader.read(), 20)  # ends: the sidecar closes after
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow answer after 0.5 s\n")
