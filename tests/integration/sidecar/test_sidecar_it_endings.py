@@ -159,3 +159,12 @@ async def test_malformed_client_frame_closes_only_that_socket(sidecar: SidecarPr
     assert await asyncio.wait_for(good.recv(), 10) == "ok?"
     await good.close()
     await sidecar.wait_stats(lambda d: d["connections"] == 0)
+
+
+async def test_upstream_not_answering_an_upgrade_gets_504(start_sidecar: SidecarFactory) -> None:
+    sidecar = start_sidecar("--handshake-timeout", "0.5")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"{sidecar.ws_base}/slow?seconds=5")  # the app stalls
+    assert refused.value.response.status_code == 504
+    assert sidecar.stats()["opened"] == 0
+    assert sidecar.metric("wsgauge_handshake_failures_total", 'reason="upstream_timeout"') == 1
