@@ -7,7 +7,9 @@ Pods opt in with ``readinessGates: [{conditionType: wsgauge.dev/connections-ok}]
   is unreachable; True once its sidecar reports and none of that holds;
 - no decision (the condition is left as it is) while the sidecar has not
   answered yet: a new pod stays not-Ready until the operator has seen it, and a
-  pod already Ready keeps its condition across an operator restart;
+  pod already Ready keeps its condition across an operator restart; nor for an
+  over-capacity pod whose containers are not ready anyway (no flip-flop with a
+  failing probe);
 - never so many False that fewer than ``minReadyPods`` pods stay ready: then the
   least overloaded pods (then the unreachable ones) are kept True.
 
@@ -62,6 +64,10 @@ def _own_decision(pod: ReadinessInput, max_per_pod: int | None) -> ReadinessDeci
     if pod.draining or pod.terminating:
         return ReadinessDecision(pod.name, False, "Draining", "the pod is draining its sockets")
     if max_per_pod is not None and pod.connections > max_per_pod:
+        if not pod.containers_ready:
+            # Not ready anyway (e.g. a failing probe): writing now would only make the gate
+            # flip-flop with the probe; decide again once the containers are ready.
+            return None
         return ReadinessDecision(
             pod.name,
             False,

@@ -282,7 +282,7 @@ async def test_over_capacity_never_below_min_ready_pods(
             c["reason"] for c in cool_pod["status"]["conditions"]
             if c["type"] == "wsgauge.dev/connections-ok"
         )  # fmt: skip
-        assert reason == "MinReadyPods"
+        assert reason == "MinReadyPods", cool_pod["status"]["conditions"]
         scale = eventually(
             lambda: events(kube, namespace, "ScaleRecommended"), timeout=20, what="recommendation"
         )

@@ -132,3 +132,9 @@ def test_condition_writes_only_when_different_and_not_repeated_too_soon() -> Non
     assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]
     current["a"] = ("uid-a2", None, "")  # re-created pod of the same name
     assert [d.name for d in writes.needed("ns", decisions, current)] == ["a"]
+
+
+def test_over_capacity_pod_with_unready_containers_is_left_alone() -> None:
+    pods = [pod("probe-failing", 500, containers_ready=False), pod("ok", 1)]
+    decisions = decide_readiness(pods, max_per_pod=100, min_ready_pods=1)
+    assert statuses(decisions) == {"ok": (True, "ConnectionsOk")}
