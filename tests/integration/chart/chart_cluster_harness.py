@@ -37,6 +37,16 @@ def helm(kube: KubeCluster, *args: str, check: bool = True) -> subprocess.Comple
     return result
 
 
+def uninstall(kube: KubeCluster, release: str, namespace: str, timeout: float = 60) -> None:
+    """helm uninstall, retried while the API server is away (a restart by another test)."""
+
+    def done() -> bool:
+        result = helm(kube, "uninstall", release, "--namespace", namespace, check=False)
+        return result.returncode == 0 or "not found" in result.stderr
+
+    eventually(done, timeout=timeout, interval=2, what=f"helm uninstall {release}")
+
+
 def kubectl_input(kube: KubeCluster, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run kubectl with a document on stdin (never raises)."""
     return kube.kubectl(*args, input_text=stdin, check=False, timeout=120)

@@ -36,10 +36,13 @@ from chart_cluster_harness import (
     kubectl_input,
     leftovers,
     pod_manifest,
+    uninstall,
 )
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
+RUN_LABEL_KEY = "wsgauge\\.dev/chart-test-run"
+"""The per-run namespace label, escaped for helm --set."""
 RELEASE_KINDS = (
     "clusterroles",
     "clusterrolebindings",
@@ -96,7 +99,10 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     apps, plain = f"t-chart-apps-{suffix}", f"t-chart-plain-{suffix}"
     for ns in (namespace, apps, plain):
         kube.kubectl("create", "namespace", ns)
-    kube.kubectl("label", "namespace", apps, "wsgauge.dev/injection=enabled")
+    # The default opt-in label plus one of this run only: a webhook left behind by an aborted
+    # run (failurePolicy Fail, its injector gone) can then never touch this run's namespaces.
+    run_label = f"wsgauge.dev/chart-test-run={suffix}"
+    kube.kubectl("label", "namespace", apps, "wsgauge.dev/injection=enabled", run_label)
     port = free_loopback_port()
     registry = os.environ.get("WSGAUGE_IMAGE_REGISTRY")
     if registry:
@@ -114,6 +120,7 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--take-ownership",  # the CRD may already be there (applied from crds/ by other tests)
             "--set", "metricsApi.enabled=false",
             "--set", "injector.replicas=1",
+            "--set", f"injector.namespaceSelector.matchLabels.{RUN_LABEL_KEY}={suffix}",
             *where,
         )  # fmt: skip
         if not registry:
@@ -125,7 +132,7 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         if injector is not None:
             injector.stop()
-        helm(kube, "uninstall", name, "--namespace", namespace, check=False)
+        uninstall(kube, name, namespace)
         for ns in (namespace, apps, plain):
             kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -168,6 +175,11 @@ def test_install_creates_crd_rbac_webhook_and_workloads(
                         check=False).returncode != 0  # fmt: skip
     listed = kube.kubectl("get", "connectionstats", "-A").returncode
     assert listed == 0
+    notes = helm(kube, "get", "notes", release.name, "--namespace", release.namespace).stdout
+    assert "kubectl get connectionstats" in notes
+    assert "kubectl label namespace <your-namespace> " in notes
+    assert "wsgauge.dev/injection=enabled" in notes
+    assert "custom metrics API is OFF" in notes
 
 
 def test_annotated_pod_comes_back_with_sidecar_and_readiness_gate(
@@ -407,7 +419,7 @@ def test_metrics_api_release_registers_apiservices_with_tls(
         assert not can_i(kube, sa, "get", "configmaps/kube-proxy", "-n", "kube-system")
         assert not can_i(kube, sa, "get", "secrets", "-n", release.namespace)
     finally:
-        helm(kube, "uninstall", name, "--namespace", release.namespace, "--wait", check=False)
+        uninstall(kube, name, release.namespace)
     eventually(
         lambda: (
             not apiservices_present(kube)
