@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from wsgauge_contract.exceptions import InvalidStatsDocument
 
@@ -114,7 +115,9 @@ class StatsDocument:
         if not isinstance(topics_raw, dict):
             raise InvalidStatsDocument("'topics' must be an object")
         if len(topics_raw) > max_topics:
-            raise InvalidStatsDocument(f"'topics' has {len(topics_raw)} entries, limit {max_topics}")
+            raise InvalidStatsDocument(
+                f"'topics' has {len(topics_raw)} entries, limit {max_topics}"
+            )
         topics: dict[str, int] = {}
         for name, count in topics_raw.items():
             _check_name(name, "topic name")

@@ -68,7 +68,9 @@ class WatchStreamDecoder:
             line = bytes(self._buffer[:newline]).rstrip(b"\r")
             del self._buffer[: newline + 1]
             if len(line) > self._max_line_bytes:
-                raise WatchStreamError(f"watch line of {len(line)} bytes exceeds {self._max_line_bytes}")
+                raise WatchStreamError(
+                    f"watch line of {len(line)} bytes exceeds {self._max_line_bytes}"
+                )
             if not line.strip():
                 events.append(WatchHeartbeat())
             else:
