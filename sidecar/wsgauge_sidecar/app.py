@@ -134,14 +134,14 @@ async def run(settings: SidecarSettings, loop_name: str = "asyncio") -> int:
     """Run the sidecar until drained; the process exit code."""
     sidecar = Sidecar(settings, loop_name)
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, sidecar.on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, sidecar.on_sigint)
     try:
         await sidecar.start()
     except OSError as error:
         log.error("cannot start: %s", error)
         await sidecar.close()
         return 1
-    loop.add_signal_handler(signal.SIGTERM, sidecar.on_sigterm)
-    loop.add_signal_handler(signal.SIGINT, sidecar.on_sigint)
     try:
         await sidecar.serve_until_drained()
     finally:

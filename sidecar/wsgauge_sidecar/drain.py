@@ -68,11 +68,14 @@ class DrainController:
         self.started = True
         state = self.state
         state.set_draining()
+        hurried = self._hurry.is_set()
         log.info(
-            "drain: SIGTERM received with %d open sockets; not ready now, accepting upgrades "
-            "for %.1f s more, then closing over %.1f s",
-            state.counter.connections, self.settings.grace, self.settings.spread,
-        )  # fmt: skip
+            "drain: started with %d open sockets; not ready now, accepting upgrades "
+            "for %.1f s more, then closing them over %.1f s",
+            state.counter.connections,
+            0.0 if hurried else self.settings.grace,
+            0.0 if hurried else self.settings.spread,
+        )
         await self._sleep(self.settings.grace)
         state.stop_accepting_upgrades()
         if self.proxy is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 
@@ -252,3 +253,13 @@ async def test_env_mirrors_flags_and_flag_wins(demo_app: DemoAppProcess) -> None
         )  # fmt: skip
     finally:
         sidecar.stop()
+
+
+def test_port_in_use_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_cli("--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+                          "--upstream", "127.0.0.1:1")  # fmt: skip
+    assert result.returncode == 1 and "cannot start" in result.stderr
