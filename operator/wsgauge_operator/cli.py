@@ -19,11 +19,13 @@ from typing import Any
 
 import kopf
 
+from wsgauge_operator.autoscaling_services import install_autoscaling
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.handlers import build_registry
 from wsgauge_operator.kubeapi import KubeApi
 from wsgauge_operator.settings import (
+    AutoscalingSettings,
     EventSettings,
     FollowerSettings,
     KubeSettings,
@@ -129,6 +131,36 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         _seconds,
         "time before the same Event is recorded again",
     ),
+    "metrics-api": (
+        "autoscaling",
+        "metrics_api",
+        _boolean,
+        "serve the custom metrics API custom.metrics.k8s.io (true/false)",
+    ),
+    "metrics-api-listen": (
+        "autoscaling",
+        "metrics_api_listen",
+        str,
+        "HOST:PORT of the custom metrics API (HTTPS)",
+    ),
+    "metrics-api-cert-file": (
+        "autoscaling",
+        "metrics_api_cert_file",
+        str,
+        "serving certificate of the metrics API, PEM ('' = self-signed)",
+    ),
+    "metrics-api-key-file": (
+        "autoscaling",
+        "metrics_api_key_file",
+        str,
+        "private key of the metrics API certificate, PEM",
+    ),
+    "keda-listen": (
+        "autoscaling",
+        "keda_listen",
+        str,
+        "HOST:PORT of an own KEDA endpoint listener ('' = on the stats server)",
+    ),
     "log-level": ("", "log_level", str, "debug, info, warning or error"),
     "liveness": (
         "",
@@ -145,6 +177,7 @@ SECTIONS: dict[str, type[Any]] = {
     "readiness": ReadinessSettings,
     "events": EventSettings,
     "server": ServerSettings,
+    "autoscaling": AutoscalingSettings,
 }
 
 
@@ -207,6 +240,7 @@ async def run(settings: OperatorSettings) -> None:
     kube = KubeApi(settings.kube)
     controller = Controller(settings, kube)
     server = StatsServer(controller, settings.server)
+    install_autoscaling(controller, kube, settings.autoscaling, server.app)
     namespaces = list(settings.kube.namespaces)
     try:
         await kopf.operator(

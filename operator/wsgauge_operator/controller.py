@@ -222,6 +222,10 @@ class Controller:
         """Start and stop something (e.g. the metrics API server) with the controller."""
         self._services.append((start, stop))
 
+    def touch(self, key: Key) -> None:
+        """Run a round for one ConnectionStats soon (e.g. a contributor's input changed)."""
+        self._wake_worker(key)
+
     def records(self) -> list[ConnectionStatsRecord]:
         """Every ConnectionStats known."""
         return list(self._records.values())
@@ -665,6 +669,10 @@ class Controller:
                 f"{result.connections} connections on {result.reporting} pods exceed "
                 f"maxConnectionsPerPod {limit}: at least {needed} pods are needed",
             )
+
+    async def record_event(self, ref: ObjectRef, warning: bool, reason: str, note: str) -> None:
+        """Record an Event on a ConnectionStats (de-duplicated; failures are logged)."""
+        await self._event(ref, warning, reason, note)
 
     async def _event(self, ref: ObjectRef, warning: bool, reason: str, note: str) -> None:
         before = self._events.recorded

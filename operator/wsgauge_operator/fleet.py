@@ -19,6 +19,7 @@ from typing import Any
 
 from wsgauge_contract import StatsDocument
 
+from wsgauge_operator.deletion_cost import parse_deletion_cost
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics, PodMetrics
 from wsgauge_operator.spec import LabelSelector
 
@@ -58,6 +59,8 @@ class PodRecord:
     """The pod's ContainersReady condition (Ready without the gates)."""
     container_ports: Mapping[str, int] = field(default_factory=dict)
     """Named container ports of all containers."""
+    deletion_cost: int | None = None
+    """The ``controller.kubernetes.io/pod-deletion-cost`` annotation (None: absent/invalid)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], condition_type: str) -> PodRecord:
@@ -98,6 +101,7 @@ class PodRecord:
             ready=conditions.get("Ready") == "True",
             containers_ready=conditions.get("ContainersReady", containers_ready_default) == "True",
             container_ports=ports,
+            deletion_cost=parse_deletion_cost(metadata.get("annotations") or None),
         )
 
     @property

@@ -7,7 +7,11 @@ server directly; every failure leaves it as :class:`~.exceptions.KubeApiError`.
 Calls:
 - merge-patch a ConnectionStats ``status`` (status subresource);
 - strategic-merge-patch one condition into a pod's ``status.conditions``;
-- create an ``events.k8s.io/v1`` Event.
+- create an ``events.k8s.io/v1`` Event;
+- read, create, replace and delete the HPA a ConnectionStats owns (``autoscaling/v2``);
+- read the scale subresource of a ConnectionStats' target;
+- merge-patch pod annotations (the pod deletion cost);
+- read the request-header client CA for the custom metrics API.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
 import urllib3
 
 from wsgauge_operator.exceptions import ConfigError, KubeApiError
+from wsgauge_operator.metrics_api_tls import RequestHeaderAuth, load_request_header_auth
 from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL, KubeSettings
 
 logger = logging.getLogger(__name__)
+
+HPA_GROUP, HPA_VERSION, HPA_PLURAL = "autoscaling", "v2", "horizontalpodautoscalers"
+"""Where the owned HPA lives."""
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -49,6 +58,23 @@ def load_client_configuration(settings: KubeSettings) -> kubernetes.client.Confi
     except (kubernetes.config.ConfigException, OSError) as error:
         raise ConfigError(f"cannot load Kubernetes credentials: {error}") from None
     return configuration
+
+
+@dataclass(frozen=True)
+class ScaleInfo:
+    """The scale subresource of a target (what the HPA controller reads)."""
+
+    replicas: int = 0
+    """``spec.replicas``: the HPA's current replica count."""
+    status_replicas: int = 0
+    """``status.replicas``."""
+    selector: str = ""
+    """``status.selector``: label selector of the target's pods (string form)."""
+
+
+def scale_plural(kind: str) -> str:
+    """Resource plural of a scalable kind (Deployment -> deployments)."""
+    return kind.lower() + "s"
 
 
 class KubeApi:
@@ -121,3 +147,119 @@ class KubeApi:
             dict(event),
             field_manager=self._settings.field_manager,
         )
+
+    async def get_hpa(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The HPA of that name, or None when there is none."""
+        try:
+            found = await self._call(
+                f"get hpa {namespace}/{name}",
+                self._custom.get_namespaced_custom_object,
+                HPA_GROUP,
+                HPA_VERSION,
+                namespace,
+                HPA_PLURAL,
+                name,
+            )
+        except KubeApiError as error:
+            if error.not_found:
+                return None
+            raise
+        return dict(found)
+
+    async def create_hpa(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create an HPA."""
+        await self._call(
+            f"create hpa in {namespace}",
+            self._custom.create_namespaced_custom_object,
+            HPA_GROUP,
+            HPA_VERSION,
+            namespace,
+            HPA_PLURAL,
+            dict(body),
+            field_manager=self._settings.field_manager,
+        )
+
+    async def replace_hpa(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Replace an HPA (``body`` carries the resourceVersion read before)."""
+        await self._call(
+            f"replace hpa {namespace}/{name}",
+            self._custom.replace_namespaced_custom_object,
+            HPA_GROUP,
+            HPA_VERSION,
+            namespace,
+            HPA_PLURAL,
+            name,
+            dict(body),
+            field_manager=self._settings.field_manager,
+        )
+
+    async def delete_hpa(self, namespace: str, name: str, uid: str) -> None:
+        """Delete an HPA, only if it still has ``uid`` (no error when it is gone)."""
+        try:
+            await self._call(
+                f"delete hpa {namespace}/{name}",
+                self._custom.delete_namespaced_custom_object,
+                HPA_GROUP,
+                HPA_VERSION,
+                namespace,
+                HPA_PLURAL,
+                name,
+                body={"preconditions": {"uid": uid}},
+            )
+        except KubeApiError as error:
+            if not error.not_found:
+                raise
+
+    async def get_scale(
+        self, namespace: str, api_version: str, kind: str, name: str
+    ) -> ScaleInfo | None:
+        """The target's scale subresource, or None when the target does not exist."""
+        group, _, version = api_version.rpartition("/")
+        try:
+            scale = await self._call(
+                f"get scale of {kind} {namespace}/{name}",
+                self._custom.get_namespaced_custom_object_scale,
+                group,
+                version,
+                namespace,
+                scale_plural(kind),
+                name,
+            )
+        except KubeApiError as error:
+            if error.not_found:
+                return None
+            raise
+        spec = scale.get("spec") or {}
+        status = scale.get("status") or {}
+        return ScaleInfo(
+            replicas=int(spec.get("replicas") or 0),
+            status_replicas=int(status.get("replicas") or 0),
+            selector=str(status.get("selector") or ""),
+        )
+
+    async def patch_pod_annotations(
+        self, namespace: str, name: str, uid: str, annotations: Mapping[str, str]
+    ) -> None:
+        """Merge-patch pod annotations; ``uid`` is a precondition (a new pod is not touched)."""
+        body = {"metadata": {"uid": uid, "annotations": dict(annotations)}}
+        await self._call(
+            f"patch annotations of pod {namespace}/{name}",
+            self._core.patch_namespaced_pod,
+            name,
+            namespace,
+            body,
+            field_manager=self._settings.field_manager,
+            _content_type=MERGE_PATCH,
+        )
+
+    async def request_header_auth(self) -> RequestHeaderAuth:
+        """The aggregation layer's client CA and allowed names (ConfigError when missing)."""
+        try:
+            return await asyncio.to_thread(load_request_header_auth, self._core)
+        except kubernetes.client.exceptions.ApiException as error:
+            raise ConfigError(
+                "cannot read kube-system/extension-apiserver-authentication: "
+                f"HTTP {error.status} {error.reason}"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise ConfigError(f"cannot read the request-header client CA: {error}") from None

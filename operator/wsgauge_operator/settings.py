@@ -112,6 +112,33 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class AutoscalingSettings:
+    """The custom metrics API, the KEDA endpoint, the owned HPA and the pod deletion cost."""
+
+    metrics_api: bool = False
+    """Serve ``custom.metrics.k8s.io`` over TLS (needs the request-header CA ConfigMap)."""
+    metrics_api_listen: str = "0.0.0.0:8443"
+    """``HOST:PORT`` of the custom metrics API (HTTPS)."""
+    metrics_api_cert_file: str = ""
+    """Serving certificate (PEM); empty with an empty key file: self-signed at start."""
+    metrics_api_key_file: str = ""
+    """Private key of the serving certificate (PEM)."""
+    keda_listen: str = ""
+    """``HOST:PORT`` of an own plain-HTTP listener for the KEDA endpoint; empty: the endpoint
+    is mounted on the stats server (``/keda/...``)."""
+    max_metric_age: float = 30.0
+    """Seconds after which a value the sidecar has not confirmed is left out (stale)."""
+    hpa_resync: float = 10.0
+    """Seconds between checks of an owned HPA and the target's scale subresource."""
+    deletion_cost: bool = True
+    """Keep ``controller.kubernetes.io/pod-deletion-cost`` on the target's pods."""
+    deletion_cost_writes_per_second: float = 10.0
+    """Pod annotation writes per second over the whole operator."""
+    deletion_cost_burst: int = 20
+    """Pod annotation writes allowed at once."""
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """All settings of one operator process."""
 
@@ -127,6 +154,8 @@ class OperatorSettings:
     """Kubernetes Events."""
     server: ServerSettings = field(default_factory=ServerSettings)
     """Stats / metrics server."""
+    autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+    """Custom metrics API, KEDA endpoint, owned HPA, deletion cost."""
     log_level: str = "info"
     """Log level: debug, info, warning or error."""
     liveness_endpoint: str = ""
