@@ -17,13 +17,14 @@ import json
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from apiservice_lock import custom_metrics_apiservice_lock
 from kubernetes import client, config
 from wsgauge_devcluster.testing import KubeCluster
 from wsgauge_operator.hpa import build_hpa
@@ -83,8 +84,15 @@ async def eventually_raw(
 
 
 @pytest.fixture
+def apiservice_lock() -> Iterator[None]:
+    """Only one suite at a time registers custom.metrics.k8s.io (cluster-wide)."""
+    with custom_metrics_apiservice_lock():
+        yield
+
+
+@pytest.fixture
 async def served(
-    kube: KubeCluster, namespace: str
+    kube: KubeCluster, namespace: str, apiservice_lock: None
 ) -> AsyncIterator[tuple[MetricsApiServer, StaticMetricsSource]]:
     api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(kube.kubeconfig)
