@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def children(pid: int) -> list[int]:
     except OSError as error:
         raise BenchmarkError(f"cannot list the children of {pid}: {error}") from None
     return sorted(set(found))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine have been busy (``/proc/stat``: not idle/iowait)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its waited-for descendants."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def load_average() -> tuple[float, float, float]:

@@ -179,14 +179,19 @@ def _figures_table(result: SuiteResult) -> list[str]:
     return lines
 
 
+def _other_share(result: SuiteResult) -> float:
+    capacity = result.seconds * result.machine.cores
+    return result.other_cpu_seconds / capacity if capacity > 0 else 0.0
+
+
 def _load_comment(result: SuiteResult) -> str:
-    if max(result.load_before[0], result.load_after[0]) < 0.5 * result.machine.cores:
+    if _other_share(result) < 0.1 and result.load_before[0] < 0.5 * result.machine.cores:
         return " (a quiet machine)."
     return (
-        f", on {result.machine.cores} logical CPUs: the cores were shared with other work "
-        "(builds and test suites of other developers) throughout. Throughput and latency tails "
-        "suffer most from that; the CPU per message, counted for the proxy's own processes, "
-        "least, but it too moves by ±20% between rounds (see the ranges)."
+        ": the cores were shared with other work (builds and test suites of other "
+        "developers). Throughput and latency tails suffer most from that; the CPU per "
+        "message, counted for the proxy's own processes, least, but it too moves between "
+        "rounds (see the ranges)."
     )
 
 
@@ -196,7 +201,7 @@ def render(result: SuiteResult) -> str:
     kind = "`--quick` run" if result.settings.quick else "full run"
     command = "python -m benchmarks.run" + (" --quick" if result.settings.quick else "")
     when = result.started_at.strftime("%Y-%m-%d %H:%M UTC")
-    before, after = result.load_before, result.load_after
+    before = result.load_before
     descriptions = sorted(
         {
             f"{target.name}: {target.description}"
@@ -212,7 +217,9 @@ def render(result: SuiteResult) -> str:
         "",
         f"- **Machine:** {result.machine.describe()}.",
         f"- **Machine load:** load average {before[0]:.1f} (1 min) / {before[1]:.1f} (5 min) "
-        f"before the run, {after[0]:.1f} / {after[1]:.1f} after{_load_comment(result)}",
+        f"before the run; during it, other processes than the benchmark's used "
+        f"{result.other_cpu_seconds:.0f} CPU seconds, {_other_share(result):.0%} of the "
+        f"machine's {result.machine.cores} CPUs{_load_comment(result)}",
         "- **Proxies:** " + "; ".join(descriptions) + ". All on 127.0.0.1.",
         "- **Upstreams (the same behind direct, sidecar and nginx):** "
         + "; ".join(upstreams)

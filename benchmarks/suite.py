@@ -37,7 +37,15 @@ from typing import Any, Protocol, TypeVar
 from benchmarks.core_costs import CoreCost, measure_core_costs
 from benchmarks.exceptions import BenchmarkError, LoadError, NginxUnavailable
 from benchmarks.nginx import NginxProxy, ensure_nginx
-from benchmarks.procstat import Machine, cpu_seconds, load_average, machine, rss_bytes
+from benchmarks.procstat import (
+    Machine,
+    cpu_seconds,
+    load_average,
+    machine,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    rss_bytes,
+)
 from benchmarks.settings import BenchSettings, LoadSizes
 from benchmarks.targets import (
     LOOPBACK,
@@ -196,6 +204,8 @@ class SuiteResult:
     """Things the reader must know (skipped parts, reduced sizes)."""
     core_costs: list[CoreCost] = field(default_factory=list)
     """The sidecar's pure-core work per message (no I/O)."""
+    other_cpu_seconds: float = 0.0
+    """CPU time the machine spent on other processes than the benchmark's during the run."""
     revision: str = "unknown"
     """``git describe`` of the repository (``-dirty`` when files differ from it)."""
     file_limited: bool = False
@@ -620,6 +630,7 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
     sizes = settings.sizes
     result = SuiteResult(settings, machine(), datetime.now(UTC), load_before=load_average())
     result.revision = repository_revision()
+    busy_before, own_before = machine_busy_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     # a proxy holds two descriptors per proxied socket, plus a few of its own
     limit = raise_file_limit(2 * sizes.idle_sockets + 4096)
@@ -649,4 +660,6 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
     result.core_costs = measure_core_costs(sizes.core_iterations, sizes.payload_bytes)
     result.seconds = time.perf_counter() - started
     result.load_after = load_average()
+    own = own_cpu_seconds() - own_before
+    result.other_cpu_seconds = max(0.0, machine_busy_seconds() - busy_before - own)
     return result
