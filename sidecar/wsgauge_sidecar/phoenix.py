@@ -45,6 +45,18 @@ topic is not counted twice. Topic names are cut to 200 characters
 (:func:`wsgauge_sidecar.topics.normalize_topic`); two topics equal in their
 first 200 characters count as one.
 
+Inspected messages: the proxy feeds text messages through the pre-filters
+:meth:`PhoenixSession.client_text` and :meth:`PhoenixSession.server_text`,
+which fully decode only the messages that can change the socket's topics: a
+client message containing ``phx_join`` or ``phx_leave``, a server message
+containing ``phx_close`` or ``phx_error``, a server message containing
+``phx_reply`` while a join awaits its reply, and any message containing a
+``\\u`` escape (the only way a JSON string can spell ``phx_...`` without those
+bytes, so the filter never misses a lifecycle event). Every other message
+(pushes, broadcasts, heartbeats, replies when no join is pending) gives the
+same events (none) either way and is relayed without being decoded, so its JSON
+is not validated. Binary messages are always decoded.
+
 Compression: in ``phoenix`` mode the proxy removes ``Sec-WebSocket-Extensions``
 from the upgrade request, so permessage-deflate is never negotiated; any frame
 with an RSV bit set is then a protocol error (close code 1002) in the frame
@@ -54,7 +66,7 @@ Memory is bounded per socket: at most ``max_pending_joins`` unanswered joins
 (the oldest is forgotten beyond that) and ``max_joined_topics`` joined topics
 (further joins are not tracked); refs longer than 200 characters are not
 tracked. Only :class:`PhoenixProtocolError` (close code 1007) escapes, for
-text that is not JSON or not of the serializer's shape.
+an inspected text that is not JSON or not of the serializer's shape.
 """
 
 from __future__ import annotations
@@ -76,6 +88,9 @@ HEARTBEAT_TOPIC = "phoenix"
 
 MAX_REF_LENGTH = 200
 """Refs (as text) longer than this are not tracked."""
+
+_ESCAPE = b"\\u"
+"""A JSON string written with this escape may spell ``phx_...`` without those bytes."""
 
 MAX_STALE_CLOSES = 8
 """Outdated closes remembered per topic (see ``PhoenixSession._expect_stale_close``)."""
@@ -252,6 +267,36 @@ class PhoenixSession:
         """A text message from the server; returns the events it causes."""
         self.serializer, message = decode_text(text, self.serializer)
         return self._from_server(message)
+
+    # ------------------------------------------------- text, pre-filtered
+
+    def client_text(self, payload: bytes) -> list[PhoenixEvent]:
+        """A client text message (valid UTF-8 bytes), decoded only if it can be a join or leave.
+
+        It is inspected (decoded and validated like :meth:`client_message`) only
+        when it contains ``phx_join``, ``phx_leave`` or a ``\\u`` escape; any
+        other message cannot change the socket's topics and is not decoded.
+        """
+        if b"phx_join" in payload or b"phx_leave" in payload or _ESCAPE in payload:
+            return self.client_message(payload.decode("utf-8", errors="replace"))
+        return []
+
+    def server_text(self, payload: bytes) -> list[PhoenixEvent]:
+        """A server text message (valid UTF-8 bytes), decoded only if it can change topics.
+
+        It is inspected (decoded and validated like :meth:`server_message`) only
+        when it contains ``phx_close``, ``phx_error`` or a ``\\u`` escape, or
+        ``phx_reply`` while a join awaits its reply; any other message cannot
+        change the socket's topics and is not decoded.
+        """
+        if (
+            b"phx_close" in payload
+            or b"phx_error" in payload
+            or _ESCAPE in payload
+            or (self._pending and b"phx_reply" in payload)
+        ):
+            return self.server_message(payload.decode("utf-8", errors="replace"))
+        return []
 
     # ------------------------------------------------------------ binary
 

@@ -234,11 +234,12 @@ class WebSocketRelay:
         for message in messages:
             opcode = message.opcode
             if opcode == Opcode.TEXT:
-                text = message.text
                 if from_client:
-                    self._apply(session.client_message(text))
+                    events = session.client_text(message.payload)
                 else:
-                    self._apply(session.server_message(text))
+                    events = session.server_text(message.payload)
+                if events:
+                    self._apply(events)
             elif opcode == Opcode.BINARY:
                 if from_client:
                     self._apply(session.client_binary_message(message.payload))
