@@ -271,14 +271,19 @@ class Autoscaler:
             self._cost_wake.pop(key, None)
             return
         state = self._states.get(key)
+        changed = True
         if state is None or state.record.uid != record.uid:
             self._states[key] = TargetState(record)
         else:
+            # Our own status writes come back as MODIFIED events: only a new generation
+            # (a spec change) is worth an HPA round.
+            changed = state.record.generation != record.generation
             state.record = record
         self._ensure_tasks(key)
-        for wake in (self._hpa_wake.get(key), self._cost_wake.get(key)):
-            if wake is not None:
-                wake.set()
+        if changed:
+            for wake in (self._hpa_wake.get(key), self._cost_wake.get(key)):
+                if wake is not None:
+                    wake.set()
 
     def _on_fleet_change(self, namespace: str) -> None:
         for key, wake in self._cost_wake.items():
