@@ -87,6 +87,26 @@ def test_tracker_over_any_split(masked: bool, splitter: Splitter) -> None:
     assert tracker.close_code_seen == 1001
 
 
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 200, 65535, 65536])
+def test_tracker_one_whole_frame_per_feed(masked: bool, size: int) -> None:
+    """One whole frame per feed (the fast path): counted, at a boundary, errors still found."""
+    tracker = FrameBoundaryTracker(masked=masked)
+    for opcode in (Opcode.TEXT, Opcode.BINARY):
+        tracker.feed(encode_frame(opcode, b"x" * size, mask=masked))
+        assert tracker.at_boundary and tracker.bytes_to_boundary == 0
+    assert tracker.frames_seen == 2
+    frame = encode_frame(Opcode.TEXT, b"y" * size, mask=masked)
+    tracker.feed(frame[:-1])  # one byte short: not a whole frame
+    assert not tracker.at_boundary
+    tracker.feed(frame[-1:] + encode_close_frame(1000, mask=masked))
+    assert tracker.at_boundary and tracker.close_code_seen == 1000 and tracker.frames_seen == 4
+    wrong = FrameBoundaryTracker(masked=masked)
+    with pytest.raises(WebSocketProtocolError) as caught:
+        wrong.feed(encode_frame(Opcode.TEXT, b"z" * size, mask=not masked))
+    assert caught.value.close_code == 1002 and not wrong.at_boundary
+
+
 def test_tracker_boundary_positions() -> None:
     frame = encode_frame(Opcode.TEXT, b"abc", mask=True, mask_key=b"\x01\x02\x03\x04")
     tracker = FrameBoundaryTracker(masked=True)
