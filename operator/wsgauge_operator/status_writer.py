@@ -18,8 +18,15 @@ VOLATILE_FIELDS = ("lastUpdated",)
 
 
 def comparable(status: Mapping[str, Any]) -> str:
-    """A canonical form of a status for change detection."""
-    trimmed = {key: value for key, value in status.items() if key not in VOLATILE_FIELDS}
+    """A canonical form of a status for change detection.
+
+    A top-level ``None`` (deleted by the merge patch) is the same as an absent field.
+    """
+    trimmed = {
+        key: value
+        for key, value in status.items()
+        if key not in VOLATILE_FIELDS and value is not None
+    }
     return json.dumps(trimmed, sort_keys=True, separators=(",", ":"), default=str)
 
 

@@ -89,3 +89,10 @@ def test_event_object_shape() -> None:
     assert event["metadata"]["name"].startswith("chat.")
     assert len(event["note"]) == 1000
     assert event["eventTime"].endswith("Z")
+
+
+def test_a_none_field_equals_an_absent_one() -> None:
+    coalescer = StatusCoalescer(lambda: 0.0)
+    coalescer.seed({"connections": 3})
+    assert coalescer.delay({"connections": 3, "desiredReplicas": None}, 1.0) is None
+    assert coalescer.delay({"connections": 3, "desiredReplicas": 2}, 1.0) == 0.0
