@@ -15,7 +15,8 @@ On the local real control plane (``wsgauge-devcluster up``; ``$KUBECONFIG`` or
    between ``<!-- autoscaling-bench:start -->`` and ``<!-- autoscaling-bench:end -->``.
 
 Only loopback addresses are used (pods are 127.x addresses). Serializes with the tests on the
-custom.metrics.k8s.io APIService lock file. Takes about 40 s per round.
+custom.metrics.k8s.io APIService lock file. Takes about 40 s per round; each round first waits
+a random 0..sync-period, so the surge lands at a random phase of the HPA's sync loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -138,9 +140,11 @@ def served(kube: Kube, namespace: str, pod: str) -> int | None:
     return int(items[0]["value"]) if items else None
 
 
-async def surge_round(kube: Kube, namespace: str) -> tuple[float, float]:
+async def surge_round(kube: Kube, namespace: str, sync: float) -> tuple[float, float]:
     """(seconds until the metric shows the surge, seconds until spec.replicas is 3)."""
     pods = wait(lambda: live_pods(kube, namespace), 120, "a chat pod")
+    # A random phase against the HPA's sync loop (the previous round's scale-down set it).
+    await asyncio.sleep(random.uniform(0.0, sync))
     pod, ip = sorted(pods.items())[0]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -283,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metric: list[float] = []
             scaled: list[float] = []
             for index in range(args.rounds):
-                got_metric, got_replicas = asyncio.run(surge_round(kube, namespace))
+                got_metric, got_replicas = asyncio.run(surge_round(kube, namespace, args.hpa_sync))
                 metric.append(got_metric)
                 scaled.append(got_replicas)
                 print(f"round {index + 1}: metric {got_metric:.2f}s, replicas {got_replicas:.2f}s")
