@@ -248,7 +248,8 @@ def render(result: SuiteResult) -> str:
             "",
             "Process CPU per call of the sidecar's sans-I/O objects on the same messages "
             "(`python -m benchmarks.core_costs`). A relayed phoenix round trip runs every "
-            "phoenix row once; a path round trip runs the path row once. The rest of the "
+            "phoenix row once; a path round trip runs the path row once; rows marked - are "
+            "for scale. The rest of the "
             "sidecar's CPU per message is relaying: event loop, Python glue, system calls and "
             "the kernel's TCP work.",
             "",
