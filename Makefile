@@ -51,8 +51,14 @@ cluster: $(STAMP) k8s-bins
 cluster-down: $(STAMP)
 	@$(VENV)/bin/wsgauge-devcluster down
 
+# The whole thing on the local control plane (docs/demo.md); ends by itself, cluster kept.
 demo: $(STAMP) k8s-bins
-	$(PY) -m wsgauge_devcluster.demo
+	$(PY) demo/cluster_demo.py
+
+# The sidecar alone, no Kubernetes: ~15 s.
+.PHONY: demo-sidecar
+demo-sidecar: $(STAMP)
+	$(PY) demo/sidecar_demo.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
