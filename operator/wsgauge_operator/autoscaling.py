@@ -384,8 +384,11 @@ class Autoscaler:
         return self._settings.hpa_resync if has_status else HPA_PENDING_RESYNC_SECONDS
 
     def _controller_wake(self, key: Key) -> None:
-        """Let the controller write the status again (the condition may have changed)."""
+        """Let the controller and the cost loop look again (scale or condition changed)."""
         self._controller.touch(key)
+        wake = self._cost_wake.get(key)
+        if wake is not None:
+            wake.set()
 
     # -- desiredReplicas and the condition -------------------------------------------------
     def _target_pods(self, state: TargetState) -> list[Any]:

@@ -143,7 +143,12 @@ async def test_owned_hpa_metrics_api_status_and_deletion_cost(
                 timeout=30,
                 what="HPA updated to maxReplicas 3",
             )
-            assert "HPAUpdated" in event_reasons(kube, namespace)
+            await asyncio.to_thread(
+                eventually,
+                lambda: "HPAUpdated" in event_reasons(kube, namespace),
+                timeout=10,
+                what="HPAUpdated event",
+            )
 
             kube.kubectl(
                 "patch", "connectionstats", "chat", "-n", namespace, "--type=json",
@@ -208,7 +213,12 @@ async def test_conditions_without_metrics_api_keda_endpoint_and_gc(
         assert status["connections"] == 3
         keda = json.loads(operator.get(f"/keda/namespaces/{namespace}/connectionstats/chat"))
         assert (keda["connections"], keda["desiredReplicas"], keda["stale"]) == (3, 2, False)
-        assert "ReplicasRecommended" in event_reasons(kube, namespace)
+        await asyncio.to_thread(
+            eventually,
+            lambda: "ReplicasRecommended" in event_reasons(kube, namespace),
+            timeout=30,
+            what="ReplicasRecommended event",
+        )
 
         kube.kubectl("delete", "connectionstats", "chat", "-n", namespace)
         await asyncio.to_thread(
