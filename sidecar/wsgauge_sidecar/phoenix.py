@@ -48,11 +48,11 @@ first 200 characters count as one.
 Inspected messages: the proxy feeds text messages through the pre-filters
 :meth:`PhoenixSession.client_text` and :meth:`PhoenixSession.server_text`,
 which fully decode only the messages that can change the socket's topics: a
-client message containing ``phx_join`` or ``phx_leave``, a server message
-containing ``phx_close`` or ``phx_error``, a server message containing
-``phx_reply`` while a join awaits its reply, and any message containing a
-``\\u`` escape (the only way a JSON string can spell ``phx_...`` without those
-bytes, so the filter never misses a lifecycle event). Every other message
+client message containing ``phx_`` (``phx_join``, ``phx_leave``), a server
+message containing ``phx_close`` or ``phx_error``, or ``phx_reply`` while a
+join awaits its reply, and any message containing a backslash (JSON can spell
+``phx_...`` without those bytes only with a ``\\u`` escape, so the filter never
+misses a lifecycle event). Every other message
 (pushes, broadcasts, heartbeats, replies when no join is pending) gives the
 same events (none) either way and is relayed without being decoded, so its JSON
 is not validated. Binary messages are always decoded.
@@ -88,9 +88,6 @@ HEARTBEAT_TOPIC = "phoenix"
 
 MAX_REF_LENGTH = 200
 """Refs (as text) longer than this are not tracked."""
-
-_ESCAPE = b"\\u"
-"""A JSON string written with this escape may spell ``phx_...`` without those bytes."""
 
 MAX_STALE_CLOSES = 8
 """Outdated closes remembered per topic (see ``PhoenixSession._expect_stale_close``)."""
@@ -274,10 +271,10 @@ class PhoenixSession:
         """A client text message (valid UTF-8 bytes), decoded only if it can be a join or leave.
 
         It is inspected (decoded and validated like :meth:`client_message`) only
-        when it contains ``phx_join``, ``phx_leave`` or a ``\\u`` escape; any
-        other message cannot change the socket's topics and is not decoded.
+        when it contains ``phx_`` or a backslash; any other message cannot change
+        the socket's topics and is not decoded.
         """
-        if b"phx_join" in payload or b"phx_leave" in payload or _ESCAPE in payload:
+        if b"phx_" in payload or b"\\" in payload:
             return self.client_message(payload.decode("utf-8", errors="replace"))
         return []
 
@@ -285,18 +282,20 @@ class PhoenixSession:
         """A server text message (valid UTF-8 bytes), decoded only if it can change topics.
 
         It is inspected (decoded and validated like :meth:`server_message`) only
-        when it contains ``phx_close``, ``phx_error`` or a ``\\u`` escape, or
+        when it contains ``phx_close``, ``phx_error`` or a backslash, or
         ``phx_reply`` while a join awaits its reply; any other message cannot
         change the socket's topics and is not decoded.
         """
-        if (
-            b"phx_close" in payload
-            or b"phx_error" in payload
-            or _ESCAPE in payload
-            or (self._pending and b"phx_reply" in payload)
-        ):
-            return self.server_message(payload.decode("utf-8", errors="replace"))
-        return []
+        if b"\\" not in payload:
+            position = payload.find(b"phx_")
+            while position >= 0:
+                word = payload[position + 4 : position + 9]
+                if word in (b"close", b"error") or (word == b"reply" and self._pending):
+                    break
+                position = payload.find(b"phx_", position + 4)
+            else:
+                return []
+        return self.server_message(payload.decode("utf-8", errors="replace"))
 
     # ------------------------------------------------------------ binary
 

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsgauge.sidecar.relay")
 
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
+
 CLOSE_REASONS = {1001: "going away", 1002: "protocol error", 1007: "invalid payload",
                  1009: "message too big", 1011: "internal error"}  # fmt: skip
 
@@ -231,20 +233,19 @@ class WebSocketRelay:
         session = self._session
         if session is None or self.socket_id is None:
             return
-        for message in messages:
-            opcode = message.opcode
-            if opcode == Opcode.TEXT:
+        for opcode, payload in messages:
+            if opcode == _TEXT:
                 if from_client:
-                    events = session.client_text(message.payload)
+                    events = session.client_text(payload)
                 else:
-                    events = session.server_text(message.payload)
+                    events = session.server_text(payload)
                 if events:
                     self._apply(events)
-            elif opcode == Opcode.BINARY:
+            elif opcode == _BINARY:
                 if from_client:
-                    self._apply(session.client_binary_message(message.payload))
+                    self._apply(session.client_binary_message(payload))
                 else:
-                    self._apply(session.server_binary_message(message.payload))
+                    self._apply(session.server_binary_message(payload))
 
     def _apply(self, events: list[PhoenixEvent]) -> None:
         counter = self.state.connection_counter

@@ -379,15 +379,28 @@ class MessageReader:
         if self._failed is not None:
             raise self._failed
         try:
-            return self._feed(data)
+            if (
+                type(data) is bytes
+                and self._frame is None
+                and self._message_opcode is None
+                and not self._headers.buffer
+            ):
+                # the usual case: ``data`` starts with a whole unfragmented data frame
+                whole = self._whole_frame(data, 0, len(data), self._headers.expect_masked)
+                if whole is not None:
+                    if whole[1] == len(data):
+                        return [whole[0]]
+                    return self._feed(data, whole[1], [whole[0]])
+            return self._feed(data, 0, [])
         except WebSocketProtocolError as error:
             self._failed = error
             raise
 
-    def _feed(self, data: bytes | bytearray | memoryview) -> list[WsMessage]:
+    def _feed(
+        self, data: bytes | bytearray | memoryview, position: int, messages: list[WsMessage]
+    ) -> list[WsMessage]:
+        """Read ``data[position:]``, appending what it completes to ``messages``."""
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        messages: list[WsMessage] = []
-        position = 0
         size = len(view)
         headers = self._headers
         expect_masked = headers.expect_masked
