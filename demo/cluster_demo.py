@@ -49,6 +49,8 @@ NAME = "chat"
 """Name of the demo Deployment, ConnectionStats and HPA."""
 SELECTOR = "app=chat"
 """Label selector of the demo pods."""
+METRICS_NAMESPACE = "wsgauge-system"
+"""Namespace of the metrics API Service in deploy/local/metrics-api.yaml."""
 APISERVICES = ("v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io")
 """The APIServices of deploy/local/metrics-api.yaml."""
 
@@ -112,6 +114,22 @@ def format_topics(topics: Mapping[str, Any]) -> str:
     return " ".join(f"{name}={count}" for name, count in ordered) or "-"
 
 
+def json_documents(text: str) -> list[dict[str, Any]]:
+    """The objects of concatenated JSON documents (kubectl prints one per file)."""
+    decoder = json.JSONDecoder()
+    documents: list[dict[str, Any]] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            return documents
+        document, position = decoder.raw_decode(text, position)
+        documents.extend(
+            document.get("items", []) if document.get("kind") == "List" else [document]
+        )
+
+
 @dataclass
 class Snapshot:
     """What one status line shows."""
@@ -144,6 +162,7 @@ class Demo:
         self.session: aiohttp.ClientSession | None = None
         self.applied_namespace = False
         self.applied_metrics_api = False
+        self.created_metrics_namespace = False
         self.started = time.monotonic()
         self.last_counts: dict[str, int] = {}
 
@@ -193,17 +212,33 @@ class Demo:
             await self.register_metrics_api()
 
         heading(f"4. examples/chat/ in namespace {self.ns}")
-        say(
-            (
-                await self.k.text("apply", "-n", self.ns, "-f", str(REPO_ROOT / "examples/chat"))
-            ).rstrip()
-        )
+        await self.apply_example(keep_autoscaling=bool(flags))
         say("waiting for the pods: the pod runner starts the demo app + sidecar of each pod on its")
         say("own loopback IP; the readiness gate opens once the operator has seen its sidecar")
         await self.wait_pods_ready()
         autoscaling = bool(flags) and await self.wait_hpa()
         say((await self.k.text("get", "pods", "-n", self.ns, "-o", "wide")).rstrip())
         return autoscaling
+
+    async def apply_example(self, keep_autoscaling: bool) -> None:
+        """Apply examples/chat/; without the metrics API, without its autoscaling section."""
+        example = str(REPO_ROOT / "examples/chat")
+        if keep_autoscaling:
+            say((await self.k.text("apply", "-n", self.ns, "-f", example)).rstrip())
+            return
+        # Client-side rendering (no YAML library needed): an HPA without its metric would only
+        # show <unknown> targets, so the ConnectionStats goes in without spec.autoscaling.
+        rendered = await self.k.text(
+            "create", "--dry-run=client", "-o", "json", "-n", self.ns, "-f", example
+        )
+        items = json_documents(rendered)
+        for item in items:
+            if item.get("kind") == "ConnectionStats":
+                item.get("spec", {}).pop("autoscaling", None)
+        listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        applied = await self.k.text("apply", "-n", self.ns, "-f", "-", input_text=listing)
+        say(applied.rstrip())
+        say("(the ConnectionStats without spec.autoscaling: no metrics API for an HPA here)")
 
     async def metrics_api_flags(self) -> list[str] | None:
         """Operator flags for the metrics API, or None (with the reason) to skip autoscaling."""
@@ -258,11 +293,28 @@ class Demo:
         await self.k.run("create", "namespace", self.ns)
         self.applied_namespace = True
 
+    async def wait_not_terminating(self, namespace: str) -> None:
+        """Wait (bounded) while a namespace from an earlier run is still being deleted."""
+        deadline = time.monotonic() + 120
+        told = False
+        while await self.k.exists("namespace", namespace):
+            phase = (await self.k.get_json("namespace", namespace)).get("status", {}).get("phase")
+            if phase != "Terminating":
+                return
+            if not told:
+                say(f"waiting for namespace {namespace} of an earlier run to go ...")
+                told = True
+            if time.monotonic() > deadline:
+                raise DemoError(f"namespace {namespace} is still terminating after 120 s")
+            await asyncio.sleep(2)
+
     async def register_metrics_api(self) -> None:
         """Apply deploy/local/metrics-api.yaml; wait until the aggregator reaches the operator."""
         text = (REPO_ROOT / "deploy/local/metrics-api.yaml").read_text()
         if self.settings.metrics_port != 8443:
             text = text.replace("port: 8443", f"port: {self.settings.metrics_port}")
+        await self.wait_not_terminating(METRICS_NAMESPACE)
+        self.created_metrics_namespace = not await self.k.exists("namespace", METRICS_NAMESPACE)
         self.applied_metrics_api = True
         say((await self.k.text("apply", "-f", "-", input_text=text)).rstrip())
         deadline = time.monotonic() + 60
@@ -368,7 +420,7 @@ class Demo:
         line += f" | replicas {snap.ready_replicas}/{snap.replicas}"
         if snap.hpa is not None:
             status = snap.hpa.get("status", {})
-            line += f" | hpa desired {status.get('desiredReplicas', '?')}"
+            line += f" | hpa desired {status.get('desiredReplicas') or '?'}"
         say(line)
         per_pod = []
         for pod in snap.pods:
@@ -455,7 +507,7 @@ class Demo:
         )
         await self.table_header()
         await self.ramp(self.settings.plain_peak_sockets, 15, 4.0)
-        await self.watch(4.0)
+        await self.watch(2.0)
         await self.show_wide()
         heading("6. load down: closing sockets in steps")
         for fraction in (0.5, 0.7, 1.0):
@@ -580,9 +632,13 @@ class Demo:
             for name in APISERVICES:
                 await self.k.run("delete", "apiservice", name, "--ignore-not-found", check=False)
             await self.k.run(
-                "delete", "service", "wsgauge-metrics-api", "-n", "wsgauge-system",
+                "delete", "service", "wsgauge-metrics-api", "-n", METRICS_NAMESPACE,
                 "--ignore-not-found", check=False,
             )  # fmt: skip
+            if self.created_metrics_namespace:
+                await self.k.run(
+                    "delete", "namespace", METRICS_NAMESPACE, "--wait=false", check=False
+                )
             say("unregistered the custom metrics API (deploy/local/metrics-api.yaml)")
         if self.operator is not None:
             await self.operator.stop()
@@ -636,11 +692,11 @@ async def run(settings: DemoSettings) -> int:
             try:
                 if autoscaling:
                     await demo.scaling_story()
+                    heading("all clients leave")
+                    await demo.load.close_all()
+                    await demo.watch(4.0)
                 else:
                     await demo.plain_story()
-                heading("all clients leave")
-                await demo.load.close_all()
-                await demo.watch(4.0)
             finally:
                 await demo.load.close_all()
         return 0
@@ -680,8 +736,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def runner() -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        signals_seen: list[int] = []
+
+        def interrupt(signum: int) -> None:
+            # The first signal cancels the demo, which then cleans up; later ones only say so
+            # (the operator and kubectl run in their own sessions: nothing else gets the signal).
+            signals_seen.append(signum)
+            if len(signals_seen) == 1 and task is not None:
+                task.cancel()
+            else:
+                say("still cleaning up (stops the operator, deletes what the demo applied) ...")
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt, signum)
         return await run(settings)
 
     try:
