@@ -640,7 +640,7 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
             f"this machine's limit on open files per process is {limit:,} and could not be "
             "raised (the hard RLIMIT_NOFILE; raising it needs CAP_SYS_RESOURCE, which this "
             "container lacks); a proxy holds two descriptors per socket, so the idle runs use "
-            f"{idle:,} sockets instead of {sizes.idle_sockets:,}"
+            f"{idle:,} sockets instead of {sizes.idle_sockets:,}."
         )
         sizes = replace(sizes, idle_sockets=idle)
         result.file_limited = True
