@@ -222,18 +222,16 @@ async def test_hpa_scales_on_live_sockets_and_removes_the_emptiest_pods(
             ]
             assert "HPACreated" in reasons and "ReplicasRecommended" in reasons
         finally:
-            for client in clients:
-                await client.close()
-            await session.close()
-            await asyncio.to_thread(
-                kube.kubectl,
-                "delete",
-                "apiservice",
-                *APISERVICES,
-                "--ignore-not-found",
-                check=False,
-            )
-            operator.stop()
+            try:
+                for client in clients:
+                    await client.close()
+                await session.close()
+                await asyncio.to_thread(
+                    kube.kubectl,
+                    "delete", "apiservice", *APISERVICES, "--ignore-not-found", check=False,
+                )  # fmt: skip
+            finally:
+                operator.stop()
             print(operator.output()[-8000:])
 
 
