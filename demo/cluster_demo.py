@@ -162,6 +162,7 @@ class Demo:
         self.session: aiohttp.ClientSession | None = None
         self.applied_namespace = False
         self.applied_metrics_api = False
+        self.metrics_port = settings.metrics_port
         self.created_metrics_namespace = False
         self.started = time.monotonic()
         self.last_counts: dict[str, int] = {}
@@ -245,10 +246,8 @@ class Demo:
         if not self.settings.autoscaling:
             say("autoscaling part skipped (--no-autoscaling)")
             return None
-        flags = autoscaling_flags(
-            await asyncio.to_thread(operator_help), self.settings.metrics_port
-        )
-        if flags is None:
+        help_text = await asyncio.to_thread(operator_help)
+        if autoscaling_flags(help_text, self.metrics_port) is None:
             say(
                 "NOTE: this wsgauge-operator build has no custom metrics API yet "
                 "(no --metrics-api flag): the autoscaling part of the demo is skipped."
@@ -267,13 +266,13 @@ class Demo:
                     "autoscaling skipped."
                 )
                 return None
-        if port_taken(self.settings.metrics_port):
+        if port_taken(self.metrics_port):
+            taken, self.metrics_port = self.metrics_port, free_port()
             say(
-                f"NOTE: 127.0.0.1:{self.settings.metrics_port} is in use (the metrics API port): "
-                "autoscaling skipped. Free it or set WSGAUGE_DEMO_METRICS_PORT."
+                f"NOTE: 127.0.0.1:{taken} is in use: the metrics API listens on "
+                f"127.0.0.1:{self.metrics_port} instead (the APIService Service follows)."
             )
-            return None
-        return flags
+        return autoscaling_flags(help_text, self.metrics_port)
 
     async def fresh_namespace(self) -> None:
         """Create the demo namespace, waiting for a previous run's copy to finish terminating."""
@@ -311,8 +310,8 @@ class Demo:
     async def register_metrics_api(self) -> None:
         """Apply deploy/local/metrics-api.yaml; wait until the aggregator reaches the operator."""
         text = (REPO_ROOT / "deploy/local/metrics-api.yaml").read_text()
-        if self.settings.metrics_port != 8443:
-            text = text.replace("port: 8443", f"port: {self.settings.metrics_port}")
+        if self.metrics_port != 8443:
+            text = text.replace("port: 8443", f"port: {self.metrics_port}")
         await self.wait_not_terminating(METRICS_NAMESPACE)
         self.created_metrics_namespace = not await self.k.exists("namespace", METRICS_NAMESPACE)
         self.applied_metrics_api = True
@@ -327,7 +326,7 @@ class Demo:
             if code == 0 and " True " in f" {out} ":
                 say(
                     f"custom metrics API available: {out.split()[0]} -> the operator on "
-                    f"127.0.0.1:{self.settings.metrics_port}"
+                    f"127.0.0.1:{self.metrics_port}"
                 )
                 return
             await asyncio.sleep(1)
