@@ -138,6 +138,8 @@ class Snapshot:
     """The ``kubectl get connectionstats chat`` data row."""
     topics: dict[str, Any] = field(default_factory=dict)
     """status.topics of the ConnectionStats."""
+    pods_summary: str = ""
+    """status.pods.summary of the ConnectionStats (reporting/matched)."""
     replicas: int = 0
     """Deployment spec.replicas."""
     ready_replicas: int = 0
@@ -404,6 +406,7 @@ class Demo:
                 snap.ready_replicas = item.get("status", {}).get("readyReplicas", 0)
             elif kind == "ConnectionStats":
                 snap.topics = item.get("status", {}).get("topics") or {}
+                snap.pods_summary = (item.get("status", {}).get("pods") or {}).get("summary", "")
             elif kind == "HorizontalPodAutoscaler":
                 snap.hpa = item
             elif kind == "Pod":
@@ -545,20 +548,30 @@ class Demo:
             lambda s: all(not p.deleting for p in s.pods), "the removed pods to go", costs=True
         )
         say(f"        clients reconnected after a drain: {self.load.reconnected}")
+        await self.until(
+            lambda s: s.pods_summary == f"{s.replicas}/{s.replicas}",
+            "the status to drop the removed pods",
+            timeout=30.0,
+        )
         await self.show_wide()
 
     async def until(
-        self, check: Callable[[Snapshot], bool], what: str, costs: bool = False
+        self,
+        check: Callable[[Snapshot], bool],
+        what: str,
+        costs: bool = False,
+        timeout: float | None = None,
     ) -> Snapshot:
         """Status lines until ``check(snapshot)`` holds (bounded by settings.wait_scale)."""
         say(f"        ... waiting for {what}")
-        deadline = time.monotonic() + self.settings.wait_scale
+        limit = self.settings.wait_scale if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while True:
             snap = await self.tick(costs)
             if check(snap):
                 return snap
             if time.monotonic() > deadline:
-                say(f"        gave up waiting for {what} after {self.settings.wait_scale:.0f} s")
+                say(f"        gave up waiting for {what} after {limit:.0f} s")
                 return snap
             await asyncio.sleep(self.settings.tick)
 
