@@ -10,7 +10,8 @@ shows the HPA scaling down with the emptiest pods removed. It ends by itself wit
 stops the operator and the clients, deletes what it applied, and leaves the cluster running.
 
 Run ``python demo/cluster_demo.py --help`` for the options. The building blocks live in
-``demo_kube.py`` (cluster, kubectl, operator) and ``demo_load.py`` (client sockets).
+``demo_kube.py`` (cluster, kubectl, operator), ``demo_load.py`` (client sockets) and
+``demo_view.py`` (snapshots and status lines).
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from demo_kube import (
@@ -39,11 +38,13 @@ from demo_kube import (
     PodInfo,
     autoscaling_flags,
     ensure_cluster,
+    free_port,
     list_pods,
     operator_help,
-    pod_info,
+    port_taken,
 )
 from demo_load import LoadPool, topic_plan
+from demo_view import Snapshot, heading, json_documents, read_snapshot, render, say, short
 
 NAME = "chat"
 """Name of the demo Deployment, ConnectionStats and HPA."""
@@ -77,79 +78,6 @@ class DemoSettings:
     """Longest wait for the pods to become Ready."""
     wait_scale: float = 150.0
     """Longest wait for each HPA scaling step."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def port_taken(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def say(message: str = "") -> None:
-    """One line for the user."""
-    print(message, flush=True)
-
-
-def heading(message: str) -> None:
-    """A section title."""
-    say(f"\n=== {message}")
-
-
-def short(pod: str) -> str:
-    """The random suffix of a pod name (chat-5d8f7c9b6-x2k4q -> x2k4q)."""
-    return pod.rsplit("-", 1)[-1]
-
-
-def format_topics(topics: Mapping[str, Any]) -> str:
-    """``stream=72 stats=36 chat=12``, biggest first."""
-    ordered = sorted(topics.items(), key=lambda item: (-int(item[1]), item[0]))
-    return " ".join(f"{name}={count}" for name, count in ordered) or "-"
-
-
-def json_documents(text: str) -> list[dict[str, Any]]:
-    """The objects of concatenated JSON documents (kubectl prints one per file)."""
-    decoder = json.JSONDecoder()
-    documents: list[dict[str, Any]] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position >= len(text):
-            return documents
-        document, position = decoder.raw_decode(text, position)
-        documents.extend(
-            document.get("items", []) if document.get("kind") == "List" else [document]
-        )
-
-
-@dataclass
-class Snapshot:
-    """What one status line shows."""
-
-    wss_row: str = ""
-    """The ``kubectl get connectionstats chat`` data row."""
-    topics: dict[str, Any] = field(default_factory=dict)
-    """status.topics of the ConnectionStats."""
-    pods_summary: str = ""
-    """status.pods.summary of the ConnectionStats (reporting/matched)."""
-    replicas: int = 0
-    """Deployment spec.replicas."""
-    ready_replicas: int = 0
-    """Deployment status.readyReplicas."""
-    hpa: dict[str, Any] | None = None
-    """The owned HPA, if any."""
-    pods: list[PodInfo] = field(default_factory=list)
-    """The demo pods, oldest first."""
-    counts: dict[str, int] = field(default_factory=dict)
-    """Sockets per pod as its sidecar reports them (GET podIP:9090/stats)."""
 
 
 class Demo:
@@ -371,70 +299,16 @@ class Demo:
 
     # --- observing ---------------------------------------------------------------------------
 
-    async def sidecar_counts(self, pods: Sequence[PodInfo]) -> dict[str, int]:
-        """Sockets per pod, straight from each sidecar's admin port (GET podIP:9090/stats)."""
-
-        async def one(pod: PodInfo) -> tuple[str, int | None]:
-            if self.session is None or not pod.ip:
-                return pod.name, None
-            try:
-                async with self.session.get(
-                    f"http://{pod.ip}:9090/stats", timeout=aiohttp.ClientTimeout(total=1.5)
-                ) as response:
-                    document = await response.json()
-                    return pod.name, int(document["connections"])
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
-                return pod.name, None
-
-        answers = await asyncio.gather(*(one(pod) for pod in pods))
-        return {name: count for name, count in answers if count is not None}
-
     async def snapshot(self) -> Snapshot:
         """Everything one status line shows."""
-        snap = Snapshot()
-        code, out, _ = await self.k.run(
-            "get", "connectionstats", NAME, "-n", self.ns, "--no-headers", check=False
-        )
-        snap.wss_row = " ".join(out.split()) if code == 0 else "(no ConnectionStats)"
-        listing = await self.k.get_json(
-            "deployments,connectionstats,horizontalpodautoscalers,pods", "-n", self.ns
-        )
-        for item in listing.get("items", []):
-            kind = item.get("kind")
-            if kind == "Deployment":
-                snap.replicas = item.get("spec", {}).get("replicas", 0)
-                snap.ready_replicas = item.get("status", {}).get("readyReplicas", 0)
-            elif kind == "ConnectionStats":
-                snap.topics = item.get("status", {}).get("topics") or {}
-                snap.pods_summary = (item.get("status", {}).get("pods") or {}).get("summary", "")
-            elif kind == "HorizontalPodAutoscaler":
-                snap.hpa = item
-            elif kind == "Pod":
-                snap.pods.append(pod_info(item))
-        snap.pods.sort(key=lambda p: (p.created, p.name))
-        snap.counts = await self.sidecar_counts(snap.pods)
-        return snap
+        if self.session is None:
+            raise DemoError("no HTTP session yet")
+        return await read_snapshot(self.k, self.session, self.ns, NAME)
 
     def show(self, snap: Snapshot, costs: bool = False) -> None:
-        """Two compact lines: the kubectl row, replicas, HPA; topics and per-pod sockets."""
-        elapsed = time.monotonic() - self.started
-        line = f"[{elapsed:4.0f}s] wss {snap.wss_row:<44}"
-        line += f" | replicas {snap.ready_replicas}/{snap.replicas}"
-        if snap.hpa is not None:
-            status = snap.hpa.get("status", {})
-            line += f" | hpa desired {status.get('desiredReplicas') or '?'}"
-        say(line)
-        per_pod = []
-        for pod in snap.pods:
-            count = snap.counts.get(pod.name)
-            notes = [f"c{pod.deletion_cost}"] if costs and pod.deletion_cost else []
-            if pod.deleting:
-                notes.append("draining")
-            elif not pod.ready:
-                notes.append("not ready")
-            text = f"{short(pod.name)}={'?' if count is None else count}"
-            per_pod.append(text + (f"({','.join(notes)})" if notes else ""))
-        say(f"        topics {format_topics(snap.topics)} | pod sockets {' '.join(per_pod) or '-'}")
+        """The two status lines of a snapshot."""
+        for line in render(snap, time.monotonic() - self.started, costs):
+            say(line)
 
     async def watch(self, seconds: float, costs: bool = False) -> Snapshot:
         """Status lines every tick for ``seconds``; returns the last snapshot."""

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "demo"))
 
-from cluster_demo import json_documents
 from demo_kube import DemoError, autoscaling_flags, parse_exports, pod_info
 from demo_load import topic_plan
+from demo_view import json_documents
 from wsgauge_operator.cli import build_parser
 
 
