@@ -1,7 +1,10 @@
 # wsgauge developer entry points. Every target installs what it needs.
 #   make demo     the whole thing on a local real control plane
+#   make demo-sidecar   the sidecar alone, no Kubernetes (~15 s)
 #   make test     lint, type-check and every test (builds the control plane once)
 #   make bench    benchmarks, results in docs/benchmarks.md
+#   make unit     only the unit tests (no cluster)
+#   make cluster / make cluster-down   start / stop the local control plane
 #   make images   the operator and sidecar container images (needs a Docker engine)
 #   make chart-test   helm lint + the chart tests (rendering, then on the local control plane)
 #   make kind-e2e the chart and e2e tests on a kind cluster (needs Docker and kind)
@@ -10,6 +13,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
 .PHONY: all venv lint typecheck unit test k8s-bins cluster cluster-down demo bench clean help \
@@ -30,11 +34,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check contract sidecar operator devcluster tests
-	$(VENV)/bin/ruff format --check contract sidecar operator devcluster tests
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy -p wsgauge_contract -p wsgauge_sidecar -p wsgauge_devcluster $(if $(wildcard operator/wsgauge_operator/*.py),-p wsgauge_operator)
+	$(VENV)/bin/mypy -p wsgauge_contract -p wsgauge_sidecar -p wsgauge_devcluster -p wsgauge_operator -p benchmarks
+	MYPYPATH=demo $(VENV)/bin/mypy demo/*.py
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
