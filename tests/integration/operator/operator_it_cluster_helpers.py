@@ -190,6 +190,50 @@ def ready_pods(
     return eventually(check, timeout=timeout, interval=0.5, what=f"{count} gated pods ready")
 
 
+def wait_status_settled(
+    kube: KubeCluster,
+    namespace: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    quiet: float = 3.0,
+    timeout: float = 60.0,
+    name: str = "chat",
+) -> dict[str, Any]:
+    """Wait until the status satisfies predicate AND its resourceVersion stayed the same for
+    ``quiet`` seconds (several status intervals): nothing the operator still has to write.
+
+    Needed before asserting "a restart with nothing changed writes nothing": the status can
+    lag the fleet (e.g. ``pods.ready`` follows the kubelet's Ready condition, which trails
+    the gate; a write held back by the status interval dies with a stopped operator).
+    """
+    stable_since: list[tuple[str, float]] = []
+    last: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        nonlocal last
+        result = kube.kubectl(
+            "get", "connectionstats", name, "-n", namespace, "-o", "json", check=False
+        )
+        if result.returncode != 0:
+            return None
+        body = json.loads(result.stdout)
+        last = dict(body.get("status") or {})
+        version = str(body["metadata"]["resourceVersion"])
+        now = time.monotonic()
+        if not last or not predicate(last):
+            stable_since.clear()
+            return None
+        if not stable_since or stable_since[0][0] != version:
+            stable_since[:] = [(version, now)]
+            return None
+        return last if now - stable_since[0][1] >= quiet else None
+
+    try:
+        return eventually(check, timeout=timeout, interval=0.3, what=what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last status: {json.dumps(last)}") from None
+
+
 def settle(seconds: float) -> None:
     """Let the operator see a change that must NOT have an effect (bounded)."""
     time.sleep(seconds)

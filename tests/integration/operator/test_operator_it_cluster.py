@@ -23,6 +23,7 @@ from operator_it_cluster_helpers import (
     settle,
     status_of,
     wait_status,
+    wait_status_settled,
 )
 from operator_it_harness import Clients
 from wsgauge_devcluster.testing import KubeCluster, eventually
@@ -420,7 +421,14 @@ async def test_operator_restart_recovers_without_duplicate_work(
             == 0
         )
 
-        # a second restart with nothing changed writes nothing at all
+        # a second restart with nothing changed writes nothing at all: first let the status
+        # catch up with the fleet (the newcomer's kubelet Ready, a held-back write) and go quiet
+        wait_status_settled(
+            kube, namespace,
+            lambda s: s["connections"] == 5 and s["pods"]["reporting"] == 3
+            and s["pods"]["ready"] == 3,
+            "status settled before the second restart",
+        )  # fmt: skip
         operator.stop()
         operator.start()
         settle(4)
