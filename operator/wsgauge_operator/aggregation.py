@@ -4,6 +4,12 @@ No I/O and no clock: the caller passes the time as a string. The status is
 bounded whatever the fleet size: at most ``top_topics`` topics (the rest folded
 into ``_other``), ``busiest_pods`` pods and ``max_nodes`` nodes, and condition
 messages that name at most a few pods.
+
+Pods being deleted (``terminating``) are expected to go away: they are counted
+apart (``pods.terminating``), never as matched, unreachable or starting, so a
+scale-down neither degrades the resource nor raises unreachable Events. While
+such a pod's sidecar still answers, its sockets (draining, but real) are still
+counted in the totals; once it stops answering they are dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class PodObservation:
     ready: bool = False
     """The pod's Ready condition."""
     draining: bool = False
+    terminating: bool = False
+    """The pod has a ``deletionTimestamp``: it is going away."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,20 @@ class Aggregate:
     totals: Mapping[str, int] = field(default_factory=dict)
     """Every topic, unfolded (kept in memory for the metrics API, never in the status)."""
     matched: int = 0
+    """Matched pods that are not terminating."""
     reporting: int = 0
+    """Matched (not terminating) pods whose sidecar reports."""
     unreachable: int = 0
     starting: int = 0
     ready: int = 0
+    terminating: int = 0
+    """Matched pods being deleted (not in ``matched``)."""
+    counted: int = 0
+    """Pods whose sockets are in ``connections``: reporting ones plus terminating ones
+    whose sidecar still answers."""
     average_per_pod: int = 0
+    """``connections`` over the ``reporting`` pods: the load the pods that stay will carry
+    (a draining pod's sockets are counted, the draining pod is not)."""
     nodes: tuple[Mapping[str, Any], ...] = ()
     busiest_pods: tuple[Mapping[str, Any], ...] = ()
     over_capacity: tuple[str, ...] = ()
@@ -95,21 +112,27 @@ def fold_topics(totals: Mapping[str, int], keep: int) -> dict[str, int]:
 
 
 def aggregate(observations: Iterable[PodObservation], limits: AggregationLimits) -> Aggregate:
-    """Sum the reporting pods; count pods by state; list the busiest pods and nodes."""
-    observed = list(observations)
+    """Sum the reporting pods; count pods by state; list the busiest pods and nodes.
+
+    Terminating pods count only in ``terminating`` and, while their sidecar still
+    answers, in the socket totals (``connections``, topics, nodes, busiest pods).
+    """
+    everything = list(observations)
+    observed = [o for o in everything if not o.terminating]
     reporting = [o for o in observed if o.state is PodState.REPORTING]
+    counted = [o for o in everything if o.state is PodState.REPORTING]
     totals: dict[str, int] = {}
-    for pod in reporting:
+    for pod in counted:
         for topic, count in pod.topics.items():
             totals[topic] = totals.get(topic, 0) + count
-    connections = sum(pod.connections for pod in reporting)
+    connections = sum(pod.connections for pod in counted)
     per_node: dict[str, list[int]] = {}
-    for pod in reporting:
+    for pod in counted:
         entry = per_node.setdefault(pod.node or "unknown", [0, 0])
         entry[0] += 1
         entry[1] += pod.connections
     nodes = sorted(per_node.items(), key=lambda item: (-item[1][1], item[0]))
-    busiest = sorted(reporting, key=lambda pod: (-pod.connections, pod.name))
+    busiest = sorted(counted, key=lambda pod: (-pod.connections, pod.name))
     limit = limits.max_connections_per_pod
     over = sorted(
         (pod for pod in reporting if limit is not None and pod.connections > limit),
@@ -125,6 +148,8 @@ def aggregate(observations: Iterable[PodObservation], limits: AggregationLimits)
         unreachable=sum(1 for o in observed if o.state is PodState.UNREACHABLE),
         starting=sum(1 for o in observed if o.state in (PodState.STARTING, PodState.PENDING)),
         ready=sum(1 for o in observed if o.ready),
+        terminating=len(everything) - len(observed),
+        counted=len(counted),
         average_per_pod=round(connections / len(reporting)) if reporting else 0,
         nodes=tuple(
             {"name": name, "pods": pods, "connections": count}
@@ -284,6 +309,7 @@ def render_status(result: Aggregate) -> dict[str, Any]:
             "reporting": result.reporting,
             "unreachable": result.unreachable,
             "ready": result.ready,
+            "terminating": result.terminating,
             "summary": f"{result.reporting}/{result.matched}",
         },
         "averagePerPod": result.average_per_pod,

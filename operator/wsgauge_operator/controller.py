@@ -439,6 +439,7 @@ class Controller:
             topics=topics,
             ready=pod.ready,
             draining=draining,
+            terminating=pod.terminating,
         )
         readiness = ReadinessInput(
             name=pod.name,
@@ -472,7 +473,9 @@ class Controller:
             pods = self.fleet.pods_matching(record.namespace, spec.selector)
             observed = [self._observe(pod, spec) for pod in pods]
             restarts = {o.name: count for o, _, _, count in observed}
-            warming = any(o.state is PodState.STARTING for o, _, _, _ in observed)
+            warming = any(
+                o.state is PodState.STARTING and not o.terminating for o, _, _, _ in observed
+            )
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
                 busiest_pods=self.settings.status.busiest_pods,
@@ -497,7 +500,7 @@ class Controller:
                     connections=result.connections,
                     topics=dict(result.totals),
                     observed_at=_oldest(reporting_times),
-                    pods_reporting=result.reporting,
+                    pods_reporting=result.counted,
                 )
             )
         status = render_status(result)
@@ -531,6 +534,7 @@ class Controller:
             ("reporting", result.reporting),
             ("unreachable", result.unreachable),
             ("ready", result.ready),
+            ("terminating", result.terminating),
         ):
             self.telemetry.pods.labels(namespace, name, state).set(value)
         if self.summaries.get(key) != status:
@@ -636,7 +640,8 @@ class Controller:
                 ref, True, "PodUnreachable", f"the sidecar of pod {pod} stopped answering"
             )
         for pod in sorted(memory.unreachable - unreachable)[:5]:
-            if self.fleet.pod(record.namespace, pod) is not None:
+            still = self.fleet.pod(record.namespace, pod)
+            if still is not None and not still.terminating:
                 await self._event(
                     ref, False, "PodReachable", f"the sidecar of pod {pod} answers again"
                 )
@@ -660,13 +665,13 @@ class Controller:
             await self._event(ref, problem, now[1], f"{type_} is {now[0]}: {item.get('message')}")
         spec = record.spec
         limit = spec.capacity.max_connections_per_pod if spec is not None else None
-        if limit and result.reporting and result.connections > limit * result.reporting:
+        if limit and result.counted and result.connections > limit * result.counted:
             needed = math.ceil(result.connections / limit)
             await self._event(
                 ref,
                 False,
                 "ScaleRecommended",
-                f"{result.connections} connections on {result.reporting} pods exceed "
+                f"{result.connections} connections on {result.counted} pods exceed "
                 f"maxConnectionsPerPod {limit}: at least {needed} pods are needed",
             )
 

@@ -121,6 +121,49 @@ def test_conditions_for_no_pods_and_port_missing() -> None:
     assert by_type["CapacityExceeded"]["status"] == "False"
 
 
+def test_terminating_pods_are_counted_apart_and_never_unreachable() -> None:
+    """A scale-down: pods being deleted do not degrade the resource; the sockets of a
+    draining sidecar that still answers are real and still counted."""
+    pods = [
+        reporting("a", "n1", {"x": 4}),
+        reporting("b", "n1", {"x": 2}),
+        PodObservation(
+            "c", PodState.REPORTING, node="n2", connections=3, topics={"x": 1, "y": 2},
+            draining=True, terminating=True,
+        ),
+        PodObservation(
+            "d", PodState.UNREACHABLE, node="n2", connections=9, topics={"x": 9}, terminating=True
+        ),
+        PodObservation("e", PodState.STARTING, terminating=True),
+    ]  # fmt: skip
+    result = aggregate(pods, AggregationLimits(max_connections_per_pod=2))
+    assert (result.matched, result.reporting, result.unreachable, result.starting) == (2, 2, 0, 0)
+    assert (result.terminating, result.counted) == (3, 3)
+    assert result.unreachable_pods == ()
+    assert result.connections == 9  # c's draining sockets count; d's stale counts do not
+    assert result.topics == {"x": 7, "y": 2}
+    assert result.average_per_pod == 4  # 9 sockets for the 2 pods that stay
+    assert {n["name"]: n["connections"] for n in result.nodes} == {"n1": 6, "n2": 3}
+    assert result.over_capacity == ("a",)  # the terminating pod is not asked to shed load
+    status = render_status(result)
+    assert status["pods"]["summary"] == "2/2"
+    assert status["pods"]["terminating"] == 3
+    by_type = {c["type"]: c for c in spec_conditions(result, selector="s", port=1, max_per_pod=2)}
+    assert (by_type["Degraded"]["status"], by_type["Degraded"]["reason"]) == (
+        "False",
+        "AllReachable",
+    )
+    assert (by_type["Ready"]["status"], by_type["Ready"]["message"]) == (
+        "True",
+        "2 of 2 matched pods report connections",
+    )
+
+    # the last pods are going away: nothing matched, nothing unreachable
+    leaving = aggregate([pods[3], pods[4]], AggregationLimits())
+    assert (leaving.matched, leaving.unreachable, leaving.terminating) == (0, 0, 2)
+    assert leaving.connections == 0
+
+
 def test_merge_conditions_keeps_transition_time_and_foreign_types() -> None:
     previous = [
         {
@@ -165,6 +208,7 @@ def test_render_status_shape() -> None:
         "reporting": 1,
         "unreachable": 0,
         "ready": 1,
+        "terminating": 0,
         "summary": "1/1",
     }
     assert status["averagePerPod"] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -80,6 +81,7 @@ async def test_summaries_metrics_source_and_invalid_spec() -> None:
         "reporting": 2,
         "unreachable": 0,
         "ready": 0,
+        "terminating": 0,
         "summary": "2/2",
     }
     assert status["desiredReplicas"] == 1
@@ -135,3 +137,65 @@ async def test_stats_server_serves_documents_and_a_live_stream() -> None:
         line = await asyncio.wait_for(stream.content.readline(), 5)
         assert json.loads(line)["connections"] == 5
         stream.close()
+
+
+class RecordingKube:
+    """Status patches, pod conditions and Events, kept in memory."""
+
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def patch_connectionstats_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        self.statuses.append(dict(status))
+
+    async def patch_pod_condition(
+        self, namespace: str, name: str, uid: str, condition: Mapping[str, Any]
+    ) -> None:
+        return None
+
+    async def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
+        self.events.append(dict(event))
+
+
+async def test_scale_down_terminating_pods_are_not_unreachable() -> None:
+    kube = RecordingKube()
+    controller = Controller(OperatorSettings(), kube)
+    for name, ip in (("a", "127.0.50.1"), ("b", "127.0.50.2"), ("c", "127.0.50.3")):
+        controller.pod_event("ADDED", pod(name, ip, app="chat"))
+        report(controller, name, ip, {"stream": 2})
+    controller.connectionstats_event(None, connection_stats("chat"))
+    await controller.reconcile(("ns", "chat"))
+    assert controller.summaries[("ns", "chat")]["pods"]["summary"] == "3/3"
+
+    # b is deleted and its sidecar has exited; c's sidecar (not deleted) stops answering
+    leaving = pod("b", "127.0.50.2", app="chat")
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    controller.pod_event("MODIFIED", leaving)
+    controller.fleet.mark_unreachable(EndpointKey("ns", "b", "u-b", "127.0.50.2", 9090), "gone")
+    controller.fleet.mark_unreachable(EndpointKey("ns", "c", "u-c", "127.0.50.3", 9090), "down")
+    await controller.reconcile(("ns", "chat"))
+    status = controller.summaries[("ns", "chat")]
+    assert status["connections"] == 2
+    assert {k: status["pods"][k] for k in ("matched", "unreachable", "terminating")} == {
+        "matched": 2,
+        "unreachable": 1,
+        "terminating": 1,
+    }
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["message"] == "1 pods' sidecars do not answer: c"
+    notes = [e["note"] for e in kube.events if e["reason"] == "PodUnreachable"]
+    assert notes == ["the sidecar of pod c stopped answering"]
+
+    # c is deleted too: it goes away, it does not "answer again"
+    leaving = pod("c", "127.0.50.3", app="chat")
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    controller.pod_event("MODIFIED", leaving)
+    await controller.reconcile(("ns", "chat"))
+    status = controller.summaries[("ns", "chat")]
+    assert (status["pods"]["summary"], status["pods"]["terminating"]) == ("1/1", 2)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"
+    assert not [e for e in kube.events if e["reason"] == "PodReachable"]
