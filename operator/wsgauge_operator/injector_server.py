@@ -35,10 +35,9 @@ from aiohttp import web
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.injector import InjectorSettings, review_response, settings_from_mapping
 from wsgauge_operator.metrics_api_tls import (
-    CertificatePair,
-    generate_self_signed,
-    read_certificate_pair,
     server_ssl_context,
+    serving_certificate_pair,
+    start_site,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,14 +124,6 @@ def build_injector_app(settings: InjectorSettings, max_body_bytes: int) -> web.A
     return app
 
 
-def _serving_pair(settings: InjectorServerSettings) -> CertificatePair:
-    if settings.cert_file is None and settings.key_file is None:
-        return generate_self_signed(settings.self_signed_hosts, common_name="wsgauge-injector")
-    if settings.cert_file is None or settings.key_file is None:
-        raise ConfigError("cert_file and key_file must be given together")
-    return read_certificate_pair(settings.cert_file, settings.key_file)
-
-
 def _files_stamp(settings: InjectorServerSettings) -> tuple[float, float]:
     try:
         return (
@@ -163,19 +154,21 @@ async def start_injector(
     server_settings: InjectorServerSettings, settings: InjectorSettings
 ) -> InjectorServer:
     """Start the HTTPS endpoint. ConfigError for unusable TLS files, OSError if it cannot bind."""
-    pair = _serving_pair(server_settings)
+    pair = serving_certificate_pair(
+        server_settings.cert_file,
+        server_settings.key_file,
+        server_settings.self_signed_hosts,
+        common_name="wsgauge-injector",
+    )
     context = server_ssl_context(pair, None)
     app = build_injector_app(settings, server_settings.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=server_settings.shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, server_settings.host, server_settings.port, ssl_context=context)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    addresses = runner.addresses
-    port = int(addresses[0][1]) if addresses else server_settings.port
+    runner, port = await start_site(
+        app,
+        server_settings.host,
+        server_settings.port,
+        server_settings.shutdown_timeout,
+        context,
+    )
     reloader = None
     if server_settings.cert_file and server_settings.reload_interval > 0:
         reloader = asyncio.create_task(_reload_certificates(server_settings, context))

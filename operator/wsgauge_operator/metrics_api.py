@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,11 +38,10 @@ from wsgauge_operator.metrics_api_core import (
     keda_document,
 )
 from wsgauge_operator.metrics_api_tls import (
-    CertificatePair,
-    generate_self_signed,
     peer_common_name,
-    read_certificate_pair,
     server_ssl_context,
+    serving_certificate_pair,
+    start_site,
 )
 from wsgauge_operator.metrics_source import MetricsSource
 
@@ -195,14 +193,6 @@ def add_keda_routes(
     app.router.add_get(prefix + "/namespaces/{namespace}/connectionstats/{name}", keda)
 
 
-def _serving_pair(settings: MetricsApiSettings) -> CertificatePair:
-    if settings.cert_file is None and settings.key_file is None:
-        return generate_self_signed(settings.self_signed_hosts)
-    if settings.cert_file is None or settings.key_file is None:
-        raise ConfigError("cert_file and key_file must be given together")
-    return read_certificate_pair(settings.cert_file, settings.key_file)
-
-
 def _client_ca(settings: MetricsApiSettings) -> str | None:
     parts: list[str] = []
     if settings.client_ca_file:
@@ -214,26 +204,6 @@ def _client_ca(settings: MetricsApiSettings) -> str | None:
     if settings.client_ca_pem:
         parts.append(settings.client_ca_pem)
     return "\n".join(parts) if parts else None
-
-
-async def _start_site(
-    app: web.Application,
-    host: str,
-    port: int,
-    shutdown_timeout: float,
-    ssl_context: ssl.SSLContext | None = None,
-) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    addresses = runner.addresses
-    bound = int(addresses[0][1]) if addresses else port
-    return runner, bound
 
 
 async def start_metrics_api(
@@ -250,12 +220,14 @@ async def start_metrics_api(
             "no request-header client CA configured (client_ca_file / client_ca_pem); "
             "load it with load_request_header_auth() or set allow_unauthenticated"
         )
-    pair = _serving_pair(settings)
+    pair = serving_certificate_pair(
+        settings.cert_file, settings.key_file, settings.self_signed_hosts
+    )
     context = server_ssl_context(pair, client_ca)
     app = build_metrics_app(
         settings, source, clock=clock, require_client_cert=client_ca is not None
     )
-    runner, port = await _start_site(
+    runner, port = await start_site(
         app, settings.host, settings.port, settings.shutdown_timeout, context
     )
     handle = MetricsApiServer(port=port, serving_cert_pem=pair.cert_pem, _runners=[runner])
@@ -266,7 +238,7 @@ async def start_metrics_api(
             keda_app, source, max_age_seconds=settings.max_metric_age_seconds, clock=clock
         )
         try:
-            keda_runner, keda_port = await _start_site(
+            keda_runner, keda_port = await start_site(
                 keda_app, settings.keda_host, settings.keda_port, settings.shutdown_timeout
             )
         except OSError:

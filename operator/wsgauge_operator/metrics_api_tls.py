@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -182,3 +183,46 @@ def peer_common_name(peercert: object) -> str | None:
             if len(attribute) == 2 and attribute[0] == "commonName":
                 return str(attribute[1])
     return None
+
+
+def serving_certificate_pair(
+    cert_file: str | None,
+    key_file: str | None,
+    self_signed_hosts: Iterable[str],
+    *,
+    common_name: str = "wsgauge-metrics-api",
+) -> CertificatePair:
+    """The serving pair from files, or a self-signed one when neither file is given.
+
+    Raises :class:`ConfigError` when only one of the two files is given or they
+    cannot be read.
+    """
+    if cert_file is None and key_file is None:
+        return generate_self_signed(self_signed_hosts, common_name=common_name)
+    if cert_file is None or key_file is None:
+        raise ConfigError("cert_file and key_file must be given together")
+    return read_certificate_pair(cert_file, key_file)
+
+
+async def start_site(
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port (HTTPS with ``ssl_context``); return the runner and bound port.
+
+    Raises OSError when the port cannot be bound (the runner is cleaned up).
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    addresses = runner.addresses
+    bound = int(addresses[0][1]) if addresses else port
+    return runner, bound
