@@ -150,6 +150,13 @@ FLAGS: tuple[_Flag, ...] = (
         "10",
         "time for a client to send a full request head (and the upstream to answer an upgrade)",
     ),
+    _Flag(
+        "tcp-keepalive",
+        "SECONDS",
+        _seconds,
+        "60",
+        "TCP keepalive on client connections: a vanished peer is cut after about 2x this (0 = off)",
+    ),
     _Flag("watch-heartbeat", "SECONDS", _seconds, "5", "blank line on /stats/watch when idle"),
     _Flag("watch-min-interval", "SECONDS", _seconds, "0.05", "least time between watch documents"),
     _Flag("max-header-bytes", "N", _non_negative_int, "16384", "largest HTTP message head"),
@@ -253,6 +260,7 @@ def settings_from_namespace(namespace: argparse.Namespace, pod: PodIdentity) -> 
             max_header_bytes=values["max_header_bytes"],
             max_message_bytes=values["max_message_bytes"],
             socket_buffer_bytes=values["socket_buffer_bytes"],
+            tcp_keepalive=values["tcp_keepalive"],
         ),
         limits=LimitSettings(
             max_connections=values["max_connections"],

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import cast
 
 from wsgauge_sidecar.exceptions import HttpParseError
@@ -56,8 +57,49 @@ _REASONS = {
     504: "Gateway Timeout",
 }
 
+LINGER_SECONDS = 2.0
+"""After a local error answer: how long client bytes are still read and dropped."""
+
 _HEAD, _EXCHANGE, _RELAY, _CLOSED = range(4)
 """Connection modes: waiting for a request head, one request in flight, relaying, closed."""
+
+
+def keepalive_options(seconds: float) -> list[tuple[int, int, int]]:
+    """The ``(level, option, value)`` socket options for ``--tcp-keepalive SECONDS`` (Linux).
+
+    Probes start after ``seconds`` of silence, repeat every third of it (at least 1 s) and
+    give up after 3; ``TCP_USER_TIMEOUT`` also cuts a peer that leaves sent data
+    unacknowledged for twice ``seconds``. So a client that vanished without FIN or RST
+    (half-open socket) is uncounted after about ``2 * seconds``. Empty when off.
+    """
+    if seconds <= 0:
+        return []
+    idle = max(1, round(seconds))
+    interval = max(1, round(seconds / 3))
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", 2 * idle * 1000),
+    ):
+        option = getattr(socket, name, None)  # Linux names; absent elsewhere
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    return options
+
+
+def enable_tcp_keepalive(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Apply :func:`keepalive_options` to the transport's socket (best effort)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for level, option, value in keepalive_options(seconds):
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as error:  # e.g. not a TCP socket
+            log.debug("setsockopt(%s, %s) failed: %s", level, option, error)
+            return
 
 
 class ProxyServer:
@@ -140,6 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         buffer_bytes = self.settings.socket_buffer_bytes
         transport.set_write_buffer_limits(high=buffer_bytes, low=buffer_bytes // 4)
+        enable_tcp_keepalive(transport, self.settings.tcp_keepalive)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self._peer = f"{peer[0]}:{peer[1]}"
@@ -159,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.relay is not None:
             return self.relay.client_eof()
+        if self.mode == _CLOSED:
+            return False  # lingering after a local answer: the client is done too, close
         # Plain HTTP: a half-closed client may still read the response in flight.
         self._client_eof = True
         if self._request is None:
@@ -522,9 +567,34 @@ class ClientConnection(asyncio.Protocol):
             "Content-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
-        if not self._response_started:
-            self.transport.write(head.encode() + body)
-        self.close("local_response")
+        if self._response_started or self.relay is not None:
+            self.close("local_response")
+            return
+        self.transport.write(head.encode() + body)
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Half-close after a local answer, then discard what the client still sends.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy
+        our answer (a 431, a 408) before the client reads it. So, like nginx's lingering
+        close: send FIN, keep reading and dropping bytes until the client closes too or
+        :data:`LINGER_SECONDS` pass, then close.
+        """
+        transport = self.transport
+        self._shut_upstream_side()
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._shut(abort=False)
+            return
+        self._inbuf.clear()
+        transport.write_eof()
+        if self._paused:
+            self._paused.clear()
+            transport.resume_reading()
+        timeout = self.proxy.close_timeout
+        self._timer = self.loop.call_later(
+            LINGER_SECONDS, lambda: close_transport(transport, abort=False, timeout=timeout)
+        )
 
     def close(self, reason: str) -> None:
         """Close both sides after flushing what is buffered."""
@@ -540,7 +610,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._shut(abort=True)
 
-    def _shut(self, *, abort: bool) -> None:
+    def _shut_upstream_side(self, *, abort: bool = True) -> None:
         self._cancel_timer()
         if self._upgrading:
             self._upgrade_failed("closed")
@@ -548,5 +618,8 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.close(abort=abort)
             self.upstream = None
+
+    def _shut(self, *, abort: bool) -> None:
+        self._shut_upstream_side(abort=abort)
         if self.transport is not None:
             close_transport(self.transport, abort=abort, timeout=self.proxy.close_timeout)

@@ -65,6 +65,11 @@ class ProxySettings:
     socket_buffer_bytes: int = 262144
     """``--socket-buffer-bytes``: per-direction relay buffer; reading from the sending peer
     pauses above it."""
+    tcp_keepalive: float = 60.0
+    """``--tcp-keepalive``: seconds of silence on a client connection before TCP keepalive
+    probes start (then every third of it, at least 1 s; cut after 3 unanswered probes, or
+    when sent data stays unacknowledged for twice this long). 0 = off. This is what ends a
+    half-open socket whose client vanished without a FIN or RST."""
     upstream_connect_timeout: float = 5.0
     """Seconds to wait for a TCP connection to the upstream before answering 502."""
 
