@@ -384,13 +384,14 @@ def _split_head(buffer: bytes | bytearray, max_bytes: int) -> tuple[list[bytes],
     leading = _LEADING_BLANK_LINES.match(buffer)
     start = leading.end() if leading else 0
     end = _HEAD_END.search(buffer, start)
+    # blank lines before the head count toward the limit: endless CRLFs must not pile up
     if end is None:
-        if len(buffer) - start > max_bytes:
+        if len(buffer) > max_bytes:
             raise HttpParseError(f"message head larger than {max_bytes} bytes", 413)
         if start < len(buffer) and buffer[start] == 0x0D and len(buffer) - start > 1:
             raise HttpParseError("bare CR before the message head", 400)
         return None
-    if end.end() - start > max_bytes:
+    if end.end() > max_bytes:
         raise HttpParseError(f"message head larger than {max_bytes} bytes", 413)
     raw = bytes(buffer[start : end.end()])
     lines = _LINE_END.split(raw)[:-2]
