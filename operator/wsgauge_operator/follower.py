@@ -3,8 +3,9 @@
 The follower feeds what it reads into :class:`~.fleet.FleetState`:
 
 - every document (first one at once, then one per change) -> ``report``;
-- blank-line heartbeats -> ``heartbeat``; no byte for ``read_timeout`` seconds
-  (longer than the sidecar's heartbeat) breaks the stream;
+- blank-line heartbeats -> ``heartbeat``; no complete line (document or
+  heartbeat) for ``read_timeout`` seconds (longer than the sidecar's heartbeat)
+  breaks the stream, even while bytes of an unfinished line keep coming;
 - a broken stream is retried at once; if that fails too the sidecar is marked
   unreachable and retried with exponential backoff (capped at one second while a
   new pod's sidecar has never answered, so that it is seen within a second or
@@ -179,11 +180,19 @@ class SidecarFollower:
                 if response.status != 200:
                     raise SidecarError(f"{url}: HTTP {response.status}")
                 decoder = WatchStreamDecoder(max_line_bytes=self._settings.max_document_bytes)
+                # bytes alone do not keep a stream alive: a document or heartbeat must
+                # complete within read_timeout (a line dribbled forever is cut)
+                read_timeout = self._settings.read_timeout
+                deadline = time.monotonic() + read_timeout
                 while True:
-                    chunk = await response.content.readany()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise SidecarError(f"{url}: no complete line in {read_timeout} s")
+                    chunk = await asyncio.wait_for(response.content.readany(), remaining)
                     if not chunk:
                         raise SidecarError(f"{url}: stream ended")
                     for event in decoder.feed(chunk):
+                        deadline = time.monotonic() + read_timeout
                         if isinstance(event, StatsDocument):
                             self._accept(event)
                         else:
