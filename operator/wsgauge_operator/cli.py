@@ -10,31 +10,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from wsgauge_operator.autoscaling_services import install_autoscaling
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.handlers import build_registry
 from wsgauge_operator.kubeapi import KubeApi
+from wsgauge_operator.leader_lease import validate_timing
+from wsgauge_operator.leadership import LeaderElector, LeaseApi, holder_identity, lease_namespace
 from wsgauge_operator.settings import (
     AutoscalingSettings,
     EventSettings,
     FollowerSettings,
     KubeSettings,
+    LeaderElectionSettings,
     OperatorSettings,
     ReadinessSettings,
     ServerSettings,
     StatusSettings,
 )
 from wsgauge_operator.spec import parse_duration
+from wsgauge_operator.standby_server import StandbyServer
 from wsgauge_operator.stats_server import StatsServer
 
 ENV_PREFIX = "WSGAUGE_OPERATOR_"
@@ -161,6 +168,48 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         str,
         "HOST:PORT of an own KEDA endpoint listener ('' = on the stats server)",
     ),
+    "leader-elect": (
+        "leader_election",
+        "enabled",
+        _boolean,
+        "elect a leader among replicas through a Lease; only the leader acts (true/false)",
+    ),
+    "leader-election-namespace": (
+        "leader_election",
+        "namespace",
+        str,
+        "namespace of the Lease (default: the pod's namespace in a cluster, else 'default')",
+    ),
+    "leader-election-lease-name": (
+        "leader_election",
+        "lease_name",
+        str,
+        "name of the coordination.k8s.io Lease",
+    ),
+    "leader-election-identity": (
+        "leader_election",
+        "identity",
+        str,
+        "holder identity (default: instance or host name plus a random suffix)",
+    ),
+    "leader-election-lease-duration": (
+        "leader_election",
+        "lease_duration",
+        _seconds,
+        "how long a standby waits on an unchanged Lease before taking it over",
+    ),
+    "leader-election-renew-deadline": (
+        "leader_election",
+        "renew_deadline",
+        _seconds,
+        "how long the leader may fail to renew before it exits (< lease duration)",
+    ),
+    "leader-election-retry-period": (
+        "leader_election",
+        "retry_period",
+        _seconds,
+        "time between renewals and between a standby's looks at the Lease",
+    ),
     "log-level": ("", "log_level", str, "debug, info, warning or error"),
     "liveness": (
         "",
@@ -178,6 +227,7 @@ SECTIONS: dict[str, type[Any]] = {
     "events": EventSettings,
     "server": ServerSettings,
     "autoscaling": AutoscalingSettings,
+    "leader_election": LeaderElectionSettings,
 }
 
 
@@ -232,15 +282,97 @@ def settings_from(
         raise ConfigError("timeouts and intervals must be positive")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: unknown level {settings.log_level!r}")
+    if settings.leader_election.enabled:
+        problem = validate_timing(settings.leader_election)
+        if problem:
+            raise ConfigError(f"leader election: {problem}")
     return settings
 
 
-async def run(settings: OperatorSettings) -> None:
-    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
+EXIT_LEADERSHIP_LOST = 3
+"""Exit status when the leader could not keep its Lease (the Deployment restarts it)."""
+
+logger = logging.getLogger("wsgauge_operator")
+
+
+def exit_on_lost_leadership(reason: str) -> None:
+    """Stop the process at once: a leader without a Lease must not write another byte."""
+    logger.error("leader election: leadership lost (%s); exiting", reason)
+    logging.shutdown()
+    os._exit(EXIT_LEADERSHIP_LOST)
+
+
+async def wait_for_leadership(settings: OperatorSettings, elector: LeaderElector) -> bool:
+    """Answer the probes as a standby until this replica leads (True) or is stopped (False)."""
+    standby = StandbyServer(settings.server.listen, settings.liveness_endpoint)
+    await standby.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(number, stop.set)
+            handled.append(number)
+        except (NotImplementedError, RuntimeError):  # not the main thread / no signals
+            pass
+    try:
+        return await elector.acquire(stop)
+    finally:
+        for number in handled:
+            loop.remove_signal_handler(number)
+        await standby.stop()
+
+
+async def run(
+    settings: OperatorSettings, on_lost: Callable[[str], None] = exit_on_lost_leadership
+) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM).
+
+    With leader election, first wait as a standby until this replica holds the Lease, keep
+    renewing it while the operator runs (``on_lost`` when that fails), and release it last.
+    """
+    elector: LeaderElector | None = None
+    holding: asyncio.Task[None] | None = None
+    election = settings.leader_election
+    if election.enabled:
+        lease_api = LeaseApi(settings.kube, lease_namespace(election), election.lease_name)
+        elector = LeaderElector(
+            election, holder_identity(election, settings.kube.instance), lease_api
+        )
+        try:
+            leading = await wait_for_leadership(settings, elector)
+        except BaseException:
+            lease_api.close()
+            raise
+        if not leading:
+            logger.info("standby: stopped before leading")
+            lease_api.close()
+            return
+        # created before kopf starts, so kopf's shutdown does not cancel it
+        holding = asyncio.create_task(elector.hold(on_lost), name="leader lease renewal")
+    try:
+        await _run_operator(settings, elector)
+    finally:
+        if holding is not None and elector is not None:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+            await elector.release()
+            elector.close()
+
+
+async def _run_operator(settings: OperatorSettings, elector: LeaderElector | None) -> None:
     kube = KubeApi(settings.kube)
     controller = Controller(settings, kube)
     server = StatsServer(controller, settings.server)
     install_autoscaling(controller, kube, settings.autoscaling, server.app)
+
+    async def readyz(request: web.Request) -> web.Response:
+        if elector is not None and not elector.leading:
+            return web.Response(text="not leading\n", status=503)
+        return web.Response(text="ok\n")
+
+    server.app.router.add_get("/readyz", readyz)
     namespaces = list(settings.kube.namespaces)
     try:
         await kopf.operator(

@@ -139,6 +139,32 @@ class AutoscalingSettings:
 
 
 @dataclass(frozen=True)
+class LeaderElectionSettings:
+    """Lease-based leader election between operator replicas (see ``docs/operator.md``).
+
+    Timing follows client-go: a standby takes over a lease it has seen unchanged for
+    ``lease_duration``; the leader renews every ``retry_period`` and stops (exits) when it could
+    not renew for ``renew_deadline``, which is shorter than ``lease_duration``, so that it has
+    stopped before anyone else may take over.
+    """
+
+    enabled: bool = False
+    """Elect a leader among replicas; only the leader runs the controller (off: act at once)."""
+    namespace: str = ""
+    """Namespace of the Lease; empty: the pod's own namespace in a cluster, else ``default``."""
+    lease_name: str = "wsgauge-operator"
+    """Name of the ``coordination.k8s.io/v1`` Lease."""
+    identity: str = ""
+    """This replica's holder identity; empty: ``<instance or host name>_<random suffix>``."""
+    lease_duration: float = 15.0
+    """Seconds a standby waits, after the lease last changed, before it takes the lease over."""
+    renew_deadline: float = 10.0
+    """Seconds the leader may fail to renew before it gives up (exits); < ``lease_duration``."""
+    retry_period: float = 2.0
+    """Seconds between renewals of the leader and between a standby's looks at the lease."""
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     """All settings of one operator process."""
 
@@ -156,6 +182,8 @@ class OperatorSettings:
     """Stats / metrics server."""
     autoscaling: AutoscalingSettings = field(default_factory=AutoscalingSettings)
     """Custom metrics API, KEDA endpoint, owned HPA, deletion cost."""
+    leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
+    """Leader election between replicas."""
     log_level: str = "info"
     """Log level: debug, info, warning or error."""
     liveness_endpoint: str = ""

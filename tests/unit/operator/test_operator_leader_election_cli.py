@@ -1,0 +1,143 @@
+"""Unit tests of the leader-election wiring: flags and environment, identity, Lease namespace,
+and the standby's probe answers (a real aiohttp server on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from wsgauge_operator.cli import build_parser, settings_from
+from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.leadership import holder_identity, lease_namespace
+from wsgauge_operator.settings import LeaderElectionSettings
+from wsgauge_operator.standby_server import StandbyServer, host_port, liveness_address
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_leader_election_is_off_by_default_on_the_command_line() -> None:
+    settings = settings_from([], environ={})
+    assert settings.leader_election == LeaderElectionSettings()
+    assert settings.leader_election.enabled is False
+
+
+def test_flags_and_environment_set_leader_election() -> None:
+    settings = settings_from(
+        ["--leader-elect", "true", "--leader-election-lease-duration", "20s"],
+        environ={
+            "WSGAUGE_OPERATOR_LEADER_ELECTION_NAMESPACE": "wsgauge-system",
+            "WSGAUGE_OPERATOR_LEADER_ELECTION_LEASE_NAME": "rel-wsgauge-operator",
+            "WSGAUGE_OPERATOR_LEADER_ELECTION_RENEW_DEADLINE": "12",
+            "WSGAUGE_OPERATOR_LEADER_ELECTION_RETRY_PERIOD": "500ms",
+            "WSGAUGE_OPERATOR_LEADER_ELECTION_LEASE_DURATION": "99",
+        },
+    )
+    election = settings.leader_election
+    assert election.enabled is True
+    assert election.namespace == "wsgauge-system"
+    assert election.lease_name == "rel-wsgauge-operator"
+    assert election.lease_duration == 20.0  # the flag wins
+    assert election.renew_deadline == 12.0 and election.retry_period == 0.5
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--leader-elect", "perhaps"],
+        ["--leader-elect", "true", "--leader-election-renew-deadline", "15"],
+        ["--leader-elect", "true", "--leader-election-retry-period", "9"],
+        ["--leader-elect", "true", "--leader-election-lease-duration", "-1"],
+        ["--leader-elect", "true", "--leader-election-lease-name", ""],
+    ],
+)
+def test_impossible_leader_election_settings_are_config_errors(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        settings_from(argv, environ={})
+
+
+def test_help_lists_the_leader_election_flags() -> None:
+    text = build_parser().format_help()
+    for flag in (
+        "--leader-elect",
+        "--leader-election-namespace",
+        "--leader-election-lease-name",
+        "--leader-election-lease-duration",
+        "--leader-election-renew-deadline",
+        "--leader-election-retry-period",
+    ):
+        assert flag in text
+
+
+def test_identity_is_unique_per_process_unless_given() -> None:
+    settings = LeaderElectionSettings(enabled=True)
+    first = holder_identity(settings, "wsgauge-operator-7d9f-abc")
+    second = holder_identity(settings, "wsgauge-operator-7d9f-abc")
+    assert first.startswith("wsgauge-operator-7d9f-abc_") and first != second
+    fixed = LeaderElectionSettings(enabled=True, identity="op-a")
+    assert holder_identity(fixed, "ignored") == "op-a"
+
+
+def test_lease_namespace_setting_then_service_account_then_default(tmp_path: Path) -> None:
+    account = tmp_path / "namespace"
+    assert lease_namespace(LeaderElectionSettings(namespace="x"), account) == "x"
+    assert lease_namespace(LeaderElectionSettings(), account) == "default"
+    account.write_text("wsgauge-system\n")
+    assert lease_namespace(LeaderElectionSettings(), account) == "wsgauge-system"
+
+
+def test_addresses_are_parsed_or_refused() -> None:
+    assert host_port(":8090") == ("0.0.0.0", 8090)
+    assert host_port("[::1]:8090") == ("::1", 8090)
+    assert liveness_address("http://0.0.0.0:8091/healthz") == ("0.0.0.0", 8091, "/healthz")
+    with pytest.raises(ConfigError):
+        host_port("localhost")
+    with pytest.raises(ConfigError):
+        liveness_address("http://localhost/healthz")
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+async def _status_async(url: str) -> int:
+    return await asyncio.to_thread(_status, url)
+
+
+async def test_standby_is_alive_but_not_ready_and_frees_its_ports() -> None:
+    stats_port, liveness_port = free_port(), free_port()
+    server = StandbyServer(f"127.0.0.1:{stats_port}", f"http://127.0.0.1:{liveness_port}/healthz")
+    await server.start()
+    try:
+        assert await _status_async(f"http://127.0.0.1:{stats_port}/healthz") == 200
+        assert await _status_async(f"http://127.0.0.1:{stats_port}/readyz") == 503
+        assert await _status_async(f"http://127.0.0.1:{stats_port}/stats") == 503
+        assert await _status_async(f"http://127.0.0.1:{liveness_port}/healthz") == 200
+    finally:
+        await server.stop()
+    # the leader's servers can bind the same addresses right after
+    again = StandbyServer(f"127.0.0.1:{stats_port}", f"http://127.0.0.1:{liveness_port}/healthz")
+    await again.start()
+    await again.stop()
+
+
+async def test_standby_refuses_an_address_in_use() -> None:
+    busy = f"127.0.0.1:{free_port()}"
+    first = StandbyServer(busy, "")
+    await first.start()
+    try:
+        with pytest.raises(ConfigError):
+            await StandbyServer(busy, "").start()
+    finally:
+        await first.stop()
