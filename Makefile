@@ -3,6 +3,7 @@
 #   make demo-sidecar   the sidecar alone, no Kubernetes (~15 s)
 #   make test     lint, type-check and every test (builds the control plane once)
 #   make bench    benchmarks, results in docs/benchmarks.md
+#   make soak     SOAK_MINUTES (default 20) of client churn with random faults, zero-drift check
 #   make unit     only the unit tests (no cluster)
 #   make cluster / make cluster-down   start / stop the local control plane
 #   make images   the operator and sidecar container images (needs a Docker engine)
@@ -67,6 +68,12 @@ demo-sidecar: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Bounded soak on the local cluster (not part of make test); result in soak/last-result.json.
+SOAK_MINUTES ?= 20
+.PHONY: soak
+soak: $(STAMP) k8s-bins
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m pytest soak -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

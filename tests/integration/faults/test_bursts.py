@@ -86,6 +86,6 @@ async def test_many_pods_churning_at_once(
         await rig.refresh_pool()
         await rig.connect(6)
         agreement = await assert_counts_agree(rig, what="after the churn", timeout=60)
-        assert len(agreement.status and agreement.held) <= 3
+        assert len(agreement.held) <= 3
         assert agreement.status["pods"]["matched"] == 3
         print(f"after the churn: clients hold {agreement.held}")
