@@ -284,6 +284,7 @@ async def test_hostile_sidecars_are_contained_and_the_good_one_keeps_reporting(
         # (plus what the socket buffers hold), not by what the sidecar offered
         for name in ("endless-line", "endless-poll"):
             sent = hostile[name].bytes_sent
+            print(f"{name}: bytes written per connection before the follower hung up: {sent}")
             assert sent and max(sent) < 16 * 2**20 < ENDLESS_BYTES, (name, sent)
         # the aggregation the metrics API serves counts the reporting pods only
         by_pod = {pod.name: pod for pod in fleet.pods("ns")}

@@ -240,6 +240,7 @@ async def test_random_topic_flood_keeps_the_topic_table_bounded(
     # the healthy socket joined first, so it kept its own slot; the rest is forgotten
     assert document["topics"] == {HEALTHY_TOPIC: 1}
     assert _topic_rows(sidecar) == 1
+    print("sidecar RSS after each round (MiB):", [round(r / 2**20, 1) for r in rss_after_round])
     # memory flat: 480 more sockets with fresh names after the first round cost < 8 MiB
     assert rss_after_round[-1] - rss_after_round[0] < 8 * 2**20, rss_after_round
     await healthy.close()
