@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -28,7 +27,13 @@ from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.handlers import build_registry
 from wsgauge_operator.kubeapi import KubeApi
 from wsgauge_operator.leader_lease import validate_timing
-from wsgauge_operator.leadership import LeaderElector, LeaseApi, holder_identity, lease_namespace
+from wsgauge_operator.leadership import (
+    LeaderElector,
+    LeaseApi,
+    RenewalThread,
+    holder_identity,
+    lease_namespace,
+)
 from wsgauge_operator.settings import (
     AutoscalingSettings,
     EventSettings,
@@ -332,7 +337,7 @@ async def run(
     renewing it while the operator runs (``on_lost`` when that fails), and release it last.
     """
     elector: LeaderElector | None = None
-    holding: asyncio.Task[None] | None = None
+    renewal: RenewalThread | None = None
     election = settings.leader_election
     if election.enabled:
         lease_api = LeaseApi(settings.kube, lease_namespace(election), election.lease_name)
@@ -348,15 +353,13 @@ async def run(
             logger.info("standby: stopped before leading")
             lease_api.close()
             return
-        # created before kopf starts, so kopf's shutdown does not cancel it
-        holding = asyncio.create_task(elector.hold(on_lost), name="leader lease renewal")
+        renewal = RenewalThread(elector, on_lost)
+        renewal.start()
     try:
         await _run_operator(settings, elector)
     finally:
-        if holding is not None and elector is not None:
-            holding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holding
+        if renewal is not None and elector is not None:
+            await asyncio.to_thread(renewal.stop)
             await elector.release()
             elector.close()
 

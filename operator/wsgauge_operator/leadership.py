@@ -8,6 +8,8 @@ calls the operator makes outside :mod:`.kubeapi`, through the same client and cr
 - :meth:`LeaderElector.hold` renews it every ``retry_period`` and calls ``on_lost`` as soon as
   the Lease is held by someone else or could not be renewed for ``renew_deadline``; the caller
   then stops the process at once rather than risk two writers;
+- :class:`RenewalThread` runs :meth:`LeaderElector.hold` in a thread with its own event loop,
+  so that a busy operator (kopf starting, thousands of pods) never delays a renewal;
 - :meth:`LeaderElector.release` clears the holder on a graceful stop, so that a standby takes
   over within its next look instead of waiting for the Lease to expire.
 """
@@ -21,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -289,3 +292,46 @@ class LeaderElector:
             logger.warning("leader election: could not release the lease: %s", error)
             return
         logger.info("leader election: released lease %s/%s", self._api.namespace, self._api.name)
+
+
+class RenewalThread:
+    """:meth:`LeaderElector.hold` in its own thread and event loop.
+
+    The operator's event loop can be busy for seconds (kopf's start-up, a large fleet); a
+    renewal waiting behind that work would make a healthy leader give up. ``on_lost`` is called
+    in this thread.
+    """
+
+    def __init__(self, elector: LeaderElector, on_lost: Callable[[str], None]) -> None:
+        self._elector = elector
+        self._on_lost = on_lost
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="leader-lease-renewal", daemon=True)
+
+    def start(self) -> None:
+        """Start renewing."""
+        self._thread.start()
+        self._started.wait()
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            self._loop = loop
+            self._task = loop.create_task(self._elector.hold(self._on_lost))
+            self._started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._task)
+        finally:
+            self._started.set()
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop renewing and wait for the thread (blocking: call it from a worker thread)."""
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(timeout)
