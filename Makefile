@@ -2,7 +2,8 @@
 #   make demo     the whole thing on a local real control plane
 #   make demo-sidecar   the sidecar alone, no Kubernetes (~15 s)
 #   make test     lint, type-check and every test (builds the control plane once)
-#   make bench    benchmarks, results in docs/benchmarks.md
+#   make bench    benchmarks, results in docs/benchmarks.md (includes the fleet benchmark)
+#   make bench-fleet   only the fleet benchmark (FLEET_SIZES=100,1000 FLEET_ARGS=--no-multi)
 #   make soak     SOAK_MINUTES (default 20) of client churn with random faults, zero-drift check
 #   make unit     only the unit tests (no cluster)
 #   make cluster / make cluster-down   start / stop the local control plane
@@ -66,8 +67,15 @@ demo: $(STAMP) k8s-bins
 demo-sidecar: $(STAMP)
 	$(PY) demo/sidecar_demo.py
 
+# FLEET_SIZES=100,1000 (one ConnectionStats each); FLEET_ARGS=--no-multi skips 100 CS x 100 pods.
+FLEET_SIZES ?= 100,1000,10000
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.fleet.bench --sizes $(FLEET_SIZES) $(FLEET_ARGS)
+
+.PHONY: bench-fleet
+bench-fleet: $(STAMP)
+	$(PY) -m benchmarks.fleet.bench --sizes $(FLEET_SIZES) $(FLEET_ARGS)
 
 # Bounded soak on the local cluster (not part of make test); result in soak/last-result.json.
 SOAK_MINUTES ?= 20

@@ -13,6 +13,7 @@ Protocol: JSON lines on stdin, one answer line per command on stdout
 (``{"id": ..., "ok": true, "at": <CLOCK_MONOTONIC seconds>, ...}``):
 
 * ``{"op": "set", "items": [[index, bg, probe], ...]}``: replace the counts of endpoints;
+* ``{"op": "probe", "index": i}``: one more socket in topic ``probe`` of endpoint i;
 * ``{"op": "churn", "rate": R, "seed": S}``: change ``bg`` of random endpoints by +-1,
   R changes per second in this process (0 stops);
 * ``{"op": "totals"}``: ``{"bg": sum, "probe": sum, "per_endpoint": [[bg, probe], ...]}``;
@@ -140,6 +141,11 @@ class Worker:
                 endpoint.bg, endpoint.probe = int(bg), int(probe)
                 endpoint.apply()
             return {"ok": True, "at": time.monotonic()}
+        if op == "probe":
+            endpoint = self.endpoints[int(command["index"])]
+            endpoint.probe += 1
+            endpoint.apply()
+            return {"ok": True, "at": time.monotonic(), "probe": endpoint.probe}
         if op == "churn":
             await self._set_churn(float(command["rate"]), int(command.get("seed", 0)))
             return {"ok": True, "at": time.monotonic()}

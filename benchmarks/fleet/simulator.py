@@ -106,7 +106,7 @@ class FleetSimulator:
         """Endpoint index -> pod name, for the pods that exist."""
         self.groups: dict[int, str] = {}
         """Endpoint index -> group label value."""
-        self.probe: dict[int, int] = {}
+        self.probe_counts: dict[int, int] = {}
         """Endpoint index -> its probe count (as last set)."""
         self.bg: dict[int, int] = {}
         """Endpoint index -> its bg count as last set by :meth:`set_counts` (not churn)."""
@@ -172,7 +172,7 @@ class FleetSimulator:
         for index, (bg, probe) in counts.items():
             worker = self._worker_of(index)
             by_worker.setdefault(worker.first, []).append([index - worker.first, bg, probe])
-            self.bg[index], self.probe[index] = bg, probe
+            self.bg[index], self.probe_counts[index] = bg, probe
         answers = await asyncio.gather(
             *(
                 self._worker_of(first).call({"op": "set", "items": items})
@@ -180,6 +180,13 @@ class FleetSimulator:
             )
         )
         return max(float(a["at"]) for a in answers) if answers else 0.0
+
+    async def probe(self, index: int) -> tuple[float, int]:
+        """One more ``probe`` socket on endpoint ``index``: (CLOCK_MONOTONIC time, new count)."""
+        worker = self._worker_of(index)
+        answer = await worker.call({"op": "probe", "index": index - worker.first})
+        self.probe_counts[index] = int(answer["probe"])
+        return float(answer["at"]), int(answer["probe"])
 
     async def churn(self, rate_per_second: float, seed: int = 1) -> None:
         """Background bg changes at ``rate_per_second`` over the whole fleet (0 stops)."""
