@@ -168,3 +168,33 @@ async def _settled(rig: FaultRig) -> bool:
         if await rig.sidecar_connections(ip) != held.get(name, 0):
             return False
     return True
+
+
+async def _keda_stale(rig: FaultRig) -> dict[str, object] | None:
+    code, body = await rig.keda()
+    return body if code == 503 and isinstance(body, dict) and body.get("stale") else None
+
+
+@pytest.mark.timeout(120)
+async def test_every_sidecar_frozen_metrics_api_serves_nothing_stale(
+    kube: KubeCluster, namespace: str, tmp_path: Path
+) -> None:
+    """With no sidecar confirming its count, nothing old is served as current: the Pods metric
+    is empty, the Object metric is refused, KEDA answers 503 ``stale: true``; all back after
+    SIGCONT."""
+    async with fault_rig(kube, namespace, tmp_path, replicas=1) as rig:
+        (pod,) = rig.pool.live
+        await rig.connect(7)
+        await assert_counts_agree(rig, what="before the freeze")
+        pid = rig.pid(pod, SIDECAR)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stale = await rig.wait_for("KEDA marks the value stale", lambda: _keda_stale(rig))
+            assert stale["podsReporting"] == 0
+            assert await rig.metrics_api_pods() == {}
+            assert await rig.metrics_api_total() is None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        after = await assert_counts_agree(rig, what="after SIGCONT")
+        assert after.total == 7
