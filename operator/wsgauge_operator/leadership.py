@@ -281,17 +281,36 @@ class LeaderElector:
         return await self._attempt(record, renew_only=True)
 
     async def release(self) -> None:
-        """Give the Lease up if we still hold it (clear the holder); errors are only logged."""
+        """Give the Lease up if we still hold it (clear the holder); errors are only logged.
+
+        A renewal cut short by the stop may still have reached the API server (a newer
+        resourceVersion than the one we know): on 409 the Lease is read again, and released if
+        it still names us.
+        """
         record = self.candidacy.record
         if not self.leading or record is None or record.holder != self.identity:
             return
         self.candidacy.released(record, self._clock())
-        try:
-            await self._api.replace(release_spec(record, _utc_now()), record.resource_version)
-        except KubeApiError as error:
-            logger.warning("leader election: could not release the lease: %s", error)
+        for _ in range(3):
+            try:
+                await self._api.replace(release_spec(record, _utc_now()), record.resource_version)
+            except KubeApiError as error:
+                if error.status == 409:
+                    try:
+                        fresh = await self._read()
+                    except KubeApiError as read_error:
+                        error = read_error
+                    else:
+                        if fresh is None or fresh.holder != self.identity:
+                            return  # gone, or someone else's already
+                        record = fresh
+                        continue
+                logger.warning("leader election: could not release the lease: %s", error)
+                return
+            logger.info(
+                "leader election: released lease %s/%s", self._api.namespace, self._api.name
+            )
             return
-        logger.info("leader election: released lease %s/%s", self._api.namespace, self._api.name)
 
 
 class RenewalThread:

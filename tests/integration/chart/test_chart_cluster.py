@@ -295,6 +295,7 @@ def test_operator_service_account_can_do_what_it_needs_and_nothing_else(
     kube: KubeCluster, release: Release
 ) -> None:
     sa = release.operator_sa
+    lease = f"{release.name}-wsgauge-operator"
     allowed = [
         ("list", "pods", "-A"),
         ("watch", "pods", "-A"),
@@ -307,8 +308,19 @@ def test_operator_service_account_can_do_what_it_needs_and_nothing_else(
         ("delete", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
         ("get", "deployments.apps", "--subresource=scale", "-n", release.apps),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        # leader election: its own Lease in the release namespace
+        ("get", f"leases.coordination.k8s.io/{lease}", "-n", release.namespace),
+        ("update", f"leases.coordination.k8s.io/{lease}", "-n", release.namespace),
+        ("create", "leases.coordination.k8s.io", "-n", release.namespace),
     ]
     denied = [
+        ("get", "leases.coordination.k8s.io/kube-controller-manager", "-n", "kube-system"),
+        ("update", "leases.coordination.k8s.io/kube-scheduler", "-n", "kube-system"),
+        ("update", f"leases.coordination.k8s.io/{release.name}-other", "-n", release.namespace),
+        ("delete", f"leases.coordination.k8s.io/{lease}", "-n", release.namespace),
+        ("list", "leases.coordination.k8s.io", "-n", release.namespace),
+        ("create", "leases.coordination.k8s.io", "-n", release.apps),
+        ("get", f"leases.coordination.k8s.io/{lease}", "-n", release.apps),
         ("get", "secrets", "-n", release.namespace),
         ("list", "secrets", "-A"),
         ("get", "secrets", "-n", "kube-system"),

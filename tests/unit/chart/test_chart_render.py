@@ -59,7 +59,9 @@ def test_helm_lint_passes(helm_binary: Path) -> None:
         "injector.sidecar.topic=cookie",
         "tls.mode=vault",
         "metricsApi.port=0",
-        "operator.replicas=2",
+        "operator.replicas=2,operator.leaderElection.enabled=false",
+        "operator.leaderElection.leaseDuration=soon",
+        "operator.leaderElection.bogus=1",
         "monitoring.prometheusRule.extra=1",
     ],
 )
@@ -173,7 +175,7 @@ def test_operator_gets_its_tls_by_mount_and_its_settings_by_environment(render: 
     assert env["WSGAUGE_OPERATOR_METRICS_API_CERT_FILE"].startswith("/var/run/wsgauge/")
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["metrics-api-tls"]["secret"]["secretName"] == "rel-wsgauge-metrics-api-tls"
-    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["replicas"] == 2  # a leader and a standby
 
 
 ALLOWED_OPERATOR_RULES = {
@@ -370,3 +372,64 @@ def test_operator_environment_from_the_chart_is_understood_by_the_operator_cli(
     ports = {p["name"]: p["containerPort"] for p in probes["ports"]}
     assert probes["livenessProbe"]["httpGet"]["port"] == "http-liveness"
     assert ports["http-liveness"] == 8091 and ports["http-stats"] == 8090
+    election = settings.leader_election
+    assert election.enabled is True
+    assert election.namespace == "wsg" and election.lease_name == "rel-wsgauge-operator"
+    assert (election.lease_duration, election.renew_deadline, election.retry_period) == (
+        15.0,
+        10.0,
+        2.0,
+    )
+
+
+def test_operator_replicas_elect_a_leader_and_only_the_leader_is_ready(render: Render) -> None:
+    operator = one(render(), "Deployment", "rel-wsgauge-operator")
+    # a standby is never Ready: a RollingUpdate would wait for it forever
+    assert operator["spec"]["strategy"] == {"type": "Recreate"}
+    container = _containers(operator)[0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-stats"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    spread = operator["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+
+    single = render("operator.replicas=1", "operator.leaderElection.enabled=false")
+    plain = one(single, "Deployment", "rel-wsgauge-operator")
+    env = {e["name"]: e.get("value") for e in _containers(plain)[0]["env"]}
+    assert env["WSGAUGE_OPERATOR_LEADER_ELECT"] == "false"
+    assert "WSGAUGE_OPERATOR_LEADER_ELECTION_LEASE_NAME" not in env
+    assert "affinity" not in plain["spec"]["template"]["spec"]
+    assert find(single, "Role", "rel-wsgauge-operator-leader-election") == []
+    assert find(single, "RoleBinding", "rel-wsgauge-operator-leader-election") == []
+
+
+def test_leader_election_rights_are_one_lease_in_the_release_namespace(render: Render) -> None:
+    objects = render("operator.watchNamespaces={team-a}")
+    role = one(objects, "Role", "rel-wsgauge-operator-leader-election")
+    assert role["metadata"]["namespace"] == "wsg"
+    rules = sorted(role["rules"], key=lambda r: r["verbs"])
+    assert rules == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["rel-wsgauge-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(objects, "RoleBinding", "rel-wsgauge-operator-leader-election")
+    assert binding["metadata"]["namespace"] == "wsg"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "rel-wsgauge-operator-leader-election",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-wsgauge-operator", "namespace": "wsg"}
+    ]
+    # no cluster-wide or other-namespace rights on Leases
+    for role_object in find(objects, "ClusterRole") + find(objects, "Role"):
+        for rule in role_object["rules"]:
+            if "coordination.k8s.io" in rule["apiGroups"]:
+                assert role_object is role
