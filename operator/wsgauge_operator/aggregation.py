@@ -36,6 +36,8 @@ class PodState(enum.Enum):
     """No pod IP yet, or the pod is not running."""
     PORT_MISSING = "port-missing"
     """``spec.sidecarPort`` names a port the pod does not have."""
+    NOT_FOLLOWED = "not-followed"
+    """The operator follows its limit of sidecars (``max_followed_pods``) already."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Aggregate:
     over_capacity: tuple[str, ...] = ()
     unreachable_pods: tuple[str, ...] = ()
     port_missing_pods: tuple[str, ...] = ()
+    not_followed_pods: tuple[str, ...] = ()
+    """Matched pods the operator does not follow (its ``max_followed_pods`` limit)."""
 
 
 def fold_topics(totals: Mapping[str, int], keep: int) -> dict[str, int]:
@@ -164,6 +168,9 @@ def aggregate(observations: Iterable[PodObservation], limits: AggregationLimits)
         port_missing_pods=tuple(
             sorted(o.name for o in observed if o.state is PodState.PORT_MISSING)
         ),
+        not_followed_pods=tuple(
+            sorted(o.name for o in observed if o.state is PodState.NOT_FOLLOWED)
+        ),
     )
 
 
@@ -219,6 +226,17 @@ def spec_conditions(
                 True,
                 "SidecarPortMissing",
                 f"{len(missing)} pods have no port named {port!r}: {name_some(missing)}",
+            )
+        )
+    elif result.not_followed_pods:
+        not_followed = result.not_followed_pods
+        conditions.append(
+            condition(
+                "Degraded",
+                True,
+                "PodLimitReached",
+                f"{len(not_followed)} pods are not followed: the operator follows its limit "
+                f"of sidecars (--max-followed-pods): {name_some(not_followed)}",
             )
         )
     elif result.unreachable:

@@ -53,6 +53,7 @@ from wsgauge_operator.readiness import (
     ReadinessInput,
     decide_readiness,
 )
+from wsgauge_operator.selection import SelectionIndex
 from wsgauge_operator.settings import OperatorSettings
 from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
 from wsgauge_operator.status_writer import StatusCoalescer
@@ -66,6 +67,10 @@ PERIODIC_SECONDS = 10.0
 """A worker re-checks at least this often even without a change."""
 PARALLEL_CONDITION_WRITES = 8
 """Pod condition writes in flight at once per ConnectionStats."""
+ROUND_GAP_FACTOR = 3.0
+"""After a round that computed for t seconds, the next starts no sooner than this times t later:
+at most a quarter of a core per ConnectionStats however large and busy its fleet (a round is
+O(pods); at 1,000 pods it takes milliseconds and the debounce dominates)."""
 WARM_UP_RETRY_SECONDS = 0.2
 """How soon a status held back during warm-up is reconsidered."""
 OWN_CONDITIONS = ("Ready", "Degraded", "CapacityExceeded")
@@ -124,6 +129,20 @@ RecordListener = Callable[[tuple[str, str], "ConnectionStatsRecord | None"], Non
 Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
+class Follower(Protocol):
+    """What the controller needs of a sidecar follower (see :class:`~.follower.SidecarFollower`)."""
+
+    def poke(self) -> None:
+        """Retry now if waiting in a backoff."""
+
+    async def run(self) -> None:
+        """Follow until cancelled."""
+
+
+FollowerFactory = Callable[[EndpointKey, FleetState, aiohttp.ClientSession], Follower]
+"""Builds the follower of one endpoint (tests and benchmarks swap it for one without I/O)."""
+
+
 @dataclass
 class _Memory:
     """What a worker remembers between rounds (for Events on transitions)."""
@@ -148,9 +167,12 @@ class Controller:
         *,
         telemetry: Telemetry | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        follower_factory: FollowerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.fleet = FleetState()
+        self.selection = SelectionIndex()
+        """Which pods each ConnectionStats selects (kept per pod event)."""
         self.telemetry = telemetry or Telemetry()
         self._kube = kube
         self._monotonic = monotonic
@@ -159,7 +181,13 @@ class Controller:
         self._wake: dict[Key, asyncio.Event] = {}
         self._coalescers: dict[Key, StatusCoalescer] = {}
         self._memory: dict[Key, _Memory] = {}
-        self._followers: dict[EndpointKey, tuple[SidecarFollower, asyncio.Task[None]]] = {}
+        self._round_due: dict[Key, float] = {}
+        """Earliest (monotonic) start of a worker's next round (see ``ROUND_GAP_FACTOR``)."""
+        self._followers: dict[EndpointKey, tuple[Follower, asyncio.Task[None]]] = {}
+        self._follower_factory = follower_factory or self._sidecar_follower
+        self._followers_by_pod: dict[tuple[str, str], set[EndpointKey]] = {}
+        self._over_limit: dict[EndpointKey, None] = {}
+        """Endpoints not followed because ``max_followed_pods`` was reached (in arrival order)."""
         self._condition_writes = ConditionWrites(settings.readiness.repatch_after, monotonic)
         self._events = EventRecorder(kube, settings.events, monotonic, settings.kube.instance)
         self._contributors: list[StatusContributor] = []
@@ -172,7 +200,7 @@ class Controller:
         self.version = 0
         """Grows whenever a summary changes."""
         self._changed = asyncio.Event()
-        self.fleet.add_listener(self._on_fleet_change)
+        self.fleet.add_pod_listener(self._on_pod_change)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -202,6 +230,8 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._followers.clear()
+        self._followers_by_pod.clear()
+        self._over_limit.clear()
         self._workers.clear()
         if self._session is not None:
             await self._session.close()
@@ -226,6 +256,10 @@ class Controller:
         """Run a round for one ConnectionStats soon (e.g. a contributor's input changed)."""
         self._wake_worker(key)
 
+    def busy(self) -> bool:
+        """Whether some worker has been woken and has not run its round yet."""
+        return any(event.is_set() for event in self._wake.values())
+
     def records(self) -> list[ConnectionStatsRecord]:
         """Every ConnectionStats known."""
         return list(self._records.values())
@@ -244,15 +278,24 @@ class Controller:
         record = PodRecord.from_body(body, self.settings.readiness.condition_type)
         if not record.name:
             return
+        namespace, name = record.namespace, record.name
         if event_type == "DELETED":
-            self.fleet.remove_pod(record.namespace, record.name)
-            self._condition_writes.forget(record.namespace, record.name)
+            self.fleet.remove_pod(namespace, name)
+            self._condition_writes.forget(namespace, name)
+            affected = self.selection.update_pod(namespace, name, None)
         else:
-            previous = self.fleet.pod(record.namespace, record.name)
-            self.fleet.upsert_pod(record)
+            previous = self.fleet.pod(namespace, name)
+            if not self.fleet.upsert_pod(record):
+                return  # nothing the operator uses changed (e.g. only resourceVersion)
+            if previous is None or previous.labels != record.labels:
+                affected = self.selection.update_pod(namespace, name, record.labels)
+            else:
+                affected = self.selection.selecting(namespace, name)
             if previous is not None and not previous.containers_ready and record.containers_ready:
                 self._poke_followers(record)
-        self._reconcile_followers(record.namespace)
+        self._reconcile_pod_followers(namespace, name)
+        for key in affected:
+            self._wake_worker(key)
 
     def connectionstats_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A ConnectionStats was listed, added, modified or deleted."""
@@ -282,7 +325,9 @@ class Controller:
                     if isinstance(c, Mapping)
                 }
             )
+        spec_changed = False
         if record.generation != generation or (record.spec is None and not record.spec_error):
+            spec_changed = True
             record.generation = generation if isinstance(generation, int) else None
             try:
                 record.spec = parse_spec(body.get("spec"))
@@ -293,7 +338,13 @@ class Controller:
                 logger.warning("ConnectionStats %s/%s: invalid spec: %s", *key, error)
         record.status = status
         self.telemetry.connectionstats.set(len(self._records))
-        self._reconcile_followers(key[0])
+        if spec_changed:  # our own status writes come back as events: those change no pods
+            self.selection.set_selector(
+                key,
+                record.spec.selector if record.spec is not None else None,
+                ((pod.name, pod.labels) for pod in self.fleet.pod_records(key[0])),
+            )
+            self._reconcile_followers(key[0])
         self._ensure_worker(key)
         self._wake_worker(key)
         for listener in list(self._record_listeners):
@@ -303,11 +354,13 @@ class Controller:
         self._records.pop(key, None)
         self._coalescers.pop(key, None)
         self._memory.pop(key, None)
+        self._round_due.pop(key, None)
         self._wake.pop(key, None)
         task = self._workers.pop(key, None)
         if task is not None:
             task.cancel()
         self.fleet.drop_aggregate(*key)
+        self.selection.remove(key)
         self.telemetry.forget(*key)
         self.telemetry.connectionstats.set(len(self._records))
         if self.summaries.pop(key, None) is not None:
@@ -315,53 +368,129 @@ class Controller:
         self._reconcile_followers(key[0])
 
     # -- followers -------------------------------------------------------------------------
+    def _endpoints_of(self, namespace: str, name: str) -> set[EndpointKey]:
+        """The sidecar endpoints one pod should be followed at (one per selecting spec port)."""
+        pod = self.fleet.pod(namespace, name)
+        wanted: set[EndpointKey] = set()
+        if pod is None or not pod.followable:
+            return wanted
+        for key in self.selection.selecting(namespace, name):
+            record = self._records.get(key)
+            if record is None or record.spec is None:
+                continue
+            port = pod.resolve_port(record.spec.sidecar_port)
+            if port is not None:
+                wanted.add(EndpointKey(namespace, name, pod.uid, pod.ip, port))
+        return wanted
+
     def _desired_endpoints(self, namespace: str | None) -> set[EndpointKey]:
         desired: set[EndpointKey] = set()
-        for record in self._records.values():
-            if record.spec is None or namespace not in (None, record.namespace):
-                continue
-            for pod in self.fleet.pods_matching(record.namespace, record.spec.selector):
-                port = pod.resolve_port(record.spec.sidecar_port)
-                if pod.followable and port is not None:
-                    desired.add(EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port))
+        for key in self.selection.keys(namespace):
+            for name in self.selection.members(key):
+                desired |= self._endpoints_of(key[0], name)
         return desired
 
     def _reconcile_followers(self, namespace: str | None = None) -> None:
-        """Start and stop followers to match the selected pods (of one namespace, or all)."""
+        """Start and stop followers to match the selected pods (of one namespace, or all).
+
+        O(pods of the namespace): only for ConnectionStats changes and start-up; a pod
+        event goes through :meth:`_reconcile_pod_followers`.
+        """
         if not self._started or self._session is None:
             return
         desired = self._desired_endpoints(namespace)
-        for key in list(self._followers):
-            if namespace not in (None, key.namespace):
-                continue
-            if key not in desired:
-                _, task = self._followers.pop(key)
-                task.cancel()
-                self.fleet.remove_endpoint(key)
-        for key in desired - set(self._followers):
-            follower = SidecarFollower(
-                key,
-                self.fleet,
-                self._session,
-                self.settings.follower,
-                telemetry=self.telemetry,
-                monotonic=self._monotonic,
-            )
-            self.fleet.add_endpoint(key)
-            task = asyncio.create_task(follower.run(), name=f"follow {key.namespace}/{key.pod}")
-            self._followers[key] = (follower, task)
+        for key in list(self._followers) + list(self._over_limit):
+            if namespace in (None, key.namespace) and key not in desired:
+                self._stop_follower(key)
+        for key in sorted(desired, key=_endpoint_order):
+            self._start_follower(key)
+        self._fill_free_places()
+
+    def _reconcile_pod_followers(self, namespace: str, name: str) -> None:
+        """Start and stop the followers of one pod (O(ConnectionStats selecting it))."""
+        if not self._started or self._session is None:
+            return
+        desired = self._endpoints_of(namespace, name)
+        current = self._followers_by_pod.get((namespace, name), set())
+        for key in current - desired:
+            self._stop_follower(key)
+        for key in desired - current:
+            self._start_follower(key)
+        self._fill_free_places()
+
+    def _start_follower(self, key: EndpointKey) -> None:
+        if key in self._followers or key in self._over_limit:
+            return
+        assert self._session is not None
+        if len(self._followers) >= self.settings.follower.max_followed_pods:
+            if not self._over_limit:
+                logger.warning(
+                    "following %d sidecars (--max-followed-pods); further pods are not followed",
+                    len(self._followers),
+                )
+            self._over_limit[key] = None
+            self.telemetry.followers_over_limit.set(len(self._over_limit))
+            return
+        follower = self._follower_factory(key, self.fleet, self._session)
+        self.fleet.add_endpoint(key)
+        task = asyncio.create_task(follower.run(), name=f"follow {key.namespace}/{key.pod}")
+        self._followers[key] = (follower, task)
+        self._followers_by_pod.setdefault((key.namespace, key.pod), set()).add(key)
         self.telemetry.followers.set(len(self._followers))
 
+    def _stop_follower(self, key: EndpointKey) -> None:
+        if key in self._over_limit:
+            del self._over_limit[key]
+            self.telemetry.followers_over_limit.set(len(self._over_limit))
+            return
+        entry = self._followers.pop(key, None)
+        if entry is None:
+            return
+        entry[1].cancel()
+        keys = self._followers_by_pod.get((key.namespace, key.pod))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._followers_by_pod[(key.namespace, key.pod)]
+        self.fleet.remove_endpoint(key)
+        self.telemetry.followers.set(len(self._followers))
+
+    def _fill_free_places(self) -> None:
+        """Follow pods held back by the limit once followers have gone."""
+        while self._over_limit and len(self._followers) < self.settings.follower.max_followed_pods:
+            key = next(iter(self._over_limit))
+            del self._over_limit[key]
+            self.telemetry.followers_over_limit.set(len(self._over_limit))
+            self._start_follower(key)
+            self._wake_selecting(key.namespace, key.pod)
+
+    def not_followed(self, key: EndpointKey) -> bool:
+        """Whether an endpoint is held back by ``max_followed_pods``."""
+        return key in self._over_limit
+
+    def _sidecar_follower(
+        self, key: EndpointKey, fleet: FleetState, session: aiohttp.ClientSession
+    ) -> Follower:
+        return SidecarFollower(
+            key,
+            fleet,
+            session,
+            self.settings.follower,
+            telemetry=self.telemetry,
+            monotonic=self._monotonic,
+        )
+
     def _poke_followers(self, pod: PodRecord) -> None:
-        for key, (follower, _) in self._followers.items():
-            if key.namespace == pod.namespace and key.pod == pod.name:
-                follower.poke()
+        for key in self._followers_by_pod.get((pod.namespace, pod.name), ()):
+            self._followers[key][0].poke()
 
     # -- workers ---------------------------------------------------------------------------
-    def _on_fleet_change(self, namespace: str) -> None:
-        for key in self._records:
-            if key[0] == namespace:
-                self._wake_worker(key)
+    def _on_pod_change(self, namespace: str, pod: str) -> None:
+        self._wake_selecting(namespace, pod)
+
+    def _wake_selecting(self, namespace: str, pod: str) -> None:
+        for key in self.selection.selecting(namespace, pod):
+            self._wake_worker(key)
 
     def _wake_worker(self, key: Key) -> None:
         event = self._wake.get(key)
@@ -384,7 +513,8 @@ class Controller:
             timeout = PERIODIC_SECONDS if delay is None else max(delay, DEBOUNCE_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
-            await asyncio.sleep(DEBOUNCE_SECONDS)
+            pause = self._round_due.get(key, 0.0) - self._monotonic()
+            await asyncio.sleep(max(DEBOUNCE_SECONDS, pause))
             wake.clear()
             try:
                 delay = await self.reconcile(key)
@@ -402,6 +532,12 @@ class Controller:
             wanted = record.spec.status_interval
         return max(wanted, status.min_interval)
 
+    def _selected_pods(self, key: Key) -> list[PodRecord]:
+        """The pods a ConnectionStats selects, by name (from the selection index)."""
+        namespace = key[0]
+        pods = (self.fleet.pod(namespace, name) for name in sorted(self.selection.members(key)))
+        return [pod for pod in pods if pod is not None]
+
     def _observe(
         self, pod: PodRecord, spec: ConnectionStatsSpec
     ) -> tuple[PodObservation, ReadinessInput, float, int]:
@@ -417,11 +553,12 @@ class Controller:
             if port is None:
                 state = PodState.PORT_MISSING
             else:
-                stats = self.fleet.endpoint(
-                    EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port)
-                )
+                endpoint = EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port)
+                stats = self.fleet.endpoint(endpoint)
                 restarts = stats.restarts if stats is not None else 0
-                if stats is None or stats.state is SidecarState.STARTING:
+                if endpoint in self._over_limit:
+                    state = PodState.NOT_FOLLOWED
+                elif stats is None or stats.state is SidecarState.STARTING:
                     state = PodState.STARTING
                 elif stats.state is SidecarState.UNREACHABLE or stats.document is None:
                     state = PodState.UNREACHABLE
@@ -459,6 +596,7 @@ class Controller:
         record = self._records.get(key)
         if record is None:
             return None
+        computing_since = time.perf_counter()
         now = utc_now_iso()
         if record.spec is None:
             result = Aggregate()
@@ -470,7 +608,7 @@ class Controller:
             warming = False
         else:
             spec = record.spec
-            pods = self.fleet.pods_matching(record.namespace, spec.selector)
+            pods = self._selected_pods(key)
             observed = [self._observe(pod, spec) for pod in pods]
             restarts = {o.name: count for o, _, _, count in observed}
             warming = any(
@@ -516,6 +654,9 @@ class Controller:
             generation=record.generation,
         )
         self._publish(key, status, result)
+        self._round_due[key] = self._monotonic() + ROUND_GAP_FACTOR * (
+            time.perf_counter() - computing_since
+        )
         if record.spec is not None:
             await self._apply_readiness(record, record.spec, readiness)
         await self._record_events(record, result, status["conditions"], restarts)
@@ -684,6 +825,10 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
+
+
+def _endpoint_order(key: EndpointKey) -> tuple[str, str, int]:
+    return (key.namespace, key.pod, key.port)
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

@@ -6,7 +6,9 @@ stats server, and the custom metrics API: :class:`FleetState` implements
 :class:`~.metrics_source.MetricsSource` (``pods`` and ``connection_stats``).
 
 Listeners registered with :meth:`FleetState.add_listener` are called
-synchronously with the namespace after every change.
+synchronously with the namespace after every change; those registered with
+:meth:`FleetState.add_pod_listener` with the namespace and the pod's name (so
+that a sidecar document wakes only the ConnectionStats that select that pod).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class EndpointStats:
 
 
 FleetListener = Callable[[str], None]
+PodListener = Callable[[str, str], None]
 
 
 class FleetState:
@@ -149,15 +152,23 @@ class FleetState:
     def __init__(self) -> None:
         self._pods: dict[str, dict[str, PodRecord]] = {}
         self._endpoints: dict[EndpointKey, EndpointStats] = {}
+        self._endpoints_by_namespace: dict[str, set[EndpointKey]] = {}
         self._aggregates: dict[tuple[str, str], ConnectionStatsMetrics] = {}
         self._listeners: list[FleetListener] = []
+        self._pod_listeners: list[PodListener] = []
 
     # -- listeners -------------------------------------------------------------------------
     def add_listener(self, listener: FleetListener) -> None:
         """Call ``listener(namespace)`` after every change in that namespace."""
         self._listeners.append(listener)
 
-    def _changed(self, namespace: str) -> None:
+    def add_pod_listener(self, listener: PodListener) -> None:
+        """Call ``listener(namespace, pod)`` after every change of a pod or its sidecar."""
+        self._pod_listeners.append(listener)
+
+    def _changed(self, namespace: str, pod: str) -> None:
+        for pod_listener in list(self._pod_listeners):
+            pod_listener(namespace, pod)
         for listener in list(self._listeners):
             listener(namespace)
 
@@ -168,7 +179,7 @@ class FleetState:
         if pods.get(record.name) == record:
             return False
         pods[record.name] = record
-        self._changed(record.namespace)
+        self._changed(record.namespace, record.name)
         return True
 
     def remove_pod(self, namespace: str, name: str) -> bool:
@@ -176,7 +187,7 @@ class FleetState:
         pods = self._pods.get(namespace, {})
         if pods.pop(name, None) is None:
             return False
-        self._changed(namespace)
+        self._changed(namespace, name)
         return True
 
     def pod(self, namespace: str, name: str) -> PodRecord | None:
@@ -207,13 +218,21 @@ class FleetState:
 
     def add_endpoint(self, key: EndpointKey) -> EndpointStats:
         """Start tracking a sidecar (state STARTING)."""
-        stats = self._endpoints.setdefault(key, EndpointStats())
+        stats = self._endpoints.get(key)
+        if stats is None:
+            stats = self._endpoints[key] = EndpointStats()
+            self._endpoints_by_namespace.setdefault(key.namespace, set()).add(key)
         return stats
 
     def remove_endpoint(self, key: EndpointKey) -> None:
         """Stop tracking a sidecar."""
         if self._endpoints.pop(key, None) is not None:
-            self._changed(key.namespace)
+            keys = self._endpoints_by_namespace.get(key.namespace)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._endpoints_by_namespace[key.namespace]
+            self._changed(key.namespace, key.pod)
 
     def report(self, key: EndpointKey, document: StatsDocument, now: float) -> None:
         """A sidecar sent a document: it is reporting, and these are its counts."""
@@ -231,7 +250,7 @@ class FleetState:
         stats.observed_at = now
         stats.last_error = ""
         if changed:
-            self._changed(key.namespace)
+            self._changed(key.namespace, key.pod)
 
     def heartbeat(self, key: EndpointKey, now: float) -> None:
         """A sidecar is alive and nothing changed."""
@@ -247,7 +266,7 @@ class FleetState:
         stats.last_error = error
         if stats.state is not SidecarState.UNREACHABLE:
             stats.state = SidecarState.UNREACHABLE
-            self._changed(key.namespace)
+            self._changed(key.namespace, key.pod)
 
     def note_error(self, key: EndpointKey, error: str) -> None:
         """Remember the latest error without changing the state."""
@@ -273,9 +292,8 @@ class FleetState:
         ``reachable=False`` and zero counts (the metrics API leaves them out).
         """
         best: dict[str, EndpointStats] = {}
-        for key, stats in self._endpoints.items():
-            if key.namespace != namespace:
-                continue
+        for key in self._endpoints_by_namespace.get(namespace, ()):
+            stats = self._endpoints[key]
             pod = self.pod(namespace, key.pod)
             if pod is None or pod.uid != key.uid:
                 continue

@@ -59,6 +59,9 @@ class FollowerSettings:
     """Seconds a never-seen sidecar may take to answer before its pod counts as unreachable."""
     max_document_bytes: int = 1024 * 1024
     """Largest stats document accepted from one sidecar."""
+    max_followed_pods: int = 20000
+    """Most sidecars followed at once (one stream each); further selected pods are not
+    followed and their ConnectionStats reports ``Degraded``/``PodLimitReached``."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ class Telemetry:
         self.followers = Gauge(
             "wsgauge_operator_followers", "Sidecars being followed", registry=self.registry
         )
+        self.followers_over_limit = Gauge(
+            "wsgauge_operator_followers_over_limit",
+            "Selected sidecars not followed because --max-followed-pods was reached",
+            registry=self.registry,
+        )
         self.follower_connects = Counter(
             "wsgauge_operator_follower_connects_total",
             "Connections opened to sidecars (watch streams and polls)",
