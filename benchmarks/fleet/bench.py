@@ -32,8 +32,7 @@ import random
 import subprocess
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import yaml
 from wsgauge_devcluster.exceptions import KubeApiError
 from wsgauge_devcluster.kubeapi import KubeApi, KubeConfig
 
+from benchmarks import procstat
 from benchmarks.exceptions import BenchmarkError
 from benchmarks.fleet import fleet_report
 from benchmarks.fleet.measure import (
@@ -99,21 +99,6 @@ class FleetBenchSettings:
     """Operator and simulator logs."""
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """One fleet shape."""
-
-    pods: int
-    """Pods in total."""
-    groups: int
-    """ConnectionStats (pods split evenly)."""
-    key: str = field(init=False)
-    """Stable name (``1000x1``)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", f"{self.pods}x{self.groups}")
-
-
 @dataclass
 class Context:
     """The cluster the scenarios run on."""
@@ -167,16 +152,20 @@ async def _until_reporting(
     raise BenchmarkError(f"operator not converged on {pods} pods in {timeout:.0f}s: {last}")
 
 
-async def _until_statuses(api: KubeApi, namespace: str, per_group: int, timeout: float) -> None:
+async def _until_statuses(api: KubeApi, namespace: str, pods: int, timeout: float) -> None:
+    """Until every status shows all its matched pods reporting, ``pods`` reporting in all."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         items = (await api.get(connection_stats_path(namespace)))["items"]
-        if items and all(
-            ((i.get("status") or {}).get("pods") or {}).get("reporting") == per_group for i in items
+        counts = [((i.get("status") or {}).get("pods") or {}) for i in items]
+        if (
+            counts
+            and all(c.get("reporting") == c.get("matched") for c in counts)
+            and sum(int(c.get("reporting") or 0) for c in counts) == pods
         ):
             return
         await asyncio.sleep(0.5)
-    raise BenchmarkError(f"statuses in {namespace} did not show {per_group} reporting pods")
+    raise BenchmarkError(f"statuses in {namespace} did not show {pods} reporting pods")
 
 
 def _freshness(results: list[ProbeResult]) -> dict[str, Any]:
@@ -195,62 +184,119 @@ def _freshness(results: list[ProbeResult]) -> dict[str, Any]:
     }
 
 
-async def run_scenario(
-    ctx: Context, scenario: Scenario, settings: FleetBenchSettings
+LABEL_GROUPS = 100
+"""Pods carry one of this many group labels (``i % 100``); a layout of 100 CS uses them."""
+
+
+async def run_fleet(
+    ctx: Context, pods: int, layouts: list[int], settings: FleetBenchSettings
+) -> dict[str, dict[str, Any]]:
+    """One simulated fleet of ``pods`` pods, measured once per layout (ConnectionStats count).
+
+    The pods are created once; per layout the ConnectionStats are created, a fresh operator is
+    measured, then stopped and the ConnectionStats deleted."""
+    api = ctx.api
+    namespace = f"fleet-{pods}"
+    spare = max(1, pods // 10)
+    results: dict[str, dict[str, Any]] = {}
+    rng = random.Random(7)
+    await _fresh_namespace(api, namespace)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    sim_settings = SimulatorSettings(
+        namespace=namespace,
+        node_name=f"fleet-sim-{pods}",
+        work_dir=settings.log_dir / f"sim-{pods}",
+        create_concurrency=48,
+    )
+    config = KubeConfig.load(ctx.kubeconfig, settings.log_dir / "kube")
+    async with contextlib.AsyncExitStack() as stack:
+        extra = [await stack.enter_async_context(KubeApi(config)) for _ in range(2)]
+        sim = await stack.enter_async_context(FleetSimulator(api, sim_settings, extra))
+        fleet: dict[str, Any] = {"pods": pods}
+        try:
+            LOG.warning("fleet %d: simulator endpoints", pods)
+            started = time.monotonic()
+            await sim.start_endpoints(pods + spare)
+            fleet["endpoints_start_s"] = time.monotonic() - started
+            await sim.start_node()
+            await sim.set_counts({i: (rng.randint(0, 20), 0) for i in range(pods + spare)})
+            LOG.warning("fleet %d: pod creation", pods)
+            started = time.monotonic()
+            await sim.create_pods({i: _group(i, LABEL_GROUPS) for i in range(pods)})
+            fleet["pods_create_s"] = time.monotonic() - started
+        except (BenchmarkError, KubeApiError, aiohttp.ClientError, OSError) as error:
+            for groups in layouts:
+                results[f"{pods}x{groups}"] = {
+                    **fleet,
+                    "groups": groups,
+                    "error": f"setting up the fleet: {error}",
+                }
+            return results
+        for groups in layouts:
+            key = f"{pods}x{groups}"
+            LOG.warning("fleet scenario %s ...", key)
+            result = {**fleet, "groups": groups, "load_average_before": procstat.load_average()}
+            result.update(await run_layout(ctx, sim, groups, settings, rng))
+            result["load_average_after"] = procstat.load_average()
+            results[key] = result
+            result["commit"] = _commit()
+            LOG.warning("fleet scenario %s: %s", key, _summary(result))
+            _merge(settings.results, {key: result})
+    with contextlib.suppress(KubeApiError):
+        await api.delete(f"/api/v1/namespaces/{namespace}")
+    return results
+
+
+def _cs_of(index: int, groups: int) -> str:
+    return "cs-all" if groups == 1 else f"cs-{_group(index, LABEL_GROUPS)}"
+
+
+async def run_layout(
+    ctx: Context,
+    sim: FleetSimulator,
+    groups: int,
+    settings: FleetBenchSettings,
+    rng: random.Random,
 ) -> dict[str, Any]:
-    """Run one scenario; its result record (``error`` names the step that failed, if one did)."""
-    api, pods, groups = ctx.api, scenario.pods, scenario.groups
-    namespace = f"fleet-{scenario.key}"
+    """Measure one layout (1 CS over all pods, or one CS per group label) on a running fleet."""
+    api, namespace = ctx.api, sim.settings.namespace
+    pods = len(sim.pods)
     spare = max(1, pods // 10)
     rate = min(settings.max_rate, settings.rate_per_pod * pods)
     timeout = 120.0 + pods * 0.06
-    result: dict[str, Any] = {"pods": pods, "groups": groups, "churn_rate": rate}
-    step = "namespace"
-    rng = random.Random(7)
-    await _fresh_namespace(api, namespace)
-    sim_settings = SimulatorSettings(
-        namespace=namespace,
-        node_name=f"fleet-sim-{scenario.key}",
-        work_dir=settings.log_dir / scenario.key,
-    )
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"churn_rate": rate}
     operator = OperatorRun(
-        ctx.kubeconfig, namespace, settings.log_dir / f"operator-{scenario.key}.log"
+        ctx.kubeconfig, namespace, settings.log_dir / f"operator-{pods}x{groups}.log"
     )
     watch = StatusWatch(api, namespace)
+    step = "ConnectionStats"
     async with (
-        FleetSimulator(api, sim_settings) as sim,
         aiohttp.ClientSession() as session,
         MetricsApiClient(ctx.pki, operator.metrics_port) as metrics,
     ):
         try:
-            step = "simulator endpoints"
-            started = time.monotonic()
-            await sim.start_endpoints(pods + spare)
-            result["endpoints_start_s"] = time.monotonic() - started
-            await sim.start_node()
-            await sim.set_counts({i: (rng.randint(0, 20), 0) for i in range(pods + spare)})
-            step = "pod creation"
-            started = time.monotonic()
-            await sim.create_pods({i: _group(i, groups) for i in range(pods)})
-            result["pods_create_s"] = time.monotonic() - started
-            for g in range(groups):
-                group = _group(g, groups)
+            names = (
+                ["cs-all"] if groups == 1 else [f"cs-{_group(g, groups)}" for g in range(groups)]
+            )
+            for name in names:
                 body = connection_stats_body(
-                    namespace, f"cs-{group}", node_name=sim_settings.node_name, group=group,
-                    port=sim_settings.port, status_interval=settings.status_interval,
+                    namespace, name, node_name=sim.settings.node_name,
+                    group=None if groups == 1 else name.removeprefix("cs-"),
+                    port=sim.settings.port, status_interval=settings.status_interval,
                 )  # fmt: skip
                 await api.create(connection_stats_path(namespace), body)
 
             step = "operator start"
+            LOG.warning("%dx%d: %s", pods, groups, step)
             await operator.start()
             await operator.wait_listening(timeout)
             result["start_listening_s"] = time.monotonic() - operator.started_at
             result["start_reporting_s"] = await _until_reporting(operator, session, pods, timeout)
-            await _until_statuses(api, namespace, pods // groups, timeout)
+            await _until_statuses(api, namespace, pods, timeout)
             result["start_status_s"] = time.monotonic() - operator.started_at
 
             step = "steady state"
+            LOG.warning("%dx%d: %s", pods, groups, step)
             await sim.churn(rate)
             await asyncio.sleep(5.0)
             window = CostWindow([operator.pid], api, ctx.server, ctx.apiserver_pid)
@@ -259,18 +305,21 @@ async def run_scenario(
             result["steady"] = await window.end()
 
             step = "freshness"
+            LOG.warning("%dx%d: %s", pods, groups, step)
             watch.start()
             await asyncio.sleep(1.0)
-            probe_totals: Counter[str] = Counter()
             probes: list[ProbeResult] = []
+            live = sorted(sim.pods)
             for _ in range(settings.probes):
-                index = rng.randrange(pods)
-                group = _group(index, groups)
-                probe_totals[group] += 1
+                index = rng.choice(live)
+                name = _cs_of(index, groups)
+                expected = 1 + sum(
+                    sim.probe_counts.get(i, 0) for i in sim.pods if _cs_of(i, groups) == name
+                )
                 probes.append(
                     await probe_freshness(
-                        sim, metrics, watch, index=index, cs_name=f"cs-{group}",
-                        group_probe_total=probe_totals[group],
+                        sim, metrics, watch, index=index, cs_name=name,
+                        group_probe_total=expected,
                     )
                 )  # fmt: skip
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
@@ -279,16 +328,18 @@ async def run_scenario(
             result["status_watch_events"] = watch.events
 
             step = "pod churn"
+            LOG.warning("%dx%d: %s", pods, groups, step)
             window = CostWindow([operator.pid], api, ctx.server, ctx.apiserver_pid)
             await window.begin()
-            removed = rng.sample(range(pods), spare)
+            removed = rng.sample(sorted(sim.pods), spare)
+            added = [i for i in range(pods + spare) if i not in sim.pods][:spare]
             started = time.monotonic()
             await asyncio.gather(
                 sim.delete_pods(removed),
-                sim.create_pods({i: _group(i, groups) for i in range(pods, pods + spare)}),
+                sim.create_pods({i: _group(i, LABEL_GROUPS) for i in added}),
             )
             result["pod_churn_api_s"] = time.monotonic() - started
-            await _until_reporting_again(operator, session, pods, timeout)
+            await _until_reporting(operator, session, pods, timeout)
             result["pod_churn_converged_s"] = time.monotonic() - started
             result["pod_churn"] = await window.end()
 
@@ -298,6 +349,7 @@ async def run_scenario(
             result["cs_status_bytes_max"] = max(object_size(i.get("status") or {}) for i in items)
 
             step = "restart"
+            LOG.warning("%dx%d: %s", pods, groups, step)
             await operator.stop()
             await operator.start()
             window = CostWindow([operator.pid], api, ctx.server, ctx.apiserver_pid)
@@ -309,28 +361,15 @@ async def run_scenario(
             result["restart"] = await window.end()
         except (BenchmarkError, KubeApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
             result["error"] = f"{step}: {error}"
-            LOG.error("scenario %s failed at %s: %s", scenario.key, step, error)
+            LOG.error("layout %dx%d failed at %s: %s", pods, groups, step, error)
         finally:
             await watch.stop()
             with contextlib.suppress(BenchmarkError, OSError):
                 await sim.churn(0.0)
             await operator.stop()
-    with contextlib.suppress(KubeApiError):
-        await api.delete(f"/api/v1/namespaces/{namespace}")
+            with contextlib.suppress(KubeApiError):
+                await api.request("DELETE", connection_stats_path(namespace))
     return result
-
-
-async def _until_reporting_again(
-    operator: OperatorRun, session: aiohttp.ClientSession, pods: int, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        last = (await operator.stats(session)).get("pods") or {}
-        if last.get("reporting") == pods and last.get("followed") == pods:
-            return
-        await asyncio.sleep(0.25)
-    raise BenchmarkError(f"operator not back on {pods} pods after the churn: {last}")
 
 
 def _cluster_env(settings: FleetBenchSettings) -> dict[str, str]:
@@ -369,20 +408,16 @@ async def run(settings: FleetBenchSettings) -> dict[str, Any]:
     pid_file = kubeconfig.parent / "run" / "kube-apiserver.pid"
     apiserver_pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
     config = KubeConfig.load(kubeconfig, settings.log_dir / "kube")
-    scenarios = [Scenario(size, 1) for size in settings.sizes]
+    fleets: dict[int, list[int]] = {size: [1] for size in settings.sizes}
     if settings.multi:
-        scenarios.insert(min(2, len(scenarios)), Scenario(10000, 100))
+        fleets.setdefault(10000, []).insert(0, 100)
     results: dict[str, Any] = {}
     try:
         async with KubeApi(config) as api:
             ctx = Context(api, config.server, kubeconfig, kubeconfig.parent / "pki", apiserver_pid)
             await _ensure_crd(api)
-            for scenario in scenarios:
-                LOG.warning("fleet scenario %s ...", scenario.key)
-                results[scenario.key] = await run_scenario(ctx, scenario, settings)
-                results[scenario.key]["commit"] = _commit()
-                LOG.warning("fleet scenario %s: %s", scenario.key, _summary(results[scenario.key]))
-                _merge(settings.results, {scenario.key: results[scenario.key]})
+            for pods in sorted(fleets):
+                results.update(await run_fleet(ctx, pods, fleets[pods], settings))
     finally:
         if own and not settings.keep_cluster:
             _devcluster(settings, "down", "--purge")

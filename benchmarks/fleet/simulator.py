@@ -98,8 +98,12 @@ class _WorkerProcess:
 class FleetSimulator:
     """N simulated sidecars and their pods; use as ``async with``."""
 
-    def __init__(self, api: KubeApi, settings: SimulatorSettings) -> None:
+    def __init__(
+        self, api: KubeApi, settings: SimulatorSettings, extra_apis: Sequence[KubeApi] = ()
+    ) -> None:
         self.api = api
+        self._pod_apis = [api, *extra_apis]
+        """Clients pod creation and deletion are spread over (each has its own connections)."""
         self.settings = settings
         self.workers: list[_WorkerProcess] = []
         self.pods: dict[int, str] = {}
@@ -290,8 +294,9 @@ class FleetSimulator:
         async def one(index: int, group: str) -> None:
             async with limit:
                 name = self.pod_name(index)
-                await self.api.create(base, self._pod_body(index, group))
-                await self.api.patch(f"{base}/{name}/status", self._pod_status(index))
+                api = self._pod_apis[index % len(self._pod_apis)]
+                await api.create(base, self._pod_body(index, group))
+                await api.patch(f"{base}/{name}/status", self._pod_status(index))
                 self.pods[index] = name
                 self.groups[index] = group
 
@@ -304,10 +309,9 @@ class FleetSimulator:
 
         async def one(index: int) -> None:
             async with limit:
+                api = self._pod_apis[index % len(self._pod_apis)]
                 with contextlib.suppress(KubeApiError):
-                    await self.api.delete(
-                        f"{base}/{self.pod_name(index)}", {"gracePeriodSeconds": 0}
-                    )
+                    await api.delete(f"{base}/{self.pod_name(index)}", {"gracePeriodSeconds": 0})
                 self.pods.pop(index, None)
                 self.groups.pop(index, None)
 
@@ -361,17 +365,20 @@ def connection_stats_body(
     name: str,
     *,
     node_name: str,
-    group: str,
+    group: str | None,
     port: int,
     status_interval: str = "2s",
 ) -> dict[str, Any]:
-    """A ConnectionStats selecting the simulated pods of one group."""
+    """A ConnectionStats selecting the simulated pods of one group (None: all of them)."""
+    labels = {POD_LABEL: node_name}
+    if group is not None:
+        labels[GROUP_LABEL] = group
     return {
         "apiVersion": "wsgauge.dev/v1alpha1",
         "kind": "ConnectionStats",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "selector": {"matchLabels": {POD_LABEL: node_name, GROUP_LABEL: group}},
+            "selector": {"matchLabels": labels},
             "sidecarPort": port,
             "statusInterval": status_interval,
         },
