@@ -196,7 +196,14 @@ def build_admin_app(state: SidecarState) -> web.Application:
 
 async def start_admin_server(state: SidecarState) -> web.AppRunner:
     """Bind the admin port and serve it; the caller cleans the runner up on exit."""
-    runner = web.AppRunner(build_admin_app(state), access_log=None, shutdown_timeout=2.0)
+    # an idle or half-sent connection is closed after --handshake-timeout (aiohttp's default
+    # keeps it for an hour: a slowloris could pile up file descriptors the data port needs)
+    runner = web.AppRunner(
+        build_admin_app(state),
+        access_log=None,
+        shutdown_timeout=2.0,
+        keepalive_timeout=state.settings.proxy.handshake_timeout,
+    )
     await runner.setup()
     listen = state.settings.admin.listen
     site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)

@@ -377,6 +377,33 @@ async def test_random_phoenix_topic_flood_on_one_socket_is_capped(
     await healthy.close()
 
 
+async def test_admin_port_closes_idle_and_half_sent_connections(
+    start_sidecar: SidecarFactory,
+) -> None:
+    # the admin port is an aiohttp server: without a limit it kept a half-sent request for
+    # an hour, so a slowloris there could use up the file descriptors the data port needs
+    sidecar = start_sidecar(*PATH_RULE, "--handshake-timeout", "1", "--watch-heartbeat", "0.3")
+    healthy = await HealthyClient.open(sidecar)
+    async with aiohttp.ClientSession() as session:
+        watch = await session.get(f"{sidecar.admin}/stats/watch")
+        assert json.loads(await asyncio.wait_for(watch.content.readline(), 10))["connections"] == 1
+        lingering = []
+        for index in range(40):
+            reader, writer = await asyncio.open_connection(LOOPBACK, sidecar.admin_port)
+            if index % 2:
+                writer.write(b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            lingering.append((reader, writer))
+        for reader, writer in lingering:
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the sidecar
+            writer.close()
+        # the watch stream (a request in progress) outlived the timeout and still flows
+        for _ in range(3):
+            assert await asyncio.wait_for(watch.content.readline(), 5) == b"\n"
+        watch.close()
+    await _only_healthy_counted(sidecar, healthy)
+    await healthy.close()
+
+
 # -- half-open sockets ------------------------------------------------------------------------
 
 
