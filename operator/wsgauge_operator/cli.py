@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -307,24 +308,27 @@ def exit_on_lost_leadership(reason: str) -> None:
     os._exit(EXIT_LEADERSHIP_LOST)
 
 
-async def wait_for_leadership(settings: OperatorSettings, elector: LeaderElector) -> bool:
-    """Answer the probes as a standby until this replica leads (True) or is stopped (False)."""
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set ``stop``, until kopf installs its own handlers over these.
+
+    Never restored to the default action: a SIGTERM between winning the Lease and kopf's start
+    must still stop gracefully (and release the Lease), not kill the process.
+    """
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals / not main
+            loop.add_signal_handler(number, stop.set)
+
+
+async def wait_for_leadership(
+    settings: OperatorSettings, elector: LeaderElector, stop: asyncio.Event
+) -> bool:
+    """Answer the probes as a standby until this replica leads (True) or ``stop`` is set."""
     standby = StandbyServer(settings.server.listen, settings.liveness_endpoint)
     await standby.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for number in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(number, stop.set)
-            handled.append(number)
-        except (NotImplementedError, RuntimeError):  # not the main thread / no signals
-            pass
     try:
         return await elector.acquire(stop)
     finally:
-        for number in handled:
-            loop.remove_signal_handler(number)
         await standby.stop()
 
 
@@ -337,6 +341,7 @@ async def run(
     renewing it while the operator runs (``on_lost`` when that fails), and release it last.
     """
     elector: LeaderElector | None = None
+    stop = asyncio.Event()
     renewal: RenewalThread | None = None
     election = settings.leader_election
     if election.enabled:
@@ -345,7 +350,8 @@ async def run(
             election, holder_identity(election, settings.kube.instance), lease_api
         )
         try:
-            leading = await wait_for_leadership(settings, elector)
+            stop_on_signals(stop)
+            leading = await wait_for_leadership(settings, elector, stop)
         except BaseException:
             lease_api.close()
             raise
@@ -356,7 +362,8 @@ async def run(
         renewal = RenewalThread(elector, on_lost)
         renewal.start()
     try:
-        await _run_operator(settings, elector)
+        if not stop.is_set():
+            await _run_operator(settings, elector, stop)
     finally:
         if renewal is not None and elector is not None:
             await asyncio.to_thread(renewal.stop)
@@ -364,7 +371,9 @@ async def run(
             elector.close()
 
 
-async def _run_operator(settings: OperatorSettings, elector: LeaderElector | None) -> None:
+async def _run_operator(
+    settings: OperatorSettings, elector: LeaderElector | None, stop: asyncio.Event
+) -> None:
     kube = KubeApi(settings.kube)
     controller = Controller(settings, kube)
     server = StatsServer(controller, settings.server)
@@ -385,6 +394,7 @@ async def _run_operator(settings: OperatorSettings, elector: LeaderElector | Non
             namespaces=namespaces,
             memo=kopf.Memo(controller=controller, server=server),
             liveness_endpoint=settings.liveness_endpoint or None,
+            stop_flag=stop,
         )
     finally:
         await server.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import os
 import secrets
@@ -79,6 +80,23 @@ def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _json_answer(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call without its deserialisation and decode the body (worker thread)."""
+    response = function(*args, _preload_content=False, **kwargs)
+    try:
+        body = response.read()
+    finally:
+        response.release_conn()
+    return json.loads(body) if body else None
+
+
+def _lease_body(answer: Any, what: str) -> dict[str, Any]:
+    """The Lease object of an answer; anything else is an API error (never trusted as a write)."""
+    if not isinstance(answer, dict):
+        raise KubeApiError(f"lease {what}: unexpected answer {type(answer).__name__}", 0)
+    return answer
+
+
 class LeaseApi:
     """Read, create and replace one Lease (the official client, in worker threads)."""
 
@@ -95,14 +113,22 @@ class LeaseApi:
         self._client.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``function`` in a worker thread; its JSON answer, decoded here.
+
+        The raw body is read (``_preload_content=False``) rather than left to the generated
+        client, whose response-type maps drop some successful answers (a replace that re-creates
+        a deleted Lease answers 201, which it turns into None).
+        """
         kwargs.setdefault("_request_timeout", self._timeout)
         try:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await asyncio.to_thread(_json_answer, function, *args, **kwargs)
         except kubernetes.client.exceptions.ApiException as error:
             status = int(error.status or 0)
             raise KubeApiError(f"{what}: HTTP {status} {error.reason}", status) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise KubeApiError(f"{what}: {error}", 0) from None
+        except ValueError as error:
+            raise KubeApiError(f"{what}: undecodable answer: {error}", 0) from None
 
     async def read(self) -> dict[str, Any] | None:
         """The Lease, or None when it does not exist."""
@@ -120,7 +146,7 @@ class LeaseApi:
             if error.not_found:
                 return None
             raise
-        return dict(lease)
+        return _lease_body(lease, "get")
 
     async def create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Create the Lease (409 when someone else created it first)."""
@@ -135,7 +161,7 @@ class LeaseApi:
             body,
             field_manager=self._field_manager,
         )
-        return dict(lease)
+        return _lease_body(lease, "write")
 
     async def replace(self, spec: Mapping[str, Any], resource_version: str) -> dict[str, Any]:
         """Replace the Lease if it is still at ``resource_version`` (409 otherwise)."""
@@ -151,7 +177,7 @@ class LeaseApi:
             body,
             field_manager=self._field_manager,
         )
-        return dict(lease)
+        return _lease_body(lease, "write")
 
 
 class LeaderElector:
@@ -342,6 +368,10 @@ class RenewalThread:
             self._started.set()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(self._task)
+        except Exception as error:  # top-level boundary of the thread: a leader must never
+            # keep acting with a dead renewal loop
+            logger.exception("leader election: renewal loop failed")
+            self._on_lost(f"renewal loop failed: {error!r}")
         finally:
             self._started.set()
             loop.run_until_complete(loop.shutdown_default_executor())
