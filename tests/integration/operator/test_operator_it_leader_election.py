@@ -219,3 +219,30 @@ def test_a_frozen_leader_is_replaced_and_exits_when_it_thaws(
     assert popen.wait(timeout=30) == 3
     assert "leadership lost" in first.output()
     assert holder(kube, namespace).startswith("op-b_")
+
+
+def test_term_right_after_winning_still_releases_the_lease(
+    kube: KubeCluster, namespace: str, replicas: Replicas
+) -> None:
+    process = replicas.start("op-a")
+    wait_holder(kube, namespace, "op-a", timeout=30)
+    # kopf is still starting: the signal must stop it gracefully, not kill the process
+    assert process.process is not None
+    process.process.popen.send_signal(signal.SIGTERM)
+    assert process.process.popen.wait(timeout=60) == 0
+    assert "released lease" in process.output()
+    assert holder(kube, namespace) == ""
+
+
+def test_a_deleted_lease_is_taken_back_by_its_leader(
+    kube: KubeCluster, namespace: str, replicas: Replicas
+) -> None:
+    process = replicas.start("op-a")
+    identity = wait_holder(kube, namespace, "op-a", timeout=30)
+    eventually(lambda: http_status(process, "/readyz") == 200, timeout=30, what="op-a ready")
+    kube.kubectl("delete", "lease", LEASE, "-n", namespace)
+    # the next renewal re-creates it (the API server answers 201, not 200)
+    eventually(lambda: holder(kube, namespace) == identity, timeout=30, what="lease re-created")
+    assert process.process is not None and process.process.popen.poll() is None
+    assert "renewal loop failed" not in process.output()
+    assert http_status(process, "/readyz") == 200
