@@ -175,7 +175,8 @@ def test_operator_gets_its_tls_by_mount_and_its_settings_by_environment(render: 
     assert env["WSGAUGE_OPERATOR_METRICS_API_CERT_FILE"].startswith("/var/run/wsgauge/")
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["metrics-api-tls"]["secret"]["secretName"] == "rel-wsgauge-metrics-api-tls"
-    assert operator["spec"]["replicas"] == 2  # a leader and a standby
+    # one replica (a never-Ready standby would keep the Deployment unavailable), electing anyway
+    assert operator["spec"]["replicas"] == 1
 
 
 ALLOWED_OPERATOR_RULES = {
@@ -383,7 +384,12 @@ def test_operator_environment_from_the_chart_is_understood_by_the_operator_cli(
 
 
 def test_operator_replicas_elect_a_leader_and_only_the_leader_is_ready(render: Render) -> None:
-    operator = one(render(), "Deployment", "rel-wsgauge-operator")
+    assert (
+        "affinity"
+        not in one(render(), "Deployment", "rel-wsgauge-operator")["spec"]["template"]["spec"]
+    )
+    operator = one(render("operator.replicas=2"), "Deployment", "rel-wsgauge-operator")
+    assert operator["spec"]["replicas"] == 2
     # a standby is never Ready: a RollingUpdate would wait for it forever
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
     container = _containers(operator)[0]
@@ -394,7 +400,7 @@ def test_operator_replicas_elect_a_leader_and_only_the_leader_is_ready(render: R
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
 
-    single = render("operator.replicas=1", "operator.leaderElection.enabled=false")
+    single = render("operator.leaderElection.enabled=false")
     plain = one(single, "Deployment", "rel-wsgauge-operator")
     env = {e["name"]: e.get("value") for e in _containers(plain)[0]["env"]}
     assert env["WSGAUGE_OPERATOR_LEADER_ELECT"] == "false"
