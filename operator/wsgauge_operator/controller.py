@@ -3,13 +3,13 @@
 kopf hands every pod and ConnectionStats watch event to :meth:`Controller.pod_event`
 and :meth:`Controller.connectionstats_event` (see :mod:`.handlers`). From there:
 
-- the set of followed sidecars is recomputed (one :class:`~.follower.SidecarFollower`
-  task per selected pod, keyed by pod uid, IP and port, so an IP change or a
-  re-created pod restarts the follower);
-- the worker task of each affected ConnectionStats is woken: it aggregates,
-  decides the readiness-gate conditions (written at once), records Events on
-  transitions, and writes the status through a :class:`~.status_writer.StatusCoalescer`
-  (at most once per ``statusInterval``, only on change).
+- the :class:`~.selection.SelectionIndex` and that pod's followers are updated (one
+  :class:`~.follower.SidecarFollower` task per selected pod, keyed by pod uid, IP and
+  port, kept by a :class:`~.follower_set.FollowerSet`): O(ConnectionStats) per event;
+- the workers of the ConnectionStats selecting the pod are woken: a worker aggregates,
+  decides the readiness-gate conditions (written at once), records Events on transitions
+  and writes the status through a :class:`~.status_writer.StatusCoalescer` (at most once
+  per ``statusInterval``, only on change); rounds are debounced and paced.
 
 Other parts of the operator (autoscaling) hook in with
 :meth:`Controller.add_status_contributor` (extra status fields and conditions,
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import math
 import time
@@ -34,7 +35,6 @@ import aiohttp
 from wsgauge_operator.aggregation import (
     Aggregate,
     AggregationLimits,
-    PodObservation,
     PodState,
     aggregate,
     invalid_spec_conditions,
@@ -44,9 +44,11 @@ from wsgauge_operator.aggregation import (
 )
 from wsgauge_operator.events import EventRecorder, EventSink, ObjectRef
 from wsgauge_operator.exceptions import KubeApiError, SpecError
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
+from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord
 from wsgauge_operator.follower import SidecarFollower
+from wsgauge_operator.follower_set import FollowerFactory, FollowerSet
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics
+from wsgauge_operator.observation import Observed, observe_all
 from wsgauge_operator.readiness import (
     ConditionWrites,
     ReadinessDecision,
@@ -68,9 +70,8 @@ PERIODIC_SECONDS = 10.0
 PARALLEL_CONDITION_WRITES = 8
 """Pod condition writes in flight at once per ConnectionStats."""
 ROUND_GAP_FACTOR = 3.0
-"""After a round that computed for t seconds, the next starts no sooner than this times t later:
-at most a quarter of a core per ConnectionStats however large and busy its fleet (a round is
-O(pods); at 1,000 pods it takes milliseconds and the debounce dominates)."""
+"""A round that computed t seconds delays the next by this times t: at most a quarter core per
+ConnectionStats (rounds are O(pods): milliseconds at 1,000 pods, where the debounce dominates)."""
 WARM_UP_RETRY_SECONDS = 0.2
 """How soon a status held back during warm-up is reconsidered."""
 OWN_CONDITIONS = ("Ready", "Degraded", "CapacityExceeded")
@@ -129,20 +130,6 @@ RecordListener = Callable[[tuple[str, str], "ConnectionStatsRecord | None"], Non
 Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
-class Follower(Protocol):
-    """What the controller needs of a sidecar follower (see :class:`~.follower.SidecarFollower`)."""
-
-    def poke(self) -> None:
-        """Retry now if waiting in a backoff."""
-
-    async def run(self) -> None:
-        """Follow until cancelled."""
-
-
-FollowerFactory = Callable[[EndpointKey, FleetState, aiohttp.ClientSession], Follower]
-"""Builds the follower of one endpoint (tests and benchmarks swap it for one without I/O)."""
-
-
 @dataclass
 class _Memory:
     """What a worker remembers between rounds (for Events on transitions)."""
@@ -182,12 +169,21 @@ class Controller:
         self._coalescers: dict[Key, StatusCoalescer] = {}
         self._memory: dict[Key, _Memory] = {}
         self._round_due: dict[Key, float] = {}
+        self._observations: dict[Key, dict[str, Observed]] = {}
+        """Per ConnectionStats, the last round's observation of each pod (see ``_observe``)."""
         """Earliest (monotonic) start of a worker's next round (see ``ROUND_GAP_FACTOR``)."""
-        self._followers: dict[EndpointKey, tuple[Follower, asyncio.Task[None]]] = {}
-        self._follower_factory = follower_factory or self._sidecar_follower
-        self._followers_by_pod: dict[tuple[str, str], set[EndpointKey]] = {}
-        self._over_limit: dict[EndpointKey, None] = {}
-        """Endpoints not followed because ``max_followed_pods`` was reached (in arrival order)."""
+        self._followers = FollowerSet(
+            self.fleet,
+            follower_factory
+            or functools.partial(
+                SidecarFollower,
+                settings=settings.follower,
+                telemetry=self.telemetry,
+                monotonic=monotonic,
+            ),
+            self.telemetry,
+            settings.follower.max_followed_pods,
+        )
         self._condition_writes = ConditionWrites(settings.readiness.repatch_after, monotonic)
         self._events = EventRecorder(kube, settings.events, monotonic, settings.kube.instance)
         self._contributors: list[StatusContributor] = []
@@ -223,15 +219,12 @@ class Controller:
         if self._started:
             for _, stop in reversed(self._services):
                 await stop()
-        tasks = [task for _, task in self._followers.values()] + list(self._workers.values())
+        tasks = [*self._followers.take_tasks(), *self._workers.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._followers.clear()
-        self._followers_by_pod.clear()
-        self._over_limit.clear()
         self._workers.clear()
         if self._session is not None:
             await self._session.close()
@@ -292,7 +285,7 @@ class Controller:
             else:
                 affected = self.selection.selecting(namespace, name)
             if previous is not None and not previous.containers_ready and record.containers_ready:
-                self._poke_followers(record)
+                self._followers.poke(namespace, name)
         self._reconcile_pod_followers(namespace, name)
         for key in affected:
             self._wake_worker(key)
@@ -355,6 +348,7 @@ class Controller:
         self._coalescers.pop(key, None)
         self._memory.pop(key, None)
         self._round_due.pop(key, None)
+        self._observations.pop(key, None)
         self._wake.pop(key, None)
         task = self._workers.pop(key, None)
         if task is not None:
@@ -399,90 +393,16 @@ class Controller:
         if not self._started or self._session is None:
             return
         desired = self._desired_endpoints(namespace)
-        for key in list(self._followers) + list(self._over_limit):
-            if namespace in (None, key.namespace) and key not in desired:
-                self._stop_follower(key)
-        for key in sorted(desired, key=_endpoint_order):
-            self._start_follower(key)
-        self._fill_free_places()
+        for key in self._followers.match_namespace(namespace, desired, self._session):
+            self._wake_selecting(key.namespace, key.pod)
 
     def _reconcile_pod_followers(self, namespace: str, name: str) -> None:
         """Start and stop the followers of one pod (O(ConnectionStats selecting it))."""
         if not self._started or self._session is None:
             return
         desired = self._endpoints_of(namespace, name)
-        current = self._followers_by_pod.get((namespace, name), set())
-        for key in current - desired:
-            self._stop_follower(key)
-        for key in desired - current:
-            self._start_follower(key)
-        self._fill_free_places()
-
-    def _start_follower(self, key: EndpointKey) -> None:
-        if key in self._followers or key in self._over_limit:
-            return
-        assert self._session is not None
-        if len(self._followers) >= self.settings.follower.max_followed_pods:
-            if not self._over_limit:
-                logger.warning(
-                    "following %d sidecars (--max-followed-pods); further pods are not followed",
-                    len(self._followers),
-                )
-            self._over_limit[key] = None
-            self.telemetry.followers_over_limit.set(len(self._over_limit))
-            return
-        follower = self._follower_factory(key, self.fleet, self._session)
-        self.fleet.add_endpoint(key)
-        task = asyncio.create_task(follower.run(), name=f"follow {key.namespace}/{key.pod}")
-        self._followers[key] = (follower, task)
-        self._followers_by_pod.setdefault((key.namespace, key.pod), set()).add(key)
-        self.telemetry.followers.set(len(self._followers))
-
-    def _stop_follower(self, key: EndpointKey) -> None:
-        if key in self._over_limit:
-            del self._over_limit[key]
-            self.telemetry.followers_over_limit.set(len(self._over_limit))
-            return
-        entry = self._followers.pop(key, None)
-        if entry is None:
-            return
-        entry[1].cancel()
-        keys = self._followers_by_pod.get((key.namespace, key.pod))
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._followers_by_pod[(key.namespace, key.pod)]
-        self.fleet.remove_endpoint(key)
-        self.telemetry.followers.set(len(self._followers))
-
-    def _fill_free_places(self) -> None:
-        """Follow pods held back by the limit once followers have gone."""
-        while self._over_limit and len(self._followers) < self.settings.follower.max_followed_pods:
-            key = next(iter(self._over_limit))
-            del self._over_limit[key]
-            self.telemetry.followers_over_limit.set(len(self._over_limit))
-            self._start_follower(key)
+        for key in self._followers.match_pod(namespace, name, desired, self._session):
             self._wake_selecting(key.namespace, key.pod)
-
-    def not_followed(self, key: EndpointKey) -> bool:
-        """Whether an endpoint is held back by ``max_followed_pods``."""
-        return key in self._over_limit
-
-    def _sidecar_follower(
-        self, key: EndpointKey, fleet: FleetState, session: aiohttp.ClientSession
-    ) -> Follower:
-        return SidecarFollower(
-            key,
-            fleet,
-            session,
-            self.settings.follower,
-            telemetry=self.telemetry,
-            monotonic=self._monotonic,
-        )
-
-    def _poke_followers(self, pod: PodRecord) -> None:
-        for key in self._followers_by_pod.get((pod.namespace, pod.name), ()):
-            self._followers[key][0].poke()
 
     # -- workers ---------------------------------------------------------------------------
     def _on_pod_change(self, namespace: str, pod: str) -> None:
@@ -532,65 +452,6 @@ class Controller:
             wanted = record.spec.status_interval
         return max(wanted, status.min_interval)
 
-    def _selected_pods(self, key: Key) -> list[PodRecord]:
-        """The pods a ConnectionStats selects, by name (from the selection index)."""
-        namespace = key[0]
-        pods = (self.fleet.pod(namespace, name) for name in sorted(self.selection.members(key)))
-        return [pod for pod in pods if pod is not None]
-
-    def _observe(
-        self, pod: PodRecord, spec: ConnectionStatsSpec
-    ) -> tuple[PodObservation, ReadinessInput, float, int]:
-        """A pod's observation, readiness input, report time and sidecar restarts seen."""
-        state = PodState.PENDING
-        restarts = 0
-        connections = 0
-        topics: Mapping[str, int] = {}
-        draining = False
-        observed_at = 0.0
-        if pod.followable:
-            port = pod.resolve_port(spec.sidecar_port)
-            if port is None:
-                state = PodState.PORT_MISSING
-            else:
-                endpoint = EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port)
-                stats = self.fleet.endpoint(endpoint)
-                restarts = stats.restarts if stats is not None else 0
-                if endpoint in self._over_limit:
-                    state = PodState.NOT_FOLLOWED
-                elif stats is None or stats.state is SidecarState.STARTING:
-                    state = PodState.STARTING
-                elif stats.state is SidecarState.UNREACHABLE or stats.document is None:
-                    state = PodState.UNREACHABLE
-                else:
-                    state = PodState.REPORTING
-                    connections = stats.document.connections
-                    topics = stats.document.topics
-                    draining = stats.document.draining
-                    observed_at = stats.observed_at
-        observation = PodObservation(
-            name=pod.name,
-            state=state,
-            node=pod.node,
-            connections=connections,
-            topics=topics,
-            ready=pod.ready,
-            draining=draining,
-            terminating=pod.terminating,
-        )
-        readiness = ReadinessInput(
-            name=pod.name,
-            has_gate=pod.has_gate,
-            state=state,
-            connections=connections,
-            draining=draining,
-            terminating=pod.terminating,
-            containers_ready=pod.containers_ready,
-            ready=pod.ready,
-            gate_status=pod.gate_status,
-        )
-        return observation, readiness, observed_at, restarts
-
     async def reconcile(self, key: Key) -> float | None:
         """One round for a ConnectionStats; returns seconds until a held-back write is due."""
         record = self._records.get(key)
@@ -608,8 +469,11 @@ class Controller:
             warming = False
         else:
             spec = record.spec
-            pods = self._selected_pods(key)
-            observed = [self._observe(pod, spec) for pod in pods]
+            names = sorted(self.selection.members(key))
+            pods = [pod for pod in map(functools.partial(self.fleet.pod, key[0]), names) if pod]
+            observed, self._observations[key] = observe_all(
+                pods, spec, self._observations.get(key, {}), self.fleet, self._followers.held_back
+            )
             restarts = {o.name: count for o, _, _, count in observed}
             warming = any(
                 o.state is PodState.STARTING and not o.terminating for o, _, _, _ in observed
@@ -825,10 +689,6 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
-
-
-def _endpoint_order(key: EndpointKey) -> tuple[str, str, int]:
-    return (key.namespace, key.pod, key.port)
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

@@ -100,11 +100,25 @@ class KubeApi:
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise KubeApiError(f"{what}: {error}", 0) from None
 
+    async def _write(self, what: str, function: Any, *args: Any, **kwargs: Any) -> None:
+        """``_call`` for a write whose answer is not used: the response is not deserialized.
+
+        Deserializing the returned object costs CPU per write (a V1Pod about 0.5 ms or more),
+        which adds up over the condition writes of thousands of pods.
+        """
+
+        def write(**extra: Any) -> None:
+            response = function(*args, _preload_content=False, **kwargs, **extra)
+            response.read()
+            response.release_conn()
+
+        await self._call(what, write)
+
     async def patch_connectionstats_status(
         self, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         """JSON-merge-patch ``status`` (``None`` values delete keys)."""
-        await self._call(
+        await self._write(
             f"patch status of {PLURAL}/{namespace}/{name}",
             self._custom.patch_namespaced_custom_object_status,
             API_GROUP,
@@ -125,7 +139,7 @@ class KubeApi:
         The pod's ``uid`` is a precondition: a new pod of the same name is not touched.
         """
         body = {"metadata": {"uid": uid}, "status": {"conditions": [dict(condition)]}}
-        await self._call(
+        await self._write(
             f"patch condition of pod {namespace}/{name}",
             self._core.patch_namespaced_pod_status,
             name,

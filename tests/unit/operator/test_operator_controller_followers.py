@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from wsgauge_operator.controller import Controller, Follower
+from wsgauge_operator.controller import Controller
 from wsgauge_operator.fleet import EndpointKey, FleetState
+from wsgauge_operator.follower_set import Follower
 from wsgauge_operator.settings import FollowerSettings, OperatorSettings
 
 GATE = "wsgauge.dev/connections-ok"
@@ -43,7 +44,7 @@ class Factory:
         return follower
 
 
-def pod(name: str, app: str = "chat", *, ready: bool = True) -> dict[str, Any]:
+def pod(name: str, app: str = "chat", *, ready: bool = True, ip: str = "") -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}", "labels": {"app": app}},
         "spec": {
@@ -53,7 +54,7 @@ def pod(name: str, app: str = "chat", *, ready: bool = True) -> dict[str, Any]:
         },
         "status": {
             "phase": "Running",
-            "podIP": f"127.0.60.{ord(name[-1]) % 250}",
+            "podIP": ip or f"127.0.60.{ord(name[-1]) % 250}",
             "conditions": [{"type": "ContainersReady", "status": "True" if ready else "False"}],
         },
     }
@@ -122,5 +123,23 @@ async def test_followed_pod_limit_degrades_and_frees_up() -> None:
             c for c in controller.summaries[("ns", "chat")]["conditions"] if c["type"] == "Degraded"
         )
         assert degraded["reason"] != "PodLimitReached"
+    finally:
+        await controller.stop()
+
+
+async def test_held_back_pod_that_moves_is_followed_at_its_new_address() -> None:
+    factory = Factory()
+    settings = OperatorSettings(follower=FollowerSettings(max_followed_pods=1))
+    controller = Controller(settings, None, follower_factory=factory)
+    await controller.start()
+    try:
+        controller.connectionstats_event(None, connection_stats())
+        controller.pod_event("ADDED", pod("a"))
+        controller.pod_event("ADDED", pod("b", ip="127.0.61.1"))
+        controller.pod_event("MODIFIED", pod("b", ip="127.0.61.2"))  # held back, new IP
+        assert followed(controller) == {"a"}
+        controller.pod_event("DELETED", pod("a"))
+        assert [key.ip for key in controller.fleet.endpoint_keys()] == ["127.0.61.2"]
+        assert [f.key.ip for f in factory.built] == ["127.0.60.97", "127.0.61.2"]
     finally:
         await controller.stop()

@@ -1,0 +1,151 @@
+"""What one round sees of one pod: its pod record and its sidecar's report, as counting input.
+
+A ConnectionStats round (see :mod:`.controller`) turns every selected pod into a
+:class:`~.aggregation.PodObservation` (for the status) and a
+:class:`~.readiness.ReadinessInput` (for the pod condition). Rounds are O(pods), so
+:func:`observe` keeps the constant small: it remembers each pod's answer with the
+objects it was computed from (the immutable pod record, the spec, the sidecar's state,
+document and restart count) and reuses it while they are the same objects. Only the
+report time is read afresh (heartbeats move it without a new document).
+
+No I/O: reads :class:`~.fleet.FleetState`, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
+
+from wsgauge_contract import StatsDocument
+
+from wsgauge_operator.aggregation import PodObservation, PodState
+from wsgauge_operator.fleet import EndpointKey, EndpointStats, FleetState, PodRecord, SidecarState
+from wsgauge_operator.readiness import ReadinessInput
+from wsgauge_operator.spec import ConnectionStatsSpec
+
+Reported = tuple[SidecarState | None, StatsDocument | None, int, bool]
+"""The sidecar's state, document, restarts, and whether the follower limit holds it back."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One pod's answer in a round, and what it was computed from."""
+
+    pod: PodRecord
+    """The pod record it was computed from (records are replaced, never changed)."""
+    spec: ConnectionStatsSpec
+    """The spec it was computed for (replaced on a spec change)."""
+    endpoint: EndpointKey | None
+    """The followed sidecar (``None``: no IP, finished, or no such port)."""
+    stats: EndpointStats | None
+    """The sidecar's stats object at the time."""
+    reported: Reported
+    """What the stats object said at the time."""
+    observation: PodObservation
+    """For the aggregation."""
+    readiness: ReadinessInput
+    """For the readiness decision."""
+    restarts: int
+    """Sidecar restarts seen."""
+
+    def observed_at(self, stats: EndpointStats | None) -> float:
+        """The report time of a reporting pod (0: not reporting); never cached."""
+        if stats is None or self.observation.state is not PodState.REPORTING:
+            return 0.0
+        return stats.observed_at
+
+
+def observe_all(
+    pods: Sequence[PodRecord],
+    spec: ConnectionStatsSpec,
+    previous: Mapping[str, Observed],
+    fleet: FleetState,
+    held_back: Container[EndpointKey],
+) -> tuple[list[tuple[PodObservation, ReadinessInput, float, int]], dict[str, Observed]]:
+    """:func:`observe` every pod; returns the answers and the cache for the next round."""
+    cache = {pod.name: previous[pod.name] for pod in pods if pod.name in previous}
+    return [observe(pod, spec, cache, fleet, held_back) for pod in pods], cache
+
+
+def observe(
+    pod: PodRecord,
+    spec: ConnectionStatsSpec,
+    cache: dict[str, Observed],
+    fleet: FleetState,
+    held_back: Container[EndpointKey],
+) -> tuple[PodObservation, ReadinessInput, float, int]:
+    """A pod's observation, readiness input, report time and sidecar restarts seen.
+
+    ``cache`` maps pod names to the previous round's :class:`Observed` (updated here);
+    ``held_back`` holds the endpoints not followed because of the follower limit.
+    """
+    entry = cache.get(pod.name)
+    if entry is not None and entry.pod is pod and entry.spec is spec:
+        endpoint = entry.endpoint
+    else:
+        entry = None
+        endpoint = None
+        port = pod.resolve_port(spec.sidecar_port) if pod.followable else None
+        if port is not None:
+            endpoint = EndpointKey(pod.namespace, pod.name, pod.uid, pod.ip, port)
+    stats = fleet.endpoint(endpoint) if endpoint is not None else None
+    over_limit = endpoint is not None and endpoint in held_back
+    reported: Reported = (None, None, 0, over_limit)
+    if stats is not None:
+        reported = (stats.state, stats.document, stats.restarts, over_limit)
+    if entry is None or entry.stats is not stats or entry.reported != reported:
+        entry = _observe_anew(pod, spec, endpoint, stats, reported)
+        cache[pod.name] = entry
+    return entry.observation, entry.readiness, entry.observed_at(stats), entry.restarts
+
+
+def _observe_anew(
+    pod: PodRecord,
+    spec: ConnectionStatsSpec,
+    endpoint: EndpointKey | None,
+    stats: EndpointStats | None,
+    reported: Reported,
+) -> Observed:
+    state = PodState.PENDING
+    restarts = 0
+    connections = 0
+    topics: Mapping[str, int] = {}
+    draining = False
+    if pod.followable:
+        if endpoint is None:
+            state = PodState.PORT_MISSING
+        else:
+            restarts = stats.restarts if stats is not None else 0
+            if reported[3]:
+                state = PodState.NOT_FOLLOWED
+            elif stats is None or stats.state is SidecarState.STARTING:
+                state = PodState.STARTING
+            elif stats.state is SidecarState.UNREACHABLE or stats.document is None:
+                state = PodState.UNREACHABLE
+            else:
+                state = PodState.REPORTING
+                connections = stats.document.connections
+                topics = stats.document.topics
+                draining = stats.document.draining
+    observation = PodObservation(
+        name=pod.name,
+        state=state,
+        node=pod.node,
+        connections=connections,
+        topics=topics,
+        ready=pod.ready,
+        draining=draining,
+        terminating=pod.terminating,
+    )
+    readiness = ReadinessInput(
+        name=pod.name,
+        has_gate=pod.has_gate,
+        state=state,
+        connections=connections,
+        draining=draining,
+        terminating=pod.terminating,
+        containers_ready=pod.containers_ready,
+        ready=pod.ready,
+        gate_status=pod.gate_status,
+    )
+    return Observed(pod, spec, endpoint, stats, reported, observation, readiness, restarts)
