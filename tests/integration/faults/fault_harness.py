@@ -200,7 +200,7 @@ class FaultRig:
             seen = await self.sidecar_connections(ip)
             if seen != counted[name]:
                 problems.append(f"sidecar /stats of {name}: {seen}, clients hold {counted[name]}")
-        status = {"connections": total, "pods": {"reporting": len(counted)}}
+        status: dict[str, Any] = {"connections": total, "pods": {"reporting": len(counted)}}
         if not api_down:
             status = await self.status()
         pods = status.get("pods") or {}
