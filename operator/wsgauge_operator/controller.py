@@ -518,9 +518,9 @@ class Controller:
             generation=record.generation,
         )
         self._publish(key, status, result)
-        self._round_due[key] = self._monotonic() + ROUND_GAP_FACTOR * (
-            time.perf_counter() - computing_since
-        )
+        computed = time.perf_counter() - computing_since
+        self.telemetry.round_seconds.observe(computed)
+        self._round_due[key] = self._monotonic() + ROUND_GAP_FACTOR * computed
         if record.spec is not None:
             await self._apply_readiness(record, record.spec, readiness)
         await self._record_events(record, result, status["conditions"], restarts)

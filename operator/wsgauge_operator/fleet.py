@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,12 @@ class FleetState:
     def __init__(self) -> None:
         self._pods: dict[str, dict[str, PodRecord]] = {}
         self._endpoints: dict[EndpointKey, EndpointStats] = {}
-        self._endpoints_by_namespace: dict[str, set[EndpointKey]] = {}
+        self._endpoints_by_pod: dict[str, dict[str, set[EndpointKey]]] = {}
+        """Followed sidecars per namespace and pod name."""
+        self._sorted_names: dict[str, list[str]] = {}
+        """Sorted names of the followed pods per namespace (dropped when that set changes)."""
+        self._pod_metrics: dict[tuple[str, str], _CachedPodMetrics] = {}
+        """The last ``PodMetrics`` built per pod, with what it was built from."""
         self._aggregates: dict[tuple[str, str], ConnectionStatsMetrics] = {}
         self._listeners: list[FleetListener] = []
         self._pod_listeners: list[PodListener] = []
@@ -221,17 +226,24 @@ class FleetState:
         stats = self._endpoints.get(key)
         if stats is None:
             stats = self._endpoints[key] = EndpointStats()
-            self._endpoints_by_namespace.setdefault(key.namespace, set()).add(key)
+            by_pod = self._endpoints_by_pod.setdefault(key.namespace, {})
+            if key.pod not in by_pod:
+                self._sorted_names.pop(key.namespace, None)
+            by_pod.setdefault(key.pod, set()).add(key)
         return stats
 
     def remove_endpoint(self, key: EndpointKey) -> None:
         """Stop tracking a sidecar."""
         if self._endpoints.pop(key, None) is not None:
-            keys = self._endpoints_by_namespace.get(key.namespace)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._endpoints_by_namespace[key.namespace]
+            by_pod = self._endpoints_by_pod.get(key.namespace, {})
+            keys = by_pod.get(key.pod, set())
+            keys.discard(key)
+            if not keys:
+                by_pod.pop(key.pod, None)
+                self._sorted_names.pop(key.namespace, None)
+                self._pod_metrics.pop((key.namespace, key.pod), None)
+                if not by_pod:
+                    self._endpoints_by_pod.pop(key.namespace, None)
             self._changed(key.namespace, key.pod)
 
     def report(self, key: EndpointKey, document: StatsDocument, now: float) -> None:
@@ -291,37 +303,65 @@ class FleetState:
         its most recent report. Pods whose sidecar is not reporting have
         ``reachable=False`` and zero counts (the metrics API leaves them out).
         """
-        best: dict[str, EndpointStats] = {}
-        for key in self._endpoints_by_namespace.get(namespace, ()):
-            stats = self._endpoints[key]
-            pod = self.pod(namespace, key.pod)
-            if pod is None or pod.uid != key.uid:
-                continue
-            current = best.get(key.pod)
-            if current is None or _better(stats, current):
-                best[key.pod] = stats
+        by_pod = self._endpoints_by_pod.get(namespace, {})
+        names = self._sorted_names.get(namespace)
+        if names is None:
+            names = self._sorted_names[namespace] = sorted(by_pod)
         result: list[PodMetrics] = []
-        for name in sorted(best):
-            stats = best[name]
-            pod = self._pods[namespace][name]
-            document = stats.document
-            reporting = stats.state is SidecarState.REPORTING and document is not None
-            result.append(
-                PodMetrics(
-                    namespace=namespace,
-                    name=name,
-                    labels=dict(pod.labels),
-                    connections=document.connections if document and reporting else 0,
-                    topics=dict(document.topics) if document and reporting else {},
-                    observed_at=wall_to_datetime(stats.observed_at),
-                    reachable=reporting,
-                )
-            )
+        for name in names:
+            metrics = self._metrics_of(namespace, name, by_pod.get(name, ()))
+            if metrics is not None:
+                result.append(metrics)
         return result
+
+    def _metrics_of(
+        self, namespace: str, name: str, keys: Iterable[EndpointKey]
+    ) -> PodMetrics | None:
+        """One pod's ``PodMetrics``, rebuilt only when what it shows changed."""
+        pod = self.pod(namespace, name)
+        if pod is None:
+            return None
+        best: EndpointStats | None = None
+        for key in keys:
+            stats = self._endpoints[key]
+            if key.uid == pod.uid and (best is None or _better(stats, best)):
+                best = stats
+        if best is None:
+            return None
+        source = (best.state, best.document, best.observed_at)
+        cached = self._pod_metrics.get((namespace, name))
+        if (
+            cached is not None
+            and cached.pod is pod
+            and cached.stats is best
+            and cached.source == source
+        ):
+            return cached.metrics
+        document = best.document
+        reporting = best.state is SidecarState.REPORTING and document is not None
+        metrics = PodMetrics(
+            namespace=namespace,
+            name=name,
+            labels=dict(pod.labels),
+            connections=document.connections if document and reporting else 0,
+            topics=dict(document.topics) if document and reporting else {},
+            observed_at=wall_to_datetime(best.observed_at),
+            reachable=reporting,
+        )
+        self._pod_metrics[(namespace, name)] = _CachedPodMetrics(pod, best, source, metrics)
+        return metrics
 
     def connection_stats(self, namespace: str, name: str) -> ConnectionStatsMetrics | None:
         """The latest totals of a ConnectionStats, or ``None`` (MetricsSource)."""
         return self._aggregates.get((namespace, name))
+
+
+@dataclass(frozen=True)
+class _CachedPodMetrics:
+    pod: PodRecord
+    stats: EndpointStats
+    source: tuple[SidecarState, StatsDocument | None, float]
+    metrics: PodMetrics
 
 
 def wall_to_datetime(wall: float) -> datetime.datetime | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 POD_STATES = ("matched", "reporting", "unreachable", "ready")
 """Values of the ``state`` label of ``wsgauge_connectionstats_pods``."""
@@ -21,6 +21,12 @@ class Telemetry:
         self.followers_over_limit = Gauge(
             "wsgauge_operator_followers_over_limit",
             "Selected sidecars not followed because --max-followed-pods was reached",
+            registry=self.registry,
+        )
+        self.round_seconds = Histogram(
+            "wsgauge_operator_round_seconds",
+            "Computing time of one ConnectionStats round (aggregation and decisions, no writes)",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
         self.follower_connects = Counter(
