@@ -125,6 +125,12 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         _seconds,
         "time a new sidecar may take to answer",
     ),
+    "max-followed-pods": (
+        "follower",
+        "max_followed_pods",
+        int,
+        "most sidecars followed at once (more: Degraded/PodLimitReached)",
+    ),
     "readiness": (
         "readiness",
         "enabled",

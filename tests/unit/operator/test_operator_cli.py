@@ -14,7 +14,10 @@ def test_defaults() -> None:
 
 def test_flags_and_environment() -> None:
     settings = settings_from(
-        ["--kubeconfig", "/tmp/kc", "--status-interval", "500ms", "--namespaces", "a, b"],
+        [
+            *["--kubeconfig", "/tmp/kc", "--status-interval", "500ms", "--namespaces", "a, b"],
+            *["--max-followed-pods", "1500"],
+        ],
         environ={
             "WSGAUGE_OPERATOR_STATUS_INTERVAL": "9s",
             "WSGAUGE_OPERATOR_READ_TIMEOUT": "7",
@@ -26,6 +29,7 @@ def test_flags_and_environment() -> None:
     assert settings.kube.namespaces == ("a", "b")
     assert settings.status.default_interval == 0.5  # the flag wins over the environment
     assert settings.follower.read_timeout == 7.0
+    assert settings.follower.max_followed_pods == 1500
     assert settings.readiness.enabled is False
     assert settings.server.listen == "127.0.0.1:18090"
 
