@@ -236,10 +236,10 @@ async def run_fleet(
             key = f"{pods}x{groups}"
             LOG.warning("fleet scenario %s ...", key)
             result = {**fleet, "groups": groups, "load_average_before": procstat.load_average()}
+            result["commit"] = _commit()  # the operator's code as it is started
             result.update(await run_layout(ctx, sim, groups, settings, rng))
             result["load_average_after"] = procstat.load_average()
             results[key] = result
-            result["commit"] = _commit()
             LOG.warning("fleet scenario %s: %s", key, _summary(result))
             _merge(settings.results, {key: result})
     with contextlib.suppress(KubeApiError):

@@ -34,7 +34,9 @@ def _label(key: str, result: dict[str, Any]) -> str:
 
 
 def _writes(window: dict[str, Any], *kinds: str) -> float:
-    rates: dict[str, float] = window.get("writes_per_second", {})
+    if "writes_per_second" not in window:
+        return float("nan")
+    rates: dict[str, float] = window["writes_per_second"]
     return sum(v for k, v in rates.items() if k.split(" ")[0] in kinds)
 
 
