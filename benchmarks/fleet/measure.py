@@ -24,6 +24,7 @@ from wsgauge_devcluster.exceptions import KubeApiError
 from wsgauge_devcluster.kubeapi import KubeApi
 
 from benchmarks import procstat
+from benchmarks.exceptions import BenchmarkError
 from benchmarks.fleet.operator_run import MetricsApiClient
 from benchmarks.fleet.simulator import FleetSimulator, connection_stats_path
 
@@ -191,7 +192,10 @@ class CostWindow:
 
     async def _sample(self) -> None:
         while True:
-            self.rss_samples.append(procstat.rss_bytes(self.pids))
+            try:
+                self.rss_samples.append(procstat.rss_bytes(self.pids))
+            except BenchmarkError:  # the process ended (a window abandoned by a failed step)
+                return
             await asyncio.sleep(0.5)
 
     async def begin(self) -> None:
