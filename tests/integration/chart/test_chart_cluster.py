@@ -120,7 +120,8 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--take-ownership",  # the CRD may already be there (applied from crds/ by other tests)
             "--set", "metricsApi.enabled=false",
             "--set", "injector.replicas=1",
-            "--set", f"injector.namespaceSelector.matchLabels.{RUN_LABEL_KEY}={suffix}",
+            # --set-string: a suffix of digits only (e.g. 156023) must stay a string label value
+            "--set-string", f"injector.namespaceSelector.matchLabels.{RUN_LABEL_KEY}={suffix}",
             *where,
         )  # fmt: skip
         if not registry:
