@@ -1,0 +1,87 @@
+"""Bursts of Phoenix channel joins and leaves on one sidecar: thousands, pipelined, none miscounted.
+
+Twenty real sockets each send 400 ``phx_join``/``phx_leave`` pairs without waiting for replies
+(16,000 messages through one sidecar as fast as the clients can write), over 50 topics, so that
+many sockets join and leave the same topic at the same moment. Each socket then joins
+``room:final`` (every other one also ``room:extra``). Whatever the interleaving, the sidecar's
+``/stats`` must end exactly at what the sockets hold, its topic table must hold no topic that was
+left, and no socket may be closed by it. The achieved rate is printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import websockets
+from sidecar_it_harness import SidecarFactory, SidecarProcess
+
+SOCKETS = 20
+PAIRS_PER_SOCKET = 400
+BURST_TOPICS = 50
+
+
+def _v2(join_ref: str | None, ref: str, topic: str, event: str) -> str:
+    return json.dumps([join_ref, ref, topic, event, {}])
+
+
+async def _burst(ws: websockets.ClientConnection, index: int) -> None:
+    """Send every join/leave pair at once, then read until every one of them is answered."""
+    refs = 0
+    frames = []
+    for pair in range(PAIRS_PER_SOCKET):
+        topic = f"burst:{(index + pair) % BURST_TOPICS}"
+        join_ref = str(refs := refs + 1)
+        frames.append(_v2(join_ref, join_ref, topic, "phx_join"))
+        frames.append(_v2(join_ref, str(refs := refs + 1), topic, "phx_leave"))
+    for frame in frames:
+        await ws.send(frame)
+    replies = 0
+    while replies < len(frames):
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if message[3] == "phx_reply":
+            assert message[4]["status"] == "ok", message
+            replies += 1
+
+
+async def _join(ws: websockets.ClientConnection, ref: str, topic: str) -> None:
+    await ws.send(_v2(ref, ref, topic, "phx_join"))
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if message[3] == "phx_reply" and message[1] == ref:
+            assert message[4]["status"] == "ok", message
+            return
+
+
+async def test_thousands_of_pipelined_joins_and_leaves_end_exactly_at_what_sockets_hold(
+    start_sidecar: SidecarFactory,
+) -> None:
+    sidecar: SidecarProcess = start_sidecar("--topic", "phoenix")
+    sockets = [
+        await websockets.connect(f"{sidecar.ws_base}/socket/websocket?vsn=2.0.0")
+        for _ in range(SOCKETS)
+    ]
+    await sidecar.wait_stats(lambda d: d["connections"] == SOCKETS)
+    started = time.monotonic()
+    await asyncio.gather(*(_burst(ws, index) for index, ws in enumerate(sockets)))
+    elapsed = time.monotonic() - started
+    events = 2 * SOCKETS * PAIRS_PER_SOCKET
+    print(f"{events} joins+leaves through one sidecar in {elapsed:.1f} s: {events / elapsed:.0f}/s")
+
+    # every burst topic was left by every socket: nothing of them may remain
+    await sidecar.wait_stats(lambda d: d["topics"] == {})
+    for index, ws in enumerate(sockets):
+        await _join(ws, "f1", "room:final")
+        if index % 2 == 0:
+            await _join(ws, "f2", "room:extra")
+    document = await sidecar.wait_stats(
+        lambda d: d["topics"] == {"room:final": SOCKETS, "room:extra": SOCKETS // 2}
+    )
+    assert document["connections"] == SOCKETS
+    assert document["closed"] == 0  # the burst closed no socket
+
+    # the sockets still work after the burst, and closing them empties everything
+    for ws in sockets:
+        await ws.close()
+    await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
