@@ -35,6 +35,7 @@ from wsgauge_operator.leadership import (
     holder_identity,
     lease_namespace,
 )
+from wsgauge_operator.pod_resync import PodResync
 from wsgauge_operator.settings import (
     AutoscalingSettings,
     EventSettings,
@@ -384,6 +385,8 @@ async def _run_operator(
     controller = Controller(settings, kube)
     server = StatsServer(controller, settings.server)
     install_autoscaling(controller, kube, settings.autoscaling, server.app)
+    resync = PodResync(controller, kube, settings.kube.namespaces)
+    controller.add_service(resync.start, resync.stop)
 
     async def readyz(request: web.Request) -> web.Response:
         if elector is not None and not elector.leading:

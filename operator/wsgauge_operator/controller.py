@@ -196,6 +196,10 @@ class Controller:
         self.version = 0
         """Grows whenever a summary changes."""
         self._changed = asyncio.Event()
+        self._pod_events = 0
+        """Pod events handled so far (a clock for :meth:`forget_vanished_pods`)."""
+        self._pod_first_seen: dict[tuple[str, str], int] = {}
+        """Per known pod, the value of ``_pod_events`` when its current uid was first seen."""
         self.fleet.add_pod_listener(self._on_pod_change)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -272,12 +276,16 @@ class Controller:
         if not record.name:
             return
         namespace, name = record.namespace, record.name
+        self._pod_events += 1
         if event_type == "DELETED":
+            self._pod_first_seen.pop((namespace, name), None)
             self.fleet.remove_pod(namespace, name)
             self._condition_writes.forget(namespace, name)
             affected = self.selection.update_pod(namespace, name, None)
         else:
             previous = self.fleet.pod(namespace, name)
+            if previous is None or previous.uid != record.uid:
+                self._pod_first_seen[(namespace, name)] = self._pod_events
             if not self.fleet.upsert_pod(record):
                 return  # nothing the operator uses changed (e.g. only resourceVersion)
             if previous is None or previous.labels != record.labels:
@@ -289,6 +297,21 @@ class Controller:
         self._reconcile_pod_followers(namespace, name)
         for key in affected:
             self._wake_worker(key)
+
+    def pod_listing_mark(self) -> int:
+        """A mark to take just before listing pods (see :mod:`.pod_resync`)."""
+        return self._pod_events
+
+    def pods_seen_before(self, namespaces: Sequence[str], mark: int) -> set[tuple[str, str, str]]:
+        """(namespace, name, uid) of the known pods (of ``namespaces``; empty: all) first seen
+        no later than ``mark``: those a listing taken after the mark must contain."""
+        wanted = set(namespaces) or set(self.fleet.namespaces())
+        return {
+            (namespace, pod.name, pod.uid)
+            for namespace in wanted
+            for pod in self.fleet.pod_records(namespace)
+            if self._pod_first_seen.get((namespace, pod.name), 0) <= mark
+        }
 
     def connectionstats_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A ConnectionStats was listed, added, modified or deleted."""

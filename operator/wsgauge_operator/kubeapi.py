@@ -17,6 +17,7 @@ Calls:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -37,6 +38,10 @@ HPA_GROUP, HPA_VERSION, HPA_PLURAL = "autoscaling", "v2", "horizontalpodautoscal
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+PARTIAL_METADATA_LIST = (
+    "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+)
+"""Accept header of a metadata-only list."""
 
 
 def load_client_configuration(settings: KubeSettings) -> kubernetes.client.Configuration:
@@ -113,6 +118,45 @@ class KubeApi:
             response.release_conn()
 
         await self._call(what, write)
+
+    async def list_pod_identities(self, namespace: str | None) -> set[tuple[str, str, str]]:
+        """(namespace, name, uid) of every pod of a namespace (``None``: all), metadata only."""
+        headers = {"Accept": PARTIAL_METADATA_LIST}
+
+        def read(**extra: Any) -> bytes:
+            response: Any  # the raw urllib3 response (``_preload_content=False``)
+            if namespace:
+                response = self._core.list_namespaced_pod(
+                    namespace, _preload_content=False, _headers=headers, **extra
+                )
+            else:
+                response = self._core.list_pod_for_all_namespaces(
+                    _preload_content=False, _headers=headers, **extra
+                )
+            try:
+                data: bytes = response.read()
+                return data
+            finally:
+                response.release_conn()
+
+        body = json.loads(
+            await self._call(
+                f"list pods of {namespace or 'the cluster'}",
+                read,
+                _request_timeout=max(self._settings.request_timeout, 60.0),
+            )
+        )
+        identities: set[tuple[str, str, str]] = set()
+        for item in body.get("items") or []:
+            metadata = item.get("metadata") or {}
+            identities.add(
+                (
+                    str(metadata.get("namespace") or ""),
+                    str(metadata.get("name") or ""),
+                    str(metadata.get("uid") or ""),
+                )
+            )
+        return identities
 
     async def patch_connectionstats_status(
         self, namespace: str, name: str, status: Mapping[str, Any]
