@@ -307,6 +307,8 @@ def test_operator_service_account_can_do_what_it_needs_and_nothing_else(
         ("create", "events.events.k8s.io", "-n", release.apps),
         ("create", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
         ("delete", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
+        ("update", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
+        ("get", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
         ("get", "deployments.apps", "--subresource=scale", "-n", release.apps),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
         # leader election: its own Lease in the release namespace
@@ -338,6 +340,10 @@ def test_operator_service_account_can_do_what_it_needs_and_nothing_else(
         ("patch", "deployments.apps", "-n", release.apps),
         ("update", "deployments.apps", "--subresource=scale", "-n", release.apps),
         ("get", "configmaps", "-n", release.apps),
+        # HPAs are read and written by name only
+        ("list", "horizontalpodautoscalers.autoscaling", "-A"),
+        ("watch", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
+        ("patch", "horizontalpodautoscalers.autoscaling", "-n", release.apps),
         ("list", "namespaces"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
