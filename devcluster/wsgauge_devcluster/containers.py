@@ -32,6 +32,12 @@ ADDRESS_FLAGS: dict[str, tuple[tuple[str, str, int], ...]] = {
 }
 """Per program: (flag, env variable, default port) of every address bound to the pod IP."""
 
+_MODULES = {
+    "wsgauge_sidecar": SIDECAR,
+    "wsgauge_sidecar.demo_app": DEMO_APP,
+}
+"""``python -m MODULE`` commands that name one of our programs (the sidecar image holds both)."""
+
 LOCAL_HOSTS = frozenset({"", "0.0.0.0", "127.0.0.1", "localhost", "::", "[::]", "*"})
 """Hosts that mean "this pod"; rewritten to the pod IP."""
 
@@ -45,6 +51,25 @@ def program_for_image(image: str) -> str | None:
         if any(marker in image for marker in markers):
             return program
     return None
+
+
+def _python_module(command: Sequence[str]) -> tuple[str, int] | None:
+    """(module, index of the first word after it) of a ``python -m MODULE ...`` command."""
+    if len(command) < 3 or not Path(command[0]).name.startswith("python") or command[1] != "-m":
+        return None
+    return command[2], 3
+
+
+def program_for_container(container: Mapping[str, Any]) -> str | None:
+    """SIDECAR or DEMO_APP for a container of ours, else None (simulated).
+
+    A ``python -m wsgauge_sidecar.demo_app`` (or ``wsgauge_sidecar``) command decides, whatever the
+    image (the demo app runs from the sidecar image); otherwise the image name does.
+    """
+    module = _python_module([str(c) for c in container.get("command") or []])
+    if module is not None:
+        return _MODULES.get(module[0])
+    return program_for_image(str(container.get("image") or ""))
 
 
 @dataclass(frozen=True)
@@ -191,8 +216,13 @@ def launch_plan(
     spec_env, skipped = container_env(container, pod)
     command = [str(c) for c in container.get("command") or []]
     args = [str(a) for a in container.get("args") or []]
-    # `command` replaces the image entrypoint: its first word names the program itself.
-    words = [*command[1:], *args] if command else args
+    # `command` replaces the image entrypoint: its first word names the program itself, or
+    # `python -m MODULE` does.
+    module = _python_module(command)
+    if module is not None:
+        words = [*command[module[1] :], *args]
+    else:
+        words = [*command[1:], *args] if command else args
     words = [expand_refs(w, spec_env) for w in words]
     env = {k: v for k, v in inherited.items() if k in INHERITED_ENV}
     env["PYTHONUNBUFFERED"] = "1"

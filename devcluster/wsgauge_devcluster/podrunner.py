@@ -28,7 +28,7 @@ from wsgauge_devcluster.containers import (
     http_readiness_probe,
     launch_plan,
     prestop_delay,
-    program_for_image,
+    program_for_container,
 )
 from wsgauge_devcluster.exceptions import KubeApiError
 from wsgauge_devcluster.kubeapi import STRATEGIC_MERGE_PATCH, JsonObject, KubeApi, KubeConfig
@@ -109,7 +109,7 @@ class PodWorker:
         restart_policy = self.pod["spec"].get("restartPolicy") or "Always"
         for container in self.pod["spec"].get("containers") or []:
             image = container.get("image") or ""
-            program = program_for_image(image)
+            program = program_for_container(container)
             plan = None
             if program is not None:
                 plan = launch_plan(program, container, context, settings.venv_bin, os.environ)

@@ -12,6 +12,7 @@ from wsgauge_devcluster.containers import (
     http_readiness_probe,
     launch_plan,
     prestop_delay,
+    program_for_container,
     program_for_image,
     rewrite_host,
 )
@@ -35,6 +36,35 @@ def test_program_for_image() -> None:
     assert program_for_image("wsgauge/demo-app") == DEMO_APP
     assert program_for_image("localhost/wsgauge-demo-app:1") == DEMO_APP
     assert program_for_image("nginx:1.27") is None
+
+
+def test_program_for_container_python_module_wins_over_the_image() -> None:
+    demo = {
+        "image": "wsgauge/sidecar:0.1.0",
+        "command": ["python", "-m", "wsgauge_sidecar.demo_app"],
+    }
+    assert program_for_container(demo) == DEMO_APP
+    sidecar = {"image": "registry.example/x:1", "command": ["python3", "-m", "wsgauge_sidecar"]}
+    assert program_for_container(sidecar) == SIDECAR
+    assert (
+        program_for_container(
+            {"image": "wsgauge/sidecar:1", "command": ["python", "-m", "http.server"]}
+        )
+        is None
+    )
+    assert program_for_container({"image": "wsgauge/sidecar:1"}) == SIDECAR
+    assert program_for_container({"image": "nginx:1.27", "command": ["nginx"]}) is None
+
+
+def test_python_module_command_keeps_its_own_arguments() -> None:
+    container = {
+        "name": "app",
+        "image": "wsgauge/sidecar:0.1.0",
+        "command": ["python", "-m", "wsgauge_sidecar.demo_app", "--listen"],
+        "args": ["127.0.0.1:8081"],
+    }
+    plan = launch_plan(DEMO_APP, container, POD, BIN, {})
+    assert plan.argv == ["/venv/bin/wsgauge-demo-app", "--listen", "127.101.0.7:8081"]
 
 
 def test_rewrite_host() -> None:
