@@ -8,7 +8,9 @@ sidecars would:
 1. *start-up*: the ConnectionStats, then N pod ``ADDED`` events (kopf's initial list);
 2. *first documents*: one stats document per pod (``FleetState.report``);
 3. *steady state*: documents from 1 % of the pods per batch, many batches;
-4. *churn*: 10 % of the pods ``MODIFIED`` (e.g. Ready flips) and 1 % deleted.
+4. *trickle*: documents at a fixed rate (``--trickle-rate`` per second, 10 % of the pods),
+   as the fleet benchmark feeds them: rounds then see a few changed pods each;
+5. *churn*: 10 % of the pods ``MODIFIED`` (e.g. Ready flips) and 1 % deleted.
 
 The controller's worker tasks run as they do in production (woken by fleet
 changes, debounced), interleaved with the feed in batches of ``--batch`` events.
@@ -16,8 +18,8 @@ Per phase it reports the CPU of handing one event to the controller, the process
 the whole phase per event (rounds, condition writes and their echoes included), the number
 of reconcile rounds and their mean computing time (``wsgauge_operator_round_seconds``),
 plus the status size, status writes, pod condition writes, the cost of one metrics API
-``pods(namespace)`` answer, and the cost of decoding one watch-stream document (the
-follower's per-document work).
+``pods(namespace)`` answer and of one pod's answer (``pod_metrics``), and the cost of
+decoding one watch-stream document (the follower's per-document work).
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ class ScaleResult:
     """One metrics API ``pods(namespace)`` answer after every pod changed."""
     metrics_pods_ms: float = 0.0
     """The same answer again, nothing changed."""
+    metrics_pod_us: float = 0.0
+    """One pod's answer (``pod_metrics``, what a request naming one pod reads)."""
     decode_us: float = 0.0
 
 
@@ -244,6 +248,7 @@ async def _phase(
     batch: int,
     apply: Any,
     settle: float,
+    pause: float = 0.0,
 ) -> Phase:
     rounds_before, round_cpu_before = controller.rounds, controller.round_cpu
     started = time.process_time()
@@ -253,7 +258,7 @@ async def _phase(
         for item in feed[offset : offset + batch]:
             apply(item)
         feed_cpu += time.process_time() - feeding
-        await asyncio.sleep(0)
+        await asyncio.sleep(pause)
     await _settle(controller, settle)
     return Phase(
         name=name,
@@ -274,7 +279,9 @@ def _decode_cost(iterations: int) -> float:
     return (time.process_time() - started) / iterations * 1e6
 
 
-async def run_scale(pods: int, connectionstats: int, batch: int, settle: float) -> ScaleResult:
+async def run_scale(
+    pods: int, connectionstats: int, batch: int, settle: float, trickle_rate: float = 1000.0
+) -> ScaleResult:
     """Measure the phases for ``pods`` pods split over ``connectionstats`` resources."""
     kube = RecordingKube()
     controller = CountingController(OperatorSettings(), kube, follower_factory=idle_follower)
@@ -323,6 +330,21 @@ async def run_scale(pods: int, connectionstats: int, batch: int, settle: float) 
                 settle=settle,
             )
         )
+        trickle = [keys[(i * 89) % len(keys)] for i in range(max(1, len(keys) // 10))]
+        per_turn = max(1, round(trickle_rate / 100))
+        result.phases.append(
+            await _phase(
+                controller,
+                f"trickle: documents at {trickle_rate:g}/s",
+                feed=trickle,
+                batch=per_turn,
+                apply=lambda key: controller.fleet.report(
+                    key, document(key.pod, next(counter), 100 + next(counter) % 50), wall
+                ),
+                settle=settle,
+                pause=per_turn / trickle_rate,
+            )
+        )
         flips = [_not_ready(bodies[i]) for i in range(0, pods, 10)]
         result.phases.append(
             await _phase(
@@ -352,6 +374,11 @@ async def run_scale(pods: int, connectionstats: int, batch: int, settle: float) 
         for _ in range(5):
             controller.fleet.pods(NAMESPACE)
         result.metrics_pods_ms = (time.process_time() - started) / 5 * 1e3
+        names = [key.pod for key in keys[:1000]]
+        started = time.process_time()
+        for name in names:
+            controller.fleet.pod_metrics(NAMESPACE, name)
+        result.metrics_pod_us = (time.process_time() - started) / len(names) * 1e6
         result.decode_us = _decode_cost(20_000)
     finally:
         await controller.stop()
@@ -378,15 +405,16 @@ def render(results: Sequence[ScaleResult]) -> str:
     lines += [
         "",
         "| pods | ConnectionStats | status writes | condition writes | largest status "
-        "(bytes) | metrics API pods() ms, all changed / unchanged | document decode µs |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "(bytes) | metrics API pods() ms, all changed / unchanged | metrics API one pod µs "
+        "| document decode µs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         lines.append(
             f"| {result.pods} | {result.connectionstats} | {result.status_writes} "
             f"| {result.condition_writes} | {result.status_bytes} "
             f"| {result.metrics_pods_cold_ms:.2f} / {result.metrics_pods_ms:.2f} "
-            f"| {result.decode_us:.1f} |"
+            f"| {result.metrics_pod_us:.1f} | {result.decode_us:.1f} |"
         )
     return "\n".join(lines)
 
@@ -400,10 +428,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch", type=int, default=200, help="events fed between loop turns")
     parser.add_argument("--settle", type=float, default=0.3, help="quiet seconds that end a phase")
+    parser.add_argument(
+        "--trickle-rate", type=float, default=1000.0, help="documents per second (trickle phase)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     results = [
-        asyncio.run(run_scale(pods, args.connectionstats, args.batch, args.settle))
+        asyncio.run(
+            run_scale(pods, args.connectionstats, args.batch, args.settle, args.trickle_rate)
+        )
         for pods in args.pods
     ]
     if args.json:

@@ -35,8 +35,6 @@ import aiohttp
 from wsgauge_operator.aggregation import (
     Aggregate,
     AggregationLimits,
-    PodState,
-    aggregate,
     invalid_spec_conditions,
     merge_conditions,
     render_status,
@@ -48,13 +46,8 @@ from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord
 from wsgauge_operator.follower import SidecarFollower
 from wsgauge_operator.follower_set import FollowerFactory, FollowerSet
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics
-from wsgauge_operator.observation import Observed, observe_all
-from wsgauge_operator.readiness import (
-    ConditionWrites,
-    ReadinessDecision,
-    ReadinessInput,
-    decide_readiness,
-)
+from wsgauge_operator.observation import ObservedPods
+from wsgauge_operator.readiness import ConditionWrites, ReadinessDecision
 from wsgauge_operator.selection import SelectionIndex
 from wsgauge_operator.settings import OperatorSettings
 from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
@@ -169,9 +162,21 @@ class Controller:
         self._coalescers: dict[Key, StatusCoalescer] = {}
         self._memory: dict[Key, _Memory] = {}
         self._round_due: dict[Key, float] = {}
-        self._observations: dict[Key, dict[str, Observed]] = {}
-        """Per ConnectionStats, the last round's observation of each pod (see ``_observe``)."""
         """Earliest (monotonic) start of a worker's next round (see ``ROUND_GAP_FACTOR``)."""
+        self._observed: dict[Key, ObservedPods] = {}
+        """Per ConnectionStats, its pods as observed by the last round, with running sums."""
+        self._dirty: dict[Key, set[str]] = {}
+        """Per ConnectionStats, the pods whose record, selection or sidecar changed since its
+        last round: only those are observed again (see ``_observe``)."""
+        self._unsettled: dict[Key, set[str]] = {}
+        """Per ConnectionStats, pods whose condition differed from the decision at the last
+        check (written or not yet): checked again every round."""
+        self._observe_all_next: set[Key] = set()
+        """ConnectionStats whose next round observes every pod (the follower limit held pods
+        back in the last round: which pods it holds back depends on the whole operator)."""
+        self._check_all_next: set[Key] = set()
+        """ConnectionStats whose next round checks every pod's condition (the minReadyPods
+        rule was in play: decisions then depend on every pod)."""
         self._followers = FollowerSet(
             self.fleet,
             follower_factory
@@ -296,6 +301,7 @@ class Controller:
                 self._followers.poke(namespace, name)
         self._reconcile_pod_followers(namespace, name)
         for key in affected:
+            self._mark_dirty(key, name)
             self._wake_worker(key)
 
     def pod_listing_mark(self) -> int:
@@ -371,7 +377,11 @@ class Controller:
         self._coalescers.pop(key, None)
         self._memory.pop(key, None)
         self._round_due.pop(key, None)
-        self._observations.pop(key, None)
+        self._observed.pop(key, None)
+        self._dirty.pop(key, None)
+        self._unsettled.pop(key, None)
+        self._observe_all_next.discard(key)
+        self._check_all_next.discard(key)
         self._wake.pop(key, None)
         task = self._workers.pop(key, None)
         if task is not None:
@@ -433,7 +443,14 @@ class Controller:
 
     def _wake_selecting(self, namespace: str, pod: str) -> None:
         for key in self.selection.selecting(namespace, pod):
+            self._mark_dirty(key, pod)
             self._wake_worker(key)
+
+    def _mark_dirty(self, key: Key, pod: str) -> None:
+        dirty = self._dirty.get(key)
+        if dirty is None:
+            dirty = self._dirty[key] = set()
+        dirty.add(pod)
 
     def _wake_worker(self, key: Key) -> None:
         event = self._wake.get(key)
@@ -487,27 +504,21 @@ class Controller:
             conditions: list[Mapping[str, str]] = list(
                 invalid_spec_conditions(record.spec_error or "invalid spec")
             )
-            readiness: list[ReadinessInput] = []
-            restarts: dict[str, int] = {}
+            memory = self._memory.get(key, _Memory())
+            restarts: dict[str, int | None] = dict.fromkeys(memory.restarts)
+            checks: tuple[ObservedPods, set[str] | None] | None = None
             warming = False
         else:
             spec = record.spec
-            names = sorted(self.selection.members(key))
-            pods = [pod for pod in map(functools.partial(self.fleet.pod, key[0]), names) if pod]
-            observed, self._observations[key] = observe_all(
-                pods, spec, self._observations.get(key, {}), self.fleet, self._followers.held_back
-            )
-            restarts = {o.name: count for o, _, _, count in observed}
-            warming = any(
-                o.state is PodState.STARTING and not o.terminating for o, _, _, _ in observed
-            )
+            observed, restarts, checks = self._observe(key, spec)
+            warming = observed.totals.warming
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
                 busiest_pods=self.settings.status.busiest_pods,
                 max_nodes=self.settings.status.max_nodes,
                 max_connections_per_pod=spec.capacity.max_connections_per_pod,
             )
-            result = aggregate((o for o, _, _, _ in observed), limits)
+            result = observed.totals.result(limits)
             conditions = list(
                 spec_conditions(
                     result,
@@ -516,15 +527,13 @@ class Controller:
                     max_per_pod=spec.capacity.max_connections_per_pod,
                 )
             )
-            readiness = [r for _, r, _, _ in observed]
-            reporting_times = [t for o, _, t, _ in observed if o.state is PodState.REPORTING]
             self.fleet.set_aggregate(
                 ConnectionStatsMetrics(
                     namespace=record.namespace,
                     name=record.name,
                     connections=result.connections,
                     topics=dict(result.totals),
-                    observed_at=_oldest(reporting_times),
+                    observed_at=_oldest([observed.oldest_report()]),
                     pods_reporting=result.counted,
                 )
             )
@@ -544,8 +553,8 @@ class Controller:
         computed = time.perf_counter() - computing_since
         self.telemetry.round_seconds.observe(computed)
         self._round_due[key] = self._monotonic() + ROUND_GAP_FACTOR * computed
-        if record.spec is not None:
-            await self._apply_readiness(record, record.spec, readiness)
+        if checks is not None:
+            await self._apply_readiness(record, *checks)
         await self._record_events(record, result, status["conditions"], restarts)
         if warming and self._monotonic() - record.first_seen < self.settings.follower.startup_grace:
             # Just started (or just created): some sidecars have not answered yet. Writing now
@@ -553,6 +562,40 @@ class Controller:
             # unchanged status); wait for them, at most for the startup grace.
             return WARM_UP_RETRY_SECONDS
         return await self._write_status(key, record, status, now)
+
+    def _observe(
+        self, key: Key, spec: ConnectionStatsSpec
+    ) -> tuple[ObservedPods, dict[str, int | None], tuple[ObservedPods, set[str] | None]]:
+        """Observe the pods that changed since the last round (all of them after a spec
+        change, or while the follower limit holds pods back).
+
+        Returns the observed pods, the sidecar restarts of the pods observed again
+        (``None``: left out) and what the readiness check needs: the pods to check
+        (``None``: every pod).
+        """
+        observed = self._observed.get(key)
+        held_back = self._followers.held_back
+        dirty = self._dirty.pop(key, set())
+        members = self.selection.members(key)
+        full = observed is None or observed.spec is not spec or bool(held_back)
+        full = full or key in self._observe_all_next
+        if observed is None or observed.spec is not spec:
+            observed = self._observed[key] = ObservedPods(spec)
+        names = set(members) | set(observed.names()) if full else dirty
+        restarts: dict[str, int | None] = {}
+        for name in sorted(names):
+            pod = self.fleet.pod(key[0], name) if name in members else None
+            restarts[name] = observed.refresh(name, pod, self.fleet, held_back)
+        if full:  # forget the restarts of pods no longer observed (e.g. after a spec change)
+            for name in self._memory.get(key, _Memory()).restarts:
+                restarts.setdefault(name, None)
+        rule = observed.readiness.global_rule_applies
+        candidates: set[str] | None = None
+        if not (full or rule or key in self._check_all_next):
+            candidates = dirty | self._unsettled.get(key, set())
+        _keep_if(self._observe_all_next, key, bool(held_back))
+        _keep_if(self._check_all_next, key, rule)
+        return observed, restarts, (observed, candidates)
 
     def _publish(self, key: Key, status: dict[str, Any], result: Aggregate) -> None:
         namespace, name = key
@@ -600,20 +643,28 @@ class Controller:
         return None
 
     async def _apply_readiness(
-        self, record: ConnectionStatsRecord, spec: ConnectionStatsSpec, pods: list[ReadinessInput]
+        self, record: ConnectionStatsRecord, observed: ObservedPods, candidates: set[str] | None
     ) -> None:
+        """Write the pod conditions that differ from the decisions, among ``candidates``
+        (``None``: every pod): the pods that changed and those unsettled at the last check."""
         if not self.settings.readiness.enabled or self._kube is None:
             return
-        decisions = decide_readiness(
-            pods,
-            max_per_pod=spec.capacity.max_connections_per_pod,
-            min_ready_pods=spec.capacity.min_ready_pods,
-        )
+        key = (record.namespace, record.name)
+        all_decisions = observed.readiness.decisions()
+        names = observed.entries.keys() if candidates is None else candidates
+        decisions: dict[str, ReadinessDecision] = {}
         current: dict[str, tuple[str, bool | None, str]] = {}
-        for item in pods:
-            pod = self.fleet.pod(record.namespace, item.name)
-            if pod is not None:
-                current[item.name] = (pod.uid, pod.gate_status, pod.gate_reason)
+        unsettled: set[str] = set()
+        for name in names:
+            decision = all_decisions.get(name)
+            pod = self.fleet.pod(record.namespace, name)
+            if decision is None or pod is None or name not in observed.entries:
+                continue
+            decisions[name] = decision
+            current[name] = (pod.uid, pod.gate_status, pod.gate_reason)
+            if pod.gate_status is not decision.ok or pod.gate_reason != decision.reason:
+                unsettled.add(name)
+        self._unsettled[key] = unsettled
         needed = self._condition_writes.needed(record.namespace, decisions, current)
         if not needed:
             return
@@ -658,8 +709,10 @@ class Controller:
         record: ConnectionStatsRecord,
         result: Aggregate,
         conditions: Sequence[Mapping[str, Any]],
-        restart_counts: Mapping[str, int],
+        restart_counts: Mapping[str, int | None],
     ) -> None:
+        """Events on transitions; ``restart_counts`` holds the pods observed again this
+        round (``None``: left out)."""
         memory = self._memory.setdefault((record.namespace, record.name), _Memory())
         ref = record.ref
         unreachable = frozenset(result.unreachable_pods)
@@ -675,11 +728,14 @@ class Controller:
                 )
         memory.unreachable = unreachable
         for name, restarts in sorted(restart_counts.items()):
+            if restarts is None:
+                memory.restarts.pop(name, None)
+                continue
             if restarts > memory.restarts.get(name, restarts):
                 await self._event(
                     ref, False, "SidecarRestarted", f"the sidecar of pod {name} restarted"
                 )
-        memory.restarts = dict(restart_counts)
+            memory.restarts[name] = restarts
         for item in conditions:
             type_ = str(item.get("type"))
             if type_ not in OWN_CONDITIONS:
@@ -712,6 +768,13 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
+
+
+def _keep_if(keys: set[Key], key: Key, wanted: bool) -> None:
+    if wanted:
+        keys.add(key)
+    else:
+        keys.discard(key)
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

@@ -314,6 +314,13 @@ class FleetState:
                 result.append(metrics)
         return result
 
+    def pod_metrics(self, namespace: str, name: str) -> PodMetrics | None:
+        """One followed pod as :meth:`pods` lists it (``PodMetricsLookup``: O(1))."""
+        keys = self._endpoints_by_pod.get(namespace, {}).get(name)
+        if not keys:
+            return None
+        return self._metrics_of(namespace, name, keys)
+
     def _metrics_of(
         self, namespace: str, name: str, keys: Iterable[EndpointKey]
     ) -> PodMetrics | None:

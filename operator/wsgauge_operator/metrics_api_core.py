@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wsgauge_operator.label_selector import LabelSelector, LabelSelectorError, parse_label_selector
-from wsgauge_operator.metrics_source import MetricsSource, PodMetrics
+from wsgauge_operator.metrics_source import MetricsSource, PodMetrics, PodMetricsLookup
 
 GROUP = "custom.metrics.k8s.io"
 """API group served."""
@@ -240,7 +240,14 @@ def _pods_metric(request: _MetricRequest) -> ApiResponse:
     query, now, max_age_seconds = request.query, request.now, request.max_age_seconds
     metric_selector = parse_label_selector(query.get("metricLabelSelector"))
     topic = _topic_of(metric_selector)
-    pods = servable_pods(source, namespace, now, max_age_seconds)
+    if pod_name != "*" and isinstance(source, PodMetricsLookup):
+        one = source.pod_metrics(namespace, pod_name)
+        servable = (
+            one is not None and one.reachable and _fresh(one.observed_at, now, max_age_seconds)
+        )
+        pods = [one] if one is not None and servable else []
+    else:
+        pods = servable_pods(source, namespace, now, max_age_seconds)
     if pod_name == "*":
         selector = parse_label_selector(query.get("labelSelector"))
         pods = [pod for pod in pods if selector.matches(pod.labels)]

@@ -75,6 +75,19 @@ class MetricsSource(Protocol):
         ...
 
 
+@runtime_checkable
+class PodMetricsLookup(Protocol):
+    """Optional for a :class:`MetricsSource`: one pod without listing its namespace.
+
+    The metrics API uses it for requests that name one pod (O(1) instead of O(pods of the
+    namespace)); sources without it are asked for the whole namespace.
+    """
+
+    def pod_metrics(self, namespace: str, name: str) -> PodMetrics | None:
+        """What ``pods(namespace)`` lists for that pod, or None when it lists no such pod."""
+        ...
+
+
 class StaticMetricsSource:
     """An in-memory :class:`MetricsSource` whose contents are set directly."""
 

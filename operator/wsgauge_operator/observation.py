@@ -8,6 +8,11 @@ objects it was computed from (the immutable pod record, the spec, the sidecar's 
 document and restart count) and reuses it while they are the same objects. Only the
 report time is read afresh (heartbeats move it without a new document).
 
+:class:`ObservedPods` keeps one ConnectionStats' observations between rounds together with
+their running sums (:class:`~.running_totals.RunningAggregate`) and readiness decisions
+(:class:`~.readiness.RunningReadiness`), so that a round re-observes only the pods whose
+record or sidecar changed (the controller tracks which) instead of every selected pod.
+
 No I/O: reads :class:`~.fleet.FleetState`, nothing else.
 """
 
@@ -20,7 +25,8 @@ from wsgauge_contract import StatsDocument
 
 from wsgauge_operator.aggregation import PodObservation, PodState
 from wsgauge_operator.fleet import EndpointKey, EndpointStats, FleetState, PodRecord, SidecarState
-from wsgauge_operator.readiness import ReadinessInput
+from wsgauge_operator.readiness import ReadinessInput, RunningReadiness
+from wsgauge_operator.running_totals import RunningAggregate
 from wsgauge_operator.spec import ConnectionStatsSpec
 
 Reported = tuple[SidecarState | None, StatsDocument | None, int, bool]
@@ -53,6 +59,58 @@ class Observed:
         if stats is None or self.observation.state is not PodState.REPORTING:
             return 0.0
         return stats.observed_at
+
+
+class ObservedPods:
+    """The observed pods of one ConnectionStats (for one spec), kept between rounds."""
+
+    def __init__(self, spec: ConnectionStatsSpec) -> None:
+        self.spec = spec
+        """The spec observed for (a new spec needs a new instance)."""
+        self.entries: dict[str, Observed] = {}
+        limit = spec.capacity.max_connections_per_pod
+        self.totals = RunningAggregate(limit)
+        """The aggregation of every entry."""
+        self.readiness = RunningReadiness(limit, spec.capacity.min_ready_pods)
+        """The readiness decisions of every entry."""
+        self._reporting: dict[str, EndpointStats] = {}
+        """The sidecar stats of the reporting pods (their report times move without a change)."""
+
+    def names(self) -> list[str]:
+        """The pods observed."""
+        return list(self.entries)
+
+    def refresh(
+        self,
+        name: str,
+        pod: PodRecord | None,
+        fleet: FleetState,
+        held_back: Container[EndpointKey],
+    ) -> int | None:
+        """Observe one pod again (``None``: no longer selected); returns its sidecar restarts
+        (``None`` once the pod is left out)."""
+        if pod is None:
+            if self.entries.pop(name, None) is not None:
+                self.totals.remove(name)
+                self.readiness.remove(name)
+                self._reporting.pop(name, None)
+            return None
+        before = self.entries.get(name)
+        observe(pod, self.spec, self.entries, fleet, held_back)
+        entry = self.entries[name]
+        if entry is not before:
+            self.totals.set(entry.observation)
+            self.readiness.set(entry.readiness)
+            if entry.stats is not None and entry.observation.state is PodState.REPORTING:
+                self._reporting[name] = entry.stats
+            else:
+                self._reporting.pop(name, None)
+        return entry.restarts
+
+    def oldest_report(self) -> float:
+        """The oldest report time of the reporting pods (0: none reports)."""
+        times = (stats.observed_at for stats in self._reporting.values())
+        return min((t for t in times if t > 0), default=0.0)
 
 
 def observe_all(

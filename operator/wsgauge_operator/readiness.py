@@ -124,6 +124,65 @@ def decide_readiness(
     return decisions
 
 
+class RunningReadiness:
+    """:func:`decide_readiness` for one ConnectionStats, kept one pod at a time.
+
+    Each pod's own decision (and whether it would be ready) is recomputed only when its
+    input changes; :meth:`decisions` returns them as they are while at least
+    ``min_ready_pods`` pods would be ready, and falls back to the whole
+    :func:`decide_readiness` when the minReadyPods rule has to keep some pods ready.
+    """
+
+    def __init__(self, max_per_pod: int | None, min_ready_pods: int) -> None:
+        self.max_per_pod = max_per_pod
+        self.min_ready_pods = min_ready_pods
+        self._inputs: dict[str, ReadinessInput] = {}
+        self._own: dict[str, ReadinessDecision] = {}
+        self._ready: set[str] = set()
+
+    def set(self, pod: ReadinessInput) -> None:
+        """A pod's input (new or changed)."""
+        if self._inputs.get(pod.name) is pod:
+            return
+        self._inputs[pod.name] = pod
+        decision = _own_decision(pod, self.max_per_pod) if pod.has_gate else None
+        if decision is None:
+            self._own.pop(pod.name, None)
+        else:
+            self._own[pod.name] = decision
+        if _would_be_ready(pod, decision):
+            self._ready.add(pod.name)
+        else:
+            self._ready.discard(pod.name)
+
+    def remove(self, name: str) -> None:
+        """A pod left the ConnectionStats."""
+        self._inputs.pop(name, None)
+        self._own.pop(name, None)
+        self._ready.discard(name)
+
+    @property
+    def global_rule_applies(self) -> bool:
+        """Whether fewer than ``min_ready_pods`` would be ready (decisions depend on all pods)."""
+        return len(self._ready) < self.min_ready_pods
+
+    def decisions(self) -> Mapping[str, ReadinessDecision]:
+        """What :func:`decide_readiness` returns for the pods set (do not mutate)."""
+        if not self.global_rule_applies:
+            return self._own
+        return decide_readiness(
+            self._inputs.values(), max_per_pod=self.max_per_pod, min_ready_pods=self.min_ready_pods
+        )
+
+
+def _would_be_ready(pod: ReadinessInput, decision: ReadinessDecision | None) -> bool:
+    if pod.terminating or not pod.containers_ready:
+        return False
+    if not pod.has_gate:
+        return pod.ready
+    return decision.ok if decision is not None else pod.gate_status is True
+
+
 @dataclass(frozen=True)
 class PendingWrite:
     """A condition write made and not yet seen in the pod watch."""

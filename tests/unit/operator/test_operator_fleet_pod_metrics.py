@@ -42,3 +42,24 @@ def test_pod_metrics_follow_documents_heartbeats_labels_and_endpoints() -> None:
     fleet.remove_endpoint(key_b)
     assert fleet.pods("ns") == []
     assert fleet.pods("other") == []
+
+
+def test_pod_metrics_lookup_answers_what_the_listing_lists() -> None:
+    fleet = FleetState()
+    records = [
+        PodRecord(namespace="ns", name=f"p{i}", uid=f"u{i}", ip=f"127.0.81.{i + 1}")
+        for i in range(4)
+    ]
+    for record in records:
+        fleet.upsert_pod(record)
+    keys = [EndpointKey("ns", r.name, r.uid, r.ip, 9090) for r in records[:3]]
+    for key in keys:
+        fleet.add_endpoint(key)
+    fleet.report(keys[0], StatsDocument(pod="p0", connections=3, seq=1), now=5.0)
+    fleet.mark_unreachable(keys[1], "down")
+    fleet.upsert_pod(dataclasses.replace(records[2], uid="u-new"))  # endpoint of the old uid
+    listed = {m.name: m for m in fleet.pods("ns")}
+    for name in ["p0", "p1", "p2", "p3", "missing"]:
+        assert fleet.pod_metrics("ns", name) == listed.get(name)
+    assert fleet.pod_metrics("ns", "p0") is listed["p0"]
+    assert fleet.pod_metrics("other", "p0") is None

@@ -11,10 +11,11 @@ async def test_small_run_feeds_every_phase_and_writes_what_it_should() -> None:
         "start-up: pod ADDED",
         "first document per pod",
         "steady: documents",
+        "trickle: documents at 1000/s",
         "churn: pod MODIFIED",
         "churn: pod DELETED",
     ]
-    assert [phase.events for phase in result.phases] == [60, 60, 60, 6, 1]
+    assert [phase.events for phase in result.phases] == [60, 60, 60, 6, 6, 1]
     assert all(phase.rounds >= 1 for phase in result.phases[:2])
     assert result.condition_writes == 60  # one per pod; Ready flips change no decision
     assert 3 <= result.status_writes <= 3 * 5
