@@ -120,7 +120,7 @@ async def _ensure_crd(api: KubeApi) -> None:
         await api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
     for _ in range(300):
-        conditions = (await api.get(path)).get("status", {}).get("conditions", [])
+        conditions = ((await api.get(path)).get("status") or {}).get("conditions") or []
         if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
             return
         await asyncio.sleep(0.2)
