@@ -29,7 +29,7 @@ from wsgauge_operator.metrics_api import (
     add_keda_routes,
     start_metrics_api,
 )
-from wsgauge_operator.metrics_api_tls import RequestHeaderAuth
+from wsgauge_operator.metrics_api_tls import RequestHeaderAuth, start_site
 from wsgauge_operator.metrics_source import MetricsSource
 from wsgauge_operator.settings import AutoscalingSettings
 
@@ -103,18 +103,13 @@ class MetricsApiService:
             host, port = split_listen(self._settings.keda_listen, "--keda-listen")
             app = web.Application()
             add_keda_routes(app, self._source, max_age_seconds=self._settings.max_metric_age)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
             try:
-                await web.TCPSite(runner, host, port).start()
+                runner, self.keda_port = await start_site(app, host, port, shutdown_timeout=60.0)
             except OSError as error:
-                await runner.cleanup()
                 raise ConfigError(
                     f"cannot listen on {self._settings.keda_listen}: {error}"
                 ) from None
             self._keda_runner = runner
-            addresses = runner.addresses
-            self.keda_port = int(addresses[0][1]) if addresses else port
             logger.info("KEDA endpoint listening on http://%s:%d/keda/", host, self.keda_port)
 
     async def stop(self) -> None:

@@ -20,6 +20,10 @@ import urllib.parse
 from aiohttp import web
 
 from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.metrics_api_tls import start_site
+
+SHUTDOWN_SECONDS = 60.0
+"""How long a stop waits for open requests (aiohttp's default)."""
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +64,9 @@ class StandbyServer:
         return web.Response(text=STANDBY_NOTE, status=503)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            runner, _ = await start_site(app, host, port, shutdown_timeout=SHUTDOWN_SECONDS)
         except OSError as error:
-            await runner.cleanup()
             raise ConfigError(f"cannot listen on {host}:{port}: {error}") from None
         self._runners.append(runner)
 
