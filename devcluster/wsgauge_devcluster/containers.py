@@ -53,11 +53,11 @@ def program_for_image(image: str) -> str | None:
     return None
 
 
-def _python_module(command: Sequence[str]) -> tuple[str, int] | None:
-    """(module, index of the first word after it) of a ``python -m MODULE ...`` command."""
+def _python_module(command: Sequence[str]) -> str | None:
+    """MODULE of a ``python -m MODULE ...`` command (its own words follow at index 3)."""
     if len(command) < 3 or not Path(command[0]).name.startswith("python") or command[1] != "-m":
         return None
-    return command[2], 3
+    return command[2]
 
 
 def program_for_container(container: Mapping[str, Any]) -> str | None:
@@ -68,7 +68,7 @@ def program_for_container(container: Mapping[str, Any]) -> str | None:
     """
     module = _python_module([str(c) for c in container.get("command") or []])
     if module is not None:
-        return _MODULES.get(module[0])
+        return _MODULES.get(module)
     return program_for_image(str(container.get("image") or ""))
 
 
@@ -218,9 +218,8 @@ def launch_plan(
     args = [str(a) for a in container.get("args") or []]
     # `command` replaces the image entrypoint: its first word names the program itself, or
     # `python -m MODULE` does.
-    module = _python_module(command)
-    if module is not None:
-        words = [*command[module[1] :], *args]
+    if _python_module(command) is not None:
+        words = [*command[3:], *args]
     else:
         words = [*command[1:], *args] if command else args
     words = [expand_refs(w, spec_env) for w in words]
