@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from wsgauge_operator.leadership import (
 from wsgauge_operator.pod_resync import PodResync
 from wsgauge_operator.settings import (
     AutoscalingSettings,
+    CollectorSettings,
     EventSettings,
     FollowerSettings,
     KubeSettings,
@@ -72,6 +74,19 @@ def _boolean(text: str) -> bool:
 
 def _namespaces(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _gc_thresholds(text: str) -> tuple[int, int, int]:
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"three comma-separated integers expected, got {text!r}")
+    try:
+        first, second, third = (int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"three comma-separated integers expected, got {text!r}") from None
+    if first < 0 or second < 0 or third < 0:
+        raise ValueError(f"thresholds must not be negative, got {text!r}")
+    return (first, second, third)
 
 
 # flag -> (settings section, field, parser, help)
@@ -223,6 +238,13 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
         _seconds,
         "time between renewals and between a standby's looks at the Lease",
     ),
+    "gc-thresholds": (
+        "collector",
+        "thresholds",
+        _gc_thresholds,
+        "garbage collector thresholds G0,G1,G2 (CPython's own: 700,10,10; 0,0,0 turns the "
+        "cyclic collector off)",
+    ),
     "log-level": ("", "log_level", str, "debug, info, warning or error"),
     "liveness": (
         "",
@@ -241,6 +263,7 @@ SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "autoscaling": AutoscalingSettings,
     "leader_election": LeaderElectionSettings,
+    "collector": CollectorSettings,
 }
 
 
@@ -259,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, (section, name, _, help_text) in OPTIONS.items():
         default = _default(section, name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = help_text if "(default" in help_text else f"{help_text} (default: {shown!r})"
         parser.add_argument(f"--{flag}", metavar="VALUE", help=text)
     return parser
@@ -411,6 +434,17 @@ async def _run_operator(
         kube.close()
 
 
+def configure_collector(collector: CollectorSettings) -> None:
+    """Apply the garbage collector thresholds to this process (``0,0,0``: cyclic GC off)."""
+    if collector.thresholds[0] == 0:
+        gc.disable()
+        logger.info("garbage collector: cyclic collection off")
+        return
+    gc.enable()
+    gc.set_threshold(*collector.thresholds)
+    logger.info("garbage collector: thresholds %s", ",".join(map(str, collector.thresholds)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``wsgauge-operator``."""
     try:
@@ -422,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         logging.getLogger("kopf").setLevel(max(level, logging.WARNING))
+    configure_collector(settings.collector)
     try:
         asyncio.run(run(settings))
     except ConfigError as error:

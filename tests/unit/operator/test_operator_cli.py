@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import pytest
-from wsgauge_operator.cli import build_parser, settings_from
+from wsgauge_operator.cli import build_parser, configure_collector, settings_from
 from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.settings import CollectorSettings, OperatorSettings
 
 
 def test_defaults() -> None:
@@ -41,6 +44,9 @@ def test_flags_and_environment() -> None:
         ["--readiness", "maybe"],
         ["--top-topics", "many"],
         ["--log-level", "loud"],
+        ["--gc-thresholds", "1000,10"],
+        ["--gc-thresholds", "1000,ten,10"],
+        ["--gc-thresholds=-1,10,10"],
     ],
 )
 def test_bad_values_are_config_errors(argv: list[str]) -> None:
@@ -54,3 +60,40 @@ def test_help_lists_every_option_with_its_default() -> None:
         assert flag in text
     assert "'0.0.0.0:8090'" in text
     assert "WSGAUGE_OPERATOR_" in text
+
+
+def test_gc_thresholds_from_flag_and_environment() -> None:
+    assert settings_from([], environ={}).collector.thresholds == (100_000, 50, 100)
+    from_environment = settings_from([], environ={"WSGAUGE_OPERATOR_GC_THRESHOLDS": "700,10,10"})
+    assert from_environment.collector.thresholds == (700, 10, 10)
+    from_flag = settings_from(
+        ["--gc-thresholds", " 5000, 20 ,30"], environ={"WSGAUGE_OPERATOR_GC_THRESHOLDS": "1,1,1"}
+    )
+    assert from_flag.collector.thresholds == (5000, 20, 30)
+    assert "'100000,50,100'" in build_parser().format_help()
+
+
+@pytest.fixture
+def restore_collector() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    enabled = gc.isenabled()
+    yield
+    gc.set_threshold(*thresholds)
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+@pytest.mark.usefixtures("restore_collector")
+def test_configure_collector_sets_the_thresholds() -> None:
+    gc.disable()
+    configure_collector(CollectorSettings(thresholds=(12345, 6, 7)))
+    assert gc.get_threshold() == (12345, 6, 7)
+    assert gc.isenabled()
+
+
+@pytest.mark.usefixtures("restore_collector")
+def test_configure_collector_zero_turns_cyclic_collection_off() -> None:
+    configure_collector(CollectorSettings(thresholds=(0, 0, 0)))
+    assert not gc.isenabled()
