@@ -181,22 +181,26 @@ class SidecarFollower:
                     raise SidecarError(f"{url}: HTTP {response.status}")
                 decoder = WatchStreamDecoder(max_line_bytes=self._settings.max_document_bytes)
                 # bytes alone do not keep a stream alive: a document or heartbeat must
-                # complete within read_timeout (a line dribbled forever is cut)
+                # complete within read_timeout (a line dribbled forever is cut). One timeout
+                # per stream, moved on at each complete line: no task or timer per read.
                 read_timeout = self._settings.read_timeout
-                deadline = time.monotonic() + read_timeout
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise SidecarError(f"{url}: no complete line in {read_timeout} s")
-                    chunk = await asyncio.wait_for(response.content.readany(), remaining)
-                    if not chunk:
-                        raise SidecarError(f"{url}: stream ended")
-                    for event in decoder.feed(chunk):
-                        deadline = time.monotonic() + read_timeout
-                        if isinstance(event, StatsDocument):
-                            self._accept(event)
-                        else:
-                            self._fleet.heartbeat(self.key, self._wall())
+                loop = asyncio.get_running_loop()
+                try:
+                    async with asyncio.timeout(read_timeout) as line_deadline:
+                        while True:
+                            chunk = await response.content.readany()
+                            if not chunk:
+                                raise SidecarError(f"{url}: stream ended")
+                            for event in decoder.feed(chunk):
+                                line_deadline.reschedule(loop.time() + read_timeout)
+                                if isinstance(event, StatsDocument):
+                                    self._accept(event)
+                                else:
+                                    self._fleet.heartbeat(self.key, self._wall())
+                except TimeoutError:
+                    if not line_deadline.expired():
+                        raise  # aiohttp's own socket read timeout
+                    raise SidecarError(f"{url}: no complete line in {read_timeout} s") from None
         except (aiohttp.ClientError, TimeoutError, ContractError) as error:
             raise SidecarError(f"{url}: {type(error).__name__}: {error}") from None
 
