@@ -1,10 +1,11 @@
-"""The Kubernetes API calls the operator makes itself (kopf does the watching).
+"""The Kubernetes API calls the operator makes itself (kopf watches ConnectionStats).
 
 Uses the official ``kubernetes`` client in worker threads (``asyncio.to_thread``),
 so the event loop never blocks. This is the only module that talks to the API
 server directly; every failure leaves it as :class:`~.exceptions.KubeApiError`.
 
 Calls:
+- list and watch pods (raw JSON, for :mod:`.pod_watch`);
 - merge-patch a ConnectionStats ``status`` (status subresource);
 - strategic-merge-patch one condition into a pod's ``status.conditions``;
 - create an ``events.k8s.io/v1`` Event;
@@ -157,6 +158,61 @@ class KubeApi:
                 )
             )
         return identities
+
+    async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every pod of a namespace (``None``: of the cluster) as raw JSON, and the list's
+        ``resourceVersion`` (where a watch continues)."""
+
+        def read(**extra: Any) -> bytes:
+            response: Any  # the raw urllib3 response (``_preload_content=False``)
+            if namespace:
+                response = self._core.list_namespaced_pod(
+                    namespace, _preload_content=False, **extra
+                )
+            else:
+                response = self._core.list_pod_for_all_namespaces(_preload_content=False, **extra)
+            try:
+                data: bytes = response.read()
+                return data
+            finally:
+                response.release_conn()
+
+        body = json.loads(
+            await self._call(
+                f"list pods of {namespace or 'the cluster'}",
+                read,
+                _request_timeout=max(self._settings.request_timeout, 120.0),
+            )
+        )
+        items = [item for item in body.get("items") or [] if isinstance(item, dict)]
+        return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    def open_pod_watch(
+        self,
+        namespace: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+        read_timeout: float,
+    ) -> Any:
+        """Blocking, for a thread: a pod watch from ``resource_version`` with bookmarks; the raw
+        urllib3 response (newline-delimited JSON events; ``shutdown()`` interrupts a read)."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_seconds,
+            "_preload_content": False,
+            "_request_timeout": (self._settings.request_timeout, read_timeout),
+        }
+        try:
+            if namespace:
+                return self._core.list_namespaced_pod(namespace, **kwargs)
+            return self._core.list_pod_for_all_namespaces(**kwargs)
+        except kubernetes.client.exceptions.ApiException as error:
+            status = int(error.status or 0)
+            raise KubeApiError(f"watch pods: HTTP {status} {error.reason}", status) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise KubeApiError(f"watch pods: {error}", 0) from None
 
     async def patch_connectionstats_status(
         self, namespace: str, name: str, status: Mapping[str, Any]

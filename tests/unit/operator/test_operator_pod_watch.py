@@ -1,0 +1,159 @@
+"""The operator's own pod watch (pod_watch.py, issue #7: restart on 100 ConnectionStats x 100
+pods): stream parsing, ``410 Gone`` and errors, listing then watching, deletions found by a new
+listing, and a listing handed to the controller in a few turns of the event loop (kopf's
+per-object workers took one turn per pod). No I/O: a scripted fake of the two API calls and
+recording fake followers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_operator_controller_followers import Factory, connection_stats, followed, pod
+from wsgauge_operator.controller import Controller
+from wsgauge_operator.exceptions import KubeApiError
+from wsgauge_operator.pod_watch import LIST_SLICE, LineSplitter, PodWatch, WatchGone, watch_events
+from wsgauge_operator.settings import OperatorSettings
+
+
+def line(kind: str, body: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": body}).encode() + b"\n"
+
+
+def with_version(body: dict[str, Any], version: str) -> dict[str, Any]:
+    body["metadata"]["resourceVersion"] = version
+    return body
+
+
+class FakeResponse:
+    """A watch response: scripted chunks, then (``hold``) blocks until ``shutdown``."""
+
+    def __init__(self, chunks: list[bytes], hold: bool) -> None:
+        self.chunks = chunks
+        self.hold = hold
+        self.closed = threading.Event()
+
+    def stream(self, amt: int, decode_content: bool) -> Iterator[bytes]:
+        yield from self.chunks
+        if self.hold:
+            self.closed.wait(30)
+
+    def shutdown(self) -> None:
+        self.closed.set()
+
+    def release_conn(self) -> None:
+        self.closed.set()
+
+
+class FakeApi:
+    """Listings and watch streams from scripts; the last watch holds until shut down."""
+
+    def __init__(self, listings: list[list[dict[str, Any]]], streams: list[list[bytes]]) -> None:
+        self.listings = listings
+        self.streams = streams
+        self.watched_from: list[str] = []
+        self.list_calls = 0
+        self.responses: list[FakeResponse] = []
+
+    async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        items = self.listings[min(self.list_calls, len(self.listings) - 1)]
+        self.list_calls += 1
+        return items, f"list-{self.list_calls}"
+
+    def open_pod_watch(
+        self,
+        namespace: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+        read_timeout: float,
+    ) -> FakeResponse:
+        self.watched_from.append(resource_version)
+        chunks = self.streams.pop(0) if self.streams else []
+        response = FakeResponse(chunks, hold=not self.streams)
+        self.responses.append(response)
+        return response
+
+
+async def until(condition: Any, turns: int = 2000) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_line_splitter_joins_chunks_and_skips_blank_and_broken_lines() -> None:
+    splitter = LineSplitter()
+    whole = line("ADDED", pod("a")) + b"\n" + b"{broken\n" + line("DELETED", pod("b"))
+    first, second = whole[:17], whole[17:-3]
+    assert splitter.feed(first) == []
+    events = splitter.feed(second)
+    assert [e["type"] for e in events] == ["ADDED"]
+    assert [e["type"] for e in splitter.feed(whole[-3:])] == ["DELETED"]
+
+
+def test_watch_events_keep_bookmark_versions_and_stop_at_errors() -> None:
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
+    added = {"type": "ADDED", "object": with_version(pod("a"), "7")}
+    events, version = watch_events([added, bookmark])
+    assert [(kind, body["metadata"]["name"]) for kind, body in events] == [("ADDED", "a")]
+    assert version == "9"
+    gone = {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
+    with pytest.raises(WatchGone):
+        watch_events([added, gone])
+    with pytest.raises(KubeApiError):
+        watch_events([{"type": "ERROR", "object": {"code": 500, "message": "boom"}}])
+
+
+async def test_list_then_watch_then_410_lists_again_and_forgets_pods_gone_meanwhile() -> None:
+    controller = Controller(OperatorSettings(), None, follower_factory=Factory())
+    controller.connectionstats_event(None, connection_stats())
+    await controller.start()
+    first_stream = [
+        line("ADDED", with_version(pod("c"), "11")),
+        line("DELETED", with_version(pod("a"), "12")),
+        json.dumps({"type": "ERROR", "object": {"code": 410}}).encode() + b"\n",
+    ]
+    # "b" is deleted while the watch is gone: the second listing misses it, no DELETED comes.
+    api = FakeApi([[pod("a"), pod("b")], [pod("c"), pod("d")]], [first_stream])
+    watch = PodWatch(controller, api, ("ns",))
+    await watch.start()
+    try:
+        await until(lambda: followed(controller) == {"c", "d"})
+        assert api.list_calls == 2
+        assert watch.listings == 2
+        assert api.watched_from == ["list-1", "list-2"]
+        assert controller.fleet.pod("ns", "b") is None
+        assert controller.selection.members(("ns", "chat")) == frozenset({"c", "d"})
+    finally:
+        await watch.stop()
+        await controller.stop()
+    assert all(r.closed.is_set() for r in api.responses)
+
+
+async def test_a_listing_reaches_the_controller_in_a_few_loop_turns_not_one_per_pod() -> None:
+    """kopf started a worker task per listed pod, one event-loop turn each: with a busy loop
+    (10,000 followers, 100 ConnectionStats) a restart listing trickled in for minutes."""
+    controller = Controller(OperatorSettings(), None, follower_factory=Factory())
+    controller.connectionstats_event(None, connection_stats())
+    await controller.start()
+    pods = 2000
+    names = [f"p{i:04d}" for i in range(pods)]
+    listing = [pod(name, ip=f"127.0.{61 + i // 250}.{i % 250 + 1}") for i, name in enumerate(names)]
+    api = FakeApi([listing], [])
+    watch = PodWatch(controller, api, ("ns",))
+    turns = 0
+    await watch.start()
+    try:
+        while len(followed(controller)) < pods:
+            turns += 1
+            assert turns < 100, f"{len(followed(controller))} of {pods} after {turns} turns"
+            await asyncio.sleep(0)
+        assert turns <= pods // LIST_SLICE + 5
+    finally:
+        await watch.stop()
+        await controller.stop()
