@@ -42,6 +42,8 @@ READ_TIMEOUT_SECONDS = 150.0
 """No byte for this long (bookmarks come about every minute): the stream is resumed."""
 LIST_SLICE = 500
 """Listed pods handed to the controller per turn of the event loop."""
+MIN_WATCH_SECONDS = 1.0
+"""A watch request that ended sooner than this is resumed only after this long."""
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0)
 """Waits after consecutive failures of a listing or watch request."""
 
@@ -194,18 +196,31 @@ class PodWatch:
             try:
                 if version is None:
                     version = await self._relist(namespace)
+                began = asyncio.get_running_loop().time()
                 version = await self._watch(namespace, version)
                 failures = 0
+                if asyncio.get_running_loop().time() - began < MIN_WATCH_SECONDS:
+                    await asyncio.sleep(MIN_WATCH_SECONDS)  # a stream cut at once: not in a loop
             except WatchGone:
                 logger.info("pod watch of %s: resource version gone; listing", namespace or "*")
                 version = None
-            except (KubeApiError, OSError) as error:
-                logger.warning("pod watch of %s: %s", namespace or "*", error)
-                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
-                failures += 1
+            except KubeApiError as error:
+                if error.status == 410:  # the request itself refused the version
+                    version = None
+                    continue
+                failures = await self._back_off(namespace, error, failures)
                 if failures > 1:
                     version = None  # list again: the version may be what fails
-                await asyncio.sleep(delay)
+            except OSError as error:
+                failures = await self._back_off(namespace, error, failures)
+                if failures > 1:
+                    version = None
+
+    async def _back_off(self, namespace: str | None, error: Exception, failures: int) -> int:
+        """Log a failure, wait by the number of failures so far; return it plus one."""
+        logger.warning("pod watch of %s: %s", namespace or "*", error)
+        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+        return failures + 1
 
     async def _relist(self, namespace: str | None) -> str:
         """List; hand every pod over (in slices), and the vanished ones as deleted."""

@@ -52,7 +52,9 @@ class FakeResponse:
 class FakeApi:
     """Listings and watch streams from scripts; the last watch holds until shut down."""
 
-    def __init__(self, listings: list[list[dict[str, Any]]], streams: list[list[bytes]]) -> None:
+    def __init__(
+        self, listings: list[list[dict[str, Any]]], streams: list[list[bytes] | KubeApiError]
+    ) -> None:
         self.listings = listings
         self.streams = streams
         self.watched_from: list[str] = []
@@ -73,6 +75,8 @@ class FakeApi:
     ) -> FakeResponse:
         self.watched_from.append(resource_version)
         chunks = self.streams.pop(0) if self.streams else []
+        if isinstance(chunks, KubeApiError):
+            raise chunks
         response = FakeResponse(chunks, hold=not self.streams)
         self.responses.append(response)
         return response
@@ -154,6 +158,22 @@ async def test_a_listing_reaches_the_controller_in_a_few_loop_turns_not_one_per_
             assert turns < 100, f"{len(followed(controller))} of {pods} after {turns} turns"
             await asyncio.sleep(0)
         assert turns <= pods // LIST_SLICE + 5
+    finally:
+        await watch.stop()
+        await controller.stop()
+
+
+async def test_a_watch_request_refused_with_410_lists_again_at_once() -> None:
+    controller = Controller(OperatorSettings(), None, follower_factory=Factory())
+    controller.connectionstats_event(None, connection_stats())
+    await controller.start()
+    api = FakeApi([[pod("a")], [pod("b")]], [KubeApiError("watch pods: HTTP 410 Gone", 410)])
+    watch = PodWatch(controller, api, ("ns",))
+    await watch.start()
+    try:
+        await until(lambda: followed(controller) == {"b"})
+        assert api.list_calls == 2
+        assert api.watched_from == ["list-1", "list-2"]
     finally:
         await watch.stop()
         await controller.stop()
