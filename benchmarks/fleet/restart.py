@@ -1,13 +1,15 @@
 """Restart experiment: the operator stopped and started again on an existing fleet of any shape.
 
-``python -m benchmarks.fleet.restart --shape 30x100 --kubeconfig KUBECONFIG [--hold 60]``
+``python -m benchmarks.fleet.restart --shape 30x100 --kubeconfig KUBECONFIG [--pod-churn]``
 
 A lean companion of :mod:`benchmarks.fleet.bench` for finding what makes a restart slow: C
 ConnectionStats of P pods each (C*P simulated sidecars and pods in one namespace), the operator
-started and waited for until it follows and reports every pod, then SIGTERM and a new process;
-the followed/reporting counts of the new process are printed every second until it converges (or
-the timeout), with the time and the operator's pid, so that py-spy can be attached meanwhile
-(``--hold`` keeps the operator running afterwards). Nothing is written to the results file.
+started and waited for until it follows and reports every pod (with ``--pod-churn`` then 10 %
+of the pods replaced at once, timed until it follows exactly the new set), then SIGTERM and a
+new process; the followed/reporting counts of the new process are printed every second until
+it converges (or the timeout), with the time and the operator's pid, so that py-spy can be
+attached meanwhile (``--hold`` keeps the operator running afterwards). Nothing is written to
+the results file.
 """
 
 from __future__ import annotations
@@ -70,6 +72,28 @@ async def _converge(
     return None
 
 
+async def _until_exact(
+    operator: OperatorRun,
+    session: aiohttp.ClientSession,
+    pods: int,
+    timeout: float,
+    since: float,
+) -> float | None:
+    """Seconds from ``since`` until exactly ``pods`` are followed and reporting (pod churn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = (await operator.stats(session)).get("pods") or {}
+        print(
+            f"churn t={time.monotonic() - since:6.1f}s followed={counts.get('followed')} "
+            f"reporting={counts.get('reporting')}",
+            flush=True,
+        )
+        if counts.get("reporting") == pods and counts.get("followed") == pods:
+            return time.monotonic() - since
+        await asyncio.sleep(1.0)
+    return None
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Set up the fleet, start, restart; return the measured times."""
     groups, per_group = args.shape
@@ -93,9 +117,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             create_concurrency=48,
         )
         sim = await stack.enter_async_context(FleetSimulator(api, sim_settings, extra))
-        await sim.start_endpoints(pods)
+        spare = max(1, pods // 10) if args.pod_churn else 0
+        await sim.start_endpoints(pods + spare)
         await sim.start_node()
-        await sim.set_counts({i: (rng.randint(0, 20), 0) for i in range(pods)})
+        await sim.set_counts({i: (rng.randint(0, 20), 0) for i in range(pods + spare)})
         started = time.monotonic()
         await sim.create_pods({i: f"g{i % groups:03d}" for i in range(pods)})
         result["pods_create_s"] = round(time.monotonic() - started, 1)
@@ -114,6 +139,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["start_s"] = await _converge(operator, session, pods, args.timeout, "start")
                 await sim.churn(min(1000.0, args.rate * pods))
                 await asyncio.sleep(args.settle)
+                if spare:  # 10 % of the pods replaced at once, as in the fleet benchmark
+                    removed = rng.sample(sorted(sim.pods), spare)
+                    started = time.monotonic()
+                    await asyncio.gather(
+                        sim.delete_pods(removed),
+                        sim.create_pods(
+                            {i: f"g{i % groups:03d}" for i in range(pods, pods + spare)}
+                        ),
+                    )
+                    result["pod_churn_api_s"] = round(time.monotonic() - started, 1)
+                    result["pod_churn_s"] = await _until_exact(
+                        operator, session, pods, args.timeout, started
+                    )
                 await operator.stop()
                 await operator.start()
                 print(f"operator pid {operator.pid} (restart)", flush=True)
@@ -143,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=0.1, help="changes per pod per second")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before the restart")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--pod-churn", action="store_true", help="replace 10 %% of the pods before the restart"
+    )
     parser.add_argument("--hold", type=float, default=0.0, help="keep running after the restart")
     parser.add_argument("--log-dir", default="/tmp/wsgauge-fleet-restart-logs")
     args = parser.parse_args(argv)
