@@ -120,9 +120,10 @@ class KubeApi:
 
         await self._call(what, write)
 
-    async def list_pod_identities(self, namespace: str | None) -> set[tuple[str, str, str]]:
-        """(namespace, name, uid) of every pod of a namespace (``None``: all), metadata only."""
-        headers = {"Accept": PARTIAL_METADATA_LIST}
+    async def _list_pods_json(
+        self, namespace: str | None, headers: dict[str, str], timeout: float
+    ) -> dict[str, Any]:
+        """One pod list of a namespace (``None``: all) read as raw JSON, not deserialized."""
 
         def read(**extra: Any) -> bytes:
             response: Any  # the raw urllib3 response (``_preload_content=False``)
@@ -144,9 +145,14 @@ class KubeApi:
             await self._call(
                 f"list pods of {namespace or 'the cluster'}",
                 read,
-                _request_timeout=max(self._settings.request_timeout, 60.0),
+                _request_timeout=max(self._settings.request_timeout, timeout),
             )
         )
+        return body if isinstance(body, dict) else {}
+
+    async def list_pod_identities(self, namespace: str | None) -> set[tuple[str, str, str]]:
+        """(namespace, name, uid) of every pod of a namespace (``None``: all), metadata only."""
+        body = await self._list_pods_json(namespace, {"Accept": PARTIAL_METADATA_LIST}, 60.0)
         identities: set[tuple[str, str, str]] = set()
         for item in body.get("items") or []:
             metadata = item.get("metadata") or {}
@@ -162,28 +168,7 @@ class KubeApi:
     async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         """Every pod of a namespace (``None``: of the cluster) as raw JSON, and the list's
         ``resourceVersion`` (where a watch continues)."""
-
-        def read(**extra: Any) -> bytes:
-            response: Any  # the raw urllib3 response (``_preload_content=False``)
-            if namespace:
-                response = self._core.list_namespaced_pod(
-                    namespace, _preload_content=False, **extra
-                )
-            else:
-                response = self._core.list_pod_for_all_namespaces(_preload_content=False, **extra)
-            try:
-                data: bytes = response.read()
-                return data
-            finally:
-                response.release_conn()
-
-        body = json.loads(
-            await self._call(
-                f"list pods of {namespace or 'the cluster'}",
-                read,
-                _request_timeout=max(self._settings.request_timeout, 120.0),
-            )
-        )
+        body = await self._list_pods_json(namespace, {}, 120.0)
         items = [item for item in body.get("items") or [] if isinstance(item, dict)]
         return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
 
