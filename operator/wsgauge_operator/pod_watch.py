@@ -167,9 +167,9 @@ class PodWatch:
             max_workers=len(self._namespaces), thread_name_prefix="pod-watch"
         )
         for namespace in self._namespaces:
-            self._tasks.append(
-                asyncio.create_task(self._run(namespace), name=f"pod watch {namespace or '*'}")
-            )
+            task = asyncio.create_task(self._run(namespace), name=f"pod watch {namespace or '*'}")
+            task.add_done_callback(_log_unexpected_end)
+            self._tasks.append(task)
 
     async def stop(self) -> None:
         """Stop the tasks; interrupt the reads in progress."""
@@ -182,9 +182,8 @@ class PodWatch:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # their ends are logged by _log_unexpected_end; stopping does not raise them again
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -215,6 +214,9 @@ class PodWatch:
                 failures = await self._back_off(namespace, error, failures)
                 if failures > 1:
                     version = None
+            except ValueError as error:  # a listing that is not JSON: list again, later
+                failures = await self._back_off(namespace, error, failures)
+                version = None
 
     async def _back_off(self, namespace: str | None, error: Exception, failures: int) -> int:
         """Log a failure, wait by the number of failures so far; return it plus one."""
@@ -298,3 +300,18 @@ class PodWatch:
             logger.warning("pod event %s: %s", event_type, error)
             if self._on_error is not None:
                 self._on_error(error)
+
+
+def _log_unexpected_end(task: asyncio.Task[None]) -> None:
+    """A watch task ends only when stopped; say so loudly if anything else ended it."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.error(
+            "%s ended by %s: %s; pods are no longer watched",
+            task.get_name(),
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )

@@ -177,3 +177,54 @@ async def test_a_watch_request_refused_with_410_lists_again_at_once() -> None:
     finally:
         await watch.stop()
         await controller.stop()
+
+
+class UnparsableFirstListing(FakeApi):
+    """The first listing's body is not JSON (as ``json.loads`` raises it in ``KubeApi``)."""
+
+    async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        if self.list_calls == 0:
+            self.list_calls += 1
+            raise json.JSONDecodeError("Expecting value", "<html>", 0)
+        return await super().list_pods(namespace)
+
+
+async def test_an_unparsable_listing_is_retried_not_the_end_of_the_watch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("wsgauge_operator.pod_watch.RETRY_SECONDS", (0.01,))
+    controller = Controller(OperatorSettings(), None, follower_factory=Factory())
+    controller.connectionstats_event(None, connection_stats())
+    await controller.start()
+    api = UnparsableFirstListing([[pod("a")], [pod("a")]], [])
+    watch = PodWatch(controller, api, ("ns",))
+    await watch.start()
+    try:
+        await until(lambda: followed(controller) == {"a"})
+        await until(lambda: api.watched_from == ["list-2"])  # the watch goes on after it
+        assert api.list_calls == 2
+    finally:
+        await watch.stop()
+        await controller.stop()
+
+
+class BrokenApi(FakeApi):
+    """A listing that fails in a way the watch has no rule for."""
+
+    async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        self.list_calls += 1
+        raise RuntimeError("a bug")
+
+
+async def test_a_watch_ended_by_an_unexpected_error_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controller = Controller(OperatorSettings(), None, follower_factory=Factory())
+    api = BrokenApi([], [])
+    watch = PodWatch(controller, api, ("ns",))
+    await watch.start()
+    try:
+        await until(lambda: "pods are no longer watched" in caplog.text)
+    finally:
+        await watch.stop()
+    assert "pod watch ns ended by RuntimeError: a bug" in caplog.text
