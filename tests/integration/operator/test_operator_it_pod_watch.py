@@ -12,8 +12,9 @@ The pods are bound to a node that no pod runner serves, so nothing starts contai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from wsgauge_devcluster.testing import KubeCluster
 from wsgauge_operator.controller import Controller
@@ -43,6 +44,22 @@ def kube_settings(kube: KubeCluster, namespace: str) -> KubeSettings:
     return KubeSettings(kubeconfig=str(kube.kubeconfig), namespaces=(namespace,))
 
 
+@contextlib.asynccontextmanager
+async def watching(kube: KubeCluster, namespace: str) -> AsyncIterator[tuple[Controller, PodWatch]]:
+    """A controller (no ConnectionStats, no writes) fed by a running pod watch of ``namespace``."""
+    settings = OperatorSettings(kube=kube_settings(kube, namespace))
+    api = KubeApi(settings.kube)
+    controller = Controller(settings, None)
+    watch = PodWatch(controller, api, settings.kube.namespaces)
+    await watch.start()
+    try:
+        yield controller, watch
+    finally:
+        await watch.stop()
+        await controller.stop()
+        api.close()
+
+
 async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
     for _ in range(int(seconds / 0.05)):
         if condition():
@@ -55,12 +72,7 @@ async def test_listing_then_watch_events_reach_the_controller(
     kube: KubeCluster, namespace: str
 ) -> None:
     kube.kubectl("apply", "-f", "-", input_text=pod_manifest(namespace, "listed", {"v": "1"}))
-    settings = OperatorSettings(kube=kube_settings(kube, namespace))
-    api = KubeApi(settings.kube)
-    controller = Controller(settings, None)
-    watch = PodWatch(controller, api, settings.kube.namespaces)
-    await watch.start()
-    try:
+    async with watching(kube, namespace) as (controller, watch):
         await until(lambda: controller.fleet.pod(namespace, "listed") is not None, "listed pod")
         assert watch.listings == 1
         kube.kubectl("apply", "-f", "-", input_text=pod_manifest(namespace, "added", {"v": "1"}))
@@ -78,10 +90,6 @@ async def test_listing_then_watch_events_reach_the_controller(
         await until(lambda: controller.fleet.pod(namespace, "listed") is None, "deleted pod")
         assert controller.fleet.pod(namespace, "added") is not None
         assert watch.listings == 1  # all of it came from the one watch, no re-listing
-    finally:
-        await watch.stop()
-        await controller.stop()
-        api.close()
 
 
 async def test_an_expired_resource_version_is_gone_as_the_watch_expects(
@@ -114,18 +122,10 @@ async def test_an_expired_resource_version_is_gone_as_the_watch_expects(
 
 
 async def test_stop_interrupts_an_idle_watch(kube: KubeCluster, namespace: str) -> None:
-    settings = OperatorSettings(kube=kube_settings(kube, namespace))
-    api = KubeApi(settings.kube)
-    controller = Controller(settings, None)
-    watch = PodWatch(controller, api, settings.kube.namespaces)
-    await watch.start()
-    try:
-        await until(lambda: watch.listings == 1, "first listing")
-        await asyncio.sleep(0.5)  # the reader thread is now blocked in the idle stream
-    finally:
-        # a hang guard, not a measurement: without the interruption stop() would wait for the
-        # reader thread's 150 s read timeout
-        await asyncio.wait_for(watch.stop(), 30)
-        await controller.stop()
-        api.close()
+    # a hang guard, not a measurement: without the interruption stopping would wait for the
+    # reader thread's 150 s read timeout
+    async with asyncio.timeout(60):
+        async with watching(kube, namespace) as (_, watch):
+            await until(lambda: watch.listings == 1, "first listing")
+            await asyncio.sleep(0.5)  # the reader thread is now blocked in the idle stream
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("pod watch")]
