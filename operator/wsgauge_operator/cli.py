@@ -37,6 +37,7 @@ from wsgauge_operator.leadership import (
     lease_namespace,
 )
 from wsgauge_operator.pod_resync import PodResync
+from wsgauge_operator.pod_watch import PodWatch
 from wsgauge_operator.settings import (
     AutoscalingSettings,
     CollectorSettings,
@@ -408,6 +409,8 @@ async def _run_operator(
     controller = Controller(settings, kube)
     server = StatsServer(controller, settings.server)
     install_autoscaling(controller, kube, settings.autoscaling, server.app)
+    pod_watch = PodWatch(controller, kube, settings.kube.namespaces)
+    controller.add_service(pod_watch.start, pod_watch.stop)
     resync = PodResync(controller, kube, settings.kube.namespaces)
     controller.add_service(resync.start, resync.stop)
 

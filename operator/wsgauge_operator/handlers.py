@@ -2,8 +2,8 @@
 
 ConnectionStats events come from kopf (``@kopf.on.event``). Pods are discovered through
 one cluster-wide (or per-namespace) pod watch that the operator keeps itself
-(:class:`~.pod_watch.PodWatch`, started and stopped with the controller by the startup and
-cleanup handlers; see its docstring for why not kopf's per-object workers at 10,000 pods):
+(:class:`~.pod_watch.PodWatch`, a service of the controller, so started and stopped with it
+by the startup and cleanup handlers; see its docstring for why not kopf's per-object workers):
 every pod event updates the in-memory fleet, and the controller matches pods to
 ConnectionStats selectors itself. See ``docs/operator.md`` for why one pod watch rather than
 a kopf index or a watch per ConnectionStats. Only event handlers are used, so kopf puts no
@@ -23,8 +23,7 @@ import kopf
 
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError, KubeApiError, OperatorError
-from wsgauge_operator.kubeapi import KubeApi, load_client_configuration
-from wsgauge_operator.pod_watch import PodWatch
+from wsgauge_operator.kubeapi import load_client_configuration
 from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL, KubeSettings
 from wsgauge_operator.stats_server import StatsServer
 
@@ -79,7 +78,6 @@ def connection_info(settings: KubeSettings) -> kopf.ConnectionInfo:
 def build_registry(kube_settings: KubeSettings) -> kopf.OperatorRegistry:
     """A fresh kopf registry with the operator's handlers."""
     registry = kopf.OperatorRegistry()
-    pod_watches: list[tuple[PodWatch, KubeApi]] = []
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -96,13 +94,6 @@ def build_registry(kube_settings: KubeSettings) -> kopf.OperatorRegistry:
         controller: Controller = memo.controller
         server: StatsServer = memo.server
         await controller.start()
-        try:
-            kube = KubeApi(kube_settings)
-        except ConfigError as error:
-            raise kopf.PermanentError(f"pod watch: {error}") from error
-        pod_watch = PodWatch(controller, kube, kube_settings.namespaces)
-        pod_watches.append((pod_watch, kube))
-        await pod_watch.start()
         await server.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -110,10 +101,6 @@ def build_registry(kube_settings: KubeSettings) -> kopf.OperatorRegistry:
         server: StatsServer = memo.server
         controller: Controller = memo.controller
         await server.stop()
-        while pod_watches:
-            pod_watch, kube = pod_watches.pop()
-            await pod_watch.stop()
-            kube.close()
         await controller.stop()
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
