@@ -29,7 +29,7 @@ from wsgauge_devcluster.exceptions import KubeApiError
 from wsgauge_devcluster.kubeapi import KubeApi, KubeConfig
 
 from benchmarks.exceptions import BenchmarkError
-from benchmarks.fleet.bench import _ensure_crd, _fresh_namespace
+from benchmarks.fleet.bench import _ensure_crd, _fresh_namespace, _group
 from benchmarks.fleet.operator_run import OperatorRun
 from benchmarks.fleet.simulator import (
     FleetSimulator,
@@ -53,38 +53,22 @@ def parse_shape(text: str) -> tuple[int, int]:
     return shape
 
 
-async def _converge(
-    operator: OperatorRun, session: aiohttp.ClientSession, pods: int, timeout: float, label: str
-) -> float | None:
-    """Print progress every second; seconds from the operator's start to all ``pods`` reporting."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = (await operator.stats(session)).get("pods") or {}
-        elapsed = time.monotonic() - operator.started_at
-        print(
-            f"{label} t={elapsed:6.1f}s followed={counts.get('followed')} "
-            f"reporting={counts.get('reporting')}",
-            flush=True,
-        )
-        if counts.get("reporting") == pods and counts.get("followed") == pods:
-            return elapsed
-        await asyncio.sleep(1.0)
-    return None
-
-
-async def _until_exact(
+async def _until_all_reporting(
     operator: OperatorRun,
     session: aiohttp.ClientSession,
     pods: int,
     timeout: float,
+    *,
     since: float,
+    label: str,
 ) -> float | None:
-    """Seconds from ``since`` until exactly ``pods`` are followed and reporting (pod churn)."""
+    """Print progress every second; seconds from ``since`` until exactly ``pods`` are followed
+    and reporting (``None``: not within ``timeout``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         counts = (await operator.stats(session)).get("pods") or {}
         print(
-            f"churn t={time.monotonic() - since:6.1f}s followed={counts.get('followed')} "
+            f"{label} t={time.monotonic() - since:6.1f}s followed={counts.get('followed')} "
             f"reporting={counts.get('reporting')}",
             flush=True,
         )
@@ -122,12 +106,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await sim.start_node()
         await sim.set_counts({i: (rng.randint(0, 20), 0) for i in range(pods + spare)})
         started = time.monotonic()
-        await sim.create_pods({i: f"g{i % groups:03d}" for i in range(pods)})
+        await sim.create_pods({i: _group(i, groups) for i in range(pods)})
         result["pods_create_s"] = round(time.monotonic() - started, 1)
         for group in range(groups):
             body = connection_stats_body(
-                namespace, f"cs-g{group:03d}", node_name=sim_settings.node_name,
-                group=f"g{group:03d}", port=sim_settings.port,
+                namespace, f"cs-{_group(group, groups)}", node_name=sim_settings.node_name,
+                group=_group(group, groups), port=sim_settings.port,
             )  # fmt: skip
             await api.create(connection_stats_path(namespace), body)
         operator = OperatorRun(args.kubeconfig, namespace, log_dir / f"operator-{namespace}.log")
@@ -136,7 +120,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await operator.start()
                 print(f"operator pid {operator.pid}", flush=True)
                 await operator.wait_listening(60)
-                result["start_s"] = await _converge(operator, session, pods, args.timeout, "start")
+                result["start_s"] = await _until_all_reporting(
+                    operator, session, pods, args.timeout, since=operator.started_at, label="start"
+                )
                 await sim.churn(min(1000.0, args.rate * pods))
                 await asyncio.sleep(args.settle)
                 if spare:  # 10 % of the pods replaced at once, as in the fleet benchmark
@@ -144,20 +130,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     started = time.monotonic()
                     await asyncio.gather(
                         sim.delete_pods(removed),
-                        sim.create_pods(
-                            {i: f"g{i % groups:03d}" for i in range(pods, pods + spare)}
-                        ),
+                        sim.create_pods({i: _group(i, groups) for i in range(pods, pods + spare)}),
                     )
                     result["pod_churn_api_s"] = round(time.monotonic() - started, 1)
-                    result["pod_churn_s"] = await _until_exact(
-                        operator, session, pods, args.timeout, started
+                    result["pod_churn_s"] = await _until_all_reporting(
+                        operator, session, pods, args.timeout, since=started, label="churn"
                     )
                 await operator.stop()
                 await operator.start()
                 print(f"operator pid {operator.pid} (restart)", flush=True)
                 await operator.wait_listening(60)
-                result["restart_s"] = await _converge(
-                    operator, session, pods, args.timeout, "restart"
+                result["restart_s"] = await _until_all_reporting(
+                    operator,
+                    session,
+                    pods,
+                    args.timeout,
+                    since=operator.started_at,
+                    label="restart",
                 )
                 if args.hold:
                     await asyncio.sleep(args.hold)
