@@ -26,7 +26,7 @@ if [[ "${1:-}" == "--print-bin-dir" ]]; then
   exit 0
 fi
 
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm)
 missing=()
 for b in "${BINARIES[@]}"; do
   [[ -x "$BIN_DIR/$b" ]] || missing+=("$b")
@@ -64,8 +64,12 @@ if [[ ! -f "$BUILD_DIR/go.sum" ]]; then
     sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#  \1 => \1 '"$staging_version"'#p' "$gomod_path"
     echo ")"
   } > "$BUILD_DIR/go.mod"
-  cat > "$BUILD_DIR/tools.go" <<'GO'
-//go:build tools
+  echo "$etcd_version" > "$BUILD_DIR/etcd-version"
+fi
+etcd_version="$(cat "$BUILD_DIR/etcd-version")"
+
+# The packages to build; a build directory made for an older list is tidied again.
+tools_go='//go:build tools
 
 package k8sbuild
 
@@ -73,15 +77,16 @@ import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  echo "$etcd_version" > "$BUILD_DIR/etcd-version"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)'
+if [[ "$(cat "$BUILD_DIR/tools.go" 2>/dev/null)" != "$tools_go" || ! -s "$BUILD_DIR/go.sum" ]]; then
+  printf '%s\n' "$tools_go" > "$BUILD_DIR/tools.go"
   log "resolving module graph (go mod tidy; downloads a few hundred MB the first time)"
   (cd "$BUILD_DIR" && go mod tidy -e >&2)
 fi
-etcd_version="$(cat "$BUILD_DIR/etcd-version")"
 
 git_commit="0000000000000000000000000000000000000000"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -116,6 +121,8 @@ build_one kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 build_one kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
 build_one kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
 build_one kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
+build_one kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
+build_one kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$k8s_ldflags"
 
 # ---- helm in its own module ---------------------------------------------
 if [[ ! -x "$BIN_DIR/helm" ]]; then

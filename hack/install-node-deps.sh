@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install the Debian packages a real local node needs, when they are missing:
+# the Docker engine (image builds), containerd and runc (the kubelet's runtime),
+# the CNI plugins, iptables/conntrack (kube-proxy), debootstrap (the Python base
+# image) and iproute2. Idempotent: returns at once when everything is there.
+#
+#   hack/install-node-deps.sh
+set -euo pipefail
+
+log() { echo "[node-deps $(date +%H:%M:%S)] $*" >&2; }
+
+# command -> Debian package
+declare -A NEED=(
+  [dockerd]=docker.io
+  [containerd]=containerd
+  [runc]=runc
+  [debootstrap]=debootstrap
+  [iptables]=iptables
+  [conntrack]=conntrack
+  [ip]=iproute2
+  [ethtool]=ethtool
+  [socat]=socat
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${NEED[$cmd]}")
+done
+[[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  log "these Debian packages are missing and installing them needs root: ${missing[*]}"
+  exit 1
+fi
+log "installing Debian packages: ${missing[*]} (about a minute the first time)"
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/wsgauge-apt.log 2>&1; then
+  log "apt-get install failed; updating the package lists and trying again"
+  apt-get update >>/tmp/wsgauge-apt.log 2>&1
+  apt-get install -y --no-install-recommends "${missing[@]}" >>/tmp/wsgauge-apt.log 2>&1 || {
+    log "apt-get install failed; see /tmp/wsgauge-apt.log"; tail -20 /tmp/wsgauge-apt.log >&2; exit 1; }
+fi
+# Debian's packages start nothing here (no systemd); the devcluster starts what it needs.
+log "installed: ${missing[*]}"
