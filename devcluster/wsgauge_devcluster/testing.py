@@ -18,6 +18,27 @@ from wsgauge_devcluster.realnode import socket_dir_for
 T = TypeVar("T")
 
 
+SIMULATED_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"wsgauge.dev/pod-runner": "true"},
+    "tolerations": [
+        {
+            "key": "wsgauge.dev/simulated",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        }
+    ],
+}
+"""Pod spec fields that put a pod on the pod runner's simulated nodes (which carry a taint when
+a real node runs beside them); for tests of the simulator itself and for pods of images that do
+not exist."""
+
+
+def on_simulated_node(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec, placed on a simulated node (SIMULATED_PLACEMENT merged in)."""
+    return {**pod_spec, **SIMULATED_PLACEMENT}
+
+
 def eventually(
     check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5, what: str = ""
 ) -> T:

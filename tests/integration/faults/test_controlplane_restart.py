@@ -85,6 +85,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster
         WSGAUGE_APISERVER_PORT=str(apiserver_port),
         WSGAUGE_ETCD_PORT=str(etcd_port),
         WSGAUGE_POD_IP_BASE=str(ip_base),
+        WSGAUGE_NODE_KIND="pod-runner",  # one real node per machine: the shared cluster has it
     )
     env.pop("KUBECONFIG", None)
     try:
