@@ -97,7 +97,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # --- images, chart, kind ------------------------------------------------------------------
-IMAGE_REGISTRY ?= ghcr.io/wsgauge
+IMAGE_REGISTRY ?= wsgauge
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 DOCKER ?= docker
 KIND ?= kind
@@ -109,11 +109,15 @@ define require_docker
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: Docker is missing: the '$(DOCKER)' client is installed but no Docker engine answers (is the daemon running?)" >&2; exit 1; }
 endef
 
-images:
-	$(require_docker)
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.operator -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.sidecar -t $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) .
-	@echo ">>> built $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)"
+# Built here from Debian's packages (nothing can be pulled): a Python base (debootstrap, made once
+# and cached), the pause image, the sidecar and the operator. Starts Debian's dockerd when no
+# Docker engine answers (stop it with: $(PY) -m wsgauge_devcluster.docker_engine down).
+# PYTHON_IMAGE=<a local image> builds on that instead; IMAGES_ARGS=--load-into <containerd socket>.
+IMAGES_ARGS ?=
+images: $(STAMP)
+	hack/install-node-deps.sh
+	IMAGE_REGISTRY=$(IMAGE_REGISTRY) IMAGE_TAG=$(IMAGE_TAG) \
+	  $(PY) -m wsgauge_devcluster.images build --print-sizes $(IMAGES_ARGS)
 
 chart-test: $(STAMP) k8s-bins
 	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge
