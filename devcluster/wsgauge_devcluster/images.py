@@ -658,6 +658,10 @@ def load_into(socket: Path, refs: Sequence[str], log: Log) -> None:
     """
     if shutil.which("ctr") is None:
         raise ImageBuildError("ctr is missing: run hack/install-node-deps.sh (containerd)")
+    try:
+        ensure_docker_engine(log)
+    except DockerEngineError as error:
+        raise ImageBuildError(str(error)) from error
     for ref in refs:
         wanted = image_id(ref)
         if wanted is None:
