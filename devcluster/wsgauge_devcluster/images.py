@@ -259,7 +259,8 @@ def pip_download_argv(
 
 def build_argv(dockerfile: Path, context: Path, ref: str, python_image: str | None) -> list[str]:
     """``docker build`` (classic builder, no network: every input is in the context)."""
-    argv = docker("build", "--network", "none", "--file", str(dockerfile), "--tag", ref)
+    argv = docker("build", "--network", "none", "--force-rm", "--file", str(dockerfile))
+    argv += ["--tag", ref]
     if python_image:
         argv += ["--build-arg", f"PYTHON_IMAGE={python_image}"]
     argv.append(str(context))
