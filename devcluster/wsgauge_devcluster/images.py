@@ -563,6 +563,23 @@ def build_python_image(log: Log, name: str, ref: str, python_image: str, info: P
     )
 
 
+def _pull(log: Log, ref: str) -> bool:
+    """docker pull ref (for machines that can); False if that fails."""
+    log(f"PYTHON_IMAGE={ref} is not a local image: trying docker pull")
+    try:
+        result = subprocess.run(
+            docker("pull", ref),
+            env=docker_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return result.returncode == 0
+
+
 # --- everything ------------------------------------------------------------------------------
 
 
@@ -591,10 +608,11 @@ def build_all(
     with _build_lock():
         if python_image is None:
             python_image = ensure_base_image(log, registry)
-        elif image_id(python_image) is None:
+        elif image_id(python_image) is None and not _pull(log, python_image):
             raise ImageBuildError(
-                f"PYTHON_IMAGE={python_image} is not a local image (nothing can be pulled "
-                "here): docker load it first, or leave PYTHON_IMAGE unset"
+                f"PYTHON_IMAGE={python_image} is not a local image and cannot be pulled: "
+                "docker load it first, or leave PYTHON_IMAGE unset (a base is made from "
+                "Debian's packages)"
             )
         else:
             log(f"Python base: PYTHON_IMAGE={python_image}")
