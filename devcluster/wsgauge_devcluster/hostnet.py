@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -217,7 +218,7 @@ def _iptables_cleanup(tool: str) -> int:
         own = {line.split()[1] for line in rules if line.startswith("-N ")}
         own = {chain for chain in own if OWN_CHAIN.match(chain)}
         for line in rules:
-            words = line.split()
+            words = shlex.split(line)  # comments are quoted
             if len(words) > 2 and words[0] == "-A" and words[1] not in own:
                 target = words[words.index("-j") + 1] if "-j" in words else ""
                 if OWN_CHAIN.match(target):

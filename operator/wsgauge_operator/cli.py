@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -428,6 +429,9 @@ async def _run_operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
             memo=kopf.Memo(controller=controller, server=server),
+            # kopf's default identity asks getpass.getuser(), which fails for a uid without a
+            # passwd entry (the images run as 65532): name this process ourselves
+            identity=elector.identity if elector is not None else socket.gethostname(),
             liveness_endpoint=settings.liveness_endpoint or None,
             stop_flag=stop,
         )
