@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from e2e_harness import GOING_AWAY, Close, eventually, get_json, kubectl
 from wsgauge_devcluster.testing import KubeCluster
 
@@ -29,10 +30,21 @@ ADMIN_PORT = 9090
 
 
 async def apply_chat(kube: KubeCluster, namespace: str) -> None:
-    """Label the namespace for injection, apply examples/chat (Deployment, Service, PDB)."""
+    """Label the namespace for injection, apply examples/chat (Deployment, Service, PDB) and
+    its ConnectionStats without the autoscaling section (the pods' readiness gate opens once
+    the operator follows them)."""
     await kubectl(kube, "label", "namespace", namespace, "wsgauge.dev/injection=enabled")
     for name in ("deployment.yaml", "service.yaml", "pdb.yaml"):
         await kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLE / name))
+    await apply_connection_stats(kube, namespace, autoscaling=False)
+
+
+async def apply_connection_stats(kube: KubeCluster, namespace: str, autoscaling: bool) -> None:
+    """examples/chat/connectionstats.yaml, with or without its autoscaling section."""
+    document = yaml.safe_load((EXAMPLE / "connectionstats.yaml").read_text())
+    if not autoscaling:
+        del document["spec"]["autoscaling"]
+    await kubectl(kube, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(document))
 
 
 def condition(pod: dict[str, Any], type_: str) -> str | None:

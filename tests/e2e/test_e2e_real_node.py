@@ -3,8 +3,8 @@ HPA, readiness gate and scale-down of the injected chat example.
 
 1. ``examples/chat`` in a namespace labelled for injection: the webhook adds the sidecar, the
    readiness gate and the app's preStop; the pods run on the kubelet node in containerd.
-2. 120 sockets through the chat Service (kube-proxy), then the ConnectionStats: the HPA the
-   operator owns scales the Deployment to 6. The first pods hold more than
+2. 120 sockets through the chat Service (kube-proxy), then autoscaling turned on in the
+   ConnectionStats: the HPA the operator owns scales the Deployment to 6. The first pods hold more than
    ``maxConnectionsPerPod`` (50): they stay Running but are not Ready and not ready endpoints of
    the Service (the kubelet honours the readiness gate), so new sockets go elsewhere.
 3. Sockets move off the full pods through the Service; every source agrees with the clients.
@@ -20,12 +20,12 @@ import asyncio
 import time
 
 import pytest
-from e2e_harness import GOING_AWAY, client_session, eventually, get_json, kubectl
+from e2e_harness import GOING_AWAY, client_session, eventually, get_json
 from real_node_harness import (
-    EXAMPLE,
     NODE,
     ServiceClient,
     apply_chat,
+    apply_connection_stats,
     assert_counts_agree,
     chat_pods,
     condition,
@@ -76,7 +76,7 @@ async def test_chat_scales_steers_and_drains_on_the_real_node(
         surge = held(clients)
         print(f"120 sockets through the Service: {surge}")
         assert set(surge) == set(first) and sum(surge.values()) == 120
-        await kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLE / "connectionstats.yaml"))
+        await apply_connection_stats(kube, namespace, autoscaling=True)
         started = time.monotonic()
 
         async def six() -> bool:

@@ -22,7 +22,6 @@ import aiohttp
 import pytest
 from e2e_harness import GOING_AWAY, client_session, eventually, get_json, kubectl
 from real_node_harness import (
-    EXAMPLE,
     ServiceClient,
     apply_chat,
     assert_counts_agree,
@@ -44,9 +43,6 @@ async def chat(
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, list[ServiceClient]]]:
     """The chat example (2 pods, no autoscaling) with 40 sockets through its Service."""
     await apply_chat(kube, namespace)
-    manifest = (EXAMPLE / "connectionstats.yaml").read_text()
-    document = manifest.split("  autoscaling:")[0] + "  statusInterval: 1s\n"
-    await kubectl(kube, "apply", "-n", namespace, "-f", "-", input_text=document)
     await eventually(lambda: ready_pods(kube, namespace, 2), 120, "2 chat pods Ready")
     url = await service_url(kube, namespace)
     session = client_session()
