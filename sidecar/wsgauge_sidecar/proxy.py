@@ -9,7 +9,11 @@ upstream connection.
 
 A WebSocket upgrade is forwarded to the app and the socket is *counted when the
 app answers 101* (never before: a refused or timed-out handshake is not
-counted). From then on bytes are relayed as they arrive. In the request-based
+counted). The upgrade gate: a request whose ``Upgrade`` names ``websocket`` is an
+upgrade (capacity and drain checks, counted on 101) if it is a GET and refused
+with 400 otherwise; a 101 to any other request is relayed only as a tunnel to a
+protocol it asked for, never as a WebSocket (502), so no WebSocket is relayed
+uncounted. From then on bytes are relayed as they arrive. In the request-based
 topic rules only the server-to-client frame headers are followed (cheaply, by a
 :class:`FrameBoundaryTracker`), so that a drain can inject a close frame at a
 frame boundary; in ``phoenix`` mode both directions are read as messages and fed
@@ -100,6 +104,17 @@ def enable_tcp_keepalive(transport: asyncio.BaseTransport, seconds: float) -> No
         except OSError as error:  # e.g. not a TCP socket
             log.debug("setsockopt(%s, %s) failed: %s", level, option, error)
             return
+
+
+def _tunnel_allowed(request: RequestHead, response: ResponseHead) -> bool:
+    """Whether a 101 to a request that is not a WebSocket upgrade may become a plain tunnel.
+
+    Only a switch to protocols the request asked for, none of them ``websocket``
+    (RFC 9110 15.2.2): the sidecar never relays an uncounted WebSocket.
+    """
+    offered = response.upgrade_protocols
+    asked = request.upgrade_protocols
+    return bool(offered) and b"websocket" not in offered and all(p in asked for p in offered)
 
 
 class ProxyServer:
@@ -320,7 +335,14 @@ class ClientConnection(asyncio.Protocol):
         self._response_framer = None
         self._response_started = False
         head_bytes = head.raw
-        if head.is_websocket_upgrade:
+        if head.names_websocket:
+            if head.method != "GET":
+                # RFC 6455 4.1: the handshake is a GET. Refused here, so that the app never
+                # gets the chance to switch protocols on a request that was not counted.
+                self.state.metrics.handshake_failed("bad_request")
+                log.info("client %s: %s upgrade to websocket refused", self._peer, head.method)
+                self.respond_locally(400, "a WebSocket upgrade must be a GET request")
+                return
             refusal = self.state.upgrade_refusal()
             if refusal is not None:
                 self.state.metrics.handshake_failed(refusal)
@@ -499,7 +521,13 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None and self.upstream is not None
         request = self._request
         assert request is not None
-        counted = self._upgrading and head.is_websocket_upgrade
+        counted = self._upgrading
+        if not counted and not _tunnel_allowed(request, head):
+            log.warning("upstream switched protocols (%s) on %s %s, which did not ask for that",
+                        b",".join(head.upgrade_protocols).decode(errors="replace") or "none",
+                        request.method, request.target)  # fmt: skip
+            self.respond_locally(502, "upstream switched to a protocol that was not asked for")
+            return
         if self._upgrading:
             self._upgrading = False
             self.state.pending_upgrades -= 1
