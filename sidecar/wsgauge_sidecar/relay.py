@@ -171,6 +171,7 @@ class WebSocketRelay:
         self.end_reason: str | None = None
         self._close_pending: int | None = None
         self._close_sent = False
+        self._closing = False
         self._discard_client = False
         self._gone_first: str | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -288,10 +289,15 @@ class WebSocketRelay:
 
     # -- closing on purpose ----------------------------------------------------------------
 
-    def close_gracefully(self, code: int, reason: str) -> None:
-        """Close toward the client with ``code`` at the next frame boundary (drain)."""
-        if self.ended or self._close_sent or self._close_pending is not None:
-            return
+    def close_gracefully(self, code: int, reason: str) -> bool:
+        """Close toward the client with ``code`` at the next frame boundary (drain).
+
+        True if this call started the close; False if the socket was already ending
+        or closing (a second call changes nothing).
+        """
+        if self.ended or self._closing or self._close_sent or self._close_pending is not None:
+            return False
+        self._closing = True
         self.end_reason = reason
         self._timer = asyncio.get_running_loop().call_later(
             self.client.proxy.close_timeout, self._close_timed_out
@@ -299,12 +305,13 @@ class WebSocketRelay:
         tracker = self.tracker
         if tracker is None:
             self.end(reason, abort=False)
-            return
+            return True
         if tracker.close_code_seen is not None:
-            return  # already closing; the timer bounds how long that may take
+            return True  # the app is closing already; the timer bounds how long that takes
         self._close_pending = code
         if tracker.at_boundary:
             self._send_pending_close(tracker)
+        return True
 
     def _close_timed_out(self) -> None:
         self._timer = None
