@@ -609,20 +609,32 @@ class ClientConnection(asyncio.Protocol):
         close: send FIN, keep reading and dropping bytes until the client closes too or
         :data:`LINGER_SECONDS` pass, then close.
         """
-        transport = self.transport
         self._shut_upstream_side()
-        if transport is None or transport.is_closing() or not transport.can_write_eof():
+        if not self.linger():
             self._shut(abort=False)
-            return
+
+    def linger(self) -> bool:
+        """Send FIN after what is buffered, then read and drop client bytes for at most
+        :data:`LINGER_SECONDS` before closing; False if the transport cannot do that.
+
+        The client side of a lingering close, also used by the WebSocket relay after it
+        closed a socket on a protocol error while the client may still be sending.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            return False
+        self.mode = _CLOSED
         self._inbuf.clear()
         transport.write_eof()
         if self._paused:
             self._paused.clear()
             transport.resume_reading()
         timeout = self.proxy.close_timeout
+        self._cancel_timer()
         self._timer = self.loop.call_later(
             LINGER_SECONDS, lambda: close_transport(transport, abort=False, timeout=timeout)
         )
+        return True
 
     def close(self, reason: str) -> None:
         """Close both sides after flushing what is buffered."""

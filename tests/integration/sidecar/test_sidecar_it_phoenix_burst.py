@@ -117,3 +117,26 @@ async def test_a_thousand_joins_pipelined_on_one_socket_are_all_counted(
     assert document["connections"] == 1 and document["closed"] == 0
     await client.close_tcp()
     await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
+
+
+async def test_joins_beyond_the_pending_bound_close_the_socket_with_1008(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """Past the bound the socket is closed with a clear code instead of being miscounted."""
+    sidecar = start_sidecar("--topic", "phoenix")
+    other = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
+    await other.send_text(_v2("1", "1", "room:other", "phx_join"))
+    await sidecar.wait_stats(lambda d: d["topics"] == {"room:other": 1})
+    client = await _pipeline_joins(sidecar, 3 * PENDING_JOINS_BOUND)
+    code = None
+    for _ in range(3 * PENDING_JOINS_BOUND + 1):
+        opcode, payload = await client.read_frame()
+        if opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+            break
+    assert code == 1008, code
+    await client.close_tcp()
+    document = await sidecar.wait_stats(lambda d: d["connections"] == 1)
+    assert document["topics"] == {"room:other": 1}
+    assert sidecar.metric("wsgauge_connections_closed_total", 'reason="protocol_error"') == 1
+    await other.close_tcp()
