@@ -234,21 +234,22 @@ class RealNode:
         }
 
     def write_configs(self, ca_file: Path) -> None:
-        """Write every config file of the node (idempotent)."""
+        """Write every config file of the node; a file whose content is the same is left alone
+        (kube-proxy exits when its config file is written to, even with the same content)."""
         for sub in ("containerd", "cni/net.d", "kubelet", "pod-logs"):
             (self.node_dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.node_dir / "containerd" / "config.toml").write_text(self._containerd_config())
-        (self.node_dir / "cni" / "net.d" / "10-wsgauge.conflist").write_text(
-            json.dumps(self._cni_conflist(), indent=1) + "\n"
-        )
-        (self.node_dir / "kubelet.yaml").write_text(
-            yaml.safe_dump(self._kubelet_config(ca_file), sort_keys=False)
-        )
-        (self.node_dir / "kube-proxy.yaml").write_text(
-            yaml.safe_dump(self._kube_proxy_config(), sort_keys=False)
-        )
-        # no DNS server: names resolve nowhere (nothing leaves the machine)
-        (self.node_dir / "resolv.conf").write_text("nameserver 127.0.0.1\noptions ndots:1\n")
+        files = {
+            "containerd/config.toml": self._containerd_config(),
+            "cni/net.d/10-wsgauge.conflist": json.dumps(self._cni_conflist(), indent=1) + "\n",
+            "kubelet.yaml": yaml.safe_dump(self._kubelet_config(ca_file), sort_keys=False),
+            "kube-proxy.yaml": yaml.safe_dump(self._kube_proxy_config(), sort_keys=False),
+            # no DNS server: names resolve nowhere (nothing leaves the machine)
+            "resolv.conf": "nameserver 127.0.0.1\noptions ndots:1\n",
+        }
+        for name, text in files.items():
+            path = self.node_dir / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
 
     # ----- processes ------------------------------------------------------------------------
     def running(self) -> dict[str, int | None]:

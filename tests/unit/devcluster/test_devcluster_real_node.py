@@ -109,3 +109,16 @@ def test_simulated_nodes_are_tainted_only_beside_a_real_node() -> None:
     tainted = NodeAgent(name="n1", node_ip="127.101.0.1", tainted=True)
     assert plain.node_object()["spec"] == {}
     assert tainted.node_object()["spec"] == {"taints": [SIMULATED_TAINT]}
+
+
+def test_configs_written_again_only_when_they_change(tmp_path: Path) -> None:
+    """kube-proxy exits when its config file is written to: an `up` beside a running node must
+    not touch files whose content is the same."""
+    node = _node(tmp_path)
+    node.write_configs(tmp_path / "ca.crt")
+    proxy = tmp_path / "node" / "kube-proxy.yaml"
+    before = proxy.stat().st_mtime_ns
+    node.write_configs(tmp_path / "ca.crt")
+    assert proxy.stat().st_mtime_ns == before
+    _node(tmp_path, kubelet_port=20250).write_configs(tmp_path / "ca.crt")
+    assert "20249" in proxy.read_text()
