@@ -23,6 +23,7 @@ from typing import Any
 
 import kopf
 from aiohttp import web
+from kopf._core.engines.peering import Identity  # the NewType kopf.operator() takes
 
 from wsgauge_operator.autoscaling_services import install_autoscaling
 from wsgauge_operator.controller import Controller
@@ -431,7 +432,7 @@ async def _run_operator(
             memo=kopf.Memo(controller=controller, server=server),
             # kopf's default identity asks getpass.getuser(), which fails for a uid without a
             # passwd entry (the images run as 65532): name this process ourselves
-            identity=elector.identity if elector is not None else socket.gethostname(),
+            identity=Identity(elector.identity if elector is not None else socket.gethostname()),
             liveness_endpoint=settings.liveness_endpoint or None,
             stop_flag=stop,
         )

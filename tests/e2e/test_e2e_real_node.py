@@ -4,9 +4,10 @@ HPA, readiness gate and scale-down of the injected chat example.
 1. ``examples/chat`` in a namespace labelled for injection: the webhook adds the sidecar, the
    readiness gate and the app's preStop; the pods run on the kubelet node in containerd.
 2. 120 sockets through the chat Service (kube-proxy), then autoscaling turned on in the
-   ConnectionStats: the HPA the operator owns scales the Deployment to 6. The first pods hold more than
-   ``maxConnectionsPerPod`` (50): they stay Running but are not Ready and not ready endpoints of
-   the Service (the kubelet honours the readiness gate), so new sockets go elsewhere.
+   ConnectionStats: the HPA the operator owns scales the Deployment to 6. The first pods hold
+   more than ``maxConnectionsPerPod`` (50): they stay Running but are not Ready and not ready
+   endpoints of the Service (the kubelet honours the readiness gate), so new sockets go
+   elsewhere.
 3. Sockets move off the full pods through the Service; every source agrees with the clients.
 4. Most sockets close, the two busiest pods keep the most: the HPA scales to 2, the pods that go
    are the emptiest (deletion cost), their sidecars close with 1001 spread over the drain window
