@@ -2,7 +2,7 @@
 # Install the Debian packages a real local node needs, when they are missing:
 # the Docker engine (image builds), containerd and runc (the kubelet's runtime),
 # the CNI plugins, iptables/conntrack (kube-proxy), debootstrap (the Python base
-# image) and iproute2. Idempotent: returns at once when everything is there.
+# image), iproute2, and gcc with libc6-dev (the static pause program). Idempotent: returns at once when everything is there.
 #
 #   hack/install-node-deps.sh
 set -euo pipefail
@@ -20,12 +20,15 @@ declare -A NEED=(
   [ip]=iproute2
   [ethtool]=ethtool
   [socat]=socat
+  [gcc]=gcc
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${NEED[$cmd]}")
 done
 [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+# the pause image is a static C program of ours
+[[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
