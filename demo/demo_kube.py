@@ -1,27 +1,32 @@
-"""Cluster side of ``make demo``: the local cluster, kubectl, the operator process, pod listings.
+"""Cluster side of ``make demo``: the local cluster, the wsgauge release, kubectl, pod listings.
 
 Building blocks of ``demo/cluster_demo.py``, importable on their own (``sys.path`` holding
-``demo/``): :func:`ensure_cluster` starts or reuses the local control plane
-(``wsgauge-devcluster``), :class:`Kubectl` runs kubectl asynchronously against it,
-:class:`OperatorProcess` runs ``wsgauge-operator`` as a child process with its log in a file,
-:func:`list_pods` reads the pods of the demo Deployment, and :func:`autoscaling_flags` finds out
-whether this operator build has the custom metrics API.
+``demo/``): :func:`ensure_cluster` starts or reuses the local cluster (``wsgauge-devcluster up``:
+control plane and the real node ``wsgauge-node``), :class:`ReleaseLock` is the file lock the
+tests hold while they install or uninstall the release ``wsgauge``, :func:`install_release`
+installs wsgauge with its chart (``helm upgrade --install``, as ``wsgauge-devcluster deploy``),
+:class:`Kubectl` runs kubectl asynchronously against the cluster, and :func:`pod_info`,
+:func:`endpoint_readiness`, :func:`injected_summary` read the API objects the demo shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wsgauge_devcluster.deploy import ChartInstall, DeployError
+from wsgauge_devcluster.images import project_version
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The repository (demo/ lives directly below it)."""
@@ -29,23 +34,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
 """The venv's bin directory (console scripts of wsgauge)."""
 
+RELEASE = "wsgauge"
+"""The Helm release of wsgauge (the one ``wsgauge-devcluster deploy`` and the e2e tests use)."""
+RELEASE_NAMESPACE = "wsgauge-system"
+"""Its namespace."""
+GATE = "wsgauge.dev/connections-ok"
+"""The pod condition behind the readiness gate the injector adds."""
+NODE = "wsgauge-node"
+"""The devcluster's real node (kubelet + containerd)."""
+
+LOCK_PATH = Path(tempfile.gettempdir()) / "wsgauge-custom-metrics-apiservice.lock"
+"""The lock file of tests/apiservice_lock.py: held by whoever (un)installs the release."""
+
+Say = Callable[[str], None]
+
 
 class DemoError(Exception):
     """Something the demo cannot go on without; the message tells the user what to do."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def port_taken(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def executable(name: str) -> Path:
@@ -63,7 +68,7 @@ class ClusterHandle:
     kubeconfig: Path
     """Admin kubeconfig of the cluster."""
     bin_dir: Path
-    """Directory holding kubectl (and the control plane binaries)."""
+    """Directory holding kubectl and helm."""
     started_by_demo: bool
     """True when the demo had to start the cluster (it was not running)."""
 
@@ -74,7 +79,7 @@ class ClusterHandle:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for child processes: KUBECONFIG set, kubectl first on PATH."""
+        """Environment for child processes: KUBECONFIG set, kubectl and helm first on PATH."""
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
@@ -95,26 +100,112 @@ def parse_exports(text: str) -> tuple[Path, Path]:
     return kubeconfig, bin_dir
 
 
-def ensure_cluster(say: Any = print) -> ClusterHandle:
-    """Start the local cluster unless it runs; remember which it was."""
+def ensure_cluster(say: Say = print) -> ClusterHandle:
+    """``wsgauge-devcluster up`` (idempotent: reuses a running cluster); remember which it was."""
     devcluster = str(executable("wsgauge-devcluster"))
     status = subprocess.run([devcluster, "status"], capture_output=True, text=True, check=False)
     running = status.returncode == 0
     if running:
         say("local cluster already running: reusing it (and leaving it running)")
     else:
-        say("starting the local cluster (wsgauge-devcluster up; ~15 s the first time) ...")
-    # Progress goes to stderr (shown to the user), the export lines to stdout.
+        say("starting the local cluster (wsgauge-devcluster up; a minute or two the first time)")
+    # Progress goes to stderr (shown to the user), the export lines to stdout. 'up' also loads
+    # images that 'make images' rebuilt into the node's containerd.
     up = subprocess.run([devcluster, "up"], stdout=subprocess.PIPE, text=True, check=False)
     if up.returncode != 0:
         raise DemoError(
             "wsgauge-devcluster up failed (see its message above). Missing binaries: "
-            "'make k8s-bins'; a port in use: another cluster or WSGAUGE_APISERVER_PORT"
+            "'make k8s-bins'; missing node packages: 'make node-deps'"
         )
     kubeconfig, bin_dir = parse_exports(up.stdout)
-    if not (bin_dir / "kubectl").exists():
-        raise DemoError(f"kubectl missing in {bin_dir}: run 'make k8s-bins'")
+    for tool in ("kubectl", "helm"):
+        if not (bin_dir / tool).exists():
+            raise DemoError(f"{tool} missing in {bin_dir}: run 'make k8s-bins'")
     return ClusterHandle(kubeconfig=kubeconfig, bin_dir=bin_dir, started_by_demo=not running)
+
+
+class ReleaseLock:
+    """The tests' lock on the release (``tests/apiservice_lock.py``, same file, ``flock``).
+
+    The e2e tests install and uninstall release ``wsgauge`` while they hold it; the demo holds
+    it from its install until its namespace is gone, so neither pulls the release from under
+    the other. Waiting polls (the event loop keeps going, Ctrl-C works) and is bounded."""
+
+    def __init__(self, path: Path = LOCK_PATH) -> None:
+        self.path = path
+        self.descriptor: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free right now."""
+        if self.descriptor is not None:
+            return True
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        self.descriptor = descriptor
+        return True
+
+    async def acquire(self, timeout: float, say: Say) -> None:
+        """Wait (bounded, a progress line every 30 s) until the lock is ours."""
+        started = time.monotonic()
+        told = started - 30.0
+        while not self.try_acquire():
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise DemoError(
+                    f"{self.path} is still held after {timeout:.0f} s (a test run uses the "
+                    "release wsgauge): run the demo again when it is done, or raise --lock-wait"
+                )
+            if time.monotonic() - told >= 30.0:
+                say(
+                    f"   waiting for {self.path} ({waited:.0f} s): a test is using the release "
+                    f"{RELEASE}; the demo waits up to {timeout:.0f} s"
+                )
+                told = time.monotonic()
+            await asyncio.sleep(0.5)
+
+    def release(self) -> None:
+        """Let go (no-op when not held)."""
+        if self.descriptor is None:
+            return
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+        os.close(self.descriptor)
+        self.descriptor = None
+
+
+def release_installed(cluster: ClusterHandle) -> bool:
+    """Whether ``helm status wsgauge -n wsgauge-system`` finds the release."""
+    result = subprocess.run(
+        [str(cluster.bin_dir / "helm"), "status", RELEASE, "-n", RELEASE_NAMESPACE],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=False,
+        timeout=60,
+    )
+    return result.returncode == 0
+
+
+def install_release(cluster: ClusterHandle, say: Say) -> None:
+    """``helm upgrade --install`` of charts/wsgauge with the local images (the same as
+    ``wsgauge-devcluster deploy``); waits until the operator, the injector and the custom
+    metrics APIServices are Available. Blocking: run it in a thread."""
+    install = ChartInstall(
+        kubeconfig=cluster.kubeconfig,
+        bin_dir=cluster.bin_dir,
+        image_tag=project_version(),
+        namespace=RELEASE_NAMESPACE,
+        release=RELEASE,
+        timeout_seconds=360.0,
+    )
+    try:
+        install.install(lambda line: say(f"   {line}"))
+    except DeployError as error:
+        raise DemoError(f"installing wsgauge with its chart failed: {error}") from None
 
 
 class Kubectl:
@@ -165,6 +256,14 @@ class Kubectl:
         return code == 0
 
 
+def _condition(status: Mapping[str, Any], kind: str) -> str:
+    """'True', 'False' or '' (absent) of one pod condition."""
+    for entry in status.get("conditions") or []:
+        if entry.get("type") == kind:
+            return str(entry.get("status", ""))
+    return ""
+
+
 @dataclass(frozen=True)
 class PodInfo:
     """What the demo needs to know about one pod of the demo Deployment."""
@@ -172,9 +271,13 @@ class PodInfo:
     name: str
     """Pod name."""
     ip: str
-    """Pod IP (a 127.x address on the local cluster), '' before it has one."""
+    """Pod IP (10.244.0.x on the real node), '' before it has one."""
+    node: str
+    """The node it runs on ('' before it is scheduled)."""
     ready: bool
     """Condition Ready is True."""
+    gate: str
+    """Condition wsgauge.dev/connections-ok: 'True', 'False' or '' (not set yet)."""
     deleting: bool
     """deletionTimestamp is set (draining or gone soon)."""
     created: str
@@ -184,7 +287,7 @@ class PodInfo:
 
     @property
     def serving(self) -> bool:
-        """Ready, not being deleted, with an IP: a client may connect to it."""
+        """Ready and not being deleted: a ready endpoint of the Service."""
         return self.ready and not self.deleting and bool(self.ip)
 
 
@@ -192,102 +295,57 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     """PodInfo of one pod object from the API."""
     metadata = pod.get("metadata", {})
     status = pod.get("status", {})
-    conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     annotations = metadata.get("annotations") or {}
     return PodInfo(
         name=metadata.get("name", ""),
         ip=status.get("podIP") or "",
-        ready=ready,
+        node=(pod.get("spec") or {}).get("nodeName") or "",
+        ready=_condition(status, "Ready") == "True",
+        gate=_condition(status, GATE),
         deleting=bool(metadata.get("deletionTimestamp")),
         created=metadata.get("creationTimestamp", ""),
         deletion_cost=annotations.get("controller.kubernetes.io/pod-deletion-cost", ""),
     )
 
 
-async def list_pods(kubectl: Kubectl, namespace: str, selector: str) -> list[PodInfo]:
-    """The pods of a label selector, oldest first."""
-    listing = await kubectl.get_json("pods", "-n", namespace, "-l", selector)
-    pods = [pod_info(item) for item in listing.get("items", [])]
-    return sorted(pods, key=lambda p: (p.created, p.name))
+def endpoint_readiness(slices: Mapping[str, Any]) -> dict[str, bool]:
+    """Pod name -> ``conditions.ready`` of its endpoint, from an EndpointSlice list."""
+    found: dict[str, bool] = {}
+    for item in slices.get("items") or []:
+        if item.get("kind", "EndpointSlice") != "EndpointSlice":
+            continue
+        for endpoint in item.get("endpoints") or []:
+            target = (endpoint.get("targetRef") or {}).get("name")
+            if target:
+                found[target] = bool((endpoint.get("conditions") or {}).get("ready"))
+    return found
 
 
-def autoscaling_flags(help_text: str, metrics_port: int) -> list[str] | None:
-    """Operator flags that turn the custom metrics API on, or None if this build has none."""
-    if "--metrics-api-listen" not in help_text or "--metrics-api " not in help_text:
-        return None
-    return ["--metrics-api=true", f"--metrics-api-listen=127.0.0.1:{metrics_port}"]
-
-
-def operator_help() -> str:
-    """``wsgauge-operator --help`` (to detect what this build supports)."""
-    result = subprocess.run(
-        [str(executable("wsgauge-operator")), "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return result.stdout
-
-
-class OperatorProcess:
-    """``wsgauge-operator`` as a child process in its own session, output in a log file."""
-
-    def __init__(self, cluster: ClusterHandle, log_path: Path, args: Sequence[str]) -> None:
-        self.cluster = cluster
-        self.log_path = log_path
-        self.args = list(args)
-        self.child: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start it (the log file is truncated)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.child = await asyncio.create_subprocess_exec(
-                str(executable("wsgauge-operator")),
-                "--kubeconfig",
-                str(self.cluster.kubeconfig),
-                *self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.cluster.env,
-                # Own session: Ctrl-C in the terminal reaches the demo only, which stops the
-                # operator itself, after its clients and before deleting what it applied.
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        """Process id while started."""
-        return self.child.pid if self.child is not None else None
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The last lines of the operator's log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        """DemoError with the end of its log if the operator has exited."""
-        if self.child is not None and self.child.returncode is not None:
-            raise DemoError(
-                f"the operator exited (status {self.child.returncode}); end of "
-                f"{self.log_path}:\n{self.log_tail()}"
-            )
-
-    async def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-        child = self.child
-        if child is None or child.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(child.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
+def injected_summary(pod: Mapping[str, Any]) -> list[str]:
+    """What the injector added to a chat pod, in a few lines (containers, gate, preStop)."""
+    spec = pod.get("spec") or {}
+    lines = []
+    for container in spec.get("containers") or []:
+        ports = ",".join(
+            f"{p.get('name') or ''}:{p.get('containerPort')}".lstrip(":")
+            for p in container.get("ports") or []
+        )
+        pre_stop = (container.get("lifecycle") or {}).get("preStop")
+        extras = [f"ports {ports}"] if ports else []
+        if pre_stop:
+            command = (pre_stop.get("exec") or {}).get("command")
+            sleep = (pre_stop.get("sleep") or {}).get("seconds")
+            if sleep is not None:
+                extras.append(f"preStop sleep {sleep}s")
+            elif command:
+                extras.append(f"preStop {' '.join(map(str, command))}")
+            else:
+                extras.append("preStop")
+        lines.append(
+            f"container {container.get('name')}: {container.get('image')}"
+            + (f"  ({'; '.join(extras)})" if extras else "")
+        )
+    gates = [g.get("conditionType") for g in spec.get("readinessGates") or []]
+    lines.append(f"readinessGates: {', '.join(map(str, gates)) or '-'}")
+    lines.append(f"node: {spec.get('nodeName') or '-'}")
+    return lines

@@ -1,11 +1,11 @@
-"""Client load of ``make demo``: real WebSocket sockets held against the pods' sidecars.
+"""Client load of ``make demo``: real WebSocket sockets through the chat Service.
 
-There is no Service routing on the local cluster (no kube-proxy; Endpoints reject loopback
-addresses), so the demo plays the load balancer: :class:`LoadPool` connects each new socket to
-``ws://<podIP>:<data port>/ws/<topic>`` of one of the serving pods (Ready, not being deleted),
-round robin starting with the pod that holds the fewest of our sockets. A socket the server closes
-(a draining sidecar closes with 1001) reconnects to another serving pod after a short random
-delay, like a real client would. :func:`topic_plan` spreads a number of sockets over topics.
+Every socket connects to ``ws://<chat ClusterIP>/ws/<topic>``: kube-proxy picks one of the
+Service's ready endpoints, exactly as for any client in the cluster; the demo does not choose.
+Right after the handshake a client sends ``whoami`` and the demo app answers ``pod:<name>``,
+so the demo knows where each socket landed. A socket the server closes with 1001 (a draining
+sidecar) reconnects through the Service after a short random delay, like a real client.
+:func:`topic_plan` spreads a number of sockets over topics.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
-from demo_kube import DemoError, PodInfo
-
-PodSource = Callable[[], Awaitable[Sequence[PodInfo]]]
-"""Returns the current pods (e.g. from kubectl)."""
 
 TOPIC_WEIGHTS: tuple[tuple[str, int], ...] = (("stream", 6), ("stats", 3), ("chat", 1))
 """Topics the demo clients use and their shares."""
+GOING_AWAY = 1001
+"""The close code of a draining sidecar."""
 
 
 def topic_plan(count: int, weights: Sequence[tuple[str, int]] = TOPIC_WEIGHTS) -> list[str]:
@@ -41,41 +39,70 @@ def topic_plan(count: int, weights: Sequence[tuple[str, int]] = TOPIC_WEIGHTS) -
     return plan
 
 
+def parse_whoami(text: str) -> str | None:
+    """The pod name in the demo app's answer to ``whoami`` (``pod:<name>``), else None."""
+    if not text.startswith("pod:"):
+        return None
+    name = text.removeprefix("pod:").strip()
+    return name or None
+
+
+def keep_plan(
+    counts: Mapping[str, int], oldest_first: Sequence[str], stay: int = 2
+) -> dict[str, int]:
+    """How many sockets each pod keeps when most clients leave, unevenly.
+
+    The ``stay`` pods that will hold the most are the busiest pods *other than the oldest*
+    (they keep up to 14, 10, ...); every other pod keeps a few (3, 0, 2, 1, ... in age order).
+    So the pods to remove are not the newest ones, which a ReplicaSet removes first when no
+    deletion cost says otherwise."""
+    candidates = sorted(oldest_first[1:], key=lambda name: (-counts.get(name, 0), name))
+    busy = candidates[:stay]
+    keep_busy = [14, 10, 8, 6]
+    few = [3, 0, 2, 1]
+    plan: dict[str, int] = {}
+    others = 0
+    for name in oldest_first:
+        if name in busy:
+            plan[name] = min(counts.get(name, 0), keep_busy[busy.index(name) % len(keep_busy)])
+        else:
+            plan[name] = min(counts.get(name, 0), few[others % len(few)])
+            others += 1
+    return plan
+
+
 @dataclass(eq=False)
 class ClientSocket:
-    """One client socket (it may move to another pod after a server-side close)."""
+    """One client socket (it may land on another pod after a server-side close)."""
 
     topic: str
     """The topic (URL path /ws/<topic>)."""
     pod: str = ""
-    """Pod it is connected to ('' while connecting)."""
+    """Pod it is connected to, from ``whoami`` ('' while connecting)."""
     ws: aiohttp.ClientWebSocketResponse | None = None
     """The open socket, None while reconnecting."""
     closing: bool = False
     """Closed on purpose by the demo (no reconnect)."""
-    reconnects: int = 0
-    """How often it reconnected after the server closed it."""
+    close_codes: list[int | None] = field(default_factory=list)
+    """Close codes the server sent, in order."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     """Task that reads the socket until it closes."""
 
 
-class LoadPool:
-    """The demo's client sockets, spread over the serving pods."""
+class ServiceLoad:
+    """The demo's client sockets, all through one Service URL."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        pods: PodSource,
-        data_port: int = 8080,
-        reconnect_delay: float = 1.0,
+        self, session: aiohttp.ClientSession, base_url: str, reconnect_delay: float = 1.0
     ) -> None:
         self.session = session
-        self.pods = pods
-        self.data_port = data_port
+        self.base_url = base_url.rstrip("/")
         self.reconnect_delay = reconnect_delay
         self.sockets: list[ClientSocket] = []
         self.failures = 0
         self.reconnected = 0
+        self.drained: Counter[str] = Counter()
+        """Sockets closed with 1001, by the pod that closed them."""
 
     def per_pod(self) -> Counter[str]:
         """Open sockets per pod, as the clients see them."""
@@ -85,46 +112,50 @@ class LoadPool:
         """Sockets currently open."""
         return sum(self.per_pod().values())
 
-    def _order(self, serving: Sequence[PodInfo]) -> list[PodInfo]:
-        """Serving pods, the one with the fewest of our sockets first (ties: oldest first)."""
-        load = self.per_pod()
-        return sorted(serving, key=lambda pod: load[pod.name])
+    async def _connect(self, client: ClientSocket, attempts: int = 10) -> bool:
+        """Connect through the Service and ask which pod answered (bounded retries)."""
+        url = f"{self.base_url}/ws/{client.topic}"
+        for _ in range(attempts):
+            if client.closing:
+                return False
+            ws: aiohttp.ClientWebSocketResponse | None = None
+            try:
+                ws = await asyncio.wait_for(self.session.ws_connect(url, heartbeat=None), 10)
+                await ws.send_str("whoami")
+                reply = await asyncio.wait_for(ws.receive(), 10)
+                pod = (
+                    parse_whoami(str(reply.data)) if reply.type == aiohttp.WSMsgType.TEXT else None
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pod = None
+            if pod is None or ws is None:
+                self.failures += 1
+                if ws is not None:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        await ws.close()
+                await asyncio.sleep(0.3 + random.random() * 0.4)
+                continue
+            client.ws, client.pod = ws, pod
+            client.task = asyncio.create_task(self._read(client), name=f"client-{pod}")
+            return True
+        return False
 
-    async def _connect(self, client: ClientSocket, pod: PodInfo) -> bool:
-        url = f"http://{pod.ip}:{self.data_port}/ws/{client.topic}"
-        try:
-            ws = await self.session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5))
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            self.failures += 1
-            return False
-        client.ws, client.pod = ws, pod.name
-        client.task = asyncio.create_task(self._read(client), name=f"client-{pod.name}")
-        return True
+    async def open(self, topics: Sequence[str], parallel: int = 10) -> int:
+        """Open one socket per topic through the Service; returns how many opened."""
+        gate = asyncio.Semaphore(parallel)
 
-    async def open(self, topics: Sequence[str], per_pod_limit: int | None = None) -> int:
-        """Open one socket per topic, round robin over the serving pods; returns how many opened.
+        async def one(topic: str) -> bool:
+            async with gate:
+                client = ClientSocket(topic=topic)
+                if await self._connect(client):
+                    self.sockets.append(client)
+                    return True
+                return False
 
-        With ``per_pod_limit``, a pod that holds that many of our sockets gets no more (the
-        rest waits for more pods, as a client would back off from full servers)."""
-        serving = self._order([p for p in await self.pods() if p.serving])
-        load = self.per_pod()
-        opened = 0
-        for topic in topics:
-            if per_pod_limit is not None:
-                serving = [p for p in serving if load[p.name] < per_pod_limit]
-            if not serving:
-                break
-            pod = serving[0]
-            client = ClientSocket(topic=topic)
-            if await self._connect(client, pod):
-                self.sockets.append(client)
-                opened += 1
-                load[pod.name] += 1
-            serving = serving[1:] + serving[:1]
-        return opened
+        return sum(await asyncio.gather(*(one(topic) for topic in topics)))
 
     async def _read(self, client: ClientSocket) -> None:
-        """Hold the socket; when the server closes it, reconnect elsewhere (unless closing)."""
+        """Hold the socket; when the server closes it, reconnect through the Service."""
         ws = client.ws
         if ws is None:
             return
@@ -133,43 +164,25 @@ class LoadPool:
                 pass
         if client.closing:
             return
+        client.close_codes.append(ws.close_code)
+        if ws.close_code == GOING_AWAY:
+            self.drained[client.pod] += 1
         client.ws = None
-        await self._reconnect(client, gone=client.pod)
-
-    async def _reconnect(self, client: ClientSocket, gone: str) -> None:
-        for _attempt in range(10):
-            await asyncio.sleep(self.reconnect_delay * (0.5 + random.random()))
-            if client.closing:
-                return
-            try:
-                serving = [p for p in await self.pods() if p.serving and p.name != gone]
-            except (DemoError, OSError, ValueError):
-                continue  # kubectl failed for a moment: try again
-            if serving and await self._connect(client, self._order(serving)[0]):
-                client.reconnects += 1
-                self.reconnected += 1
-                return
-        client.pod = ""
+        await asyncio.sleep(self.reconnect_delay * (0.5 + random.random()))
+        if await self._connect(client):
+            self.reconnected += 1
+        else:
+            client.pod = ""
 
     async def _close(self, client: ClientSocket) -> None:
         client.closing = True
         if client.ws is not None:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                await client.ws.close()
+                await asyncio.wait_for(client.ws.close(), 10)
         if client.task is not None:
             client.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await client.task
-
-    async def open_on(self, pod: PodInfo, topics: Sequence[str]) -> int:
-        """Open one socket per topic on this pod; returns how many opened."""
-        opened = 0
-        for topic in topics:
-            client = ClientSocket(topic=topic)
-            if await self._connect(client, pod):
-                self.sockets.append(client)
-                opened += 1
-        return opened
 
     async def close(self, clients: Sequence[ClientSocket]) -> None:
         """Close these sockets (on purpose: no reconnect)."""
@@ -177,21 +190,22 @@ class LoadPool:
         chosen = set(map(id, clients))
         self.sockets = [s for s in self.sockets if id(s) not in chosen]
 
-    async def close_to(self, keep: dict[str, int]) -> None:
+    async def reload(self, clients: Sequence[ClientSocket]) -> None:
+        """These clients close and connect again through the Service (a page reload)."""
+        topics = [client.topic for client in clients]
+        await self.close(clients)
+        await self.open(topics)
+
+    async def close_to(self, keep: Mapping[str, int]) -> None:
         """Close sockets so that each pod keeps at most ``keep[pod]`` (0 for unlisted pods)."""
         kept: Counter[str] = Counter()
         doomed: list[ClientSocket] = []
         for client in self.sockets:
-            if kept[client.pod] < keep.get(client.pod, 0):
+            if client.ws is not None and kept[client.pod] < keep.get(client.pod, 0):
                 kept[client.pod] += 1
             else:
                 doomed.append(client)
         await self.close(doomed)
-
-    async def close_fraction(self, fraction: float) -> None:
-        """Close about ``fraction`` of the sockets, taken from every pod alike."""
-        target = {pod: int(count * (1.0 - fraction)) for pod, count in self.per_pod().items()}
-        await self.close_to(target)
 
     async def close_all(self) -> None:
         """Close every socket."""

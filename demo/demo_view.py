@@ -1,9 +1,10 @@
 """What ``make demo`` prints: one snapshot of the demo namespace and its two-line rendering.
 
-:func:`read_snapshot` reads the ``kubectl get connectionstats`` row, the Deployment, the
-ConnectionStats status, the owned HPA and the pods (two kubectl calls), and each pod's sockets
-straight from its sidecar (``GET <podIP>:9090/stats``); :func:`render` turns that into the two
-compact status lines. Also the small printing helpers the demo uses.
+:func:`read_snapshot` reads the ``kubectl get connectionstats`` row, then the Deployment, the
+ConnectionStats status, the owned HPA, the pods and the chat Service's EndpointSlices (one
+kubectl call), and each pod's sockets straight from its sidecar (``GET <podIP>:9090/stats``:
+pod IPs are routed from the host); :func:`render` turns that into two compact status lines.
+Also the small printing helpers the demo uses.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from demo_kube import Kubectl, PodInfo, pod_info
+from demo_kube import Kubectl, PodInfo, endpoint_readiness, pod_info
 
 
 def say(message: str = "") -> None:
@@ -73,8 +74,19 @@ class Snapshot:
     """The owned HPA, if any."""
     pods: list[PodInfo] = field(default_factory=list)
     """The demo pods, oldest first."""
+    endpoints: dict[str, bool] = field(default_factory=dict)
+    """Pod -> ready, of the chat Service's EndpointSlice endpoints."""
     counts: dict[str, int] = field(default_factory=dict)
     """Sockets per pod as its sidecar reports them (GET podIP:9090/stats)."""
+
+    @property
+    def live(self) -> list[PodInfo]:
+        """Pods not being deleted."""
+        return [p for p in self.pods if not p.deleting]
+
+    def ready_endpoints(self) -> int:
+        """Ready endpoints of the Service."""
+        return sum(self.endpoints.values())
 
 
 async def sidecar_counts(
@@ -87,11 +99,11 @@ async def sidecar_counts(
             return pod.name, None
         try:
             async with session.get(
-                f"http://{pod.ip}:{admin_port}/stats", timeout=aiohttp.ClientTimeout(total=1.5)
+                f"http://{pod.ip}:{admin_port}/stats", timeout=aiohttp.ClientTimeout(total=2)
             ) as response:
-                document = await response.json()
+                document = await response.json(content_type=None)
                 return pod.name, int(document["connections"])
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError):
             return pod.name, None
 
     answers = await asyncio.gather(*(one(pod) for pod in pods))
@@ -108,8 +120,11 @@ async def read_snapshot(
     )
     snap.wss_row = " ".join(out.split()) if code == 0 else "(no ConnectionStats)"
     listing = await kubectl.get_json(
-        "deployments,connectionstats,horizontalpodautoscalers,pods", "-n", namespace
+        "deployments,connectionstats,horizontalpodautoscalers,pods,endpointslices",
+        "-n",
+        namespace,
     )
+    slices = []
     for item in listing.get("items", []):
         kind = item.get("kind")
         if kind == "Deployment":
@@ -122,26 +137,44 @@ async def read_snapshot(
             snap.hpa = item
         elif kind == "Pod":
             snap.pods.append(pod_info(item))
+        elif kind == "EndpointSlice":
+            service = (item.get("metadata", {}).get("labels") or {}).get(
+                "kubernetes.io/service-name"
+            )
+            if service == name:
+                slices.append(item)
+    snap.endpoints = endpoint_readiness({"items": slices})
     snap.pods.sort(key=lambda p: (p.created, p.name))
     snap.counts = await sidecar_counts(session, snap.pods)
     return snap
 
 
+def pod_notes(pod: PodInfo, endpoint: bool | None, costs: bool = False) -> list[str]:
+    """Short marks of one pod: draining, starting, full (gate False), out of the Service."""
+    notes = [f"c{pod.deletion_cost}"] if costs and pod.deletion_cost else []
+    if pod.deleting:
+        notes.append("draining")
+    elif pod.gate == "False":
+        notes.append("gate off")
+    elif not pod.ready:
+        notes.append("starting")
+    if not pod.deleting and endpoint is False:
+        notes.append("no traffic")
+    return notes
+
+
 def render(snap: Snapshot, elapsed: float, costs: bool = False) -> tuple[str, str]:
-    """Two compact lines: the kubectl row, replicas, HPA; topics and per-pod sockets."""
-    line = f"[{elapsed:4.0f}s] wss {snap.wss_row:<44}"
+    """Two compact lines: the kubectl row, replicas, HPA, endpoints; topics and per-pod sockets."""
+    line = f"[{elapsed:4.0f}s] wss {snap.wss_row:<38}"
     line += f" | replicas {snap.ready_replicas}/{snap.replicas}"
     if snap.hpa is not None:
         status = snap.hpa.get("status", {})
         line += f" | hpa desired {status.get('desiredReplicas') or '?'}"
+    line += f" | endpoints ready {snap.ready_endpoints()}/{len(snap.endpoints)}"
     per_pod = []
     for pod in snap.pods:
         count = snap.counts.get(pod.name)
-        notes = [f"c{pod.deletion_cost}"] if costs and pod.deletion_cost else []
-        if pod.deleting:
-            notes.append("draining")
-        elif not pod.ready:
-            notes.append("not ready")
+        notes = pod_notes(pod, snap.endpoints.get(pod.name), costs)
         text = f"{short(pod.name)}={'?' if count is None else count}"
         per_pod.append(text + (f"({','.join(notes)})" if notes else ""))
     second = f"        topics {format_topics(snap.topics)} | pod sockets {' '.join(per_pod) or '-'}"
