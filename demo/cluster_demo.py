@@ -270,11 +270,9 @@ class Demo:
         """The kubectl column names and the marks of the status lines."""
         out = await self.k.text("get", "connectionstats", "-n", self.ns)
         say(f"        wss = kubectl get connectionstats:  {' '.join(out.splitlines()[0].split())}")
-        say(
-            "        pod sockets: each sidecar's own count (GET <podIP>:9090/stats); gate off = "
-            f"{GATE} False,"
-        )
-        say("        no traffic = not a ready endpoint of the chat Service (EndpointSlice)")
+        say("        pod sockets: each sidecar's own count (GET <podIP>:9090/stats);")
+        say(f"        gate off: {GATE} False; starting: not Ready yet;")
+        say("        no traffic: not a ready endpoint of the chat Service (its EndpointSlice)")
 
     async def show_endpoints(self) -> None:
         """The chat Service's EndpointSlice, one line per endpoint with its ready condition."""
@@ -335,10 +333,8 @@ class Demo:
             lambda s: any(p.gate == "False" for p in s.live), f"a pod above {capacity} to be gated",
             timeout=30.0,
         )  # fmt: skip
-        say(
-            f"a pod above {capacity} sockets gets {GATE}=False: not Ready, no new sockets from "
-            "the Service (minReadyPods: 1 keeps the last one in)"
-        )
+        say(f"a pod above {capacity} sockets gets {GATE}=False: it keeps its sockets but is not")
+        say("Ready, so the Service sends it no new ones (minReadyPods: 1 keeps the last one in)")
         await self.show_endpoints()
 
     def landed(self) -> str:
@@ -363,7 +359,8 @@ class Demo:
             )
 
         snap = await self.until(settled, f"{wanted} pods, the new ones Ready")
-        await self.watch(4.0)
+        await asyncio.sleep(self.settings.tick)
+        await self.tick()
         await self.show("get", "connectionstats", "-n", self.ns, "-o", "wide")
         await self.show("get", "hpa", "-n", self.ns)
         await self.show_metrics_api()
@@ -403,7 +400,7 @@ class Demo:
         plan = " ".join(f"{short(name)}={keep[name]}" for name in live)
         say(f"        - {self.clients.open_count()} sockets left; oldest pod first: {plan}")
         say("        (c<N>: the pod-deletion-cost the operator keeps on each pod)")
-        before = await self.tick(costs=True)
+        before = await self.snapshot_pods()
         await self.until(
             lambda s: s.replicas < before.replicas, "the HPA to lower the replicas", costs=True
         )
@@ -485,6 +482,8 @@ class Demo:
                         "wait", "--for=delete", f"namespace/{self.ns}", "--timeout=90s",
                         check=False, timeout=100.0,
                     )  # fmt: skip
+                    gone = not await self.k.exists("namespace", self.ns)
+                    say(f"namespace {self.ns} {'deleted' if gone else 'still terminating'}")
         finally:
             self.lock.release()
 
