@@ -133,14 +133,24 @@ def condition_of(status: dict[str, Any], type_: str) -> tuple[str, str] | None:
     return None
 
 
+def _condition(pod: dict[str, Any], kind: str) -> str | None:
+    for entry in pod["status"].get("conditions") or []:
+        if entry.get("type") == kind:
+            return str(entry.get("status"))
+    return None
+
+
 def running_pods(
     kube: KubeCluster, namespace: str, selector: str = "app=chat"
 ) -> list[dict[str, Any]]:
-    """Running pods with an IP, not being deleted, sorted by name."""
+    """Running pods with an IP whose containers are ready (on the real node a container runs
+    before its program listens: the sidecar's readinessProbe says when it serves), not being
+    deleted, sorted by name."""
     pods = kube.get_json("pods", "-n", namespace, "-l", selector)["items"]
     alive = [
         p for p in pods
         if p["status"].get("phase") == "Running" and p["status"].get("podIP")
+        and _condition(p, "ContainersReady") == "True"
         and not p["metadata"].get("deletionTimestamp")
     ]  # fmt: skip
     return sorted(alive, key=lambda p: p["metadata"]["name"])
@@ -148,10 +158,7 @@ def running_pods(
 
 def gate_of(pod: dict[str, Any]) -> str | None:
     """The pod's wsgauge.dev/connections-ok condition status."""
-    for item in pod["status"].get("conditions") or []:
-        if item["type"] == "wsgauge.dev/connections-ok":
-            return str(item["status"])
-    return None
+    return _condition(pod, "wsgauge.dev/connections-ok")
 
 
 def wait_status(
