@@ -107,7 +107,7 @@ images:
 
 chart-test: $(STAMP) k8s-bins
 	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge
-	$(PY) -m pytest -q tests/unit/chart tests/unit/injector tests/integration/chart
+	$(PY) -m pytest -q tests/integration/chart_render tests/unit/injector tests/integration/chart
 
 # The same chart and e2e tests on a kind cluster, with the real images loaded into it.
 kind-e2e: $(STAMP) k8s-bins images
