@@ -24,7 +24,6 @@ from benchmarks.exceptions import NginxUnavailable  # noqa: E402
 from benchmarks.report import END, START, aims, render, to_json, write_section  # noqa: E402
 from benchmarks.settings import BenchSettings, LoadSizes  # noqa: E402
 from benchmarks.suite import SuiteResult, TargetResult, run_suite  # noqa: E402
-from benchmarks.wsproto import FrameCounter, FrameReader, encode_frame, new_mask_key  # noqa: E402
 
 TINY = LoadSizes(
     throughput_round_trips=20,
@@ -94,24 +93,6 @@ async def test_harness_runs_path_and_phoenix_against_the_sidecar(tmp_path: Path)
     assert text.startswith("# Benchmarks\n\n## Operator\n\nkept text\n")
     assert text.count(START) == 1 and text.count(END) == 1 and text.count("## Sidecar") == 1
     assert f"{START}\nsecond run\n{END}" in text
-
-
-def test_frame_readers_agree_fed_whole_and_byte_by_byte() -> None:
-    key = new_mask_key()
-    sizes = (0, 5, 125, 126, 300, 65535, 65536)
-    stream = b"".join(encode_frame(bytes([n % 251]) * n, 0x2, key) for n in sizes)
-    whole = FrameCounter()
-    assert whole.feed(stream) == len(sizes)
-    counter, reader = FrameCounter(), FrameReader()
-    frames = []
-    for index in range(len(stream)):
-        counter.feed(stream[index : index + 1])
-        frames += reader.feed(stream[index : index + 1])
-    assert counter.frames == len(sizes)
-    assert [(opcode, len(payload)) for opcode, payload in frames] == [(0x2, n) for n in sizes]
-    assert all(
-        payload == bytes([n % 251]) * n for (_, payload), n in zip(frames, sizes, strict=True)
-    )
 
 
 def test_missing_nginx_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -332,3 +332,21 @@ def test_fuzz_readers_raise_only_protocol_errors_and_ignore_splits(
         return result, tracker.at_boundary, tracker.close_code_seen, tracker.frames_seen
 
     assert track(pieces) == track([data]) == track(single_bytes)
+
+
+def test_frames_completed_counts_whole_frames_fed_whole_and_byte_by_byte() -> None:
+    sizes = (0, 5, 125, 126, 300, 65535, 65536)
+    stream = b"".join(encode_frame(Opcode.BINARY, bytes([n % 251]) * n) for n in sizes)
+    whole = FrameBoundaryTracker(masked=False)
+    whole.feed(stream)
+    assert whole.frames_completed == whole.frames_seen == len(sizes)
+    tracker = FrameBoundaryTracker(masked=False)
+    completed_after: list[int] = []
+    for index in range(len(stream)):
+        tracker.feed(stream[index : index + 1])
+        completed_after.append(tracker.frames_completed)
+    ends = [sum(2 + (2 if n >= 126 else 0) + (6 if n >= 65536 else 0) + n for n in sizes[: i + 1])
+            for i in range(len(sizes))]  # fmt: skip
+    # a frame counts once its last byte arrived, not before
+    assert [completed_after[end - 1] for end in ends] == list(range(1, len(sizes) + 1))
+    assert [completed_after[end - 2] for end in ends if end >= 2][1:] == list(range(1, len(sizes)))
