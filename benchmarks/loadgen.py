@@ -209,7 +209,8 @@ class BenchSocket(asyncio.Protocol):
 
     def round_trips(self, frame: bytes, count: int, *, timed: bool) -> asyncio.Future[None]:
         """Start ``count`` closed-loop round trips of ``frame``; the future ends with them."""
-        assert self.transport is not None and count > 0
+        assert self.transport is not None
+        assert count > 0
         self._done = asyncio.get_running_loop().create_future()
         self._frame = frame
         self._remaining = count

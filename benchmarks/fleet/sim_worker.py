@@ -169,7 +169,7 @@ def _write(message: dict[str, Any]) -> None:
 
 
 async def _main(config_path: Path) -> int:
-    worker = Worker(json.loads(config_path.read_text()))
+    worker = Worker(json.loads(await asyncio.to_thread(config_path.read_text)))
     try:
         await worker.start()
     except OSError as error:

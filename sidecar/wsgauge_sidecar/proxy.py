@@ -379,7 +379,8 @@ class ClientConnection(asyncio.Protocol):
         if not self._response_framer.done:
             return
         request, response = self._request, self._response_head
-        assert request is not None and response is not None
+        assert request is not None
+        assert response is not None
         keep_alive = (
             request.keep_alive
             and response.keep_alive
@@ -439,7 +440,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _final_response(self, head: ResponseHead, rest: bytes) -> None:
         request = self._request
-        assert request is not None and self.transport is not None
+        assert request is not None
+        assert self.transport is not None
         if self._upgrading:
             self._upgrade_failed("upstream_rejected")
             log.info("upgrade %s rejected by upstream: %s", request.target, head.status)
@@ -454,7 +456,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _relay_response_body(self, data: bytes) -> None:
         framer = self._response_framer
-        assert framer is not None and self.transport is not None
+        assert framer is not None
+        assert self.transport is not None
         try:
             used = framer.feed(data)
         except HttpParseError as error:
@@ -496,7 +499,8 @@ class ClientConnection(asyncio.Protocol):
     # -- WebSocket switch ------------------------------------------------------------------
 
     def _switch_protocols(self, head: ResponseHead, rest: bytes) -> None:
-        assert self.transport is not None and self.upstream is not None
+        assert self.transport is not None
+        assert self.upstream is not None
         request = self._request
         assert request is not None
         counted = self._upgrading and head.is_websocket_upgrade

@@ -107,5 +107,6 @@ def test_the_injected_sidecar_is_locked_down(render: Render) -> None:
         if operation["op"] == "add" and operation["path"].startswith("/spec/containers")
     ]
     sidecars = [value for value in added if isinstance(value, dict) and "image" in value]
-    assert sidecars and sidecars[0]["image"] == settings.image, plan.patch
+    assert sidecars, plan.patch
+    assert sidecars[0]["image"] == settings.image, plan.patch
     assert locked_down(sidecars[0], pod["spec"]) == []

@@ -73,7 +73,8 @@ async def test_status_counts_follow_real_sockets_and_pods(
         assert condition_of(status, "Ready") == ("True", "PodsReporting")
         assert condition_of(status, "Degraded") == ("False", "AllReachable")
         assert condition_of(status, "CapacityExceeded") == ("False", "WithinCapacity")
-        assert status["nodes"] and sum(n["connections"] for n in status["nodes"]) == 9
+        assert status["nodes"]
+        assert sum(n["connections"] for n in status["nodes"]) == 9
 
         await clients.close(ip_of(second), DATA_PORT, "stats", 2)
         wait_status(
@@ -84,7 +85,8 @@ async def test_status_counts_follow_real_sockets_and_pods(
 
         # the cluster-wide stats server agrees, and its live stream follows the next change
         document = json.loads(operator.get("/stats"))
-        assert document["connections"] == 7 and document["topics"] == {"stream": 5, "stats": 2}
+        assert document["connections"] == 7
+        assert document["topics"] == {"stream": 5, "stats": 2}
         assert document["connectionStats"][0]["name"] == "chat"
         one = json.loads(operator.get(f"/stats/{namespace}/chat"))
         assert one["status"]["connections"] == 7
@@ -365,7 +367,8 @@ def test_invalid_specs_rejected_or_reported(
     eventually(
         lambda: events(kube, namespace, "NoPodsMatched"), timeout=20, what="NoPodsMatched event"
     )
-    assert operator.process is not None and operator.process.popen.poll() is None
+    assert operator.process is not None
+    assert operator.process.popen.poll() is None
 
 
 async def test_operator_restart_recovers_without_duplicate_work(

@@ -261,7 +261,8 @@ async def test_hostile_sidecars_are_contained_and_the_good_one_keeps_reporting(
 
             await eventually_async(unreachable, timeout=30, what=f"{name} unreachable")
             stats = fleet.endpoint(keys[name])
-            assert stats is not None and stats.last_error, name
+            assert stats is not None, name
+            assert stats.last_error, name
         # the noisy but valid ones report exactly what they sent last
         await eventually_async(lambda: connections("garbage-then-valid") == 7, what="garbage->7")
         assert state("garbage-then-valid") is SidecarState.REPORTING
@@ -285,10 +286,12 @@ async def test_hostile_sidecars_are_contained_and_the_good_one_keeps_reporting(
         for name in ("endless-line", "endless-poll"):
             sent = hostile[name].bytes_sent
             print(f"{name}: bytes written per connection before the follower hung up: {sent}")
-            assert sent and max(sent) < 16 * 2**20 < ENDLESS_BYTES, (name, sent)
+            assert sent, name
+            assert max(sent) < 16 * 2**20 < ENDLESS_BYTES, (name, sent)
         # the aggregation the metrics API serves counts the reporting pods only
         by_pod = {pod.name: pod for pod in fleet.pods("ns")}
-        assert by_pod["good"].connections == 6 and by_pod["good"].reachable
+        assert by_pod["good"].connections == 6
+        assert by_pod["good"].reachable
         for name in hostile:
             assert not by_pod[name].reachable, name
     finally:

@@ -247,7 +247,8 @@ def test_a_deleted_lease_is_taken_back_by_its_leader(
     kube.kubectl("delete", "lease", LEASE, "-n", namespace)
     # the next renewal re-creates it (the API server answers 201, not 200)
     eventually(lambda: holder(kube, namespace) == identity, timeout=30, what="lease re-created")
-    assert process.process is not None and process.process.popen.poll() is None
+    assert process.process is not None
+    assert process.process.popen.poll() is None
     assert "renewal loop failed" not in process.output()
     assert http_status(process, "/readyz") == 200
 

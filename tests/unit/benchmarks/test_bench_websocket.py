@@ -39,7 +39,8 @@ async def test_round_trips_through_the_echo_server(size: int) -> None:
             frame = text_frame(b"x" * size, b"\x05\x06\x07\x08")
             await asyncio.wait_for(bench.round_trips(frame, 20, timed=True), 10)
             assert bench.counter.frames_completed == 21
-            assert bench.times is not None and len(bench.times) == 20
+            assert bench.times is not None
+            assert len(bench.times) == 20
         finally:
             bench.close()
     finally:

@@ -27,8 +27,10 @@ def test_images_switch_to_a_numeric_non_root_user(dockerfile: Path) -> None:
     users = [final_stage[index].split(None, 1)[1] for index in user_lines]
     user, _, group = users[-1].partition(":")
     # numeric, so that the kubelet can verify runAsNonRoot without reading /etc/passwd
-    assert user.isdigit() and int(user) != 0, f"{dockerfile.name}: USER {users[-1]}"
+    assert user.isdigit(), f"{dockerfile.name}: USER {users[-1]}"
+    assert int(user) != 0, f"{dockerfile.name}: USER {users[-1]}"
     assert not group or (group.isdigit() and int(group) != 0), f"{dockerfile.name}: {users[-1]}"
     entry = [i for i, line in enumerate(final_stage) if re.match(r"(?i)^(ENTRYPOINT|CMD)\s", line)]
-    assert entry and user_lines[-1] < entry[-1], f"{dockerfile.name}: USER after the entry point"
+    assert entry, f"{dockerfile.name}: no entry point"
+    assert user_lines[-1] < entry[-1], f"{dockerfile.name}: USER after the entry point"
     assert len(DOCKERFILES) >= 2

@@ -74,10 +74,13 @@ async def test_followers_of_unreachable_sidecars_retry_at_different_times() -> N
     settings = FollowerSettings(backoff_initial=0.05, backoff_max=0.4, startup_grace=0.0)
     fleet = FleetState()
     delays: dict[str, list[float]] = {}
+    enough = asyncio.Event()
 
     class Recording(SidecarFollower):
         async def _sleep(self, seconds: float) -> None:
             delays.setdefault(self.key.pod, []).append(seconds)
+            if len(delays) == 2 and min(len(d) for d in delays.values()) >= 6:
+                enough.set()
             await asyncio.sleep(0)
 
     async with aiohttp.ClientSession() as session:
@@ -87,9 +90,7 @@ async def test_followers_of_unreachable_sidecars_retry_at_different_times() -> N
         ]
         tasks = [asyncio.create_task(f.run()) for f in followers]
         try:
-            async with asyncio.timeout(20):
-                while min((len(delays.get(f"p{i}", [])) for i in range(2)), default=0) < 6:
-                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(enough.wait(), 20)
         finally:
             for task in tasks:
                 task.cancel()

@@ -55,7 +55,8 @@ def test_flags_and_environment_set_leader_election() -> None:
     assert election.namespace == "wsgauge-system"
     assert election.lease_name == "rel-wsgauge-operator"
     assert election.lease_duration == 20.0  # the flag wins
-    assert election.renew_deadline == 12.0 and election.retry_period == 0.5
+    assert election.renew_deadline == 12.0
+    assert election.retry_period == 0.5
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,8 @@ def test_identity_is_unique_per_process_unless_given() -> None:
     settings = LeaderElectionSettings(enabled=True)
     first = holder_identity(settings, "wsgauge-operator-7d9f-abc")
     second = holder_identity(settings, "wsgauge-operator-7d9f-abc")
-    assert first.startswith("wsgauge-operator-7d9f-abc_") and first != second
+    assert first.startswith("wsgauge-operator-7d9f-abc_")
+    assert first != second
     fixed = LeaderElectionSettings(enabled=True, identity="op-a")
     assert holder_identity(fixed, "ignored") == "op-a"
 
