@@ -92,7 +92,7 @@ def test_the_injected_sidecar_is_locked_down(render: Render) -> None:
         if item["kind"] == "ConfigMap" and item["metadata"]["name"] == "rel-wsgauge-injector"
     )  # fmt: skip
     settings = settings_from_mapping(json.loads(config["data"]["injector.json"]))
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "app", "namespace": "apps",

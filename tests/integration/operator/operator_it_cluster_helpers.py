@@ -80,8 +80,9 @@ class OperatorProcess:
 
 def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[str, Any]:
     """examples/chat/deployment.yaml, made quick to stop (no drain wait) for tests."""
-    deployment = yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
-    deployment = copy.deepcopy(deployment)
+    deployment: dict[str, Any] = copy.deepcopy(
+        yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
+    )
     deployment["metadata"].update(name=name, namespace=namespace)
     deployment["spec"]["replicas"] = replicas
     pod_spec = deployment["spec"]["template"]["spec"]

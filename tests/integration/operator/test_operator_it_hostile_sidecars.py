@@ -266,17 +266,19 @@ async def test_hostile_sidecars_are_contained_and_the_good_one_keeps_reporting(
         # the noisy but valid ones report exactly what they sent last
         await eventually_async(lambda: connections("garbage-then-valid") == 7, what="garbage->7")
         assert state("garbage-then-valid") is SidecarState.REPORTING
+
+        def flood_read() -> StatsDocument | None:
+            stats = fleet.endpoint(keys["flood"])
+            if stats is None or stats.document is None:
+                return None
+            return stats.document if stats.document.seq == FLOOD_DOCUMENTS else None
+
         flooded = await eventually_async(
-            lambda: (
-                (stats := fleet.endpoint(keys["flood"])) is not None
-                and stats.document is not None
-                and stats.document.seq == FLOOD_DOCUMENTS
-                and stats
-            ),
+            flood_read,
             timeout=60,
             what="the whole flood read",
         )
-        assert flooded.document.connections == FLOOD_DOCUMENTS % 50  # type: ignore[union-attr]
+        assert flooded.connections == FLOOD_DOCUMENTS % 50
         # the good pod was followed all along and still gets its changes through
         assert state("good") is SidecarState.REPORTING
         good.update(6)

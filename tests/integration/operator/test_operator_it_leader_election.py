@@ -98,8 +98,12 @@ def holder(kube: KubeCluster, namespace: str) -> str:
 
 
 def wait_holder(kube: KubeCluster, namespace: str, instance: str, timeout: float) -> str:
+    def held() -> str | None:
+        h = holder(kube, namespace)
+        return h if h.startswith(f"{instance}_") else None
+
     return eventually(
-        lambda: (h := holder(kube, namespace)).startswith(f"{instance}_") and h,
+        held,
         timeout=timeout,
         interval=0.2,
         what=f"lease held by {instance}",

@@ -227,7 +227,11 @@ async def test_random_topic_flood_keeps_the_topic_table_bounded(
         )
         opened += len(sockets)
         expected = len(sockets) + 1
-        document = await sidecar.wait_stats(lambda d, n=expected: d["connections"] == n)
+
+        def all_counted(document: dict[str, Any], n: int = expected) -> bool:
+            return bool(document["connections"] == n)
+
+        document = await sidecar.wait_stats(all_counted)
         # the table: at most max_topics names plus _other, whatever names clients invent
         assert len(document["topics"]) <= max_topics + 1, len(document["topics"])
         assert sum(document["topics"].values()) == len(sockets) + 1

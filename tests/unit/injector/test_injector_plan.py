@@ -314,7 +314,7 @@ def test_bad_chart_config_is_a_config_error(data: dict[str, Any]) -> None:
 
 
 container_names = st.sampled_from(["app", "web", "worker", "log-shipper"])
-hooks = st.one_of(
+hooks: st.SearchStrategy[dict[str, Any] | None] = st.one_of(
     st.none(),
     st.just({}),
     st.just({"preStop": {"exec": {"command": ["x"]}}}),
