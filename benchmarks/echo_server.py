@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from websockets.utils import accept_key
+from wsgauge_contract import Address
 from wsgauge_sidecar.exceptions import WebSocketProtocolError
 from wsgauge_sidecar.wsframes import MessageReader, Opcode, encode_frame
 
@@ -125,13 +126,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.echo_server", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (default 127.0.0.1:0)")
     args = parser.parse_args(argv)
-    host, _, port = str(args.listen).rpartition(":")
+    listen = Address.parse_listen(str(args.listen))
     try:
         import uvloop  # noqa: PLC0415 (optional dependency)
     except ImportError:
-        asyncio.run(serve(host, int(port)))
+        asyncio.run(serve(listen.host, listen.port))
         return
-    uvloop.run(serve(host, int(port)))
+    uvloop.run(serve(listen.host, listen.port))
 
 
 if __name__ == "__main__":

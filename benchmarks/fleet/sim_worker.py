@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from wsgauge_contract.address import Address
 from wsgauge_sidecar.admin import start_admin_server
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.settings import (
-    Address,
     AdminSettings,
     PodIdentity,
     ProxySettings,

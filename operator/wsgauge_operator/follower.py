@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import aiohttp
 from wsgauge_contract import (
+    Address,
     ContractError,
     StatsDocument,
     WatchStreamDecoder,
@@ -79,8 +80,7 @@ class SidecarFollower:
     @property
     def base_url(self) -> str:
         """``http://IP:PORT`` of the sidecar's admin port."""
-        host = f"[{self.key.ip}]" if ":" in self.key.ip else self.key.ip
-        return f"http://{host}:{self.key.port}"
+        return f"http://{Address(self.key.ip, self.key.port)}"
 
     def poke(self) -> None:
         """Retry now if waiting in a backoff (e.g. the pod just became ready)."""

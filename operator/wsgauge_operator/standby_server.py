@@ -55,14 +55,6 @@ STARTING = Holding("starting", "starting: the operator is not serving yet\n")
 """Answers of a replica that leads (or needs no Lease) while its controller starts."""
 
 
-def host_port(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (host may be empty or bracketed) -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"address {address!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def liveness_address(url: str) -> tuple[str, int, str]:
     """kopf's liveness endpoint URL -> (host, port, path)."""
     parsed = urllib.parse.urlsplit(url)

@@ -27,13 +27,13 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from wsgauge_contract import WATCH_CONTENT_TYPE
+from wsgauge_contract import WATCH_CONTENT_TYPE, Address, AddressError
 
 from wsgauge_operator.aggregation import fold_topics
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.settings import ServerSettings
-from wsgauge_operator.standby_server import STARTING, Holding, host_port
+from wsgauge_operator.standby_server import STARTING, Holding
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,13 @@ class StatsServer:
         self._holding = holding
         if not self._settings.listen or self._runner is not None:
             return
-        host, port = host_port(self._settings.listen)
+        try:
+            address = Address.parse_listen(self._settings.listen)
+        except AddressError as error:
+            raise ConfigError(f"stats server address: {error}") from None
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, address.host, address.port)
         try:
             await site.start()
         except OSError as error:

@@ -21,7 +21,6 @@ from wsgauge_operator.standby_server import (
     STANDBY,
     STARTING,
     StandbyLiveness,
-    host_port,
     liveness_address,
 )
 from wsgauge_operator.stats_server import StatsServer
@@ -105,14 +104,16 @@ def test_lease_namespace_setting_then_service_account_then_default(tmp_path: Pat
     assert lease_namespace(LeaderElectionSettings(), account) == "wsgauge-system"
 
 
-def test_addresses_are_parsed_or_refused() -> None:
-    assert host_port(":8090") == ("0.0.0.0", 8090)
-    assert host_port("[::1]:8090") == ("::1", 8090)
+def test_liveness_urls_are_parsed_or_refused() -> None:
     assert liveness_address("http://0.0.0.0:8091/healthz") == ("0.0.0.0", 8091, "/healthz")
-    with pytest.raises(ConfigError):
-        host_port("localhost")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no port"):
         liveness_address("http://localhost/healthz")
+
+
+async def test_a_malformed_stats_address_is_a_config_error() -> None:
+    settings = ServerSettings(listen="localhost")
+    with pytest.raises(ConfigError, match="stats server address"):
+        await StatsServer(Controller(OperatorSettings(), None), settings).open(STANDBY)
 
 
 def _status(url: str) -> int:
