@@ -6,8 +6,9 @@
 #   make bench-fleet   only the fleet benchmark (FLEET_SIZES=100,1000 FLEET_ARGS=--no-multi)
 #   make soak     SOAK_MINUTES (default 20) of client churn with random faults, zero-drift check
 #   make unit     only the unit tests (no cluster)
-#   make cluster / make cluster-down   start / stop the local control plane
-#   make images   the operator and sidecar container images (needs a Docker engine)
+#   make cluster / make cluster-down   start / stop the local cluster (control plane + real node)
+#   make images   the operator, sidecar and pause images (Docker engine from Debian's packages)
+#   make deploy   helm install of charts/wsgauge on the local cluster with the local images
 #   make chart-test   helm lint + the chart tests (rendering, then on the local control plane)
 #   make kind-e2e the chart and e2e tests on a kind cluster (needs Docker and kind)
 SHELL := /bin/bash
@@ -18,8 +19,8 @@ STAMP := $(VENV)/.installed
 LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
-.PHONY: all venv lint typecheck unit test k8s-bins cluster cluster-down demo bench clean help \
-	images chart-test kind-e2e
+.PHONY: all venv lint typecheck unit test k8s-bins node-deps cluster cluster-down deploy demo \
+	bench clean help images chart-test kind-e2e
 
 all: test
 
@@ -60,17 +61,26 @@ unit: $(STAMP)
 k8s-bins:
 	@hack/build-k8s.sh >/dev/null
 
-test: lint typecheck k8s-bins
+# Debian's Docker engine, containerd, runc, CNI plugins, iptables, debootstrap (when missing).
+node-deps:
+	@hack/install-node-deps.sh
+
+# The images are built first, so the tests run the code of this tree.
+test: lint typecheck k8s-bins images
 	$(PY) -m pytest tests -q -ra
 
-cluster: $(STAMP) k8s-bins
+cluster: $(STAMP) k8s-bins node-deps
 	@$(VENV)/bin/wsgauge-devcluster up
 
 cluster-down: $(STAMP)
 	@$(VENV)/bin/wsgauge-devcluster down
 
-# The whole thing on the local control plane (docs/demo.md); ends by itself, cluster kept.
-demo: $(STAMP) k8s-bins
+# helm upgrade --install of charts/wsgauge into wsgauge-system with the local images.
+deploy: cluster
+	@$(VENV)/bin/wsgauge-devcluster deploy
+
+# The whole thing on the local cluster (docs/demo.md); ends by itself, cluster kept.
+demo: $(STAMP) k8s-bins images
 	$(PY) demo/cluster_demo.py
 
 # The sidecar alone, no Kubernetes: ~15 s.
@@ -98,7 +108,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # --- images, chart, kind ------------------------------------------------------------------
-IMAGE_REGISTRY ?= ghcr.io/wsgauge
+IMAGE_REGISTRY ?= wsgauge
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
 DOCKER ?= docker
 KIND ?= kind
@@ -110,11 +120,15 @@ define require_docker
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: Docker is missing: the '$(DOCKER)' client is installed but no Docker engine answers (is the daemon running?)" >&2; exit 1; }
 endef
 
-images:
-	$(require_docker)
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.operator -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.sidecar -t $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) .
-	@echo ">>> built $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)"
+# Built here from Debian's packages (nothing can be pulled): a Python base (debootstrap, made once
+# and cached), the pause image, the sidecar and the operator. Starts Debian's dockerd when no
+# Docker engine answers (stop it with: $(PY) -m wsgauge_devcluster.docker_engine down).
+# PYTHON_IMAGE=<a local image> builds on that instead; IMAGES_ARGS=--load-into <containerd socket>.
+IMAGES_ARGS ?=
+images: $(STAMP)
+	hack/install-node-deps.sh
+	IMAGE_REGISTRY=$(IMAGE_REGISTRY) IMAGE_TAG=$(IMAGE_TAG) \
+	  $(PY) -m wsgauge_devcluster.images build --print-sizes $(IMAGES_ARGS)
 
 chart-test: $(STAMP) k8s-bins
 	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge

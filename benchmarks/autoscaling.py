@@ -185,7 +185,7 @@ def setup(kube: Kube, namespace: str, port: int) -> None:
             doc["spec"]["service"]["port"] = port
     kube.run("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
     kube.run("create", "namespace", namespace)
-    deployment = yaml.safe_load((REPO / "examples/chat/deployment.yaml").read_text())
+    deployment = yaml.safe_load((REPO / "examples/chat-manual/deployment.yaml").read_text())
     deployment["spec"]["replicas"] = 1
     deployment["metadata"]["namespace"] = namespace
     wait(lambda: kube.run("get", "sa", "default", "-n", namespace, check=False), 60, "sa")

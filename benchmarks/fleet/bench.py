@@ -384,6 +384,7 @@ def _cluster_env(settings: FleetBenchSettings) -> dict[str, str]:
         WSGAUGE_ETCD_PORT=str(settings.etcd_port),
         WSGAUGE_POD_IP_BASE="180",
         WSGAUGE_NODES="1",
+        WSGAUGE_NODE_KIND="pod-runner",  # simulated pods only; no root, no second kubelet
     )
     env.pop("KUBECONFIG", None)
     return env

@@ -20,6 +20,8 @@ REQUIRED = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubectl",
+    "kubelet",
+    "kube-proxy",
     "helm",
 )
 """Every binary the cluster and the tests use."""

@@ -1,5 +1,6 @@
-"""Starts, checks and stops the local control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and our pod runner, each a background process with a pid file and a log file.
+"""Starts, checks and stops the local cluster: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, the real node (containerd, kubelet, kube-proxy: realnode.py) and the pod runner's
+simulated nodes, each a background process with a pid file and a log file.
 
 State directory layout (default <repo>/.cluster, env WSGAUGE_CLUSTER_DIR):
   pki/                 certificates and keys (see pki.py)
@@ -8,6 +9,7 @@ State directory layout (default <repo>/.cluster, env WSGAUGE_CLUSTER_DIR):
   etcd-data/           etcd's data; kept across `down`/`up`, wiped by `down --purge`
   run/<component>.pid|.log   one per component
   pods/<ns>_<pod>/<container>.pid|.log   processes the pod runner starts
+  node/                the real node's configuration and state (realnode.py)
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from typing import Any
 
 import yaml
 
+from wsgauge_devcluster import hostnet
 from wsgauge_devcluster.binaries import Binaries
 from wsgauge_devcluster.exceptions import StartupError
 from wsgauge_devcluster.pki import ensure_pki
 from wsgauge_devcluster.processes import ManagedProcess, require_free_ports
-from wsgauge_devcluster.settings import ControlPlaneSettings, RunnerSettings
+from wsgauge_devcluster.realnode import RealNode
+from wsgauge_devcluster.settings import ControlPlaneSettings, NodeSettings, RunnerSettings
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "pod-runner")
-"""Start order; `down` stops them in reverse."""
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+"""Start order of the control plane; `down` stops it in reverse, after the nodes."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,28 @@ class ControlPlane:
     """Where etcd and the Kubernetes binaries are."""
     runner: RunnerSettings
     """Settings handed to the pod runner (node count)."""
+    node: NodeSettings
+    """The real node (when node.enabled)."""
+    sandbox_image: str = "docker.io/wsgauge/pause:latest"
+    """The real node's pause image."""
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Every component in start order; `down` stops them in reverse."""
+        real = ("containerd", "kubelet", "kube-proxy") if self.node.enabled else ()
+        return (*CONTROL_PLANE, *real, "pod-runner")
+
+    @property
+    def real_node(self) -> RealNode:
+        """The real node's processes and files."""
+        return RealNode(
+            settings=self.node,
+            state_dir=self.settings.state_dir,
+            binaries=self.binaries,
+            service_cidr=self.settings.service_cluster_ip_range,
+            kubeconfig_dir=self.settings.state_dir / "kubeconfigs",
+            sandbox_image=self.sandbox_image,
+        )
 
     # ----- paths -------------------------------------------------------------------------
     @property
@@ -61,6 +87,8 @@ class ControlPlane:
 
     def process(self, name: str) -> ManagedProcess:
         """The managed process of one component."""
+        if name in ("containerd", "kubelet", "kube-proxy"):
+            return self.real_node.process(name)
         match = (
             "wsgauge_devcluster.podrunner"
             if name == "pod-runner"
@@ -75,7 +103,7 @@ class ControlPlane:
     # ----- status ------------------------------------------------------------------------
     def running(self) -> dict[str, int | None]:
         """Component name -> pid, or None when it does not run."""
-        return {name: self.process(name).pid() for name in COMPONENTS}
+        return {name: self.process(name).pid() for name in self.components}
 
     def exports(self) -> list[str]:
         """The shell lines `up` prints last."""
@@ -85,14 +113,24 @@ class ControlPlane:
         ]
 
     # ----- up ----------------------------------------------------------------------------
-    def up(self, log: Callable[[str], None]) -> None:
-        """Start whatever is not running and wait until the cluster is usable."""
+    def up(self, log: Callable[[str], None], load_images: Callable[[], None] | None = None) -> None:
+        """Start whatever is not running and wait until the cluster is usable. ``load_images``
+        runs once the node's containerd answers, before the kubelet starts."""
         self.binaries.require()
         status = self.running()
         if all(pid is not None for pid in status.values()):
             log("cluster already running")
+            if load_images is not None:
+                load_images()
             self.wait_ready(log)
             return
+        node = self.real_node
+        if self.node.enabled:
+            hostnet.require_root()
+            if all(status[name] is None for name in ("containerd", "kubelet", "kube-proxy")):
+                # whatever a killed or crashed run left on the host goes first
+                node.stop(log, self.settings.stop_timeout_seconds)
+            hostnet.prepare(self.node, self.settings.service_cluster_ip_range, node.host_changes)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         (self.settings.state_dir / ".gitignore").write_text("*\n")
         ports = {
@@ -103,21 +141,35 @@ class ControlPlane:
         require_free_ports(
             {label: port for label, port in ports.items() if status[label.split()[0]] is None}
         )
-        ensure_pki(self.pki_dir, self._service_ip())
+        node_ips = (self.node.node_ip,) if self.node.enabled else ()
+        ensure_pki(self.pki_dir, self._service_ip(), node_ips, self.node.name)
         self._write_kubeconfigs()
+        if self.node.enabled:
+            node.write_configs(self.pki_dir / "ca.crt")
+
+        def containerd_then_images() -> None:
+            node.start_containerd(log)
+            if load_images is not None:
+                load_images()
+
         starters: dict[str, Callable[[], None]] = {
             "etcd": self._start_etcd,
             "kube-apiserver": self._start_apiserver,
             "kube-controller-manager": self._start_controller_manager,
             "kube-scheduler": self._start_scheduler,
+            "containerd": containerd_then_images,
+            "kubelet": node.start_kubelet,
+            "kube-proxy": node.start_kube_proxy,
             "pod-runner": self._start_pod_runner,
         }
-        for name in COMPONENTS:
+        for name in self.components:
             if status[name] is None:
                 log(f"starting {name} (log: {self.process(name).log_file})")
                 starters[name]()
             else:
                 log(f"{name} already running (pid {status[name]})")
+                if name == "containerd" and load_images is not None:
+                    load_images()
         self.wait_ready(log)
 
     def _service_ip(self) -> str:
@@ -154,8 +206,7 @@ class ControlPlane:
             [
                 str(self.binaries.path("kube-apiserver")),
                 f"--etcd-servers=http://127.0.0.1:{s.etcd_client_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_address_flags(),
                 f"--secure-port={s.apiserver_port}",
                 f"--cert-dir={p}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
@@ -166,8 +217,11 @@ class ControlPlane:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 f"--service-cluster-ip-range={s.service_cluster_ip_range}",
-                "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
                 "--requestheader-allowed-names=front-proxy-client",
                 "--requestheader-username-headers=X-Remote-User",
@@ -185,6 +239,21 @@ class ControlPlane:
             lambda: self._http_ok(f"{s.api_url}/readyz", ssl_context=self._admin_ssl()),
             self.process("kube-apiserver"),
         )
+
+    def _apiserver_address_flags(self) -> list[str]:
+        """Loopback only without a real node; with one, also the node IP, which pods reach
+        through the `kubernetes` Service (its endpoint kept by the lease reconciler)."""
+        if not self.node.enabled:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.node.node_ip}",
+            "--endpoint-reconciler-type=lease",
+        ]
 
     def _start_controller_manager(self) -> None:
         s, p = self.settings, self.pki_dir
@@ -241,6 +310,7 @@ class ControlPlane:
                 self.binaries.kubernetes_version,
                 "--ip-base",
                 str(self.runner.ip_second_octet_base),
+                *(["--taint-simulated"] if self.node.enabled else []),
             ]
         )
 
@@ -290,7 +360,10 @@ class ControlPlane:
                 for c in item.get("status", {}).get("conditions", [])
             )
         }
-        return set(self.runner.node_names()) <= ready
+        wanted = set(self.runner.node_names())
+        if self.node.enabled:
+            wanted.add(self.node.name)
+        return wanted <= ready
 
     def wait_ready(self, log: Callable[[str], None]) -> None:
         """Wait for a healthy API, Ready nodes and the default ServiceAccount."""
@@ -301,6 +374,17 @@ class ControlPlane:
             self.process("kube-apiserver"),
         )
         self._wait_for("Ready nodes", self._nodes_ready, self.process("pod-runner"))
+        if self.node.enabled:
+            self._wait_for(
+                "the kubernetes Service endpoint on the node IP",
+                lambda: (
+                    self.node.node_ip
+                    in json.dumps(
+                        self._api_get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices")
+                    )
+                ),
+                self.process("kube-apiserver"),
+            )
         self._wait_for(
             "the default ServiceAccount",
             lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
@@ -310,12 +394,14 @@ class ControlPlane:
 
     # ----- down ----------------------------------------------------------------------------
     def down(self, log: Callable[[str], None], purge: bool = False) -> None:
-        """Stop every component by pid (pod runner first, etcd last); purge wipes the state dir."""
-        for name in reversed(COMPONENTS):
-            timeout = self.settings.stop_timeout_seconds
-            if name == "pod-runner":
-                timeout *= 3  # it stops its pod processes first
-            if self.process(name).stop(timeout):
+        """Stop every component by pid (pod runner and the real node first, etcd last) and undo
+        the real node's host changes; purge wipes the state dir."""
+        if self.process("pod-runner").stop(self.settings.stop_timeout_seconds * 3):
+            log("stopped pod-runner")  # (it stops its pod processes first)
+        if self.node.enabled:
+            self.real_node.stop(log, self.settings.stop_timeout_seconds)
+        for name in reversed(CONTROL_PLANE):
+            if self.process(name).stop(self.settings.stop_timeout_seconds):
                 log(f"stopped {name}")
         if purge and self.settings.state_dir.exists():
             shutil.rmtree(self.settings.state_dir)
@@ -358,7 +444,13 @@ class ControlPlane:
         self.settings.kubeconfig_path.chmod(0o600)
         directory = self.settings.state_dir / "kubeconfigs"
         directory.mkdir(exist_ok=True)
-        for name in ("controller-manager", "scheduler"):
+        users = {
+            "controller-manager": "system:kube-controller-manager",
+            "scheduler": "system:kube-scheduler",
+            "kubelet": f"system:node:{self.node.name}",
+            "kube-proxy": "system:kube-proxy",
+        }
+        for name, user in users.items():
             path = self.component_kubeconfig(name)
-            path.write_text(yaml.safe_dump(self._kubeconfig(f"system:kube-{name}", name)))
+            path.write_text(yaml.safe_dump(self._kubeconfig(user, name)))
             path.chmod(0o600)

@@ -18,6 +18,14 @@ from wsgauge_devcluster.supervisor import now_rfc3339
 
 LOG = logging.getLogger("wsgauge.podrunner.nodes")
 
+SIMULATED_TAINT: JsonObject = {
+    "key": "wsgauge.dev/simulated",
+    "value": "true",
+    "effect": "NoSchedule",
+}
+"""Keeps ordinary pods off simulated nodes when a real node runs beside them; a pod that
+wants a simulated node tolerates it and selects `wsgauge.dev/pod-runner: "true"`."""
+
 _API_ERRORS = (KubeApiError, aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -38,6 +46,8 @@ class NodeAgent:
     """Reported kubelet version."""
     max_pods: int = 2000
     """pods capacity."""
+    tainted: bool = False
+    """Carry SIMULATED_TAINT (a real node runs beside this one)."""
     _by_uid: dict[str, str] = field(default_factory=dict)
     _used: set[str] = field(default_factory=set)
 
@@ -94,7 +104,7 @@ class NodeAgent:
                     "wsgauge.dev/pod-runner": "true",
                 },
             },
-            "spec": {},
+            "spec": {"taints": [SIMULATED_TAINT]} if self.tainted else {},
         }
 
     def status(self) -> JsonObject:
@@ -153,6 +163,10 @@ async def _register(api: KubeApi, node: NodeAgent) -> str:
         if error.status != 409:
             raise
         created = await api.get(f"/api/v1/nodes/{node.name}")
+        wanted = node.node_object()["spec"].get("taints")
+        if created.get("spec", {}).get("taints") != wanted:
+            # a node kept in etcd from a run of the other kind: its taints follow this run's
+            await api.patch(f"/api/v1/nodes/{node.name}", {"spec": {"taints": wanted}})
     await _heartbeat_status(api, node)
     uid: str = created["metadata"]["uid"]
     return uid

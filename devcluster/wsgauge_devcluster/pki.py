@@ -2,10 +2,14 @@
 
 Layout under <state_dir>/pki/:
   ca.crt/.key                 cluster CA (signs serving + client certificates, client-ca-file)
-  apiserver.crt/.key          serving cert: 127.0.0.1, localhost, kubernetes.default.svc...
+  apiserver.crt/.key          serving cert: 127.0.0.1, the node IP, localhost,
+                              kubernetes.default.svc... (made again when an address is missing)
   admin.crt/.key              client certificate CN=wsgauge-admin, O=system:masters
   controller-manager.crt/.key CN=system:kube-controller-manager
   scheduler.crt/.key          CN=system:kube-scheduler
+  kubelet.crt/.key            CN=system:node:<node name>, O=system:nodes (the real node)
+  kube-proxy.crt/.key         CN=system:kube-proxy
+  apiserver-kubelet-client.crt/.key  what the API server shows the kubelet (logs, exec)
   front-proxy-ca.crt/.key     request-header CA (API aggregation)
   front-proxy-client.crt/.key the aggregator's proxy client certificate, CN=front-proxy-client
   sa.key/sa.pub               service account token signing key pair
@@ -39,6 +43,8 @@ CLIENTS = (
     ClientIdentity("admin", "wsgauge-admin", "system:masters"),
     ClientIdentity("controller-manager", "system:kube-controller-manager"),
     ClientIdentity("scheduler", "system:kube-scheduler"),
+    ClientIdentity("kube-proxy", "system:kube-proxy"),
+    ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
 )
 """The client identities the control plane components and the user get."""
 
@@ -109,22 +115,45 @@ def make_signed(
     ext.unlink(missing_ok=True)
 
 
-def ensure_pki(directory: Path, service_ip: str) -> None:
-    """Create every certificate and key the cluster needs (idempotent: existing files are kept)."""
+def _has_ip_sans(certificate: Path, addresses: tuple[str, ...]) -> bool:
+    result = subprocess.run(
+        ["openssl", "x509", "-in", str(certificate), "-noout", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return all(f"IP Address:{address}" in result.stdout for address in addresses)
+
+
+def ensure_pki(
+    directory: Path,
+    service_ip: str,
+    node_ips: tuple[str, ...] = (),
+    node_name: str = "wsgauge-node",
+) -> None:
+    """Create every certificate and key the cluster needs (idempotent: existing files are kept,
+    but the API server's certificate is made again when one of its addresses is missing).
+    ``node_ips`` are the real node's addresses (the API server serves pods there); the kubelet's
+    client certificate is made for ``node_name``."""
     directory.mkdir(parents=True, exist_ok=True)
     make_ca(directory, "ca", "wsgauge-devcluster-ca")
+    addresses = ("127.0.0.1", service_ip, *node_ips)
+    serving = directory / "apiserver.crt"
+    if serving.exists() and not _has_ip_sans(serving, addresses):
+        serving.unlink()
     make_signed(
         directory, "apiserver", "ca", "kube-apiserver",
         dns_names=(
             "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ip_addresses=("127.0.0.1", service_ip),
+        ip_addresses=addresses,
     )  # fmt: skip
     for client in CLIENTS:
         make_signed(
             directory, client.name, "ca", client.common_name, organization=client.organization
         )
+    make_signed(directory, "kubelet", "ca", f"system:node:{node_name}", organization="system:nodes")
     make_ca(directory, "front-proxy-ca", "wsgauge-front-proxy-ca")
     make_signed(directory, "front-proxy-client", "front-proxy-ca", "front-proxy-client")
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"

@@ -277,6 +277,7 @@ class PodRunner:
                 node_ip=f"127.{settings.ip_second_octet_base + index}.0.1",
                 kubelet_version=kubelet_version,
                 max_pods=settings.max_pods,
+                tainted=settings.simulated_taint,
             )
             for index, name in enumerate(settings.node_names(), start=1)
         }
@@ -404,6 +405,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--kubelet-version", default=RunnerSettings().kubelet_version)
     parser.add_argument("--ip-base", type=int, default=100, help="pod IPs 127.<base+i>.x.y")
+    parser.add_argument(
+        "--taint-simulated",
+        action="store_true",
+        help="taint the nodes wsgauge.dev/simulated=true:NoSchedule (a real node runs beside)",
+    )
     options = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -412,6 +418,7 @@ def main() -> None:
         state_dir=options.state_dir.resolve(),
         node_count=options.nodes,
         ip_second_octet_base=options.ip_base,
+        simulated_taint=options.taint_simulated,
     )
     asyncio.run(PodRunner(settings, options.kubeconfig, options.kubelet_version).run())
 

@@ -20,6 +20,16 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _env_str(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+NODE_KINDS = ("kubelet", "pod-runner")
+"""`kubelet`: a real node (kubelet, containerd, runc, CNI bridge, kube-proxy) plus the pod
+runner's simulated nodes, tainted so only pods that ask go there. `pod-runner`: simulated nodes
+only (no root needed; what the fleet benchmark and dedicated fault clusters use)."""
+
+
 @dataclass(frozen=True)
 class ControlPlaneSettings:
     """Where and how the control plane processes run."""
@@ -34,8 +44,11 @@ class ControlPlaneSettings:
         default_factory=lambda: _env_int("WSGAUGE_HPA_SYNC_SECONDS", 5)
     )
     """HPA sync period of the controller manager (env WSGAUGE_HPA_SYNC_SECONDS)."""
-    service_cluster_ip_range: str = "10.96.0.0/16"
-    """ClusterIP range; nothing routes it, Services only need an address."""
+    service_cluster_ip_range: str = field(
+        default_factory=lambda: _env_str("WSGAUGE_SERVICE_CIDR", "10.96.0.0/16")
+    )
+    """ClusterIP range (env WSGAUGE_SERVICE_CIDR); with a real node, routed to its bridge and
+    served by kube-proxy."""
     startup_timeout_seconds: float = 120.0
     """How long `up` waits for the API, the nodes and the default ServiceAccount."""
     stop_timeout_seconds: float = 10.0
@@ -83,6 +96,63 @@ class RunnerSettings:
     kubelet_version: str = "v1.37.2"
     """Reported in node.status.nodeInfo."""
 
+    simulated_taint: bool = False
+    """Taint the simulated nodes `wsgauge.dev/simulated=true:NoSchedule` (set when a real node
+    runs beside them, so that ordinary pods land on the real one)."""
+
     def node_names(self) -> list[str]:
         """Names of the nodes this runner plays."""
         return [f"{self.node_prefix}{i}" for i in range(1, self.node_count + 1)]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The real node: kubelet, containerd, CNI bridge and kube-proxy on this host."""
+
+    kind: str = field(default_factory=lambda: _env_str("WSGAUGE_NODE_KIND", "kubelet"))
+    """One of NODE_KINDS (env WSGAUGE_NODE_KIND)."""
+    name: str = "wsgauge-node"
+    """Node name (kubelet --hostname-override)."""
+    bridge: str = field(default_factory=lambda: _env_str("WSGAUGE_BRIDGE", "wsgauge0"))
+    """The CNI bridge; its address is the node IP (env WSGAUGE_BRIDGE)."""
+    pod_cidr: str = field(default_factory=lambda: _env_str("WSGAUGE_POD_CIDR", "10.244.0.0/24"))
+    """Pod addresses; the first host address is the bridge, the node IP (env WSGAUGE_POD_CIDR).
+    Pods get routes to this range and the Service range only: nothing leaves the machine."""
+    kubelet_port: int = field(default_factory=lambda: _env_int("WSGAUGE_KUBELET_PORT", 10250))
+    """kubelet API port on the node IP; healthz is this - 2, kube-proxy metrics this - 1 and
+    kube-proxy healthz this + 6 (the upstream defaults 10250, 10248, 10249, 10256)."""
+    max_pods: int = 110
+    """Pods the kubelet admits."""
+    images: tuple[str, ...] = ()
+    """Local images to load into the node's containerd at `up` (filled by the CLI)."""
+
+    @property
+    def enabled(self) -> bool:
+        """True when a real kubelet node is part of the cluster."""
+        return self.kind == "kubelet"
+
+    @property
+    def node_ip(self) -> str:
+        """The bridge's address: first host address of pod_cidr."""
+        network = self.pod_cidr.split("/")[0].split(".")
+        return ".".join([*network[:3], str(int(network[3]) + 1)])
+
+    @property
+    def prefix_length(self) -> int:
+        """The pod CIDR's prefix length."""
+        return int(self.pod_cidr.split("/")[1])
+
+    @property
+    def kubelet_healthz_port(self) -> int:
+        """kubelet healthz (127.0.0.1)."""
+        return self.kubelet_port - 2
+
+    @property
+    def proxy_metrics_port(self) -> int:
+        """kube-proxy metrics (127.0.0.1)."""
+        return self.kubelet_port - 1
+
+    @property
+    def proxy_healthz_port(self) -> int:
+        """kube-proxy healthz (127.0.0.1)."""
+        return self.kubelet_port + 6

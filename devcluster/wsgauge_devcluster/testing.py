@@ -1,5 +1,6 @@
 """Test-side handle on a running cluster (used by tests/conftest.py): kubectl/helm paths, the
-kubeconfig, a kubectl runner, pod-process pid files, and a poll-with-deadline helper."""
+kubeconfig, a kubectl runner, the host pid of a container (a real node's containerd task or a pod
+runner process), and a poll-with-deadline helper."""
 
 from __future__ import annotations
 
@@ -12,7 +13,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsgauge_devcluster.realnode import socket_dir_for
+
 T = TypeVar("T")
+
+
+SIMULATED_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"wsgauge.dev/pod-runner": "true"},
+    "tolerations": [
+        {
+            "key": "wsgauge.dev/simulated",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        }
+    ],
+}
+"""Pod spec fields that put a pod on the pod runner's simulated nodes (which carry a taint when
+a real node runs beside them); for tests of the simulator itself and for pods of images that do
+not exist."""
+
+
+def on_simulated_node(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec, placed on a simulated node (SIMULATED_PLACEMENT merged in)."""
+    return {**pod_spec, **SIMULATED_PLACEMENT}
 
 
 def eventually(
@@ -103,9 +127,42 @@ class KubeCluster:
             raise AssertionError("pod processes exist only on the local devcluster")
         return self.state_dir / "pods" / f"{namespace}_{pod}"
 
+    @property
+    def containerd_socket(self) -> Path:
+        """The real node's containerd socket (devcluster only)."""
+        if self.state_dir is None:
+            raise AssertionError("the containerd socket is known only on the local devcluster")
+        return socket_dir_for(self.state_dir) / "containerd.sock"
+
     def container_pid(self, namespace: str, pod: str, container: str) -> int | None:
-        """Pid of a real (sidecar/demo-app) container process, None if not running."""
+        """Host pid of a container's main process, None if it is not running: on the real node
+        the containerd task of the container's current ID, on a simulated node the pod runner's
+        process (sidecar/demo-app)."""
+        found = self.kubectl("get", "pod", pod, "-n", namespace, "-o", "json", check=False)
+        if found.returncode != 0:
+            return None
+        status = json.loads(found.stdout).get("status", {})
+        for entry in status.get("containerStatuses") or []:
+            if entry.get("name") != container or "running" not in entry.get("state", {}):
+                continue
+            runtime, _, container_id = str(entry.get("containerID", "")).partition("://")
+            if runtime == "containerd":
+                return self._containerd_task_pid(container_id)
         try:
             return int((self.pod_dir(namespace, pod) / f"{container}.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def _containerd_task_pid(self, container_id: str) -> int | None:
+        listing = subprocess.run(
+            ["ctr", "-a", str(self.containerd_socket), "-n", "k8s.io", "tasks", "ls"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout
+        for line in listing.splitlines()[1:]:
+            words = line.split()
+            if len(words) >= 3 and words[0] == container_id and words[2] == "RUNNING":
+                return int(words[1])
+        return None

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,6 +23,7 @@ from typing import Any
 
 import kopf
 from aiohttp import web
+from kopf._core.engines.peering import Identity  # the NewType kopf.operator() takes
 
 from wsgauge_operator.autoscaling_services import install_autoscaling
 from wsgauge_operator.controller import Controller
@@ -401,6 +403,11 @@ class Operator:
             clusterwide=not namespaces,
             namespaces=namespaces,
             memo=kopf.Memo(controller=self.controller, server=self.server),
+            # kopf's default identity asks getpass.getuser(), which fails for a uid without a
+            # passwd entry (the images run as 65532): name this process ourselves
+            identity=Identity(
+                self.elector.identity if self.elector is not None else socket.gethostname()
+            ),
             liveness_endpoint=self.settings.liveness_endpoint or None,
             stop_flag=stop,
         )

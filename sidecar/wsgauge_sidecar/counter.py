@@ -18,6 +18,12 @@ whose count falls to 0 is forgotten, which frees its slot for a new name. So the
 number of distinct names held never exceeds ``max_topics + 1``, whatever names
 clients invent.
 
+``_other`` in the counts is only ever the fold: a socket's own topic of that
+name is counted as ``__other`` (:func:`escape_topic` gives every name made of
+underscores then ``other`` one more leading underscore, which keeps distinct
+names distinct). In report mode the app's ``_other`` is its own fold and is
+taken as such.
+
 ``seq`` grows by one on every change, and every listener is called synchronously
 after each change (never for a no-op). Nothing here does I/O; the errors raised
 are :class:`CountError` (bad report / unknown socket) and :class:`ConfigError`.
@@ -26,6 +32,7 @@ are :class:`CountError` (bad report / unknown socket) and :class:`ConfigError`.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Mapping
 
 from wsgauge_contract.stats import MAX_COUNT, OTHER_TOPIC
@@ -33,10 +40,21 @@ from wsgauge_contract.stats import MAX_COUNT, OTHER_TOPIC
 from wsgauge_sidecar.exceptions import ConfigError, CountError
 from wsgauge_sidecar.topics import normalize_topic
 
-__all__ = ["OTHER_TOPIC", "ConnectionCounter", "ReportedCounts"]
+__all__ = ["OTHER_TOPIC", "ConnectionCounter", "ReportedCounts", "escape_topic"]
 
 Listener = Callable[[], None]
 """Called with no arguments after every change of the counts."""
+
+_FOLD_LIKE = re.compile(r"_+other")
+
+
+def escape_topic(topic: str) -> str:
+    """The name a socket's topic is counted under, never :data:`OTHER_TOPIC`.
+
+    ``_other``, ``__other``, ... get one more leading underscore; every other name is
+    itself. Distinct topics keep distinct names, and only the fold is ``_other``.
+    """
+    return "_" + topic if _FOLD_LIKE.fullmatch(topic) else topic
 
 
 class _TopicTable:
@@ -153,14 +171,15 @@ class ConnectionCounter(_Observable):
     def join(self, socket_id: int, topic: str) -> None:
         """Put the socket in ``topic``; idempotent per (socket, topic).
 
-        Beyond ``max_topics`` distinct names the socket is counted under ``_other``.
+        It is counted under :func:`escape_topic` of the name, or beyond ``max_topics``
+        distinct names under ``_other``.
         Raises :class:`CountError` if ``socket_id`` is not open. An empty topic is ignored.
         """
         memberships = self._membership(socket_id)
         name = normalize_topic(topic)
         if name is None or name in memberships:
             return
-        slot = self._table.slot_for(name)
+        slot = self._table.slot_for(escape_topic(name))
         memberships[name] = slot
         self._table.add(slot, 1)
         self._changed()

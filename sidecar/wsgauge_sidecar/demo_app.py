@@ -11,7 +11,8 @@ Endpoints (``--listen``, default ``127.0.0.1:8081``, env ``WSGAUGE_DEMO_LISTEN``
 * WebSocket ``/ws/{topic}``: echo, plus commands in text messages:
   ``broadcast:MSG`` sends MSG to every socket of the topic; ``close:CODE`` makes the
   server close with CODE; ``flood:COUNT:SIZE`` makes the server send COUNT binary
-  messages of SIZE bytes; ``drop`` makes the server cut the TCP connection.
+  messages of SIZE bytes; ``drop`` makes the server cut the TCP connection; ``whoami`` is
+  answered with ``pod:NAME`` (``$POD_NAME``, else the hostname, which in a pod is its name).
 * WebSocket ``/socket/websocket``: the Phoenix channels JSON protocol, v1 objects
   or v2 arrays (``vsn=2.0.0``): ``phx_join`` (topics starting with ``deny:`` are
   refused with status ``error``; a duplicate join closes the old channel with ``phx_close``
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -168,6 +170,9 @@ class DemoApp:
             for _ in range(int(count)):
                 await ws.send_bytes(chunk)
             await ws.send_str("flood done")
+        elif text == "whoami":
+            # which pod a client behind a Service landed on (in a pod, the hostname)
+            await ws.send_str(f"pod:{os.environ.get('POD_NAME') or socket.gethostname()}")
         elif text == "drop":
             if request.transport is not None:
                 request.transport.abort()

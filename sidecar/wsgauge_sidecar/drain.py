@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from wsgauge_sidecar.proxy import ProxyServer
+from wsgauge_sidecar.proxy import ClientConnection, ProxyServer
 from wsgauge_sidecar.state import SidecarState
 
 log = logging.getLogger("wsgauge.sidecar.drain")
@@ -48,7 +48,7 @@ class DrainController:
         self.started = False
         """True once :meth:`run` began."""
         self.closed_by_drain = 0
-        """Sockets this drain sent a close frame to."""
+        """Sockets this drain started to close (each once, however often it is swept)."""
 
     def hurry(self) -> None:
         """Skip the remaining waits (SIGINT)."""
@@ -96,10 +96,7 @@ class DrainController:
         next_report = 0.0
         for index, connection in enumerate(sockets):
             await self._sleep(start + index * interval - loop.time())
-            relay = connection.relay
-            if relay is not None and not relay.ended:
-                relay.close_gracefully(GOING_AWAY, "drain")
-                self.closed_by_drain += 1
+            self._close(connection)
             done = (index + 1) / total
             if done >= next_report or index + 1 == total:
                 log.info(
@@ -108,10 +105,13 @@ class DrainController:
                 )  # fmt: skip
                 next_report = done + 0.25
         for connection in proxy.counted():  # upgrades answered during the spread
-            relay = connection.relay
-            if relay is not None and not relay.ended:
-                relay.close_gracefully(GOING_AWAY, "drain")
-                self.closed_by_drain += 1
+            self._close(connection)
+
+    def _close(self, connection: ClientConnection) -> None:
+        """Send ``connection`` its 1001, counting it once (not again if it is closing)."""
+        relay = connection.relay
+        if relay is not None and relay.close_gracefully(GOING_AWAY, "drain"):
+            self.closed_by_drain += 1
 
     async def _wait_closed(self, proxy: ProxyServer) -> None:
         """Give the close handshakes ``close_timeout`` seconds, then cut what is left."""

@@ -2,7 +2,8 @@
 
 Every error carries what the I/O layer needs to end the one affected exchange
 cleanly: an HTTP status for a malformed request head, a WebSocket close code for
-a malformed frame or Phoenix message. None of them should ever end the process.
+a malformed frame or Phoenix message, or for a Phoenix socket past its bounds.
+None of them should ever end the process.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class PhoenixProtocolError(SidecarError):
         super().__init__(message)
         self.close_code = close_code
         """WebSocket close code to end the socket with (1007 by default)."""
+
+
+class PhoenixLimitError(PhoenixProtocolError):
+    """A Phoenix socket went past a per-socket bound (unanswered joins, joined topics, ref
+    length): closed with 1008 (policy violation) rather than counted wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, close_code=1008)
 
 
 class CountError(SidecarError):

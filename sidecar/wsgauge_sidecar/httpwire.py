@@ -90,6 +90,16 @@ class _HeadHelpers:
             return b"keep-alive" in connection
         return True
 
+    @property
+    def upgrade_protocols(self) -> list[bytes]:
+        """The protocol names in ``Upgrade`` (lower-cased, any ``/version`` cut off)."""
+        return [token.split(b"/", 1)[0].strip(b" \t") for token in self.header_tokens("upgrade")]
+
+    @property
+    def names_websocket(self) -> bool:
+        """``Upgrade`` names ``websocket``, whatever the method or ``Connection`` say."""
+        return b"websocket" in self.upgrade_protocols
+
     def _upgrades_to_websocket(self) -> bool:
         return b"websocket" in self.header_tokens("upgrade") and b"upgrade" in self.header_tokens(
             "connection"

@@ -62,11 +62,15 @@ from the upgrade request, so permessage-deflate is never negotiated; any frame
 with an RSV bit set is then a protocol error (close code 1002) in the frame
 reader, and this module only ever sees plain text.
 
-Memory is bounded per socket: at most ``max_pending_joins`` unanswered joins
-(the oldest is forgotten beyond that) and ``max_joined_topics`` joined topics
-(further joins are not tracked); refs longer than 200 characters are not
-tracked. Only :class:`PhoenixProtocolError` (close code 1007) escapes, for
-an inspected text that is not JSON or not of the serializer's shape.
+Memory is bounded per socket, and the counts stay exact within the bounds: at
+most ``max_pending_joins`` (:data:`MAX_PENDING_JOINS`) joins awaiting their
+replies, ``max_joined_topics`` (:data:`MAX_JOINED_TOPICS`) joined topics, refs
+of :data:`MAX_REF_LENGTH` characters. A socket that goes past one (a further
+join, the reply accepting one topic too many, a join with a longer ref) gets
+:class:`PhoenixLimitError` (close code 1008): closing is the only way to stay
+exact, since a join that cannot be followed would be counted wrong. Otherwise
+only :class:`PhoenixProtocolError` (close code 1007) escapes, for an inspected
+text that is not JSON or not of the serializer's shape.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl
 
-from wsgauge_sidecar.exceptions import PhoenixProtocolError
+from wsgauge_sidecar.exceptions import PhoenixLimitError, PhoenixProtocolError
 from wsgauge_sidecar.topics import normalize_topic, split_target
 
 Serializer = Literal["v1", "v2"]
@@ -87,7 +91,13 @@ HEARTBEAT_TOPIC = "phoenix"
 """Topic of the socket-level heartbeat; never counted."""
 
 MAX_REF_LENGTH = 200
-"""Refs (as text) longer than this are not tracked."""
+"""Longest ref (as text) a join may have (1008 above); longer refs elsewhere are ignored."""
+
+MAX_PENDING_JOINS = 1000
+"""Joins awaiting their replies per socket (the next one closes the socket with 1008)."""
+
+MAX_JOINED_TOPICS = 1000
+"""Joined topics per socket (a reply accepting one more closes the socket with 1008)."""
 
 MAX_STALE_CLOSES = 8
 """Outdated closes remembered per topic (see ``PhoenixSession._expect_stale_close``)."""
@@ -231,17 +241,18 @@ class PhoenixSession:
         self,
         serializer: Serializer | None = None,
         *,
-        max_pending_joins: int = 100,
-        max_joined_topics: int = 1000,
+        max_pending_joins: int = MAX_PENDING_JOINS,
+        max_joined_topics: int = MAX_JOINED_TOPICS,
     ) -> None:
         self.serializer: Serializer | None = serializer
         """The serializer in use; ``None`` until detected from the first message."""
         self.max_pending_joins = max_pending_joins
-        """Unanswered joins remembered; beyond this the oldest is forgotten."""
+        """Joins awaiting their replies; one more raises :class:`PhoenixLimitError`."""
         self.max_joined_topics = max_joined_topics
-        """Joined topics tracked; further joins are not counted."""
-        # (topic, ref key) -> join_ref key of the phx_join waiting for its reply
-        self._pending: OrderedDict[tuple[str, str], str] = OrderedDict()
+        """Joined topics; a reply accepting one more raises :class:`PhoenixLimitError`."""
+        # topic -> {ref key -> join_ref key} of the phx_joins waiting for their replies
+        self._pending: dict[str, dict[str, str]] = {}
+        self._pending_count = 0
         # topic -> join_ref key of the channel currently joined
         self._joined: dict[str, str] = {}
         # topic -> phx_close/phx_error still expected for a channel already accounted
@@ -324,17 +335,25 @@ class PhoenixSession:
         if message.event == "phx_join":
             ref, join_ref = _ref_key(message.ref), _ref_key(message.join_ref)
             if ref is None or join_ref is None:
-                return []
-            self._pending[(topic, ref)] = join_ref
-            self._pending.move_to_end((topic, ref))
-            while len(self._pending) > self.max_pending_joins:
-                self._pending.popitem(last=False)
+                raise PhoenixLimitError(f"phx_join with a ref over {MAX_REF_LENGTH} characters")
+            if ref not in self._pending.get(topic, ()):
+                if self._pending_count >= self.max_pending_joins:
+                    raise PhoenixLimitError(
+                        f"more than {self.max_pending_joins} joins awaiting their replies"
+                    )
+                self._pending_count += 1
+            self._pending.setdefault(topic, {})[ref] = join_ref
             return []
         if message.event == "phx_leave":
             join_ref = _ref_key(message.join_ref) or ""
-            for key in [key for key in self._pending if key[0] == topic]:
-                if not join_ref or self._pending[key] == join_ref:
-                    del self._pending[key]
+            waiting = self._pending.get(topic)
+            if waiting:
+                left = [ref for ref, sent in waiting.items() if not join_ref or sent == join_ref]
+                for ref in left:
+                    del waiting[ref]
+                    self._pending_count -= 1
+                if not waiting:
+                    del self._pending[topic]
             current = self._joined.get(topic)
             if current is not None and (not join_ref or current == join_ref):
                 if not current:  # the phx_close that follows cannot be told apart
@@ -350,7 +369,7 @@ class PhoenixSession:
             ref = _ref_key(message.ref)
             if ref is None:
                 return []
-            join_ref = self._pending.pop((topic, ref), None)
+            join_ref = self._pop_pending(topic, ref)
             if join_ref is None or _reply_status(message.payload) != "ok":
                 return []
             current = self._joined.get(topic)
@@ -360,7 +379,7 @@ class PhoenixSession:
                 self._joined[topic] = join_ref
                 return []
             if len(self._joined) >= self.max_joined_topics:
-                return []
+                raise PhoenixLimitError(f"more than {self.max_joined_topics} joined topics")
             self._joined[topic] = join_ref
             return [Joined(topic)]
         if message.event in ("phx_close", "phx_error"):
@@ -381,6 +400,17 @@ class PhoenixSession:
                 return []
             return self._leave(topic, "close" if message.event == "phx_close" else "error")
         return []
+
+    def _pop_pending(self, topic: str, ref: str) -> str | None:
+        """The join_ref of the join of ``topic`` with ``ref`` awaiting its reply, forgotten now."""
+        waiting = self._pending.get(topic)
+        if waiting is None or ref not in waiting:
+            return None
+        join_ref = waiting.pop(ref)
+        self._pending_count -= 1
+        if not waiting:
+            del self._pending[topic]
+        return join_ref
 
     def _expect_stale_close(self, topic: str) -> None:
         """Remember that one phx_close/phx_error of ``topic`` is for a channel already gone."""

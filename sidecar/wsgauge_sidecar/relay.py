@@ -14,7 +14,9 @@ answered 101, :class:`WebSocketRelay` takes over both connections:
   drain) at the next server-to-client frame boundary and then relays the
   client's close reply to the app, so the app sees a normal close;
 * a malformed frame or Phoenix message ends this socket with the error's close
-  code (never anything else);
+  code (never anything else), in a lingering close toward the client (FIN, then
+  its bytes dropped for a bounded time) so that a client still writing gets the
+  close frame instead of a reset;
 * :meth:`WebSocketRelay.end` is the single exit: it uncounts the socket exactly
   once and closes or aborts both connections.
 
@@ -172,6 +174,8 @@ class WebSocketRelay:
         self.end_reason: str | None = None
         self._close_pending: int | None = None
         self._close_sent = False
+        self._closing = False
+        self._lingering = False
         self._discard_client = False
         self._gone_first: str | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -289,10 +293,15 @@ class WebSocketRelay:
 
     # -- closing on purpose ----------------------------------------------------------------
 
-    def close_gracefully(self, code: int, reason: str) -> None:
-        """Close toward the client with ``code`` at the next frame boundary (drain)."""
-        if self.ended or self._close_sent or self._close_pending is not None:
-            return
+    def close_gracefully(self, code: int, reason: str) -> bool:
+        """Close toward the client with ``code`` at the next frame boundary (drain).
+
+        True if this call started the close; False if the socket was already ending
+        or closing (a second call changes nothing).
+        """
+        if self.ended or self._closing or self._close_sent or self._close_pending is not None:
+            return False
+        self._closing = True
         self.end_reason = reason
         self._timer = asyncio.get_running_loop().call_later(
             self.client.proxy.close_timeout, self._close_timed_out
@@ -300,12 +309,13 @@ class WebSocketRelay:
         tracker = self.tracker
         if tracker is None:
             self.end(reason, abort=False)
-            return
+            return True
         if tracker.close_code_seen is not None:
-            return  # already closing; the timer bounds how long that may take
+            return True  # the app is closing already; the timer bounds how long that takes
         self._close_pending = code
         if tracker.at_boundary:
             self._send_pending_close(tracker)
+        return True
 
     def _close_timed_out(self) -> None:
         self._timer = None
@@ -324,12 +334,14 @@ class WebSocketRelay:
             self._close_pending = code
             self._send_pending_close(tracker)
         self._close_sent = True
-        self.end("protocol_error", abort=False)
+        self.end("protocol_error", abort=False, linger=True)
 
     # -- connection ends -------------------------------------------------------------------
 
     def client_eof(self) -> bool:
         """The client half-closed: pass it on; the app has ``close_timeout`` s to finish."""
+        if self._lingering:
+            return False  # the client is done sending: the lingering close ends now
         self._note_gone("client_gone")
         if self.upstream.lost:
             self.end(self._reason("client_gone"), abort=False)
@@ -368,8 +380,14 @@ class WebSocketRelay:
     def _reason(self, default: str) -> str:
         return self.end_reason or self._gone_first or default
 
-    def end(self, reason: str, *, abort: bool) -> None:
-        """Uncount (exactly once) and close both connections."""
+    def end(self, reason: str, *, abort: bool, linger: bool = False) -> None:
+        """Uncount (exactly once) and close both connections.
+
+        ``linger``: the client may still be sending (a protocol error): our close frame
+        must not be destroyed by the reset that closing over unread input causes, so the
+        client side gets a lingering close (FIN, then its bytes are read and dropped for a
+        bounded time) instead. Later calls leave a lingering client side alone.
+        """
         if not self.ended:
             self.ended = True
             self._discard_client = True
@@ -380,6 +398,11 @@ class WebSocketRelay:
             self._timer = None
         self.client.mark_closed()
         self.upstream.close(abort=abort)
+        if self._lingering:
+            return
+        if linger and not abort and self.client.linger():
+            self._lingering = True
+            return
         if not self._client_transport.is_closing() or abort:
             close_transport(
                 self._client_transport, abort=abort, timeout=self.client.proxy.close_timeout

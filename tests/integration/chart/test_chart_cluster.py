@@ -38,6 +38,7 @@ from chart_cluster_harness import (
     pod_manifest,
     uninstall,
 )
+from wsgauge_devcluster.images import project_version
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
@@ -104,11 +105,13 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     run_label = f"wsgauge.dev/chart-test-run={suffix}"
     kube.kubectl("label", "namespace", apps, "wsgauge.dev/injection=enabled", run_label)
     port = free_loopback_port()
-    registry = os.environ.get("WSGAUGE_IMAGE_REGISTRY")
+    # The chart's own images: the local ones on our devcluster (loaded into its real node), or
+    # WSGAUGE_IMAGE_REGISTRY/TAG elsewhere; without either, a local injector process stands in.
+    registry = os.environ.get("WSGAUGE_IMAGE_REGISTRY") or ("wsgauge" if kube.state_dir else "")
     if registry:
-        where = ["--set", f"image.registry={registry}", "--wait", "--timeout", "180s"]
-        if os.environ.get("WSGAUGE_IMAGE_TAG"):
-            where += ["--set", f"image.tag={os.environ['WSGAUGE_IMAGE_TAG']}"]
+        tag = os.environ.get("WSGAUGE_IMAGE_TAG") or project_version()
+        where = ["--set", f"image.registry={registry}", "--set", f"image.tag={tag}"]
+        where += ["--wait", "--timeout", "180s"]
     else:
         where = ["--set", f"injector.url=https://127.0.0.1:{port}/mutate"]
     injector: LocalInjector | None = None
@@ -233,8 +236,8 @@ async def _count_one_socket(ip: str) -> dict[str, Any]:
 
 
 def test_injected_pod_runs_and_its_sidecar_counts(kube: KubeCluster, release: Release) -> None:
-    if kube.state_dir is None or release.injector is None:
-        pytest.skip("runs pod processes: local devcluster only")
+    if kube.state_dir is None:
+        pytest.skip("runs the demo app from the local sidecar image: local devcluster only")
     manifest = pod_manifest(
         "live-1",
         release.apps,
@@ -242,7 +245,9 @@ def test_injected_pod_runs_and_its_sidecar_counts(kube: KubeCluster, release: Re
          "wsgauge.dev/drain-grace": "0", "wsgauge.dev/drain-spread": "1"},
     )  # fmt: skip
     del manifest["spec"]["nodeSelector"]
-    manifest["spec"]["containers"][0]["image"] = "wsgauge/demo-app:0.1.0"
+    app = manifest["spec"]["containers"][0]
+    app["image"] = f"wsgauge/sidecar:{project_version()}"  # the demo app ships in it
+    app["command"] = ["python", "-m", "wsgauge_sidecar.demo_app", "--listen", "127.0.0.1:8081"]
     result = create_pod(kube, manifest)
     assert result.returncode == 0, result.stderr
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from wsgauge_devcluster.pki import make_ca, make_signed
-from wsgauge_devcluster.testing import KubeCluster, eventually
+from wsgauge_devcluster.testing import KubeCluster, eventually, on_simulated_node
 
 pytestmark = pytest.mark.cluster
 
@@ -195,10 +195,12 @@ def test_apiservice_via_externalname_localhost_drives_the_hpa(
                     "selector": {"matchLabels": {"app": "ws"}},
                     "template": {
                         "metadata": {"labels": {"app": "ws"}},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 1,
-                            "containers": [{"name": "ws", "image": "example/ws:1"}],
-                        },
+                        "spec": on_simulated_node(
+                            {
+                                "terminationGracePeriodSeconds": 1,
+                                "containers": [{"name": "ws", "image": "example/ws:1"}],
+                            }
+                        ),
                     },
                 },
             }

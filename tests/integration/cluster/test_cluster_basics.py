@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wsgauge_devcluster.testing import KubeCluster, eventually
+from wsgauge_devcluster.testing import KubeCluster, eventually, on_simulated_node
 
 pytestmark = pytest.mark.cluster
 
@@ -45,15 +45,22 @@ def test_helm_is_the_pinned_version_and_reaches_the_cluster(kube: KubeCluster) -
 
 
 def test_nodes_are_ready(kube: KubeCluster) -> None:
+    """The real node (kubelet + containerd) and the simulated node beside it, tainted."""
     if kube.state_dir is None:
-        pytest.skip("the wsgauge-node-N nodes exist only on the local devcluster")
-    nodes = kube.get_json("nodes")["items"]
+        pytest.skip("the wsgauge-node* nodes exist only on the local devcluster")
+    nodes = {n["metadata"]["name"]: n for n in kube.get_json("nodes")["items"]}
     ready = {
-        n["metadata"]["name"]
-        for n in nodes
+        name
+        for name, n in nodes.items()
         if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
     }
-    assert {"wsgauge-node-1", "wsgauge-node-2"} <= ready
+    assert {"wsgauge-node", "wsgauge-node-1"} <= ready
+    real = nodes["wsgauge-node"]["status"]
+    assert real["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert real["nodeInfo"]["kubeletVersion"] == kube.version
+    assert [a["type"] for a in real["addresses"]][:1] == ["InternalIP"]
+    taints = nodes["wsgauge-node-1"]["spec"].get("taints") or []
+    assert [t["key"] for t in taints] == ["wsgauge.dev/simulated"]
 
 
 @pytest.fixture
@@ -152,10 +159,12 @@ def test_deployment_pods_run_with_distinct_loopback_ips_and_go_on_scale_down(
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "terminationGracePeriodSeconds": 2,
-                        "containers": [{"name": "web", "image": "nginx:1.27"}],
-                    },
+                    "spec": on_simulated_node(
+                        {
+                            "terminationGracePeriodSeconds": 2,
+                            "containers": [{"name": "web", "image": "nginx:1.27"}],
+                        }
+                    ),
                 },
             },
         }
@@ -173,7 +182,7 @@ def test_deployment_pods_run_with_distinct_loopback_ips_and_go_on_scale_down(
         assert address.is_loopback
         assert str(address) != "127.0.0.1"
     nodes = {p["spec"]["nodeName"] for p in pods}  # type: ignore[index]
-    assert nodes <= {"wsgauge-node-1", "wsgauge-node-2"}
+    assert nodes <= {"wsgauge-node-1", "wsgauge-node-2"}  # simulated nodes only
     eventually(
         lambda: (
             kube.get_json("deployment", "web", "-n", namespace)["status"].get("readyReplicas") == 4

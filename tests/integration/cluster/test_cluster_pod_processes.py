@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import websockets
 from wsgauge_devcluster.processes import pid_alive
-from wsgauge_devcluster.testing import KubeCluster, eventually
+from wsgauge_devcluster.testing import KubeCluster, eventually, on_simulated_node
 
 pytestmark = pytest.mark.cluster
 
@@ -38,31 +38,33 @@ def sidecar_pod(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": "chat"}},
-        "spec": {
-            "terminationGracePeriodSeconds": 10,
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "wsgauge/demo-app:dev",
-                    "ports": [{"name": "http", "containerPort": 8081}],
-                },
-                {
-                    "name": "wsgauge",
-                    "image": "wsgauge/sidecar:dev",
-                    "args": ["--listen=0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090"],
-                    "env": downward,
-                    "ports": [
-                        {"name": "data", "containerPort": 8080},
-                        {"name": "admin", "containerPort": 9090},
-                    ],
-                    "readinessProbe": {
-                        "httpGet": {"path": "/healthz", "port": "admin"},
-                        "periodSeconds": 1,
+        "spec": on_simulated_node(
+            {
+                "terminationGracePeriodSeconds": 10,
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "wsgauge/demo-app:dev",
+                        "ports": [{"name": "http", "containerPort": 8081}],
                     },
-                    "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
-                },
-            ],
-        },
+                    {
+                        "name": "wsgauge",
+                        "image": "wsgauge/sidecar:dev",
+                        "args": ["--listen=0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090"],
+                        "env": downward,
+                        "ports": [
+                            {"name": "data", "containerPort": 8080},
+                            {"name": "admin", "containerPort": 9090},
+                        ],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "admin"},
+                            "periodSeconds": 1,
+                        },
+                        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}},
+                    },
+                ],
+            }
+        ),
     }
 
 

@@ -33,7 +33,7 @@ from operator_it_cluster_helpers import ready_pods
 from operator_it_harness import free_port
 from wsgauge_devcluster.binaries import locate
 from wsgauge_devcluster.controlplane import ControlPlane
-from wsgauge_devcluster.settings import ControlPlaneSettings, RunnerSettings
+from wsgauge_devcluster.settings import ControlPlaneSettings, NodeSettings, RunnerSettings
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 DEVCLUSTER = [sys.executable, "-m", "wsgauge_devcluster.cli"]
@@ -85,6 +85,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster
         WSGAUGE_APISERVER_PORT=str(apiserver_port),
         WSGAUGE_ETCD_PORT=str(etcd_port),
         WSGAUGE_POD_IP_BASE=str(ip_base),
+        WSGAUGE_NODE_KIND="pod-runner",  # one real node per machine: the shared cluster has it
     )
     env.pop("KUBECONFIG", None)
     try:
@@ -100,6 +101,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster
             ),
             binaries,
             RunnerSettings(state_dir=state, ip_second_octet_base=ip_base),
+            NodeSettings(kind="pod-runner"),  # as WSGAUGE_NODE_KIND above
         )
         yield OwnCluster(
             KubeCluster(kubeconfig, binaries.bin_dir, state, binaries.kubernetes_version), plane

@@ -192,6 +192,10 @@ spec:
   template:
     metadata: {labels: {app: chat}}
     spec:
+      # a simulated node: the image does not exist here, the HPA only needs Running pods
+      nodeSelector: {wsgauge.dev/pod-runner: "true"}
+      tolerations:
+        - {key: wsgauge.dev/simulated, operator: Equal, value: "true", effect: NoSchedule}
       containers: [{name: app, image: registry.k8s.io/pause:3.10}]
 """
 

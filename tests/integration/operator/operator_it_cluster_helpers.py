@@ -17,7 +17,7 @@ from wsgauge_devcluster.testing import KubeCluster, eventually
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "connectionstats.yaml"
-EXAMPLE = REPO / "examples" / "chat"
+EXAMPLE = REPO / "examples" / "chat-manual"
 
 
 class OperatorProcess:
@@ -91,7 +91,7 @@ class OperatorProcess:
 
 
 def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[str, Any]:
-    """examples/chat/deployment.yaml, made quick to stop (no drain wait) for tests."""
+    """examples/chat-manual/deployment.yaml, made quick to stop (no drain wait) for tests."""
     deployment: dict[str, Any] = copy.deepcopy(
         yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
     )

@@ -355,6 +355,28 @@ async def test_oversized_frames_get_1009_and_invalid_utf8_gets_1007(
     await healthy.close()
 
 
+async def test_a_client_writing_a_huge_frame_without_reading_still_gets_its_1009(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """The 1009 must not be destroyed by a reset: the sidecar sends the close frame, shuts its
+    write side and discards what the client still sends before it closes (lingering close)."""
+    sidecar = start_sidecar("--topic", "phoenix")  # default --max-message-bytes: 1 MiB
+    healthy = await PhoenixHealthy.open(sidecar)
+    client = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
+    await sidecar.wait_stats(lambda d: d["connections"] == 2)
+    huge = mask_frame(0x1, b"[" + b" " * (2 * 2**20) + b"]")  # 2 MiB + 2 bytes
+    step = 64 * 1024
+    for start in range(0, len(huge), step):  # all of it, before reading anything
+        client.writer.write(huge[start : start + step])
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(client.writer.drain(), 10)
+    assert await _close_code(client) == 1009
+    await client.close_tcp()
+    await sidecar.wait_stats(lambda d: d["connections"] == 1)
+    await healthy.check()
+    await healthy.close()
+
+
 async def test_random_phoenix_topic_flood_on_one_socket_is_capped(
     start_sidecar: SidecarFactory,
 ) -> None:

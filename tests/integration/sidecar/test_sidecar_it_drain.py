@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 import websockets
-from sidecar_it_harness import SidecarFactory
+from sidecar_it_harness import RawWebSocket, SidecarFactory
 from wsgauge_contract import StatsDocument, WatchStreamDecoder
 
 
@@ -129,3 +129,21 @@ async def test_drain_close_lands_on_a_frame_boundary_mid_stream(
     assert ws.close_code == 1001, ws.close_reason  # not a 1002/1006 from a torn frame
     assert sizes.count(sizes[-1]) >= len(sizes) - 2  # every streamed message arrived whole
     assert await asyncio.to_thread(sidecar.wait, 30) == 0
+
+
+async def test_drain_log_counts_each_closed_socket_once(start_sidecar: SidecarFactory) -> None:
+    """Sockets that got their 1001 but have not answered it yet are not closed (or counted)
+    again by the sweep for late upgrades at the end of the spread."""
+    sidecar = start_sidecar("--drain-grace", "0.2", "--drain-spread", "0.4")
+    count = 4
+    clients = [await RawWebSocket.connect(sidecar.port, f"/ws/q{i}") for i in range(count)]
+    await sidecar.wait_stats(lambda d: d["connections"] == count)
+    sidecar.signal(signal.SIGTERM)
+    for client in clients:  # each gets exactly one 1001 and does not answer it
+        opcode, payload = await client.read_frame(timeout=20)
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1001)
+    assert await asyncio.to_thread(sidecar.wait, 60) == 0
+    output = sidecar.output()
+    assert f"drain: done, {count} sockets closed by the drain" in output, output
+    for client in clients:
+        await client.close_tcp()

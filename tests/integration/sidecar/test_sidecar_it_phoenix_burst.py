@@ -15,11 +15,12 @@ import json
 import time
 
 import websockets
-from sidecar_it_harness import SidecarFactory, SidecarProcess
+from sidecar_it_harness import RawWebSocket, SidecarFactory, SidecarProcess, mask_frame
 
 SOCKETS = 20
 PAIRS_PER_SOCKET = 400
 BURST_TOPICS = 50
+PENDING_JOINS_BOUND = 1000  # unanswered joins per socket (docs/sidecar.md)
 
 
 def _v2(join_ref: str | None, ref: str, topic: str, event: str) -> str:
@@ -85,3 +86,58 @@ async def test_thousands_of_pipelined_joins_and_leaves_end_exactly_at_what_socke
     for ws in sockets:
         await ws.close()
     await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
+
+
+async def _pipeline_joins(sidecar: SidecarProcess, joins: int) -> RawWebSocket:
+    """One socket writes ``joins`` joins of distinct topics at once, before reading anything."""
+    client = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
+    client.writer.write(b"".join(
+        mask_frame(0x1, _v2(str(ref), str(ref), f"pipe:{ref}", "phx_join").encode())
+        for ref in range(joins)
+    ))  # fmt: skip
+    await client.writer.drain()
+    return client
+
+
+async def test_a_thousand_joins_pipelined_on_one_socket_are_all_counted(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """Every join the app accepts is counted, however many wait for their replies at once."""
+    joins = PENDING_JOINS_BOUND
+    sidecar = start_sidecar("--topic", "phoenix", "--max-topics", str(joins))
+    client = await _pipeline_joins(sidecar, joins)
+    accepted = 0
+    while accepted < joins:
+        opcode, payload = await client.read_frame()
+        assert opcode == 0x1, (opcode, payload)
+        message = json.loads(payload)
+        accepted += message[3] == "phx_reply" and message[4]["status"] == "ok"
+    document = await sidecar.wait_stats(lambda d: sum(d["topics"].values()) >= joins)
+    assert document["topics"] == {f"pipe:{ref}": 1 for ref in range(joins)}
+    assert document["connections"] == 1
+    assert document["closed"] == 0
+    await client.close_tcp()
+    await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
+
+
+async def test_joins_beyond_the_pending_bound_close_the_socket_with_1008(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """Past the bound the socket is closed with a clear code instead of being miscounted."""
+    sidecar = start_sidecar("--topic", "phoenix")
+    other = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
+    await other.send_text(_v2("1", "1", "room:other", "phx_join"))
+    await sidecar.wait_stats(lambda d: d["topics"] == {"room:other": 1})
+    client = await _pipeline_joins(sidecar, 3 * PENDING_JOINS_BOUND)
+    code = None
+    for _ in range(3 * PENDING_JOINS_BOUND + 1):
+        opcode, payload = await client.read_frame()
+        if opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+            break
+    assert code == 1008, code
+    await client.close_tcp()
+    document = await sidecar.wait_stats(lambda d: d["connections"] == 1)
+    assert document["topics"] == {"room:other": 1}
+    assert sidecar.metric("wsgauge_connections_closed_total", 'reason="protocol_error"') == 1
+    await other.close_tcp()

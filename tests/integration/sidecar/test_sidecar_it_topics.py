@@ -87,3 +87,19 @@ async def test_other_fold_beyond_max_topics(start_sidecar: SidecarFactory) -> No
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.close()
     await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
+
+
+async def test_a_path_topic_named_like_the_fold_is_reported_apart_from_it(
+    start_sidecar: SidecarFactory,
+) -> None:
+    """``/ws/_other`` is reported as ``__other``: ``_other`` in /stats is only the fold."""
+    sidecar = start_sidecar("--topic", "path:^/ws/(.+)", "--max-topics", "1")
+    sockets = []
+    for name in ("_other", "a", "b"):
+        sockets += await _open(f"{sidecar.ws_base}/ws/{name}", 1)
+    document = await sidecar.wait_stats(lambda d: d["connections"] == 3)
+    assert document["topics"] == {"__other": 1, "_other": 2}
+    _, metrics = await asyncio.to_thread(sidecar.get, "/metrics")
+    assert 'wsgauge_topic_connections{topic="__other"} 1.0' in metrics
+    await _close_all(sockets)
+    await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_sidecar.counter import OTHER_TOPIC, ConnectionCounter, ReportedCounts
+from wsgauge_sidecar.counter import OTHER_TOPIC, ConnectionCounter, ReportedCounts, escape_topic
 from wsgauge_sidecar.exceptions import ConfigError, CountError
 from wsgauge_sidecar.topics import MAX_TOPIC_LENGTH
 
@@ -77,6 +77,26 @@ def test_other_fold_and_slot_reuse() -> None:
     # the socket folded into _other stays there until it leaves
     counter.leave(sockets[2], "c")
     assert counter.topics() == {"a": 2, "d": 1}
+
+
+def test_an_app_topic_named_like_the_fold_stays_apart_from_it() -> None:
+    """``_other`` in the counts is only ever the fold: an app topic of that name is escaped."""
+    counter = ConnectionCounter(max_topics=1)
+    sockets = [counter.open_socket() for _ in range(3)]
+    counter.join(sockets[0], OTHER_TOPIC)
+    counter.join(sockets[1], "a")  # beyond max_topics: the fold
+    counter.join(sockets[2], "__other")
+    assert counter.topics() == {"__other": 1, OTHER_TOPIC: 2}
+    counter.leave(sockets[0], OTHER_TOPIC)
+    assert counter.topics() == {OTHER_TOPIC: 2}
+    counter.join(sockets[0], "__other")  # "__other" (from "_other" escaped) is free again
+    assert counter.topics() == {"___other": 1, OTHER_TOPIC: 2}
+
+
+@given(st.text(alphabet="_othera", max_size=12), st.text(alphabet="_othera", max_size=12))
+def test_escaped_topic_names_never_collide_and_are_never_the_fold(first: str, second: str) -> None:
+    assert escape_topic(first) != OTHER_TOPIC
+    assert (escape_topic(first) == escape_topic(second)) == (first == second)
 
 
 def test_zero_max_topics_folds_everything() -> None:

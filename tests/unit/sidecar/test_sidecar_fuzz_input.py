@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_sidecar.exceptions import (
     HttpParseError,
+    PhoenixLimitError,
     PhoenixProtocolError,
     WebSocketProtocolError,
 )
@@ -101,7 +102,7 @@ def head_outcome(pieces: list[bytes], max_bytes: int) -> tuple[object, ...]:
 def check_accepted_head(head: RequestHead, consumed: int, max_bytes: int) -> None:
     """What the proxy does with an accepted head never fails and stays bounded."""
     assert consumed <= max_bytes
-    assert head.raw.endswith(b"\n\n") or head.raw.endswith(b"\r\n\r\n")
+    assert head.raw.endswith((b"\n\n", b"\n\r\n"))  # LF or CRLF ends, mixed too (RFC 9112 2.2)
     for rule in RULES:
         topic = topic_from_request(rule, head.target, head.headers)
         assert topic is None or 0 < len(topic) <= MAX_TOPIC_LENGTH
@@ -261,6 +262,11 @@ def _text_mutation(text: str, mutations: list[tuple[str, float, int]]) -> bytes:
     return mutate(text.encode(), mutations)
 
 
+def _close_code_of(error: PhoenixProtocolError) -> int:
+    """1008 for a per-socket bound (pending joins, joined topics, ref length), else 1007."""
+    return 1008 if isinstance(error, PhoenixLimitError) else 1007
+
+
 @settings(max_examples=250, deadline=None)
 @given(
     edits=st.lists(
@@ -285,21 +291,22 @@ def test_fuzz_mutated_phoenix_conversation_prefilter_agrees_with_full_decoding(
             payload.decode("utf-8")
         except UnicodeDecodeError:
             continue  # the frame reader closes such a socket with 1007 before Phoenix sees it
-        full_code: int | None = None
-        fast_code: int | None = None
+        full_error: PhoenixProtocolError | None = None
+        fast_error: PhoenixProtocolError | None = None
         try:
             full_events = (full.client_message if from_client else full.server_message)(
                 payload.decode()
             )
         except PhoenixProtocolError as error:
-            full_code, full_events = error.close_code, None
-        assert full_code in (None, 1007)
+            full_error, full_events = error, None
+        if full_error is not None:
+            assert full_error.close_code == _close_code_of(full_error)
         try:
             fast_events = (fast.client_text if from_client else fast.server_text)(payload)
         except PhoenixProtocolError as error:
-            fast_code = error.close_code
-        if fast_code is not None:
-            assert fast_code == 1007
+            fast_error = error
+        if fast_error is not None:
+            assert fast_error.close_code == _close_code_of(fast_error)
             # the fast path may only refuse what full decoding refuses too
             assert full_events is None
             return

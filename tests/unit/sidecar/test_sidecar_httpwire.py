@@ -399,3 +399,25 @@ def test_fuzz_chunked_framer(data: bytes, cut: int) -> None:
     whole_result = run([data])
     split_result = run([data[index : index + cut] for index in range(0, len(data), cut)])
     assert whole_result == split_result
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "protocols"),
+    [
+        (b"websocket", [b"websocket"]),
+        (b"WebSocket/13, h2c", [b"websocket", b"h2c"]),
+        (b" h2c ,foo/2", [b"h2c", b"foo"]),
+        (None, []),
+    ],
+)
+def test_upgrade_protocols_name_what_upgrade_asks_for(
+    upgrade: bytes | None, protocols: list[bytes]
+) -> None:
+    """``names_websocket`` ignores the method and ``Connection``: the proxy's upgrade gate."""
+    field = b"" if upgrade is None else b"Upgrade: " + upgrade + b"\r\n"
+    parsed = parse_request_head(b"POST /x HTTP/1.1\r\nHost: t\r\n" + field + b"\r\n", MAX)
+    assert parsed is not None
+    head = parsed[0]
+    assert head.upgrade_protocols == protocols
+    assert head.names_websocket == (b"websocket" in protocols)
+    assert not head.is_websocket_upgrade  # a POST is never a WebSocket handshake

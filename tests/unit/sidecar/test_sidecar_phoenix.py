@@ -17,8 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_sidecar.counter import ConnectionCounter
-from wsgauge_sidecar.exceptions import PhoenixProtocolError, WebSocketProtocolError
+from wsgauge_sidecar.exceptions import (
+    PhoenixLimitError,
+    PhoenixProtocolError,
+    WebSocketProtocolError,
+)
 from wsgauge_sidecar.phoenix import (
+    MAX_REF_LENGTH,
     Joined,
     Left,
     PhoenixEvent,
@@ -171,33 +176,62 @@ def test_integer_refs_match_their_text() -> None:
     assert session.server_message(v2("7", "7", "a", "phx_reply", ok())) == [Joined("a")]
 
 
-def test_long_topics_are_cut_and_long_refs_not_tracked() -> None:
+def test_long_topics_are_cut_and_a_join_with_a_long_ref_closes_with_1008() -> None:
     session = PhoenixSession("v2")
     topic = "t" * 500
     session.client_message(v2("1", "1", topic, "phx_join"))
     assert session.server_message(v2("1", "1", topic, "phx_reply", ok())) == [Joined("t" * 200)]
-    long_ref = "r" * 300
-    session.client_message(v2(long_ref, long_ref, "b", "phx_join"))
+    long_ref = "r" * (MAX_REF_LENGTH + 1)
+    for join_ref, ref in ((long_ref, "2"), ("2", long_ref)):
+        with pytest.raises(PhoenixLimitError) as raised:
+            session.client_message(v2(join_ref, ref, "b", "phx_join"))
+        assert raised.value.close_code == 1008
+    # elsewhere a long ref only fails to match anything
     assert session.server_message(v2(long_ref, long_ref, "b", "phx_reply", ok())) == []
 
 
-def test_pending_joins_are_capped() -> None:
+def test_every_pending_join_is_remembered_up_to_the_bound_then_1008() -> None:
+    """The bound never drops a join (it used to forget the oldest: pipelined joins were lost)."""
     session = PhoenixSession("v2", max_pending_joins=3)
-    for ref in range(10):
+    for ref in range(3):
         session.client_message(v2(str(ref), str(ref), f"t{ref}", "phx_join"))
-    assert len(session._pending) == 3
-    assert session.server_message(v2("0", "0", "t0", "phx_reply", ok())) == []  # forgotten
-    assert session.server_message(v2("9", "9", "t9", "phx_reply", ok())) == [Joined("t9")]
+    session.client_message(v2("2", "2", "t2", "phx_join"))  # the same join again: no new slot
+    with pytest.raises(PhoenixLimitError) as raised:
+        session.client_message(v2("3", "3", "t3", "phx_join"))
+    assert raised.value.close_code == 1008
+    assert session.server_message(v2("0", "0", "t0", "phx_reply", ok())) == [Joined("t0")]
+    session.client_message(v2("3", "3", "t3", "phx_join"))  # a slot is free again
+    events = [
+        event
+        for ref in (1, 2, 3)
+        for event in session.server_message(v2(str(ref), str(ref), f"t{ref}", "phx_reply", ok()))
+    ]
+    assert events == [Joined("t1"), Joined("t2"), Joined("t3")]
 
 
-def test_joined_topics_are_capped() -> None:
+def test_a_leave_forgets_the_pending_joins_of_its_topic() -> None:
+    session = PhoenixSession("v2", max_pending_joins=2)
+    session.client_message(v2("1", "1", "a", "phx_join"))
+    session.client_message(v2("2", "2", "a", "phx_join"))
+    session.client_message(v2(None, "3", "a", "phx_leave"))
+    session.client_message(v2("4", "4", "b", "phx_join"))
+    session.client_message(v2("5", "5", "c", "phx_join"))
+    assert session.server_message(v2("1", "1", "a", "phx_reply", ok())) == []
+    assert session.server_message(v2("5", "5", "c", "phx_reply", ok())) == [Joined("c")]
+
+
+def test_one_joined_topic_past_the_bound_closes_with_1008() -> None:
     session = PhoenixSession("v2", max_joined_topics=2)
     events: list[PhoenixEvent] = []
-    for ref in range(4):
+    for ref in range(2):
         session.client_message(v2(str(ref), str(ref), f"t{ref}", "phx_join"))
         events += session.server_message(v2(str(ref), str(ref), f"t{ref}", "phx_reply", ok()))
     assert events == [Joined("t0"), Joined("t1")]
-    assert session.server_message(v2("3", "3", "t3", "phx_close")) == []
+    session.client_message(v2("2", "2", "t2", "phx_join"))
+    assert session.server_message(v2("2", "2", "t2", "phx_reply", error())) == []  # refused
+    session.client_message(v2("3", "3", "t3", "phx_join"))
+    with pytest.raises(PhoenixLimitError):
+        session.server_message(v2("3", "3", "t3", "phx_reply", ok()))
 
 
 @pytest.mark.parametrize(
@@ -477,14 +511,13 @@ def test_fuzz_session_raises_only_phoenix_protocol_errors(
     session = PhoenixSession(serializer)
     joined: set[str] = set()
     for from_client, text in messages:
+        refused: PhoenixProtocolError | None = None
         try:
             events = (session.client_message if from_client else session.server_message)(text)
         except PhoenixProtocolError as error:
-            close_code: int | None = error.close_code
-        else:
-            close_code = None
-        if close_code is not None:
-            assert close_code == 1007
+            refused = error
+        if refused is not None:  # a bound (a long ref) is 1008, the rest 1007
+            assert refused.close_code == (1008 if isinstance(refused, PhoenixLimitError) else 1007)
             continue
         for event in events:
             if isinstance(event, Joined):

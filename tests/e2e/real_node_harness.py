@@ -1,0 +1,222 @@
+"""Helpers of the end-to-end tests on the real node: wsgauge installed by its chart, the chat
+example injected by the chart's webhook, and clients that connect through the chat Service
+(kube-proxy picks the pod) and learn which pod they landed on from the demo app (``whoami``).
+
+:func:`assert_counts_agree` is the claim checked at every checkpoint: each sidecar's ``/stats``,
+the ConnectionStats status and the custom metrics API (through the aggregation layer) equal what
+the clients hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from e2e_harness import GOING_AWAY, Close, eventually, get_json, kubectl
+from wsgauge_devcluster.testing import KubeCluster
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "chat"
+NODE = "wsgauge-node"
+"""The devcluster's real node."""
+ADMIN_PORT = 9090
+"""The injected sidecar's admin port."""
+
+
+async def apply_chat(kube: KubeCluster, namespace: str) -> None:
+    """Label the namespace for injection, apply examples/chat (Deployment, Service, PDB) and
+    its ConnectionStats without the autoscaling section (the pods' readiness gate opens once
+    the operator follows them)."""
+    await kubectl(kube, "label", "namespace", namespace, "wsgauge.dev/injection=enabled")
+    for name in ("deployment.yaml", "service.yaml", "pdb.yaml"):
+        await kubectl(kube, "apply", "-n", namespace, "-f", str(EXAMPLE / name))
+    await apply_connection_stats(kube, namespace, autoscaling=False)
+
+
+async def apply_connection_stats(kube: KubeCluster, namespace: str, autoscaling: bool) -> None:
+    """examples/chat/connectionstats.yaml, with or without its autoscaling section."""
+    document = yaml.safe_load((EXAMPLE / "connectionstats.yaml").read_text())
+    if not autoscaling:
+        del document["spec"]["autoscaling"]
+    await kubectl(kube, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(document))
+
+
+def condition(pod: dict[str, Any], type_: str) -> str | None:
+    """The status of a pod condition, None when absent."""
+    for entry in pod["status"].get("conditions") or []:
+        if entry["type"] == type_:
+            return str(entry["status"])
+    return None
+
+
+async def chat_pods(kube: KubeCluster, namespace: str) -> dict[str, dict[str, Any]]:
+    """Chat pods that are not being deleted, by name."""
+    pods = (await get_json(kube, "pods", "-n", namespace, "-l", "app=chat"))["items"]
+    return {p["metadata"]["name"]: p for p in pods if not p["metadata"].get("deletionTimestamp")}
+
+
+async def ready_pods(kube: KubeCluster, namespace: str, count: int) -> dict[str, Any] | None:
+    """The chat pods when exactly ``count`` exist and all are Ready."""
+    pods = await chat_pods(kube, namespace)
+    if len(pods) == count and all(condition(p, "Ready") == "True" for p in pods.values()):
+        return pods
+    return None
+
+
+async def endpoint_readiness(kube: KubeCluster, namespace: str) -> dict[str, bool]:
+    """Pod name -> ``conditions.ready`` of its endpoint in the chat Service's EndpointSlices."""
+    slices = await get_json(
+        kube, "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=chat"
+    )
+    found: dict[str, bool] = {}
+    for item in slices["items"]:
+        for endpoint in item.get("endpoints") or []:
+            target = (endpoint.get("targetRef") or {}).get("name")
+            if target:
+                found[target] = bool((endpoint.get("conditions") or {}).get("ready"))
+    return found
+
+
+async def service_url(kube: KubeCluster, namespace: str) -> str:
+    """ws:// URL of the chat Service's ClusterIP (reached from the host through kube-proxy)."""
+    service = await get_json(kube, "service", "chat", "-n", namespace)
+    return f"ws://{service['spec']['clusterIP']}:80/ws/room"
+
+
+@dataclass
+class ServiceClient:
+    """One WebSocket through the chat Service; after a 1001 it reconnects through the Service."""
+
+    session: aiohttp.ClientSession
+    url: str
+    pod: str | None = None
+    closes: list[Close] = field(default_factory=list)
+    _ws: aiohttp.ClientWebSocketResponse | None = None
+    _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
+
+    async def connect(self, attempts: int = 20) -> None:
+        """Connect, ask the app which pod answered (bounded retries while endpoints change)."""
+        self._stopping = False
+        last: BaseException | None = None
+        for _ in range(attempts):
+            try:
+                ws = await asyncio.wait_for(
+                    self.session.ws_connect(self.url, heartbeat=None), timeout=5
+                )
+                await ws.send_str("whoami")
+                reply = await asyncio.wait_for(ws.receive(), timeout=5)
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                last = error
+                await asyncio.sleep(0.3)
+                continue
+            if reply.type != aiohttp.WSMsgType.TEXT or not str(reply.data).startswith("pod:"):
+                last = AssertionError(f"unexpected first message {reply!r}")
+                await ws.close()
+                await asyncio.sleep(0.3)
+                continue
+            self._ws = ws
+            self.pod = str(reply.data).removeprefix("pod:")
+            self._task = asyncio.create_task(self._read())
+            return
+        raise AssertionError(f"could not connect through {self.url}: {last!r}")
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for _ in self._ws:
+            pass
+        if self._stopping:
+            return
+        self.closes.append(Close(self.pod or "", self._ws.close_code, time.monotonic()))
+        self.pod = None
+        if self._ws.close_code == GOING_AWAY:
+            await self.connect()
+
+    async def close(self) -> None:
+        """Close from the client side (1000)."""
+        self._stopping = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 10)
+        self.pod = None
+
+
+class Pending(dict[str, Any]):
+    """What the sources said while they still differ (falsy, shown when the wait times out)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def held(clients: list[ServiceClient]) -> dict[str, int]:
+    """Open sockets per pod as the clients hold them."""
+    counts: dict[str, int] = {}
+    for client in clients:
+        if client.pod is not None:
+            counts[client.pod] = counts.get(client.pod, 0) + 1
+    return counts
+
+
+async def sidecar_counts(
+    session: aiohttp.ClientSession, pods: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Each pod's sidecar ``/stats`` connections (pods with no socket left out)."""
+    counts: dict[str, int] = {}
+    for name, pod in pods.items():
+        url = f"http://{pod['status']['podIP']}:{ADMIN_PORT}/stats"
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as reply:
+            document = json.loads(await reply.text())
+        if document["connections"]:
+            counts[name] = int(document["connections"])
+    return counts
+
+
+async def served_per_pod(kube: KubeCluster, namespace: str) -> dict[str, int]:
+    """The Pods metric per pod through the aggregation layer (pods at 0 left out)."""
+    path = (
+        f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/pods/*/"
+        "wsgauge_connections?labelSelector=app%3Dchat"
+    )
+    try:
+        items = json.loads(await kubectl(kube, "get", "--raw", path))["items"]
+    except AssertionError:
+        return {}
+    values = {i["describedObject"]["name"]: int(i["value"]) for i in items}
+    return {name: value for name, value in values.items() if value}
+
+
+async def assert_counts_agree(
+    kube: KubeCluster,
+    namespace: str,
+    session: aiohttp.ClientSession,
+    clients: list[ServiceClient],
+    timeout: float = 60,
+) -> dict[str, int]:
+    """Every source equals what the clients hold (bounded wait for the sources to catch up)."""
+    wanted = held(clients)
+    total = sum(wanted.values())
+
+    async def agree() -> dict[str, Any]:
+        pods = await chat_pods(kube, namespace)
+        sources = {
+            "sidecars": await sidecar_counts(session, pods),
+            "metrics API": await served_per_pod(kube, namespace),
+        }
+        status = (await get_json(kube, "connectionstats", "chat", "-n", namespace))["status"]
+        sources["status"] = {"total": int(status.get("connections", -1))}
+        ok = (
+            sources["sidecars"] == wanted
+            and sources["metrics API"] == wanted
+            and sources["status"]["total"] == total
+        )
+        return sources if ok else Pending(sources)
+
+    await eventually(agree, timeout, f"every source equals the clients' {wanted} (total {total})")
+    return wanted
