@@ -40,9 +40,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
+# Tests import the helper modules beside them (pytest puts a test's folder on sys.path): mypy
+# checks one test folder at a time with that folder first on its path (every folder's conftest.py
+# is then the module `conftest`), the other test folders after it for helpers reused across them.
+TEST_DIRS = $(sort $(patsubst %/,%,$(dir $(wildcard tests/*.py tests/*/*.py tests/*/*/*.py))))
+EMPTY :=
+SPACE := $(EMPTY) $(EMPTY)
+
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy -p wsgauge_contract -p wsgauge_sidecar -p wsgauge_devcluster -p wsgauge_operator -p benchmarks
 	MYPYPATH=demo $(VENV)/bin/mypy demo/*.py
+	@set -e; for dir in $(TEST_DIRS); do \
+	  echo "MYPYPATH=$$dir:... $(VENV)/bin/mypy $$dir/*.py"; \
+	  MYPYPATH=$$dir:$(subst $(SPACE),:,$(TEST_DIRS)):demo $(VENV)/bin/mypy $$dir/*.py; \
+	done
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
@@ -121,7 +132,7 @@ images: $(STAMP)
 
 chart-test: $(STAMP) k8s-bins
 	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge
-	$(PY) -m pytest -q tests/unit/chart tests/unit/injector tests/integration/chart
+	$(PY) -m pytest -q tests/integration/chart_render tests/unit/injector tests/integration/chart
 
 # The same chart and e2e tests on a kind cluster, with the real images loaded into it.
 kind-e2e: $(STAMP) k8s-bins images

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wsgauge_sidecar.phoenix import PhoenixSession
-from wsgauge_sidecar.wsframes import FrameBoundaryTracker, MessageReader
+from wsgauge_sidecar.wsframes import FrameBoundaryTracker, MessageReader, Opcode, encode_frame
 
 from benchmarks.loadgen import Workload
-from benchmarks.wsproto import OP_TEXT, encode_frame, new_mask_key
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,14 @@ def measure_core_costs(iterations: int = 50_000, payload_bytes: int = 64) -> lis
     """The cost of each pure-core step on the benchmark's messages."""
     path = Workload("path", payload_bytes)
     phoenix = Workload("phoenix", payload_bytes)
-    key = new_mask_key()
-    echo_frame = encode_frame(path.message(0), OP_TEXT)
+    key = os.urandom(4)
+    echo_frame = encode_frame(Opcode.TEXT, path.message(0))
     request = phoenix.message(0)
     reply = json.dumps(
         ["1", "2", "room:0", "phx_reply", {"status": "ok", "response": {"body": "x" * 64}}]
     ).encode()
-    client_frame = encode_frame(request, OP_TEXT, key)
-    server_frame = encode_frame(reply, OP_TEXT)
+    client_frame = encode_frame(Opcode.TEXT, request, mask=True, mask_key=key)
+    server_frame = encode_frame(Opcode.TEXT, reply)
     session = PhoenixSession("v2")
     session.client_message(json.dumps(["1", "1", "room:0", "phx_join", {}]))
     session.server_message(

@@ -1,7 +1,8 @@
 """The upstream of the ``path`` runs: a small, fast WebSocket echo server on raw asyncio.
 
 ``python -m benchmarks.echo_server --listen 127.0.0.1:PORT``. Every path
-accepts an upgrade; text and binary messages are echoed back unfragmented, pings
+accepts an upgrade; text and binary messages (read by the sidecar's
+:class:`~wsgauge_sidecar.wsframes.MessageReader`) are echoed back unfragmented, pings
 answered with pongs, a close frame answered with a close frame (then the server
 closes TCP). Plain HTTP requests get 404. uvloop is used when installed. The
 same server sits behind the direct connection, the sidecar and nginx, so the
@@ -18,20 +19,16 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
-from benchmarks.wsproto import (
-    HEAD_END,
-    OP_BINARY,
-    OP_CLOSE,
-    OP_CONTINUATION,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameReader,
-    accept_key,
-    encode_frame,
-)
+from websockets.utils import accept_key
+from wsgauge_contract import Address
+from wsgauge_sidecar.exceptions import WebSocketProtocolError
+from wsgauge_sidecar.wsframes import MessageReader, Opcode, encode_frame
 
 MAX_HEAD_BYTES = 16384
+HEAD_END = b"\r\n\r\n"
+"""End of an HTTP head."""
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Larger messages drop the connection."""
 
 
 class EchoConnection(asyncio.Protocol):
@@ -40,7 +37,7 @@ class EchoConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._head = bytearray()
-        self._reader: FrameReader | None = None
+        self._reader: MessageReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -58,24 +55,24 @@ class EchoConnection(asyncio.Protocol):
             if not self._answer_handshake(bytes(self._head[:end])):
                 return
             self._head.clear()
-            reader = self._reader = FrameReader()
+            reader = self._reader = MessageReader(masked=True, max_message_bytes=MAX_MESSAGE_BYTES)
             if not rest:
                 return
             data = rest
         try:
-            frames = reader.feed(data)
-        except ValueError:
+            messages = reader.feed(data)
+        except WebSocketProtocolError:
             self._abort()
             return
         transport = self.transport
         assert transport is not None
-        for opcode, payload in frames:
-            if opcode in (OP_TEXT, OP_BINARY, OP_CONTINUATION):
-                transport.write(encode_frame(payload, opcode))
-            elif opcode == OP_PING:
-                transport.write(encode_frame(payload, OP_PONG))
-            elif opcode == OP_CLOSE:
-                transport.write(encode_frame(payload[:2], OP_CLOSE))
+        for opcode, payload in messages:
+            if opcode in (Opcode.TEXT, Opcode.BINARY):
+                transport.write(encode_frame(opcode, payload))
+            elif opcode == Opcode.PING:
+                transport.write(encode_frame(Opcode.PONG, payload))
+            elif opcode == Opcode.CLOSE:
+                transport.write(encode_frame(Opcode.CLOSE, payload[:2]))
                 transport.close()
                 return
 
@@ -99,7 +96,7 @@ class EchoConnection(asyncio.Protocol):
             return False
         transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
         )
         return True
 
@@ -129,13 +126,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.echo_server", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (default 127.0.0.1:0)")
     args = parser.parse_args(argv)
-    host, _, port = str(args.listen).rpartition(":")
+    listen = Address.parse_listen(str(args.listen))
     try:
         import uvloop  # noqa: PLC0415 (optional dependency)
     except ImportError:
-        asyncio.run(serve(host, int(port)))
+        asyncio.run(serve(listen.host, listen.port))
         return
-    uvloop.run(serve(host, int(port)))
+    uvloop.run(serve(listen.host, listen.port))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ Tasks:
 
 The client does no per-message work beyond counting frames: each socket's
 message frame is built and masked (with a random key) once, replies are only
-counted (:class:`~benchmarks.wsproto.FrameCounter`). Sockets can be spread over
-several loopback source addresses (``--sources``) so that many thousands of
+counted (the sidecar's :class:`~wsgauge_sidecar.wsframes.FrameBoundaryTracker`; frames are
+built by its ``encode_frame``, the handshake keys by the ``websockets`` library). Sockets can
+be spread over several loopback source addresses (``--sources``) so that many thousands of
 them never run out of ephemeral ports.
 """
 
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import socket
 import sys
 import time
@@ -35,22 +37,46 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from websockets.utils import accept_key, generate_key
+from wsgauge_sidecar.exceptions import WebSocketProtocolError
+from wsgauge_sidecar.wsframes import FrameBoundaryTracker, Opcode, encode_close_frame, encode_frame
+
 from benchmarks.exceptions import LoadError
-from benchmarks.wsproto import (
-    HEAD_END,
-    OP_TEXT,
-    FrameCounter,
-    encode_frame,
-    handshake_request,
-    new_mask_key,
-)
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 """Linux: bind a source address without reserving a port until ``connect``."""
 
+HEAD_END = b"\r\n\r\n"
+"""End of an HTTP head."""
+
 PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
 TOPICS = 10
 """Sockets are spread over this many topics (``/ws/room0`` ... or ``room:0`` ...)."""
+
+
+def handshake_request(host: str, port: int, target: str) -> tuple[bytes, bytes]:
+    """An upgrade request for ``target`` and the accept value its 101 answer must carry."""
+    key = generate_key()
+    request = (
+        f"GET {target} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    ).encode()
+    return request, accept_key(key).encode()
+
+
+def new_mask_key() -> bytes:
+    """A random masking key for one socket's frames (built once per socket)."""
+    return os.urandom(4)
+
+
+def text_frame(message: bytes, mask_key: bytes) -> bytes:
+    """One masked text frame (client to server)."""
+    return encode_frame(Opcode.TEXT, message, mask=True, mask_key=mask_key)
 
 
 @dataclass(frozen=True)
@@ -101,7 +127,7 @@ class BenchSocket(asyncio.Protocol):
         self.opened: asyncio.Future[None] = loop.create_future()
         self._head = bytearray()
         self._open = False
-        self.counter = FrameCounter()
+        self.counter = FrameBoundaryTracker(masked=False)
         self._waiter: asyncio.Future[None] | None = None
         self._wait_for_frames = 0
         self._frame = b""
@@ -133,7 +159,14 @@ class BenchSocket(asyncio.Protocol):
             if not rest:
                 return
             data = rest
-        completed = self.counter.feed(data)
+        counter = self.counter
+        before = counter.frames_completed
+        try:
+            counter.feed(data)
+        except WebSocketProtocolError as error:
+            self._fail(LoadError(f"bad frames from the server: {error}"))
+            return
+        completed = counter.frames_completed - before
         if not completed:
             return
         if self._remaining:
@@ -152,7 +185,7 @@ class BenchSocket(asyncio.Protocol):
         elif (
             self._waiter is not None
             and not self._waiter.done()
-            and self.counter.frames >= self._wait_for_frames
+            and self.counter.frames_completed >= self._wait_for_frames
         ):
             self._waiter.set_result(None)
 
@@ -170,13 +203,14 @@ class BenchSocket(asyncio.Protocol):
         """Send one text message and wait for one frame back (the Phoenix join)."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._wait_for_frames = self.counter.frames + 1
-        self.transport.write(encode_frame(message, OP_TEXT, mask_key))
+        self._wait_for_frames = self.counter.frames_completed + 1
+        self.transport.write(text_frame(message, mask_key))
         await self._waiter
 
     def round_trips(self, frame: bytes, count: int, *, timed: bool) -> asyncio.Future[None]:
         """Start ``count`` closed-loop round trips of ``frame``; the future ends with them."""
-        assert self.transport is not None and count > 0
+        assert self.transport is not None
+        assert count > 0
         self._done = asyncio.get_running_loop().create_future()
         self._frame = frame
         self._remaining = count
@@ -191,7 +225,7 @@ class BenchSocket(asyncio.Protocol):
     def close(self) -> None:
         """Send a close frame and close TCP."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(b"\x03\xe8", 0x8, new_mask_key()))
+            self.transport.write(encode_close_frame(1000, mask=True))
             self.transport.close()
 
 
@@ -243,7 +277,7 @@ async def open_sockets(
             join = workload.join_message(index)
             if join is not None:
                 await asyncio.wait_for(bench.request_reply(join, mask_key), timeout)
-            return bench, encode_frame(workload.message(index), OP_TEXT, mask_key)
+            return bench, text_frame(workload.message(index), mask_key)
 
     tasks = [asyncio.ensure_future(one(first_index + number)) for number in range(count)]
     try:

@@ -247,7 +247,8 @@ class Worker:
 
     async def expect(self, event: str) -> dict[str, Any]:
         """The next JSON line; it must be ``event`` (an ``error`` line raises LoadError)."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), self.timeout)
         except TimeoutError:
@@ -267,7 +268,8 @@ class Worker:
 
     async def send(self, command: str) -> None:
         """Write one command line (``go`` or ``close``)."""
-        assert self.process is not None and self.process.stdin is not None
+        assert self.process is not None
+        assert self.process.stdin is not None
         self.process.stdin.write(command.encode() + b"\n")
         await asyncio.wait_for(self.process.stdin.drain(), self.timeout)
 

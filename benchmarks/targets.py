@@ -77,15 +77,18 @@ class ManagedProcess:
     async def start(self, timeout: float = 20.0) -> None:
         """Start the process and wait until its port accepts connections."""
         self.port = self.port or free_port()
+        self.process = await asyncio.to_thread(self._spawn)
+        await self.wait_port(self.port, timeout)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+            return subprocess.Popen(
                 list(self.argv()),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.cwd(),
             )
-        await self.wait_port(self.port, timeout)
 
     async def wait_port(self, port: int, timeout: float) -> None:
         """Wait until ``port`` accepts a connection (the process must stay alive meanwhile)."""

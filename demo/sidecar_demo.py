@@ -105,7 +105,8 @@ async def run_demo() -> None:
     log_path = os.path.join(tempfile.gettempdir(), "wsgauge-sidecar-demo.log")
     print(f"demo app on 127.0.0.1:{app_port}; sidecar data port {data}, admin port {admin}")
     print(f"(their output: {log_path})")
-    with open(log_path, "wb") as log:
+    log = await asyncio.to_thread(open, log_path, "wb")
+    with log:
         async with (
             process(log, executable("wsgauge-demo-app"), "--listen", f"127.0.0.1:{app_port}"),
             process(

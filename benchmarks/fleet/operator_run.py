@@ -74,17 +74,20 @@ class OperatorRun:
         log.close()
 
     async def wait_listening(self, timeout: float = 60.0) -> None:
-        """Until the stats server accepts connections."""
+        """Until the stats server serves (its port opens at once, answering ``ok (starting)``
+        on ``/healthz`` until the controller runs)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.returncode is not None:
-                raise ProcessStartError(f"the operator exited ({self.process.returncode})")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", self.stats_port)
-                writer.close()
-                return
-            await asyncio.sleep(0.1)
-        raise ProcessStartError(f"the operator's stats server did not listen within {timeout}s")
+        url = f"http://127.0.0.1:{self.stats_port}/healthz"
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.returncode is not None:
+                    raise ProcessStartError(f"the operator exited ({self.process.returncode})")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as reply:
+                        if reply.status == 200 and b"starting" not in await reply.read():
+                            return
+                await asyncio.sleep(0.1)
+        raise ProcessStartError(f"the operator's stats server did not serve within {timeout}s")
 
     async def stop(self) -> None:
         """SIGTERM, SIGKILL after 20 s."""

@@ -84,7 +84,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pods = groups * per_group
     namespace = f"restart-{groups}x{per_group}"
     log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     config = KubeConfig.load(args.kubeconfig, log_dir / "kube")
     result: dict[str, Any] = {"shape": f"{groups}x{per_group}", "pods": pods}
     rng = random.Random(7)

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from wsgauge_contract.address import Address
 from wsgauge_sidecar.admin import start_admin_server
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.settings import (
-    Address,
     AdminSettings,
     PodIdentity,
     ProxySettings,
@@ -169,7 +169,7 @@ def _write(message: dict[str, Any]) -> None:
 
 
 async def _main(config_path: Path) -> int:
-    worker = Worker(json.loads(config_path.read_text()))
+    worker = Worker(json.loads(await asyncio.to_thread(config_path.read_text)))
     try:
         await worker.start()
     except OSError as error:

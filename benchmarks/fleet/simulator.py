@@ -81,7 +81,8 @@ class _WorkerProcess:
 
     async def call(self, command: dict[str, Any]) -> dict[str, Any]:
         async with self.lock:
-            assert self.process.stdin is not None and self.process.stdout is not None
+            assert self.process.stdin is not None
+            assert self.process.stdout is not None
             self.next_id += 1
             command = {**command, "id": self.next_id}
             self.process.stdin.write(json.dumps(command).encode() + b"\n")

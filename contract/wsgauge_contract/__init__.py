@@ -3,10 +3,17 @@
 The sidecar publishes a *stats document* (``GET /stats``) and a stream of them
 (``GET /stats/watch``); the operator reads both. This package holds the one
 definition of that document, its validation, and the pure decoder of the watch
-stream, so that both ends agree byte for byte.
+stream, so that both ends agree byte for byte; and the one ``HOST:PORT`` type,
+:class:`~wsgauge_contract.address.Address`, that both read their addresses with.
 """
 
-from wsgauge_contract.exceptions import ContractError, InvalidStatsDocument, WatchStreamError
+from wsgauge_contract.address import Address
+from wsgauge_contract.exceptions import (
+    AddressError,
+    ContractError,
+    InvalidStatsDocument,
+    WatchStreamError,
+)
 from wsgauge_contract.stats import (
     OTHER_TOPIC,
     Capacity,
@@ -25,6 +32,8 @@ from wsgauge_contract.watchstream import (
 __all__ = [
     "OTHER_TOPIC",
     "WATCH_CONTENT_TYPE",
+    "Address",
+    "AddressError",
     "Capacity",
     "ContractError",
     "InvalidStatsDocument",

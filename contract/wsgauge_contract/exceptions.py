@@ -1,4 +1,5 @@
-"""Exceptions of the wire contract: the only ones its functions raise."""
+"""Exceptions of the shared core (the wire contract and ``HOST:PORT``): the only ones its
+functions raise."""
 
 
 class ContractError(ValueError):
@@ -11,3 +12,7 @@ class InvalidStatsDocument(ContractError):
 
 class WatchStreamError(ContractError):
     """The ``/stats/watch`` stream broke the framing rules (e.g. a line over the size limit)."""
+
+
+class AddressError(ValueError):
+    """A ``HOST:PORT`` text is malformed (see :mod:`wsgauge_contract.address`)."""

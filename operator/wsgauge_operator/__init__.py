@@ -6,6 +6,7 @@ Layout (thin kopf handlers on top, plain modules beneath):
 - :mod:`.spec`: a ConnectionStats ``spec`` parsed and validated into a dataclass.
 - :mod:`.fleet`: the in-memory state of pods and what their sidecars report.
 - :mod:`.follower`: one asyncio task per pod following its sidecar's ``/stats/watch``.
+- :mod:`.backoff`: jittered retry delays, used by every reconnect and retry.
 - :mod:`.aggregation`: pure computation of a ConnectionStats ``status``.
 - :mod:`.readiness`: pure readiness-gate policy (``wsgauge.dev/connections-ok``).
 - :mod:`.status_writer`: coalescing of status writes.

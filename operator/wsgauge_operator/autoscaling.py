@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from wsgauge_operator.backoff import jittered
 from wsgauge_operator.controller import ConnectionStatsRecord, Controller, StatusContribution
 from wsgauge_operator.deletion_cost import (
     DELETION_COST_ANNOTATION,
@@ -313,7 +314,7 @@ class Autoscaler:
                 delay = await self.sync_hpa(key)
             except KubeApiError as error:
                 logger.warning("autoscaling of %s/%s: %s", *key, error)
-                delay = HPA_PENDING_RESYNC_SECONDS
+                delay = jittered(HPA_PENDING_RESYNC_SECONDS)
             except Exception:  # the loop must survive any bug in one round
                 logger.exception("autoscaling of %s/%s failed", *key)
                 delay = self._settings.hpa_resync

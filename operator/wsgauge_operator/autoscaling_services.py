@@ -19,6 +19,7 @@ import logging
 from typing import Protocol
 
 from aiohttp import web
+from wsgauge_contract import Address, AddressError
 
 from wsgauge_operator.autoscaling import Autoscaler, AutoscalingKube
 from wsgauge_operator.controller import Controller
@@ -44,11 +45,13 @@ class AuthSource(Protocol):
 
 
 def split_listen(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` too) as (host, port); ConfigError otherwise."""
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not host:
-        raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    """A listen address (:meth:`~wsgauge_contract.address.Address.parse_listen`) as (host,
+    port); ConfigError naming the flag ``what`` otherwise."""
+    try:
+        address = Address.parse_listen(text)
+    except AddressError as error:
+        raise ConfigError(f"{what}: {error}") from None
+    return address.host, address.port
 
 
 class MetricsApiService:

@@ -53,7 +53,7 @@ from wsgauge_operator.settings import (
     StatusSettings,
 )
 from wsgauge_operator.spec import parse_duration
-from wsgauge_operator.standby_server import StandbyServer
+from wsgauge_operator.standby_server import STANDBY, STARTING, StandbyLiveness
 from wsgauge_operator.stats_server import StatsServer
 
 ENV_PREFIX = "WSGAUGE_OPERATOR_"
@@ -356,8 +356,8 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 async def wait_for_leadership(
     settings: OperatorSettings, elector: LeaderElector, stop: asyncio.Event
 ) -> bool:
-    """Answer the probes as a standby until this replica leads (True) or ``stop`` is set."""
-    standby = StandbyServer(settings.server.listen, settings.liveness_endpoint)
+    """Answer kopf's liveness path as a standby until this replica leads (True) or ``stop``."""
+    standby = StandbyLiveness(settings.liveness_endpoint)
     await standby.start()
     try:
         return await elector.acquire(stop)
@@ -365,81 +365,111 @@ async def wait_for_leadership(
         await standby.stop()
 
 
+class Operator:
+    """The leader's parts, built before the election so that its stats listener opens first.
+
+    Building touches no API: the controller, its services and the stats server's routes only
+    run once :meth:`run` starts kopf. Until then the stats server answers as a standby or as
+    starting (:mod:`.standby_server`) on the listener it keeps.
+    """
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.elector: LeaderElector | None = None
+        """Set once this replica leads with leader election on (``/readyz`` follows it)."""
+        self.kube = KubeApi(settings.kube)
+        self.controller = Controller(settings, self.kube)
+        self.server = StatsServer(self.controller, settings.server)
+        install_autoscaling(self.controller, self.kube, settings.autoscaling, self.server.app)
+        pod_watch = PodWatch(self.controller, self.kube, settings.kube.namespaces)
+        self.controller.add_service(pod_watch.start, pod_watch.stop)
+        resync = PodResync(self.controller, self.kube, settings.kube.namespaces)
+        self.controller.add_service(resync.start, resync.stop)
+        self.server.app.router.add_get("/readyz", self._readyz)
+        self._closed = False
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.elector is not None and not self.elector.leading:
+            return web.Response(text="not leading\n", status=503)
+        return web.Response(text="ok\n")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run kopf (whose startup handler starts the controller and serves the stats)."""
+        self.server.hold(STARTING)
+        namespaces = list(self.settings.kube.namespaces)
+        await kopf.operator(
+            registry=build_registry(self.settings.kube),
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=kopf.Memo(controller=self.controller, server=self.server),
+            # kopf's default identity asks getpass.getuser(), which fails for a uid without a
+            # passwd entry (the images run as 65532): name this process ourselves
+            identity=Identity(
+                self.elector.identity if self.elector is not None else socket.gethostname()
+            ),
+            liveness_endpoint=self.settings.liveness_endpoint or None,
+            stop_flag=stop,
+        )
+
+    async def close(self) -> None:
+        """Stop serving, stop the controller, release the API client (idempotent)."""
+        await self.server.stop()
+        await self.controller.stop()
+        if not self._closed:
+            self._closed = True
+            self.kube.close()
+
+
 async def run(
     settings: OperatorSettings, on_lost: Callable[[str], None] = exit_on_lost_leadership
 ) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM).
 
-    With leader election, first wait as a standby until this replica holds the Lease, keep
-    renewing it while the operator runs (``on_lost`` when that fails), and release it last.
+    The stats listener opens first and stays open to the end. With leader election, wait as a
+    standby until this replica holds the Lease, keep renewing it while the operator runs
+    (``on_lost`` when that fails), and release it last.
     """
-    elector: LeaderElector | None = None
-    stop = asyncio.Event()
-    renewal: RenewalThread | None = None
     election = settings.leader_election
-    if election.enabled:
-        lease_api = LeaseApi(settings.kube, lease_namespace(election), election.lease_name)
-        elector = LeaderElector(
-            election, holder_identity(election, settings.kube.instance), lease_api
-        )
-        try:
-            stop_on_signals(stop)
-            leading = await wait_for_leadership(settings, elector, stop)
-        except BaseException:
-            lease_api.close()
-            raise
-        if not leading:
-            logger.info("standby: stopped before leading")
-            lease_api.close()
-            return
-        renewal = RenewalThread(elector, on_lost)
-        renewal.start()
+    operator = Operator(settings)
+    try:
+        await operator.server.open(STANDBY if election.enabled else STARTING)
+        await _lead_and_run(settings, operator, on_lost)
+    finally:
+        await operator.close()
+
+
+async def _lead_and_run(
+    settings: OperatorSettings, operator: Operator, on_lost: Callable[[str], None]
+) -> None:
+    stop = asyncio.Event()
+    election = settings.leader_election
+    if not election.enabled:
+        await operator.run(stop)
+        return
+    lease_api = LeaseApi(settings.kube, lease_namespace(election), election.lease_name)
+    elector = LeaderElector(election, holder_identity(election, settings.kube.instance), lease_api)
+    try:
+        stop_on_signals(stop)
+        leading = await wait_for_leadership(settings, elector, stop)
+    except BaseException:
+        lease_api.close()
+        raise
+    if not leading:
+        logger.info("standby: stopped before leading")
+        lease_api.close()
+        return
+    operator.elector = elector
+    renewal = RenewalThread(elector, on_lost)
+    renewal.start()
     try:
         if not stop.is_set():
-            await _run_operator(settings, elector, stop)
+            await operator.run(stop)
     finally:
-        if renewal is not None and elector is not None:
-            await asyncio.to_thread(renewal.stop)
-            await elector.release()
-            elector.close()
-
-
-async def _run_operator(
-    settings: OperatorSettings, elector: LeaderElector | None, stop: asyncio.Event
-) -> None:
-    kube = KubeApi(settings.kube)
-    controller = Controller(settings, kube)
-    server = StatsServer(controller, settings.server)
-    install_autoscaling(controller, kube, settings.autoscaling, server.app)
-    pod_watch = PodWatch(controller, kube, settings.kube.namespaces)
-    controller.add_service(pod_watch.start, pod_watch.stop)
-    resync = PodResync(controller, kube, settings.kube.namespaces)
-    controller.add_service(resync.start, resync.stop)
-
-    async def readyz(request: web.Request) -> web.Response:
-        if elector is not None and not elector.leading:
-            return web.Response(text="not leading\n", status=503)
-        return web.Response(text="ok\n")
-
-    server.app.router.add_get("/readyz", readyz)
-    namespaces = list(settings.kube.namespaces)
-    try:
-        await kopf.operator(
-            registry=build_registry(settings.kube),
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            memo=kopf.Memo(controller=controller, server=server),
-            # kopf's default identity asks getpass.getuser(), which fails for a uid without a
-            # passwd entry (the images run as 65532): name this process ourselves
-            identity=Identity(elector.identity if elector is not None else socket.gethostname()),
-            liveness_endpoint=settings.liveness_endpoint or None,
-            stop_flag=stop,
-        )
-    finally:
-        await server.stop()
-        await controller.stop()
-        kube.close()
+        await operator.close()  # nothing acts any more when the Lease is released
+        await asyncio.to_thread(renewal.stop)
+        await elector.release()
+        elector.close()
 
 
 def configure_collector(collector: CollectorSettings) -> None:

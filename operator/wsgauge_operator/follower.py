@@ -7,7 +7,8 @@ The follower feeds what it reads into :class:`~.fleet.FleetState`:
   heartbeat) for ``read_timeout`` seconds (longer than the sidecar's heartbeat)
   breaks the stream, even while bytes of an unfinished line keep coming;
 - a broken stream is retried at once; if that fails too the sidecar is marked
-  unreachable and retried with exponential backoff (capped at one second while a
+  unreachable and retried with jittered exponential backoff (:class:`~.backoff.Backoff`:
+  followers that failed together do not retry in lockstep; capped at one second while a
   new pod's sidecar has never answered, so that it is seen within a second or
   two of starting; :meth:`SidecarFollower.poke` cuts a backoff short);
 - a sidecar that answers 404 on ``/stats/watch`` is polled on ``/stats`` instead.
@@ -27,12 +28,14 @@ from collections.abc import Callable
 
 import aiohttp
 from wsgauge_contract import (
+    Address,
     ContractError,
     StatsDocument,
     WatchStreamDecoder,
     decode_stats_document,
 )
 
+from wsgauge_operator.backoff import Backoff
 from wsgauge_operator.exceptions import SidecarError
 from wsgauge_operator.fleet import EndpointKey, FleetState, SidecarState
 from wsgauge_operator.settings import FollowerSettings
@@ -77,8 +80,7 @@ class SidecarFollower:
     @property
     def base_url(self) -> str:
         """``http://IP:PORT`` of the sidecar's admin port."""
-        host = f"[{self.key.ip}]" if ":" in self.key.ip else self.key.ip
-        return f"http://{host}:{self.key.port}"
+        return f"http://{Address(self.key.ip, self.key.port)}"
 
     def poke(self) -> None:
         """Retry now if waiting in a backoff (e.g. the pod just became ready)."""
@@ -88,7 +90,7 @@ class SidecarFollower:
         """Follow the sidecar until cancelled; never raises otherwise."""
         self._fleet.add_endpoint(self.key)
         started = self._monotonic()
-        backoff = self._settings.backoff_initial
+        backoff = Backoff(self._settings.backoff_initial, self._settings.backoff_max)
         failures = 0
         while True:
             self._received = False
@@ -104,7 +106,7 @@ class SidecarFollower:
             except SidecarError as error:
                 if self._received:  # the attempt worked for a while: start counting afresh
                     failures = 0
-                    backoff = self._settings.backoff_initial
+                    backoff.reset()
                 failures += 1
                 self._count_failure()
                 self._fleet.note_error(self.key, str(error))
@@ -121,12 +123,11 @@ class SidecarFollower:
             else:
                 if self._polling:
                     failures = 0
-                    backoff = self._settings.backoff_initial
+                    backoff.reset()
                     await self._sleep(self._settings.poll_interval)
                     continue
             limit = self._settings.backoff_max if self._ever_reported else NEVER_SEEN_BACKOFF_MAX
-            await self._sleep(min(backoff, limit))
-            backoff = min(backoff * 2, self._settings.backoff_max)
+            await self._sleep(backoff.next(cap=limit))
 
     def _state(self) -> SidecarState | None:
         stats = self._fleet.endpoint(self.key)

@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from wsgauge_contract import Address, AddressError
+
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.settings import CONNECTIONS_OK_CONDITION
 
@@ -190,9 +192,11 @@ def _parse_seconds(text: str, annotation: str) -> float:
 
 
 def _parse_upstream(text: str, annotation: str) -> str:
-    host, _, port = text.rpartition(":")
-    _parse_port(port, annotation)
-    return f"{host or '127.0.0.1'}:{port}"
+    try:  # a bare PORT is the app on the pod's loopback, as ``:PORT``
+        address = Address.parse_connect(text if ":" in text else f":{text}")
+    except AddressError as error:
+        raise ValueError(f"{annotation}: {error}") from None
+    return str(address)
 
 
 def _parse_topic(text: str, annotation: str) -> str:

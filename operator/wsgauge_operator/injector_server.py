@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from wsgauge_contract import Address, AddressError
 
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.injector import InjectorSettings, review_response, settings_from_mapping
@@ -225,12 +226,13 @@ def parse_command(argv: Sequence[str] | None, environ: dict[str, str]) -> Inject
         return str(given) if given is not None else None
 
     listen = value("listen") or "0.0.0.0:9443"
-    host, _, port_text = listen.rpartition(":")
-    if not port_text.isdigit():
-        raise ConfigError(f"--listen: {listen!r} is not HOST:PORT")
+    try:
+        address = Address.parse_listen(listen)
+    except AddressError as error:
+        raise ConfigError(f"--listen: {error}") from None
     server = InjectorServerSettings(
-        host=host or "0.0.0.0",
-        port=int(port_text),
+        host=address.host,
+        port=address.port,
         cert_file=value("cert_file"),
         key_file=value("key_file"),
     )

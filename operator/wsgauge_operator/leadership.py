@@ -3,7 +3,8 @@
 A :class:`LeaderElector` reads and writes one ``coordination.k8s.io/v1`` Lease (the only API
 calls the operator makes outside :mod:`.kubeapi`, through the same client and credentials):
 
-- :meth:`LeaderElector.acquire` looks at the Lease every ``retry_period`` until this replica
+- :meth:`LeaderElector.acquire` looks at the Lease every ``retry_period`` (jittered, see
+  :mod:`.backoff`: standbys started together do not look in lockstep) until this replica
   holds it (or until asked to stop while still a standby);
 - :meth:`LeaderElector.hold` renews it every ``retry_period`` and calls ``on_lost`` as soon as
   the Lease is held by someone else or could not be renewed for ``renew_deadline``; the caller
@@ -33,6 +34,7 @@ from typing import Any
 import kubernetes
 import urllib3
 
+from wsgauge_operator.backoff import jittered
 from wsgauge_operator.exceptions import KubeApiError
 from wsgauge_operator.kubeapi import load_client_configuration
 from wsgauge_operator.leader_lease import (
@@ -268,7 +270,7 @@ class LeaderElector:
                     )
                     return True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.05, retry_in))
+                await asyncio.wait_for(stop.wait(), timeout=max(0.05, jittered(retry_in)))
         return False
 
     async def hold(self, on_lost: Callable[[str], None]) -> None:

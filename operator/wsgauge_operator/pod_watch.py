@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import urllib3
 
+from wsgauge_operator.backoff import jittered
 from wsgauge_operator.exceptions import KubeApiError, OperatorError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ LIST_SLICE = 500
 MIN_WATCH_SECONDS = 1.0
 """A watch request that ended sooner than this is resumed only after this long."""
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0)
-"""Waits after consecutive failures of a listing or watch request."""
+"""Waits after consecutive failures of a listing or watch request (each jittered by
+:func:`~.backoff.jittered`: operators that failed together do not retry together)."""
 
 PodEvent = tuple[str | None, Mapping[str, Any]]
 """(event type, pod body); type ``None`` for a listed pod."""
@@ -221,7 +223,7 @@ class PodWatch:
     async def _back_off(self, namespace: str | None, error: Exception, failures: int) -> int:
         """Log a failure, wait by the number of failures so far; return it plus one."""
         logger.warning("pod watch of %s: %s", namespace or "*", error)
-        await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+        await asyncio.sleep(jittered(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]))
         return failures + 1
 
     async def _relist(self, namespace: str | None) -> str:

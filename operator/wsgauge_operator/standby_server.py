@@ -1,21 +1,25 @@
-"""The health endpoints of a standby replica (leader election on, Lease held by another).
+"""What a replica answers on its probe ports before it serves (a standby, or a leader starting).
 
-A standby runs neither kopf nor the controller, yet the kubelet probes it. Until it leads, it
-answers on the addresses the leader will use:
+The kubelet probes every replica, the standby of a leader election (Lease held by another, no
+kopf, no controller) as well as a leader whose controller is still starting:
 
-- on the stats server address (``--listen``): ``GET /healthz`` 200 (alive: the startup probe
-  passes) and ``GET /readyz`` 503 (not ready: the operator's Services, and so the custom metrics
-  API, route only to the leader); everything else 503 with a short note;
-- on kopf's liveness endpoint (``--liveness``): its path answers 200, so the liveness probe
-  does not restart a healthy standby.
-
-Both listeners are closed before kopf starts, which then binds the same addresses.
+- on the stats server address (``--listen``), the :class:`~.stats_server.StatsServer` listens
+  from the process's start and, until the controller runs, answers with a :class:`Holding`:
+  ``GET /healthz`` 200 (alive: the startup probe passes) and everything else, ``/readyz``
+  included, 503 with a short note (not ready: the operator's Services, and so the custom metrics
+  API, route only to a serving leader). The same listener then serves the stats routes: the port
+  never closes across the hand-over from standby to leader;
+- on kopf's liveness endpoint (``--liveness``), a :class:`StandbyLiveness` answers 200 on its
+  path, so the liveness probe does not restart a healthy standby. kopf binds that address
+  itself, so this listener is closed just before kopf starts (the liveness probe tolerates the
+  moment: it fails only after several missed periods).
 """
 
 from __future__ import annotations
 
 import logging
 import urllib.parse
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -27,16 +31,28 @@ SHUTDOWN_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
-STANDBY_NOTE = "standby: another replica holds the leader lease\n"
-"""Body of every answer that is not a plain liveness check."""
+
+@dataclass(frozen=True)
+class Holding:
+    """The answers of the stats address while the operator does not serve yet."""
+
+    label: str
+    """Word in the ``/healthz`` answer (``ok (LABEL)``)."""
+    note: str
+    """Body of every 503 answer (all paths but ``/healthz``)."""
+
+    def answer(self, path: str) -> web.Response:
+        """The answer to a request for ``path``."""
+        if path == "/healthz":
+            return web.Response(text=f"ok ({self.label})\n")
+        return web.Response(text=self.note, status=503)
 
 
-def host_port(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (host may be empty or bracketed) -> (host, port)."""
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"address {address!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
+STANDBY = Holding("standby", "standby: another replica holds the leader lease\n")
+"""Answers of a replica waiting for the leader Lease."""
+
+STARTING = Holding("starting", "starting: the operator is not serving yet\n")
+"""Answers of a replica that leads (or needs no Lease) while its controller starts."""
 
 
 def liveness_address(url: str) -> tuple[str, int, str]:
@@ -47,49 +63,32 @@ def liveness_address(url: str) -> tuple[str, int, str]:
     return parsed.hostname or "0.0.0.0", parsed.port, parsed.path or "/"
 
 
-class StandbyServer:
-    """Answers the probes of a standby replica until it is stopped."""
+class StandbyLiveness:
+    """Answers kopf's liveness path for a standby until it is stopped."""
 
-    def __init__(self, listen: str, liveness_endpoint: str) -> None:
-        self._listen = listen
+    def __init__(self, liveness_endpoint: str) -> None:
         self._liveness_endpoint = liveness_endpoint
-        self._runners: list[web.AppRunner] = []
+        self._runner: web.AppRunner | None = None
 
     @staticmethod
     async def _alive(request: web.Request) -> web.Response:
         return web.Response(text="ok (standby)\n")
 
-    @staticmethod
-    async def _standby(request: web.Request) -> web.Response:
-        return web.Response(text=STANDBY_NOTE, status=503)
-
-    async def _serve(self, app: web.Application, host: str, port: int) -> None:
+    async def start(self) -> None:
+        """Listen on the liveness endpoint (no-op when none is configured)."""
+        if not self._liveness_endpoint:
+            return
+        host, port, path = liveness_address(self._liveness_endpoint)
+        app = web.Application()
+        app.router.add_get(path, self._alive)
         try:
-            runner, _ = await start_site(app, host, port, shutdown_timeout=SHUTDOWN_SECONDS)
+            self._runner, _ = await start_site(app, host, port, shutdown_timeout=SHUTDOWN_SECONDS)
         except OSError as error:
             raise ConfigError(f"cannot listen on {host}:{port}: {error}") from None
-        self._runners.append(runner)
-
-    async def start(self) -> None:
-        """Listen on the stats address and on the liveness endpoint (each if configured)."""
-        try:
-            if self._listen:
-                stats = web.Application()
-                stats.router.add_get("/healthz", self._alive)
-                stats.router.add_route("*", "/{tail:.*}", self._standby)
-                await self._serve(stats, *host_port(self._listen))
-            if self._liveness_endpoint:
-                host, port, path = liveness_address(self._liveness_endpoint)
-                liveness = web.Application()
-                liveness.router.add_get(path, self._alive)
-                await self._serve(liveness, host, port)
-        except ConfigError:
-            await self.stop()
-            raise
-        logger.info("standby: probes answered on %s", self._listen or "(no stats address)")
+        logger.info("standby: liveness answered on %s", self._liveness_endpoint)
 
     async def stop(self) -> None:
-        """Close every listener (idempotent)."""
-        runners, self._runners = self._runners, []
-        for runner in runners:
+        """Close the listener (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
             await runner.cleanup()

@@ -8,6 +8,11 @@
   ``watch_heartbeat`` seconds when nothing changed;
 - ``GET /stats/{namespace}/{name}``: the live status of one ConnectionStats;
 - ``GET /metrics``: the operator's own Prometheus metrics; ``GET /healthz``.
+
+One listener serves the process's whole life: :meth:`StatsServer.open` listens at start and
+answers as a :class:`~.standby_server.Holding` (a standby, a leader starting) until
+:meth:`StatsServer.start` switches the same listener to the routes above, so the probe port
+never closes between standby and leader.
 """
 
 from __future__ import annotations
@@ -17,16 +22,18 @@ import datetime
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from wsgauge_contract import WATCH_CONTENT_TYPE
+from wsgauge_contract import WATCH_CONTENT_TYPE, Address, AddressError
 
 from wsgauge_operator.aggregation import fold_topics
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.settings import ServerSettings
+from wsgauge_operator.standby_server import STARTING, Holding
 
 logger = logging.getLogger(__name__)
 
@@ -71,42 +78,71 @@ def _encode(document: dict[str, Any]) -> bytes:
 
 
 class StatsServer:
-    """aiohttp application around a :class:`~.controller.Controller`."""
+    """aiohttp application around a :class:`~.controller.Controller`, on one listener."""
 
     def __init__(self, controller: Controller, settings: ServerSettings) -> None:
         self._controller = controller
         self._settings = settings
         self._runner: web.AppRunner | None = None
-        self.app = web.Application()
+        self._holding: Holding | None = None
+        self.app = web.Application(middlewares=[self._gate])
         self.app.router.add_get("/stats", self._stats)
         self.app.router.add_get("/stats/watch", self._watch)
         self.app.router.add_get("/stats/{namespace}/{name}", self._one)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
 
-    async def start(self) -> None:
-        """Listen on ``settings.listen`` (no-op when empty)."""
-        if not self._settings.listen:
+    @property
+    def holding(self) -> Holding | None:
+        """The answers given instead of the routes; None while serving."""
+        return self._holding
+
+    def hold(self, holding: Holding) -> None:
+        """Answer as ``holding`` (the listener, if open, stays open)."""
+        self._holding = holding
+
+    @web.middleware
+    async def _gate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        holding = self._holding
+        if holding is not None:
+            return holding.answer(request.path)
+        return await handler(request)
+
+    async def open(self, holding: Holding) -> None:
+        """Listen on ``settings.listen`` answering as ``holding`` (no-op when empty)."""
+        self._holding = holding
+        if not self._settings.listen or self._runner is not None:
             return
-        host, _, port = self._settings.listen.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"stats server address {self._settings.listen!r} is not HOST:PORT")
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", int(port))
+        try:
+            address = Address.parse_listen(self._settings.listen)
+        except AddressError as error:
+            raise ConfigError(f"stats server address: {error}") from None
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, address.host, address.port)
         try:
             await site.start()
         except OSError as error:
-            await self._runner.cleanup()
-            self._runner = None
+            await runner.cleanup()
             raise ConfigError(f"cannot listen on {self._settings.listen}: {error}") from None
-        logger.info("stats server listening on %s", self._settings.listen)
+        self._runner = runner
+        logger.info("probes answered on %s (%s)", self._settings.listen, holding.label)
+
+    async def start(self) -> None:
+        """Serve the routes on ``settings.listen``, opening it unless :meth:`open` did."""
+        if self._runner is None:
+            await self.open(STARTING)
+        self._holding = None
+        if self._runner is not None:
+            logger.info("stats server listening on %s", self._settings.listen)
 
     async def stop(self) -> None:
-        """Stop listening and close open streams."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop listening and close open streams (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
+from wsgauge_contract.address import Address
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.admin import bound_port, start_admin_server
@@ -86,14 +87,14 @@ class Sidecar:
             return "off (report mode)"
         listen = self.settings.proxy.listen
         if listen.port == 0:
-            return f"{listen.host}:{self.proxy.port}"
+            return str(Address(listen.host, self.proxy.port))
         return str(listen)
 
     def admin_address(self) -> str:
         """The admin listen address, with the real port if it was 0."""
         listen = self.settings.admin.listen
         if listen.port == 0 and self._admin is not None:
-            return f"{listen.host}:{bound_port(self._admin)}"
+            return str(Address(listen.host, bound_port(self._admin)))
         return str(listen)
 
     def on_sigterm(self) -> None:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from wsgauge_contract import Address, AddressError
+
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.settings import (
-    Address,
     AdminSettings,
     DrainSettings,
     LimitSettings,
@@ -87,10 +88,17 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _address(text: str) -> Address:
+def _listen_address(text: str) -> Address:
     try:
-        return Address.parse(text)
-    except ConfigError as error:
+        return Address.parse_listen(text)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _connect_address(text: str) -> Address:
+    try:
+        return Address.parse_connect(text)
+    except AddressError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -126,9 +134,11 @@ class _Flag:
 
 
 FLAGS: tuple[_Flag, ...] = (
-    _Flag("listen", "HOST:PORT", _address, "0.0.0.0:8080", "data port: the proxy clients use"),
-    _Flag("admin-listen", "HOST:PORT", _address, "0.0.0.0:9090", "admin port (must differ)"),
-    _Flag("upstream", "HOST:PORT", _address, "127.0.0.1:8081", "the app behind the proxy"),
+    _Flag(
+        "listen", "HOST:PORT", _listen_address, "0.0.0.0:8080", "data port: the proxy clients use"
+    ),
+    _Flag("admin-listen", "HOST:PORT", _listen_address, "0.0.0.0:9090", "admin port (must differ)"),
+    _Flag("upstream", "HOST:PORT", _connect_address, "127.0.0.1:8081", "the app behind the proxy"),
     _Flag("topic", "RULE", _topic_rule, "path", "topic rule (see below)"),
     _Flag(
         "max-connections",

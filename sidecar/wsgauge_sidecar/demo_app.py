@@ -42,9 +42,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
-from wsgauge_sidecar.exceptions import ConfigError
-from wsgauge_sidecar.settings import Address
+from wsgauge_contract import Address, AddressError
 
 log = logging.getLogger("wsgauge.demo")
 
@@ -364,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
-        listen = Address.parse(args.listen)
-    except ConfigError as error:
+        listen = Address.parse_listen(args.listen)
+    except AddressError as error:
         parser.error(f"--listen: {error}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -458,7 +458,8 @@ class HttpExchange:
         if not (self._request_done and framer is not None and framer.done):
             return
         request, response = self._request, self._response_head
-        assert request is not None and response is not None
+        assert request is not None
+        assert response is not None
         keep_alive = (
             request.keep_alive
             and response.keep_alive

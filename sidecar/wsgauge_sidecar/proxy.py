@@ -338,7 +338,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _switch_protocols(self, event: SwitchProtocols) -> None:
         transport, upstream = self.transport, self.upstream
-        assert transport is not None and upstream is not None
+        assert transport is not None
+        assert upstream is not None
         request = event.request
         topic = None
         if event.counted:

@@ -155,7 +155,8 @@ class WebSocketRelay:
         counted: bool,
         topic: str | None,
     ) -> None:
-        assert client.transport is not None and upstream.transport is not None
+        assert client.transport is not None
+        assert upstream.transport is not None
         self.client = client
         self.upstream = upstream
         self._client_transport = client.transport

@@ -11,38 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from wsgauge_sidecar.exceptions import ConfigError
+from wsgauge_contract.address import Address
+
 from wsgauge_sidecar.topics import TopicRule
-
-
-@dataclass(frozen=True)
-class Address:
-    """A TCP ``HOST:PORT`` to listen on or connect to."""
-
-    host: str = "127.0.0.1"
-    """Host name or IP address (IPv6 without brackets)."""
-    port: int = 0
-    """TCP port (0 = any free port when listening)."""
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        """Parse ``HOST:PORT`` or ``[V6]:PORT``; raise :class:`ConfigError` if malformed."""
-        value = text.strip()
-        host, separator, port_text = value.rpartition(":")
-        if not separator or not host:
-            raise ConfigError(f"expected HOST:PORT, got {text!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        elif ":" in host:
-            raise ConfigError(f"IPv6 addresses need brackets: [ADDRESS]:PORT, got {text!r}")
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise ConfigError(f"port must be a number from 0 to 65535, got {port_text!r}")
-        return cls(host=host, port=int(port_text))
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,12 @@ class FrameBoundaryTracker:
         return self._close_code_seen
 
     @property
+    def frames_completed(self) -> int:
+        """Whole frames (header and payload) seen so far: :attr:`frames_seen` minus the frame
+        whose payload is still coming."""
+        return self.frames_seen - (1 if self._payload_left else 0)
+
+    @property
     def bytes_to_boundary(self) -> int:
         """0 at a boundary; else how many bytes can surely be fed without passing one.
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from wsgauge_devcluster.exceptions import KubeApiError
 from wsgauge_devcluster.kubeapi import KubeApi, KubeConfig
 from wsgauge_devcluster.testing import KubeCluster
@@ -119,7 +120,8 @@ async def test_fleet_simulator_feeds_the_operator_and_cleans_up(
             async with MetricsApiClient(pki, operator.metrics_port) as metrics:
                 assert await metrics.object_value(namespace, "fleet") == expected
                 per_pod = await metrics.pods_values(namespace, f"{POD_LABEL}={node_name}")
-                assert per_pod is not None and len(per_pod) == SIZE
+                assert per_pod is not None
+                assert len(per_pod) == SIZE
                 assert per_pod[simulator.pod_name(13)] == 13 % 7
                 assert sum(per_pod.values()) == expected
 
@@ -184,12 +186,9 @@ async def test_fleet_simulator_feeds_the_operator_and_cleans_up(
             f"/api/v1/nodes/{node_name}",
             f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node_name}",
         ):
-            try:
+            with pytest.raises(KubeApiError) as gone:
                 await api.get(path)
-            except KubeApiError as error:
-                assert error.status == 404
-            else:
-                raise AssertionError(f"{path} still exists after close()")
+            assert gone.value.status == 404, f"{path} still exists after close()"
         assert simulator.workers == []
         assert not _listening(endpoint_ip(240, 0), port)
         assert not _listening(endpoint_ip(240, SIZE - 1), port)

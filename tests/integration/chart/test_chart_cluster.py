@@ -263,7 +263,8 @@ def test_injected_pod_runs_and_its_sidecar_counts(kube: KubeCluster, release: Re
         assert conditions["Ready"] == "False"
         ip = pod["status"]["podIP"]
         document = asyncio.run(_count_one_socket(ip))
-        assert document["pod"] == "live-1" and document["namespace"] == release.apps
+        assert document["pod"] == "live-1"
+        assert document["namespace"] == release.apps
         assert document["node"] == pod["spec"]["nodeName"]
     finally:
         kube.kubectl("delete", "pod", "live-1", "-n", release.apps, "--wait=false", check=False)

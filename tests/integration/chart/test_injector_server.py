@@ -56,7 +56,8 @@ async def test_admission_review_round_trip_over_tls() -> None:
             ) as response:
                 assert response.status == 200
                 answer = await response.json()
-            assert answer["response"]["uid"] == "u-1" and answer["response"]["allowed"]
+            assert answer["response"]["uid"] == "u-1"
+            assert answer["response"]["allowed"]
             patch = json.loads(base64.b64decode(answer["response"]["patch"]))
             added = [op["value"] for op in patch if op["path"] == "/spec/containers/-"]
             assert added[0]["image"] == "r/s:2"
@@ -122,8 +123,10 @@ def test_command_from_flags_environment_and_config_file(tmp_path: Path) -> None:
         ["--listen", "127.0.0.1:9555"],
         {"WSGAUGE_INJECTOR_CONFIG": str(config), "WSGAUGE_INJECTOR_LOG_LEVEL": "debug"},
     )
-    assert command.server.host == "127.0.0.1" and command.server.port == 9555
-    assert command.injector.image == "r/s:3" and command.injector.topic == "phoenix"
+    assert command.server.host == "127.0.0.1"
+    assert command.server.port == 9555
+    assert command.injector.image == "r/s:3"
+    assert command.injector.topic == "phoenix"
     assert command.injector.max_connections == 7
     assert command.log_level == "DEBUG"
     with pytest.raises(ConfigError):

@@ -94,10 +94,12 @@ async def test_sidecar_and_demo_app_answer_websocket_traffic_at_the_pod_ip(
         eventually, lambda: ready_pod(kube, namespace, "chat-0"), 60, 0.5, "pod Ready"
     )
     ip = pod["status"]["podIP"]
-    assert ip.startswith("127.") and ip != "127.0.0.1"
+    assert ip.startswith("127.")
+    assert ip != "127.0.0.1"
 
     status, body = await asyncio.to_thread(http_get, f"http://{ip}:8080/")
-    assert status == 200 and body  # plain HTTP through the sidecar to the app
+    assert status == 200
+    assert body
 
     async with websockets.connect(f"ws://{ip}:8080/ws/room1", open_timeout=10) as socket:
         await socket.send("hello")
@@ -120,7 +122,8 @@ def test_killed_sidecar_is_restarted_and_deletion_stops_processes(
     kube.apply(sidecar_pod("chat-1", namespace))
     eventually(lambda: ready_pod(kube, namespace, "chat-1"), 60, 0.5, "pod Ready")
     pid = kube.container_pid(namespace, "chat-1", "wsgauge")
-    assert pid is not None and pid_alive(pid)
+    assert pid is not None
+    assert pid_alive(pid)
     assert (kube.pod_dir(namespace, "chat-1") / "wsgauge.log").exists()
 
     os.kill(pid, signal.SIGKILL)
@@ -139,7 +142,8 @@ def test_killed_sidecar_is_restarted_and_deletion_stops_processes(
     assert sidecar["lastState"]["terminated"]["exitCode"] == 137
     new_pid = kube.container_pid(namespace, "chat-1", "wsgauge")
     app_pid = kube.container_pid(namespace, "chat-1", "app")
-    assert new_pid is not None and new_pid != pid
+    assert new_pid is not None
+    assert new_pid != pid
     assert app_pid is not None
 
     kube.kubectl("delete", "pod", "chat-1", "-n", namespace, "--wait=true", timeout=60)

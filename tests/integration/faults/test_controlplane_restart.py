@@ -33,7 +33,7 @@ from operator_it_cluster_helpers import ready_pods
 from operator_it_harness import free_port
 from wsgauge_devcluster.binaries import locate
 from wsgauge_devcluster.controlplane import ControlPlane
-from wsgauge_devcluster.settings import ControlPlaneSettings, RunnerSettings
+from wsgauge_devcluster.settings import ControlPlaneSettings, NodeSettings, RunnerSettings
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 DEVCLUSTER = [sys.executable, "-m", "wsgauge_devcluster.cli"]
@@ -101,6 +101,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster
             ),
             binaries,
             RunnerSettings(state_dir=state, ip_second_octet_base=ip_base),
+            NodeSettings(kind="pod-runner"),  # as WSGAUGE_NODE_KIND above
         )
         yield OwnCluster(
             KubeCluster(kubeconfig, binaries.bin_dir, state, binaries.kubernetes_version), plane
@@ -147,7 +148,8 @@ async def test_restart_while_clients_come_and_go(
             )
             assert during.total == 22
             code, keda = await rig.keda()
-            assert code == 200 and keda["stale"] is False
+            assert code == 200
+            assert keda["stale"] is False
             await asyncio.sleep(OUTAGE_SECONDS[component])
             await rig.close_some(2)
             during = await assert_counts_agree(
@@ -166,4 +168,5 @@ async def test_restart_while_clients_come_and_go(
         await rig.refresh_pool()
         await rig.connect(3, pod=newest)
         final = await assert_counts_agree(rig, what=f"new pod after the {component} restart")
-        assert final.total == 23 and final.held[newest] == 3
+        assert final.total == 23
+        assert final.held[newest] == 3

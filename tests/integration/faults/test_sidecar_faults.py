@@ -41,7 +41,8 @@ async def test_sidecar_sigkill_is_restarted_and_counted_again(
     async with fault_rig(kube, namespace, tmp_path, replicas=2) as rig:
         await rig.connect(20)
         before = await assert_counts_agree(rig, what="before the kill")
-        assert before.total == 20 and sorted(before.held.values()) == [10, 10]
+        assert before.total == 20
+        assert sorted(before.held.values()) == [10, 10]
         victim = sorted(rig.pool.live)[0]
         old_pid = rig.pid(victim, SIDECAR)
         assert old_pid is not None
@@ -63,11 +64,13 @@ async def test_sidecar_sigkill_is_restarted_and_counted_again(
         assert await watcher >= 1, "the operator never counted the killed sidecar unreachable"
         rig.forget_closed()
         after = await assert_counts_agree(rig, what="after the restart")
-        assert after.total == 10 and victim not in after.held
+        assert after.total == 10
+        assert victim not in after.held
         # The restarted sidecar takes new sockets and counts them.
         await rig.connect(5, pod=victim)
         final = await assert_counts_agree(rig, what="new sockets on the restarted sidecar")
-        assert final.held[victim] == 5 and final.total == 15
+        assert final.held[victim] == 5
+        assert final.total == 15
         assert rig.pid(victim, SIDECAR) == new_pid
 
 
@@ -85,7 +88,8 @@ async def test_sidecar_sigstop_is_unreachable_then_recovers(
         try:
             # Unreachable after the read timeout; the others still served and counted.
             during = await assert_counts_agree(rig, frozen={frozen}, what="while frozen")
-            assert during.total == 20 and frozen not in (await rig.metrics_api_pods() or {})
+            assert during.total == 20
+            assert frozen not in (await rig.metrics_api_pods() or {})
             # The others keep working: sockets come and go on them meanwhile.
             others = [p for p in sorted(rig.pool.live) if p != frozen]
             await rig.connect(6, pod=others[0])
@@ -95,7 +99,8 @@ async def test_sidecar_sigstop_is_unreachable_then_recovers(
         finally:
             os.kill(pid, signal.SIGCONT)
         after = await assert_counts_agree(rig, what="after SIGCONT")
-        assert after.total == 34 and after.held[frozen] == 10
+        assert after.total == 34
+        assert after.held[frozen] == 10
         assert rig.pid(frozen, SIDECAR) == pid, "the frozen sidecar was restarted, not resumed"
 
 
@@ -127,7 +132,8 @@ async def test_app_crash_under_load_closes_its_sockets_and_sidecar_survives(
         await assert_counts_agree(rig, what="before the crash")
         sidecar_pid = rig.pid(victim, SIDECAR)
         app_pid = rig.pid(victim, APP)
-        assert sidecar_pid is not None and app_pid is not None
+        assert sidecar_pid is not None
+        assert app_pid is not None
 
         stop = asyncio.Event()
         load = asyncio.create_task(_churn(rig, victim, stop))

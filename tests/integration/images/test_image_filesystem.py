@@ -73,7 +73,9 @@ def read_recipe(dockerfile: Path) -> Recipe:
             entrypoint = json.loads(line.partition("ENTRYPOINT")[2])
         elif words[0] == "ENV":
             env.update(re.findall(r"(\w+)=(\S+)", line))
-    assert requirements is not None and copies and entrypoint, f"{dockerfile}: not understood"
+    assert requirements is not None, f"{dockerfile}: not understood"
+    assert copies, f"{dockerfile}: not understood"
+    assert entrypoint, f"{dockerfile}: not understood"
     return Recipe(requirements, copies, entrypoint, env)
 
 
@@ -196,7 +198,8 @@ def test_operator_image_entrypoints_start_from_a_read_only_tree(
         text=True,
         timeout=60,
     )
-    assert "--leader-elect" in result.stdout and "--metrics-api" in result.stdout
+    assert "--leader-elect" in result.stdout
+    assert "--metrics-api" in result.stdout
 
 
 def free_port() -> int:

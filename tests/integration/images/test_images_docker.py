@@ -109,7 +109,7 @@ class Containers:
             docker("rm", "--force", name, check=False)
 
 
-@pytest.fixture()
+@pytest.fixture
 def containers() -> Iterator[Containers]:
     handle = Containers()
     yield handle
@@ -174,7 +174,8 @@ def test_sidecar_image_counts_a_websocket_read_only_as_non_root(
                 stats = json.load(r)
             time.sleep(0.1)
         assert stats.get("topics") == {"lobby": 1}, (stats, containers.logs())
-        assert stats["connections"] == 1 and stats["pod"] == "image-test"
+        assert stats["connections"] == 1
+        assert stats["pod"] == "image-test"
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
         assert b"wsgauge_connections_opened_total" in r.read()
 
@@ -183,7 +184,8 @@ def test_operator_image_starts(refs: dict[str, str]) -> None:
     operator = refs["operator"]
     result = docker("run", "--rm", *RESTRICTED, "--network", "none", operator, "--help")
     assert "usage:" in result.stdout
-    assert "--leader-elect" in result.stdout and "--metrics-api" in result.stdout
+    assert "--leader-elect" in result.stdout
+    assert "--metrics-api" in result.stdout
     result = docker(
         "run",
         "--rm",
@@ -251,7 +253,8 @@ def test_pause_image_stops_on_sigterm_with_exit_0(
     size = images.image_sizes([pause])[pause]
     assert size < 2_000_000, size
     config = json.loads(docker("image", "inspect", pause).stdout)[0]["Config"]
-    assert config["Entrypoint"] == ["/pause"] and config["User"] == "65535:65535"
+    assert config["Entrypoint"] == ["/pause"]
+    assert config["User"] == "65535:65535"
     name = containers.run("--read-only", "--network", "none", pause)
     time.sleep(0.5)
     assert containers.running(name), containers.logs()
@@ -274,7 +277,7 @@ def test_second_build_reuses_everything(refs: dict[str, str]) -> None:
     assert elapsed < 120, f"a warm build took {elapsed:.0f} s"
 
 
-@pytest.fixture()
+@pytest.fixture
 def containerd_socket() -> Iterator[Path]:
     """A throwaway containerd (no CRI plugin): enough for ctr import / images ls."""
     if shutil.which("containerd") is None or shutil.which("ctr") is None:

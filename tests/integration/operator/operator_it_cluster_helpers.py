@@ -43,9 +43,21 @@ class OperatorProcess:
         self.start()
 
     def start(self) -> None:
-        """(Re)start the process; wait for its stats server."""
+        """(Re)start the process; wait until its stats server serves (or answers as a standby).
+
+        The stats port opens at once and answers ``ok (starting)`` on ``/healthz`` until the
+        controller runs: a port that accepts connections is not yet a server to query.
+        """
         self.process = Process(self._argv, self._log)
         wait_for_port("127.0.0.1", self.port, timeout=30)
+        eventually(self._started, timeout=60, interval=0.1, what="the operator started")
+
+    def _started(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                return b"starting" not in r.read()
+        except OSError:  # a refused or cut connection: try again
+            return False
 
     def stop(self) -> None:
         """SIGTERM and wait."""
@@ -80,8 +92,9 @@ class OperatorProcess:
 
 def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[str, Any]:
     """examples/chat-manual/deployment.yaml, made quick to stop (no drain wait) for tests."""
-    deployment = yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
-    deployment = copy.deepcopy(deployment)
+    deployment: dict[str, Any] = copy.deepcopy(
+        yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
+    )
     deployment["metadata"].update(name=name, namespace=namespace)
     deployment["spec"]["replicas"] = replicas
     pod_spec = deployment["spec"]["template"]["spec"]

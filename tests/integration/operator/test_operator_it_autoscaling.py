@@ -124,11 +124,13 @@ async def test_owned_hpa_metrics_api_status_and_deletion_cost(
                 60.0,
             )
             assert status["connections"] == 10
+
+            def busy_pod_costs() -> dict[str, str | None] | None:
+                written = costs(kube, namespace)
+                return written if written.get(names[0]) == "9" else None
+
             written = await asyncio.to_thread(
-                eventually,
-                lambda: (c := costs(kube, namespace)) and c.get(names[0]) == "9" and c,
-                timeout=30,
-                what="deletion cost of the busy pod",
+                eventually, busy_pod_costs, timeout=30, what="deletion cost of the busy pod"
             )
             assert written[names[1]] in (None, "0", "1")
             assert "HPACreated" in event_reasons(kube, namespace)

@@ -73,7 +73,8 @@ async def test_status_counts_follow_real_sockets_and_pods(
         assert condition_of(status, "Ready") == ("True", "PodsReporting")
         assert condition_of(status, "Degraded") == ("False", "AllReachable")
         assert condition_of(status, "CapacityExceeded") == ("False", "WithinCapacity")
-        assert status["nodes"] and sum(n["connections"] for n in status["nodes"]) == 9
+        assert status["nodes"]
+        assert sum(n["connections"] for n in status["nodes"]) == 9
 
         await clients.close(ip_of(second), DATA_PORT, "stats", 2)
         wait_status(
@@ -84,7 +85,8 @@ async def test_status_counts_follow_real_sockets_and_pods(
 
         # the cluster-wide stats server agrees, and its live stream follows the next change
         document = json.loads(operator.get("/stats"))
-        assert document["connections"] == 7 and document["topics"] == {"stream": 5, "stats": 2}
+        assert document["connections"] == 7
+        assert document["topics"] == {"stream": 5, "stats": 2}
         assert document["connectionStats"][0]["name"] == "chat"
         one = json.loads(operator.get(f"/stats/{namespace}/chat"))
         assert one["status"]["connections"] == 7
@@ -119,11 +121,12 @@ async def test_status_counts_follow_real_sockets_and_pods(
         )  # fmt: skip
 
         kube.kubectl("scale", "deployment/chat", "-n", namespace, "--replicas=1")
-        remaining = eventually(
-            lambda: (pods := running_pods(kube, namespace)) and len(pods) == 1 and pods[0],
-            timeout=60,
-            what="one pod left",
-        )
+
+        def one_pod_left() -> dict[str, Any] | None:
+            pods = running_pods(kube, namespace)
+            return pods[0] if len(pods) == 1 else None
+
+        remaining = eventually(one_pod_left, timeout=60, what="one pod left")
         left_ip = ip_of(remaining)
         left = [target for target, _ in clients.sockets if target.startswith(f"{left_ip}:")]
         expected = len(left)
@@ -312,7 +315,7 @@ async def test_over_capacity_never_below_min_ready_pods(
 def test_invalid_specs_rejected_or_reported(
     kube: KubeCluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    rejected = {
+    rejected: dict[str, dict[str, Any]] = {
         "minReplicas must not exceed maxReplicas": {
             "autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetConnectionsPerPod": 10}
         },
@@ -365,7 +368,8 @@ def test_invalid_specs_rejected_or_reported(
     eventually(
         lambda: events(kube, namespace, "NoPodsMatched"), timeout=20, what="NoPodsMatched event"
     )
-    assert operator.process is not None and operator.process.popen.poll() is None
+    assert operator.process is not None
+    assert operator.process.popen.poll() is None
 
 
 async def test_operator_restart_recovers_without_duplicate_work(
@@ -382,11 +386,14 @@ async def test_operator_restart_recovers_without_duplicate_work(
         operator.stop()
         await clients.open(ip_of(second), DATA_PORT, "stats", 2)
         kube.kubectl("scale", "deployment/chat", "-n", namespace, "--replicas=3")
-        newcomer = eventually(
-            lambda: (pods := running_pods(kube, namespace)) and len(pods) == 3
-            and next(p for p in pods if name_of(p) not in {name_of(first), name_of(second)}),
-            timeout=60, what="third pod running",
-        )  # fmt: skip
+
+        def third_pod() -> dict[str, Any] | None:
+            pods = running_pods(kube, namespace)
+            if len(pods) != 3:
+                return None
+            return next(p for p in pods if name_of(p) not in {name_of(first), name_of(second)})
+
+        newcomer = eventually(third_pod, timeout=60, what="third pod running")
         settle(3)
         newcomer = kube.get_json("pod", name_of(newcomer), "-n", namespace)
         assert gate_of(newcomer) is None  # new pods wait for the operator

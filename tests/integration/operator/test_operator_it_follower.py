@@ -89,7 +89,8 @@ async def test_follows_real_sidecar_counts_kill_and_restart(
         await clients.open(pair.ip, pair.data_port, "stream", 4)
         await eventually_async(lambda: counts() == ("reporting", 4, {"stream": 4}), what="restart")
         stats = fleet.endpoint(key)
-        assert stats is not None and stats.restarts == 1
+        assert stats is not None
+        assert stats.restarts == 1
         assert fleet.pods("ns")[0].connections == 4  # replaced, not added to the old counts
     finally:
         await clients.aclose()
@@ -179,8 +180,10 @@ async def test_polls_when_watch_is_missing_and_rejects_a_foreign_pod(
     try:
         await eventually_async(lambda: fake.polls >= 3, what="three polls")
         stats = fleet.endpoint(key)
-        assert stats is not None and stats.state is SidecarState.REPORTING
-        assert stats.document is not None and stats.document.connections == 1
+        assert stats is not None
+        assert stats.state is SidecarState.REPORTING
+        assert stats.document is not None
+        assert stats.document.connections == 1
         fake.document = StatsDocument(pod="somebody-else", connections=50, started_at="T", seq=2)
         await eventually_async(lambda: stats.state is SidecarState.UNREACHABLE, what="foreign pod")
         assert "somebody-else" in stats.last_error

@@ -1,7 +1,8 @@
 """Two real operator processes (``wsgauge-operator --leader-elect true``) on the real control
 plane, one ConnectionStats over real chat pods and real WebSocket clients: only the Lease holder
 acts, a SIGKILLed leader is replaced once its Lease expires, a SIGTERMed leader hands over at
-once (it releases the Lease), and a leader that loses its Lease exits (status 3).
+once (it releases the Lease) with its probe port open throughout, and a leader that loses its
+Lease exits (status 3).
 
 Short durations keep the test quick: lease 6 s, renew deadline 4 s, retry 0.5 s. Every wait is
 bounded; nothing asserts how fast something happened.
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -94,8 +98,12 @@ def holder(kube: KubeCluster, namespace: str) -> str:
 
 
 def wait_holder(kube: KubeCluster, namespace: str, instance: str, timeout: float) -> str:
+    def held() -> str | None:
+        h = holder(kube, namespace)
+        return h if h.startswith(f"{instance}_") else None
+
     return eventually(
-        lambda: (h := holder(kube, namespace)).startswith(f"{instance}_") and h,
+        held,
         timeout=timeout,
         interval=0.2,
         what=f"lease held by {instance}",
@@ -109,7 +117,7 @@ def http_status(process: OperatorProcess, path: str) -> int:
     except urllib.error.HTTPError as error:
         return int(error.code)
     except urllib.error.URLError:
-        return 0  # between the standby's listener and the leader's (a moment after winning)
+        return 0  # refused or timed out
 
 
 def status_writes(process: OperatorProcess) -> float:
@@ -243,6 +251,65 @@ def test_a_deleted_lease_is_taken_back_by_its_leader(
     kube.kubectl("delete", "lease", LEASE, "-n", namespace)
     # the next renewal re-creates it (the API server answers 201, not 200)
     eventually(lambda: holder(kube, namespace) == identity, timeout=30, what="lease re-created")
-    assert process.process is not None and process.process.popen.poll() is None
+    assert process.process is not None
+    assert process.process.popen.poll() is None
     assert "renewal loop failed" not in process.output()
     assert http_status(process, "/readyz") == 200
+
+
+class PortProbe:
+    """Connects to a port and GETs ``/readyz`` again and again in a thread, noting each answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.answers: list[tuple[float, int | str]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _once(self) -> int | str:
+        try:
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        except OSError as error:
+            return f"connect: {error!r}"
+        with connection:
+            connection.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = connection.recv(64)
+        parts = head.split(b" ", 2)
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else f"answer {head!r}"
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.answers.append((time.monotonic(), self._once()))
+            time.sleep(0.02)
+
+    def __enter__(self) -> PortProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def last(self) -> int | str | None:
+        return self.answers[-1][1] if self.answers else None
+
+
+def test_the_probe_port_stays_open_across_a_hand_over(
+    kube: KubeCluster, namespace: str, replicas: Replicas
+) -> None:
+    first = replicas.start("op-a")
+    wait_holder(kube, namespace, "op-a", timeout=30)
+    second = replicas.start("op-b")
+    eventually(lambda: "held by op-a_" in second.output(), timeout=30, what="op-b standby")
+    with PortProbe(second.port) as probe:
+        eventually(lambda: probe.last() == 503, timeout=10, what="op-b answers as a standby")
+        first.stop()  # releases the Lease: op-b takes over at its next look
+        replicas.running.pop("op-a")
+        wait_holder(kube, namespace, "op-b", timeout=TAKEOVER_BOUND)
+        eventually(lambda: probe.last() == 200, timeout=60, what="op-b ready")
+    answers = [answer for _, answer in probe.answers]
+    # connected and answered every time: 503 (standby, then starting) until 200 (serving)
+    assert not [a for a in answers if not isinstance(a, int)], answers
+    first_ready = answers.index(200)
+    assert set(answers[:first_ready]) == {503}
+    assert set(answers[first_ready:]) == {200}

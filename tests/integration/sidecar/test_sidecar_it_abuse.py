@@ -179,7 +179,8 @@ async def test_data_port_never_reaches_the_admin_api(start_sidecar: SidecarFacto
                 # the app answered (its marker header), never the sidecar's admin API
                 assert response.headers.get("X-Demo-App") == "1", (method, path)
                 text = await response.text()
-                assert "wsgauge_connections" not in text and '"seq"' not in text
+                assert "wsgauge_connections" not in text
+                assert '"seq"' not in text
     # an absolute-form target naming the admin port goes to the app too
     client = await RawWebSocket.open_tcp(sidecar.port)
     client.writer.write(
@@ -189,7 +190,8 @@ async def test_data_port_never_reaches_the_admin_api(start_sidecar: SidecarFacto
     answer = await _read_all(client)
     # the app answers it, or the sidecar refuses the form: never the admin API
     assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 400")), answer[:200]
-    assert b'"seq"' not in answer and b"wsgauge_" not in answer, answer[:200]
+    assert b'"seq"' not in answer, answer[:200]
+    assert b"wsgauge_" not in answer, answer[:200]
     # a WebSocket upgrade to an admin path is an ordinary socket of the app
     ws = await websockets.connect(f"{sidecar.ws_base}/stats/watch")
     await ws.send("echo")
@@ -225,7 +227,11 @@ async def test_random_topic_flood_keeps_the_topic_table_bounded(
         )
         opened += len(sockets)
         expected = len(sockets) + 1
-        document = await sidecar.wait_stats(lambda d, n=expected: d["connections"] == n)
+
+        def all_counted(document: dict[str, Any], n: int = expected) -> bool:
+            return bool(document["connections"] == n)
+
+        document = await sidecar.wait_stats(all_counted)
         # the table: at most max_topics names plus _other, whatever names clients invent
         assert len(document["topics"]) <= max_topics + 1, len(document["topics"])
         assert sum(document["topics"].values()) == len(sockets) + 1
@@ -236,7 +242,8 @@ async def test_random_topic_flood_keeps_the_topic_table_bounded(
         await healthy.check()
         rss_after_round.append(sidecar.rss_bytes())
     document = sidecar.stats()
-    assert document["opened"] == opened and document["closed"] == opened - 1
+    assert document["opened"] == opened
+    assert document["closed"] == opened - 1
     # the healthy socket joined first, so it kept its own slot; the rest is forgotten
     assert document["topics"] == {HEALTHY_TOPIC: 1}
     assert _topic_rows(sidecar) == 1
@@ -339,7 +346,8 @@ async def test_oversized_frames_get_1009_and_invalid_utf8_gets_1007(
     client = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
     await client.send_text(json.dumps(["1", "1", "room:big", "phx_join", {"p": "y" * 3900}]))
     opcode, payload = await client.read_frame()
-    assert opcode == 0x1 and json.loads(payload)[4]["status"] == "ok"
+    assert opcode == 0x1
+    assert json.loads(payload)[4]["status"] == "ok"
     await sidecar.wait_stats(lambda d: d["topics"].get("room:big") == 1)
     await client.send_close()
     await client.close_tcp()
@@ -468,7 +476,8 @@ async def test_client_connections_have_tcp_keepalive_against_half_open_sockets(
         return len(timers) == 1 and timers[0] is not None
 
     await eventually(keepalive_armed, timeout=10, what=lambda: f"keepalive timer: {timers}")
-    assert timers[0] is not None and 0 < timers[0] <= 30
+    assert timers[0] is not None
+    assert 0 < timers[0] <= 30
     await healthy.close()
     off = start_sidecar(*PATH_RULE, "--tcp-keepalive", "0")
     healthy = await HealthyClient.open(off)
@@ -522,7 +531,8 @@ async def test_report_api_abuse_leaves_counts_and_watchers_intact(
         # many topics in one snapshot fold into _other
         topics = {f"t{index}": 1 for index in range(5000)}
         status, document = sidecar.send("PUT", "/report", {"connections": 5000, "topics": topics})
-        assert status == 200 and len(document["topics"]) == 6
+        assert status == 200
+        assert len(document["topics"]) == 6
         assert document["topics"]["_other"] == 4995
         # the watcher saw the valid change and nothing of the abuse
         for _ in range(10):

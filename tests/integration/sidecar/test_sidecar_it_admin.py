@@ -27,13 +27,15 @@ async def test_ready_below_makes_readyz_fail(start_sidecar: SidecarFactory) -> N
     assert document["ready"] is False
     assert document["capacity"] == {"max": None, "readyBelow": 2}
     status, reason = sidecar.get("/readyz")
-    assert status == 503 and "ready-below" in reason
+    assert status == 503
+    assert "ready-below" in reason
     # not a hard limit: a third socket is still accepted
     third = await websockets.connect(f"{sidecar.ws_base}/ws/r")
     await second.close()
     await third.close()
     document = await sidecar.wait_stats(lambda d: d["connections"] == 1)
-    assert document["ready"] is True and sidecar.get("/readyz")[0] == 200
+    assert document["ready"] is True
+    assert sidecar.get("/readyz")[0] == 200
     await first.close()
 
 
@@ -45,7 +47,8 @@ async def test_upstream_down_makes_readyz_fail(start_sidecar: SidecarFactory) ->
         app.stop()
         await sidecar.wait_stats(lambda d: d["ready"] is False)
         status, reason = sidecar.get("/readyz")
-        assert status == 503 and "upstream unreachable" in reason
+        assert status == 503
+        assert "upstream unreachable" in reason
         assert sidecar.metric("wsgauge_upstream_reachable") == 0
         app = DemoAppProcess(port=app.port)  # it comes back: ready again
         await sidecar.wait_stats(lambda d: d["ready"] is True)
@@ -79,7 +82,8 @@ async def test_watch_delivers_changes_and_heartbeats(start_sidecar: SidecarFacto
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("application/x-ndjson")
         first = await _read_watch(response, decoder)
-        assert isinstance(first, StatsDocument) and first.connections == 0
+        assert isinstance(first, StatsDocument)
+        assert first.connections == 0
         ws = await websockets.connect(f"{sidecar.ws_base}/ws/watched")
         seen: list[StatsDocument] = []
         for _ in range(20):
@@ -88,7 +92,8 @@ async def test_watch_delivers_changes_and_heartbeats(start_sidecar: SidecarFacto
                 seen.append(event)
                 if event.topics.get("/ws/watched") == 1:
                     break
-        assert seen and seen[-1].connections == 1
+        assert seen
+        assert seen[-1].connections == 1
         assert [doc.seq for doc in seen] == sorted({doc.seq for doc in seen})
         assert seen[0].seq > first.seq
         # nothing changes now: heartbeats (blank lines) arrive
@@ -143,20 +148,26 @@ async def test_metrics_text(sidecar: SidecarProcess) -> None:
 
 async def test_admin_errors_are_json(sidecar: SidecarProcess) -> None:
     status, body = sidecar.get("/nope")
-    assert status == 404 and "error" in json.loads(body)
+    assert status == 404
+    assert "error" in json.loads(body)
     status, answer = sidecar.send("POST", "/stats", {})
-    assert status == 405 and "error" in answer
+    assert status == 405
+    assert "error" in answer
     status, answer = sidecar.send("PUT", "/report", {"connections": 1})
-    assert status == 404 and "report" in answer["error"]
+    assert status == 404
+    assert "report" in answer["error"]
     assert sidecar.get("/healthz") == (200, "ok")
 
 
 async def test_report_mode(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--topic", "report", "--max-topics", "2", wait_data_port=False)
     status, document = sidecar.send("PUT", "/report", {"connections": 5, "topics": {"a": 3}})
-    assert status == 200 and document["connections"] == 5 and document["topics"] == {"a": 3}
+    assert status == 200
+    assert document["connections"] == 5
+    assert document["topics"] == {"a": 3}
     status, document = sidecar.send("POST", "/report", {"connections": 2, "topics": {"b": 2}})
-    assert status == 200 and document["connections"] == 7
+    assert status == 200
+    assert document["connections"] == 7
     assert document["topics"] == {"a": 3, "b": 2}
     status, document = sidecar.send("POST", "/report", {"topics": {"c": 1, "d": 1}})
     assert document["topics"] == {"a": 3, "b": 2, "_other": 2}
@@ -179,7 +190,8 @@ async def test_report_mode(start_sidecar: SidecarFactory) -> None:
     else:
         raise AssertionError("data port is open in report mode")
     status, document = sidecar.send("PUT", "/report", {"connections": 0, "topics": {}})
-    assert document["connections"] == 0 and document["topics"] == {}
+    assert document["connections"] == 0
+    assert document["topics"] == {}
     assert sidecar.metric("wsgauge_connections") == 0
 
 
@@ -215,7 +227,8 @@ def _parse_error(
 def test_bad_flags_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     # the real process: exit code 2 and the message on stderr
     result = _run_cli("--topic", "bogus")
-    assert result.returncode == 2 and "unknown topic rule" in result.stderr
+    assert result.returncode == 2
+    assert "unknown topic rule" in result.stderr
     # the same parser in-process, for the other cases
     message = _parse_error(["--listen", "127.0.0.1:9999", "--admin-listen", "127.0.0.1:9999"], {},
                            capsys)  # fmt: skip
@@ -223,7 +236,8 @@ def test_bad_flags_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> 
     assert "--max-connections" in _parse_error(["--max-connections", "-3"], {}, capsys)
     assert "regular expression" in _parse_error(["--topic", "path:(["], {}, capsys)
     message = _parse_error([], {"WSGAUGE_DRAIN_GRACE": "soon"}, capsys)
-    assert "environment" in message and "--drain-grace" in message
+    assert "environment" in message
+    assert "--drain-grace" in message
     assert "upstream" in _parse_error(["--upstream", "0.0.0.0:8080"], {}, capsys)
     with pytest.raises(SystemExit):
         parse_settings(["--help"], {})
@@ -262,4 +276,5 @@ def test_port_in_use_exits_1() -> None:
         port = taken.getsockname()[1]
         result = _run_cli("--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
                           "--upstream", "127.0.0.1:1")  # fmt: skip
-    assert result.returncode == 1 and "cannot start" in result.stderr
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr

@@ -23,7 +23,8 @@ async def test_clean_close_from_client(sidecar: SidecarProcess) -> None:
     await ws.close(code=1000)
     assert ws.close_code == 1000
     document = await sidecar.wait_stats(lambda d: d["connections"] == 0)
-    assert document["closed"] == 1 and document["topics"] == {}
+    assert document["closed"] == 1
+    assert document["topics"] == {}
     assert sidecar.metric("wsgauge_connections_closed_total", 'reason="normal"') == 1
 
 
@@ -72,7 +73,8 @@ async def test_upstream_killed(start_sidecar: SidecarFactory) -> None:
             with pytest.raises(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
         document = await sidecar.wait_stats(lambda d: d["connections"] == 0)
-        assert document["topics"] == {} and document["closed"] == 5
+        assert document["topics"] == {}
+        assert document["closed"] == 5
         # and the upstream is now down: new upgrades get 502 and are not counted
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(f"{sidecar.ws_base}/ws/k")
@@ -91,7 +93,8 @@ async def test_rejected_handshake_is_not_counted(sidecar: SidecarProcess) -> Non
     assert rejected.value.response.status_code == 403
     # the app's answer came through; nothing was counted
     document = sidecar.stats()
-    assert document["connections"] == 0 and document["opened"] == 0
+    assert document["connections"] == 0
+    assert document["opened"] == 0
     assert sidecar.metric("wsgauge_handshake_failures_total", 'reason="upstream_rejected"') == 1
 
 
@@ -149,7 +152,8 @@ async def test_malformed_client_frame_closes_only_that_socket(sidecar: SidecarPr
     bad.writer.write(mask_frame(0x3, b"hello"))  # reserved opcode: a protocol error for the app
     await bad.writer.drain()
     opcode, payload = await bad.read_frame()  # the app's close frame comes through
-    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1002
+    assert opcode == 0x8
+    assert int.from_bytes(payload[:2], "big") == 1002
     await bad.send_close(1002)
     # then the connection ends: FIN, or RST when the app closed with our reply still unread
     with contextlib.suppress(ConnectionResetError):

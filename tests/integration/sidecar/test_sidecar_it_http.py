@@ -41,7 +41,8 @@ async def test_keep_alive_several_requests_on_one_connection(sidecar: SidecarPro
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload,
     )
-    assert head.startswith(b"HTTP/1.1 200") and body == payload
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == payload
     # a body far larger than the relay buffer (backpressure must not stall it)
     payload = bytes(range(256)) * 12_000
     head, body = await _exchange(
@@ -51,7 +52,8 @@ async def test_keep_alive_several_requests_on_one_connection(sidecar: SidecarPro
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload,
     )
-    assert head.startswith(b"HTTP/1.1 200") and body == payload
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == payload
     # two pipelined requests in one write are answered in order
     writer.write(b"GET /p1 HTTP/1.1\r\nHost: t\r\n\r\nGET /p2 HTTP/1.1\r\nHost: t\r\n\r\n")
     for name in (b"/p1", b"/p2"):
@@ -120,4 +122,5 @@ async def test_half_closed_client_still_gets_its_long_poll_answer(sidecar: Sidec
     client.writer.write(b"GET /slow?seconds=0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
     client.writer.write_eof()  # the client sends FIN right after its request
     answer = await asyncio.wait_for(client.reader.read(), 20)  # ends: the sidecar closes after
-    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow answer after 0.5 s\n")
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(b"slow answer after 0.5 s\n")

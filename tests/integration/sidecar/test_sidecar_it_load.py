@@ -33,7 +33,8 @@ async def test_slow_reader_costs_bounded_memory(start_sidecar: SidecarFactory) -
         if opcode == 0x1:
             assert payload == b"flood done"
             break
-        assert opcode == 0x2 and len(payload) == size
+        assert opcode == 0x2
+        assert len(payload) == size
         received += 1
     assert received == count
     await client.send_close()
@@ -55,7 +56,8 @@ async def test_two_thousand_sockets_in_random_order_end_at_zero(
     clients = await asyncio.gather(*(open_one(i) for i in range(total)))
     document = await sidecar.wait_stats(lambda d: d["connections"] == total, timeout=60)
     assert sum(document["topics"].values()) == total
-    assert len(document["topics"]) == 6 and document["topics"]["_other"] == 3 * total // 8
+    assert len(document["topics"]) == 6
+    assert document["topics"]["_other"] == 3 * total // 8
 
     order = list(range(total))
     rng.shuffle(order)
@@ -77,4 +79,5 @@ async def test_two_thousand_sockets_in_random_order_end_at_zero(
     await asyncio.gather(*(end_one(i) for i in order))
     document = await sidecar.wait_stats(lambda d: d["connections"] == 0, timeout=60)
     assert document["topics"] == {}
-    assert document["opened"] == total and document["closed"] == total
+    assert document["opened"] == total
+    assert document["closed"] == total

@@ -152,14 +152,16 @@ async def test_invalid_phoenix_message_closes_that_socket_with_1007(
     # only messages that can change topics are decoded (docs/sidecar.md): a broken join is
     await bad.send_text('["1","1","room:b","phx_join",{')
     opcode, payload = await bad.read_frame()
-    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1007
+    assert opcode == 0x8
+    assert int.from_bytes(payload[:2], "big") == 1007
     await sidecar.wait_stats(lambda d: d["connections"] == 1 and d["topics"] == {"room:a": 1})
     assert sidecar.metric("wsgauge_connections_closed_total", 'reason="protocol_error"') == 1
     # a compressed (RSV1) frame cannot appear in phoenix mode: 1002
     worse = await RawWebSocket.connect(sidecar.port, "/socket/websocket?vsn=2.0.0")
     worse.writer.write(mask_frame(0x1, b"[]", rsv=4))
     opcode, payload = await worse.read_frame()
-    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1002
+    assert opcode == 0x8
+    assert int.from_bytes(payload[:2], "big") == 1002
     await sidecar.wait_stats(lambda d: d["connections"] == 1)
     assert (await good.push("room:a", "ping"))["payload"]["status"] == "ok"
     await good.ws.close()

@@ -114,7 +114,8 @@ async def test_a_thousand_joins_pipelined_on_one_socket_are_all_counted(
         accepted += message[3] == "phx_reply" and message[4]["status"] == "ok"
     document = await sidecar.wait_stats(lambda d: sum(d["topics"].values()) >= joins)
     assert document["topics"] == {f"pipe:{ref}": 1 for ref in range(joins)}
-    assert document["connections"] == 1 and document["closed"] == 0
+    assert document["connections"] == 1
+    assert document["closed"] == 0
     await client.close_tcp()
     await sidecar.wait_stats(lambda d: d["connections"] == 0 and d["topics"] == {})
 

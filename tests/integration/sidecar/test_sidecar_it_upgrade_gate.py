@@ -131,10 +131,12 @@ async def test_a_switch_to_another_asked_protocol_stays_an_uncounted_tunnel(
         client = await RawWebSocket.open_tcp(sidecar.port)
         client.writer.write(_upgrade("GET", "/tunnel", upgrade="h2c", connection="Upgrade"))
         head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 101 ") and b"Upgrade: h2c" in head, head
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        assert b"Upgrade: h2c" in head, head
         frame = mask_frame(0x1, b"not a websocket")
         client.writer.write(frame)
         assert await asyncio.wait_for(client.reader.readexactly(len(frame)), 10) == frame
         document = sidecar.stats()
-        assert document["connections"] == 0 and document["opened"] == 0
+        assert document["connections"] == 0
+        assert document["opened"] == 0
         await client.close_tcp()

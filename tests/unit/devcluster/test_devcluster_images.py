@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 def test_content_key_is_stable_and_follows_the_recipe() -> None:
     key = images.content_key(images.BASE_RECIPE)
     assert key == images.content_key(images.BaseRecipe())
-    assert len(key) == 12 and int(key, 16) >= 0
+    assert len(key) == 12
+    assert int(key, 16) >= 0
     reordered = replace(images.BASE_RECIPE, packages=tuple(reversed(images.BASE_RECIPE.packages)))
     assert images.content_key(reordered) == key  # a set of packages, not a sequence
     for changed in (
@@ -127,7 +128,8 @@ def test_build_command_has_no_network_and_the_base_argument(
 
 def test_pause_compile_command_is_static() -> None:
     argv = images.pause_compile_argv(Path("pause.c"), Path("out"), "0.1.0")
-    assert argv[0] == "gcc" and "-static" in argv
+    assert argv[0] == "gcc"
+    assert "-static" in argv
     assert '-DWSGAUGE_PAUSE_VERSION="0.1.0"' in argv
     assert argv[-3:] == ["-o", "out", "pause.c"]
 
@@ -185,7 +187,8 @@ def test_slim_rootfs_drops_docs_and_lists(tmp_path: Path) -> None:
         (tmp_path / relative).write_text("x")
     images.slim_rootfs(tmp_path)
     assert (tmp_path / "usr/lib/python3.11/os.py").exists()
-    assert (tmp_path / "usr/share/doc").is_dir() and not any((tmp_path / "usr/share/doc").iterdir())
+    assert (tmp_path / "usr/share/doc").is_dir()
+    assert not any((tmp_path / "usr/share/doc").iterdir())
     assert not any((tmp_path / "var/lib/apt/lists").iterdir())
     assert (
         "path-exclude /usr/share/man/*"
@@ -211,7 +214,8 @@ def test_docker_client_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     if client is not None:
         assert client == str(docker_engine.DEBIAN_CLIENT)  # Debian's, whatever PATH says
     env = docker_engine.docker_env()
-    assert env["DOCKER_BUILDKIT"] == "0" and "/usr/sbin" in env["PATH"].split(":")
+    assert env["DOCKER_BUILDKIT"] == "0"
+    assert "/usr/sbin" in env["PATH"].split(":")
 
 
 def test_state_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -219,7 +223,8 @@ def test_state_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     process = docker_engine.managed_dockerd()
     assert process.pid_file == tmp_path / "dockerd.pid"
     assert process.log_file == tmp_path / "dockerd.log"
-    assert process.pid() is None and docker_engine.started_by_us() is None
+    assert process.pid() is None
+    assert docker_engine.started_by_us() is None
 
 
 def test_clis_have_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,8 @@ def test_containerd_config_is_our_own_runtime(tmp_path: Path) -> None:
     node = _node(tmp_path)
     node.write_configs(tmp_path / "ca.crt")
     config = tomllib.loads((tmp_path / "node" / "containerd" / "config.toml").read_text())
-    assert config["root"].startswith(str(tmp_path)) and config["state"].startswith(str(tmp_path))
+    assert config["root"].startswith(str(tmp_path))
+    assert config["state"].startswith(str(tmp_path))
     assert config["grpc"]["address"] == str(node.containerd_socket)
     cri = config["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["restrict_oom_score_adj"] is True  # root lacks CAP_SYS_RESOURCE here
@@ -56,7 +57,8 @@ def test_pods_get_no_default_route(tmp_path: Path) -> None:
     node.write_configs(tmp_path / "ca.crt")
     conflist = json.loads((tmp_path / "node/cni/net.d/10-wsgauge.conflist").read_text())
     bridge = conflist["plugins"][0]
-    assert bridge["bridge"] == "br-test" and bridge["isGateway"] is True
+    assert bridge["bridge"] == "br-test"
+    assert bridge["isGateway"] is True
     assert bridge["ipMasq"] is False
     assert bridge["ipam"]["routes"] == [{"dst": "10.96.0.0/16"}]
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24", "gateway": "10.244.0.1"}]]
@@ -67,7 +69,8 @@ def test_kubelet_and_kube_proxy_configs(tmp_path: Path) -> None:
     node = _node(tmp_path)
     node.write_configs(tmp_path / "ca.crt")
     kubelet = yaml.safe_load((tmp_path / "node/kubelet.yaml").read_text())
-    assert kubelet["failCgroupV1"] is False and kubelet["cgroupDriver"] == "cgroupfs"
+    assert kubelet["failCgroupV1"] is False
+    assert kubelet["cgroupDriver"] == "cgroupfs"
     assert kubelet["readOnlyPort"] == 0
     assert kubelet["authentication"]["anonymous"]["enabled"] is False
     assert kubelet["authorization"]["mode"] == "Webhook"

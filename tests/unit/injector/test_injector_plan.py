@@ -56,7 +56,8 @@ def env_of(sidecar: dict[str, Any]) -> dict[str, Any]:
 def test_pod_without_the_annotation_is_untouched() -> None:
     for given_annotations in (None, {}, {"wsgauge.dev/inject": "false"}, {"other": "true"}):
         plan = plan_injection(make_pod(given_annotations), InjectorSettings())
-        assert plan.patch == [] and not plan.denied
+        assert plan.patch == []
+        assert not plan.denied
         assert "not opted in" in plan.reason
 
 
@@ -79,7 +80,8 @@ def test_injected_pod_has_sidecar_ports_probes_env_gate_and_prestop() -> None:
     assert env["WSGAUGE_UPSTREAM"] == "127.0.0.1:8081"
     assert env["WSGAUGE_LISTEN"] == "0.0.0.0:8080"
     assert env["WSGAUGE_ADMIN_LISTEN"] == "0.0.0.0:9090"
-    assert env["WSGAUGE_DRAIN_GRACE"] == "5" and env["WSGAUGE_DRAIN_SPREAD"] == "10"
+    assert env["WSGAUGE_DRAIN_GRACE"] == "5"
+    assert env["WSGAUGE_DRAIN_SPREAD"] == "10"
     assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     assert result["spec"]["readinessGates"] == [GATE]
@@ -96,7 +98,8 @@ def test_injected_pod_has_sidecar_ports_probes_env_gate_and_prestop() -> None:
 def test_injection_is_idempotent() -> None:
     result = injected(make_pod({"wsgauge.dev/inject": "true"}))
     again = plan_injection(result, InjectorSettings())
-    assert again.patch == [] and again.reason == "already injected"
+    assert again.patch == []
+    assert again.reason == "already injected"
 
 
 def test_annotations_override_the_sidecar_settings() -> None:
@@ -159,7 +162,8 @@ def test_app_port_clashing_with_the_sidecar_is_denied() -> None:
         containers=[{"name": "app", "image": "x", "ports": [{"containerPort": 8080}]}],
     )
     plan = plan_injection(pod, InjectorSettings())
-    assert "8080" in plan.denied and "'app'" in plan.denied
+    assert "8080" in plan.denied
+    assert "'app'" in plan.denied
     # ...and moving the sidecar's data port resolves it
     pod["metadata"]["annotations"]["wsgauge.dev/port"] = "8088"
     assert plan_injection(pod, InjectorSettings()).patch
@@ -243,7 +247,8 @@ def test_review_response_carries_a_base64_json_patch() -> None:
     assert answer["apiVersion"] == "admission.k8s.io/v1"
     assert answer["kind"] == "AdmissionReview"
     response = answer["response"]
-    assert response["uid"] == "abc-123" and response["allowed"] is True
+    assert response["uid"] == "abc-123"
+    assert response["allowed"] is True
     assert response["patchType"] == "JSONPatch"
     patch = json.loads(base64.b64decode(response["patch"]))
     assert jsonpatch.apply_patch(pod, patch) == injected(pod)
@@ -280,8 +285,10 @@ def test_settings_from_the_chart_config() -> None:
             "prestopMode": "exec",
         }
     )
-    assert settings.image == "r/s:1" and settings.data_port == 8000
-    assert settings.drain_grace == 3.0 and settings.readiness_gate is False
+    assert settings.image == "r/s:1"
+    assert settings.data_port == 8000
+    assert settings.drain_grace == 3.0
+    assert settings.readiness_gate is False
     assert settings.resources == {"requests": {"cpu": "1"}}
     sidecar = container(
         injected(make_pod({"wsgauge.dev/inject": "true"}), settings), "wsgauge-sidecar"
@@ -307,7 +314,7 @@ def test_bad_chart_config_is_a_config_error(data: dict[str, Any]) -> None:
 
 
 container_names = st.sampled_from(["app", "web", "worker", "log-shipper"])
-hooks = st.one_of(
+hooks: st.SearchStrategy[dict[str, Any] | None] = st.one_of(
     st.none(),
     st.just({}),
     st.just({"preStop": {"exec": {"command": ["x"]}}}),
@@ -340,9 +347,8 @@ def test_any_opted_in_pod_gets_exactly_one_sidecar_and_gate(pod: dict[str, Any])
     result = injected(pod)
     assert pod == original
     names = [c["name"] for c in result["spec"]["containers"]]
-    assert names.count("wsgauge-sidecar") == 1 and names[:-1] == [
-        c["name"] for c in pod["spec"]["containers"]
-    ]
+    assert names.count("wsgauge-sidecar") == 1
+    assert names[:-1] == [c["name"] for c in pod["spec"]["containers"]]
     assert result["spec"]["readinessGates"].count(GATE) == 1
     for before, after in zip(pod["spec"]["containers"], result["spec"]["containers"], strict=False):
         assert "preStop" in after["lifecycle"]

@@ -93,7 +93,8 @@ async def test_summaries_metrics_source_and_invalid_spec() -> None:
         "AutoscalingActive": "False",
     }
     metrics = controller.fleet.connection_stats("ns", "chat")
-    assert metrics is not None and metrics.connections == 11
+    assert metrics is not None
+    assert metrics.connections == 11
     assert dict(metrics.topics) == {"stream": 7, "stats": 1, "lobby": 3}  # unfolded in memory
     assert metrics.pods_reporting == 2
     assert {p.name for p in controller.fleet.pods("ns")} == {"a", "b", "other"}

@@ -48,15 +48,17 @@ def test_pod_record_from_body() -> None:
         "127.0.10.1",
         "node-1",
     )
-    assert (
-        record.has_gate and record.gate_status is True and record.ready and record.containers_ready
-    )
+    assert record.has_gate
+    assert record.gate_status is True
+    assert record.ready
+    assert record.containers_ready
     assert record.resolve_port("wsgauge-admin") == 9090
     assert record.resolve_port("nope") is None
     assert record.resolve_port(9191) == 9191
     assert record.followable
     unset = PodRecord.from_body(pod_body("b", gate=None, ip=""), GATE)
-    assert unset.gate_status is None and not unset.followable
+    assert unset.gate_status is None
+    assert not unset.followable
 
 
 def test_listeners_hear_changes_only() -> None:
@@ -81,12 +83,14 @@ def test_reports_restarts_and_metrics_source() -> None:
     first = StatsDocument(pod="a", connections=3, topics={"x": 3}, started_at="T1", seq=5)
     fleet.report(key, first, now=1_000_000.0)
     stats = fleet.endpoint(key)
-    assert stats is not None and stats.state is SidecarState.REPORTING
+    assert stats is not None
+    assert stats.state is SidecarState.REPORTING
     metrics = fleet.pods("ns")
     assert [(m.name, m.connections, dict(m.topics), m.reachable) for m in metrics] == [
         ("a", 3, {"x": 3}, True)
     ]
-    assert metrics[0].namespace == "ns" and metrics[0].observed_at is not None
+    assert metrics[0].namespace == "ns"
+    assert metrics[0].observed_at is not None
     fleet.report(
         key, StatsDocument(pod="a", connections=1, started_at="T1", seq=6), now=1_000_001.0
     )

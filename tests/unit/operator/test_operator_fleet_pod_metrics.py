@@ -27,7 +27,8 @@ def test_pod_metrics_follow_documents_heartbeats_labels_and_endpoints() -> None:
 
     fleet.heartbeat(key_a, now=20.0)
     beat = fleet.pods("ns")[0]
-    assert beat.observed_at is not None and beat.observed_at.timestamp() == 20.0
+    assert beat.observed_at is not None
+    assert beat.observed_at.timestamp() == 20.0
 
     fleet.report(key_a, StatsDocument(pod="a", connections=5, topics={"t": 5}, seq=2), now=21.0)
     assert fleet.pods("ns")[0].connections == 5

@@ -1,20 +1,29 @@
 """Unit tests of the leader-election wiring: flags and environment, identity, Lease namespace,
-and the standby's probe answers (a real aiohttp server on loopback)."""
+and the probe answers of a standby and of a starting leader (real aiohttp servers on
+loopback)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from wsgauge_operator.cli import build_parser, settings_from
+from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.leadership import holder_identity, lease_namespace
-from wsgauge_operator.settings import LeaderElectionSettings
-from wsgauge_operator.standby_server import StandbyServer, host_port, liveness_address
+from wsgauge_operator.settings import LeaderElectionSettings, OperatorSettings, ServerSettings
+from wsgauge_operator.standby_server import (
+    STANDBY,
+    STARTING,
+    StandbyLiveness,
+    liveness_address,
+)
+from wsgauge_operator.stats_server import StatsServer
 
 
 def free_port() -> int:
@@ -45,7 +54,8 @@ def test_flags_and_environment_set_leader_election() -> None:
     assert election.namespace == "wsgauge-system"
     assert election.lease_name == "rel-wsgauge-operator"
     assert election.lease_duration == 20.0  # the flag wins
-    assert election.renew_deadline == 12.0 and election.retry_period == 0.5
+    assert election.renew_deadline == 12.0
+    assert election.retry_period == 0.5
 
 
 @pytest.mark.parametrize(
@@ -80,7 +90,8 @@ def test_identity_is_unique_per_process_unless_given() -> None:
     settings = LeaderElectionSettings(enabled=True)
     first = holder_identity(settings, "wsgauge-operator-7d9f-abc")
     second = holder_identity(settings, "wsgauge-operator-7d9f-abc")
-    assert first.startswith("wsgauge-operator-7d9f-abc_") and first != second
+    assert first.startswith("wsgauge-operator-7d9f-abc_")
+    assert first != second
     fixed = LeaderElectionSettings(enabled=True, identity="op-a")
     assert holder_identity(fixed, "ignored") == "op-a"
 
@@ -93,14 +104,16 @@ def test_lease_namespace_setting_then_service_account_then_default(tmp_path: Pat
     assert lease_namespace(LeaderElectionSettings(), account) == "wsgauge-system"
 
 
-def test_addresses_are_parsed_or_refused() -> None:
-    assert host_port(":8090") == ("0.0.0.0", 8090)
-    assert host_port("[::1]:8090") == ("::1", 8090)
+def test_liveness_urls_are_parsed_or_refused() -> None:
     assert liveness_address("http://0.0.0.0:8091/healthz") == ("0.0.0.0", 8091, "/healthz")
-    with pytest.raises(ConfigError):
-        host_port("localhost")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no port"):
         liveness_address("http://localhost/healthz")
+
+
+async def test_a_malformed_stats_address_is_a_config_error() -> None:
+    settings = ServerSettings(listen="localhost")
+    with pytest.raises(ConfigError, match="stats server address"):
+        await StatsServer(Controller(OperatorSettings(), None), settings).open(STANDBY)
 
 
 def _status(url: str) -> int:
@@ -115,29 +128,82 @@ async def _status_async(url: str) -> int:
     return await asyncio.to_thread(_status, url)
 
 
-async def test_standby_is_alive_but_not_ready_and_frees_its_ports() -> None:
-    stats_port, liveness_port = free_port(), free_port()
-    server = StandbyServer(f"127.0.0.1:{stats_port}", f"http://127.0.0.1:{liveness_port}/healthz")
+async def test_standby_liveness_answers_and_frees_its_port() -> None:
+    liveness_port = free_port()
+    endpoint = f"http://127.0.0.1:{liveness_port}/healthz"
+    server = StandbyLiveness(endpoint)
     await server.start()
     try:
-        assert await _status_async(f"http://127.0.0.1:{stats_port}/healthz") == 200
-        assert await _status_async(f"http://127.0.0.1:{stats_port}/readyz") == 503
-        assert await _status_async(f"http://127.0.0.1:{stats_port}/stats") == 503
-        assert await _status_async(f"http://127.0.0.1:{liveness_port}/healthz") == 200
+        assert await _status_async(endpoint) == 200
     finally:
         await server.stop()
-    # the leader's servers can bind the same addresses right after
-    again = StandbyServer(f"127.0.0.1:{stats_port}", f"http://127.0.0.1:{liveness_port}/healthz")
+    # kopf binds the same address right after
+    again = StandbyLiveness(endpoint)
     await again.start()
     await again.stop()
 
 
-async def test_standby_refuses_an_address_in_use() -> None:
-    busy = f"127.0.0.1:{free_port()}"
-    first = StandbyServer(busy, "")
+async def test_standby_liveness_refuses_an_address_in_use() -> None:
+    busy = f"http://127.0.0.1:{free_port()}/healthz"
+    first = StandbyLiveness(busy)
     await first.start()
     try:
         with pytest.raises(ConfigError):
-            await StandbyServer(busy, "").start()
+            await StandbyLiveness(busy).start()
     finally:
         await first.stop()
+
+
+async def test_stats_server_refuses_an_address_in_use() -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    first = StatsServer(Controller(OperatorSettings(), None), ServerSettings(listen=listen))
+    await first.open(STANDBY)
+    try:
+        second = StatsServer(Controller(OperatorSettings(), None), ServerSettings(listen=listen))
+        with pytest.raises(ConfigError):
+            await second.open(STANDBY)
+    finally:
+        await first.stop()
+
+
+async def test_stats_port_answers_standby_then_starting_then_serves_without_closing() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = StatsServer(
+        Controller(OperatorSettings(), None), ServerSettings(listen=f"127.0.0.1:{port}")
+    )
+    await server.open(STANDBY)
+    refused: list[str] = []
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def probe() -> None:  # connects again and again across both switches
+        while not done.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    pass
+            except OSError as error:
+                refused.append(repr(error))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for path in ("/healthz", "/readyz", "/stats", "/metrics"):
+            seen.append((path, await _status_async(base + path)))
+        server.hold(STARTING)
+        seen.append(("/readyz", await _status_async(base + "/readyz")))
+        seen.append(("/healthz", await _status_async(base + "/healthz")))
+        await server.start()
+        seen.append(("/stats", await _status_async(base + "/stats")))
+        seen.append(("/nowhere", await _status_async(base + "/nowhere")))
+    finally:
+        done.set()
+        await asyncio.to_thread(prober.join)
+        await server.stop()
+    assert seen == [
+        ("/healthz", 200), ("/readyz", 503), ("/stats", 503), ("/metrics", 503),
+        ("/readyz", 503), ("/healthz", 200),
+        ("/stats", 200), ("/nowhere", 404),
+    ]  # fmt: skip
+    assert refused == []
+    assert server.holding is None

@@ -63,10 +63,12 @@ def test_released_lease_is_taken_at_once() -> None:
 def test_someone_elses_lease_is_waited_for_until_seen_unchanged_for_its_duration() -> None:
     observation = Observation(held_by("other", duration=15), 100.0)
     early = decide(observation, "me", 110.0, TIMING)
-    assert early.action is Action.WAIT and early.holder == "other"
+    assert early.action is Action.WAIT
+    assert early.holder == "other"
     assert early.retry_in == pytest.approx(2.0)
     almost = decide(observation, "me", 114.5, TIMING)
-    assert almost.action is Action.WAIT and almost.retry_in == pytest.approx(0.5)
+    assert almost.action is Action.WAIT
+    assert almost.retry_in == pytest.approx(0.5)
     assert decide(observation, "me", 115.0, TIMING).action is Action.ACQUIRE
 
 
@@ -83,7 +85,8 @@ def test_observation_clock_restarts_only_when_the_lease_changes() -> None:
     renewed = observe(same, held_by("other", "2"), 14.0)
     assert renewed.since == 14.0
     gone = observe(renewed, None, 16.0)
-    assert gone.since == 16.0 and gone.record is None
+    assert gone.since == 16.0
+    assert gone.record is None
 
 
 # --- lease documents -----------------------------------------------------------------------
@@ -130,16 +133,19 @@ def test_specs_for_create_takeover_renew_and_release() -> None:
     }
     theirs = replace(held_by("other"), acquire_time="old", transitions=4)
     taken = lease_spec(Action.ACQUIRE, theirs, "me", WALL, TIMING)
-    assert taken["holderIdentity"] == "me" and taken["leaseTransitions"] == 5
+    assert taken["holderIdentity"] == "me"
+    assert taken["leaseTransitions"] == 5
     assert taken["acquireTime"] == "2026-11-27T03:00:00.000000Z"
     mine = replace(held_by("me"), acquire_time="then", transitions=5)
     later = WALL + datetime.timedelta(seconds=2)
     renewed = lease_spec(Action.RENEW, mine, "me", later, TIMING)
-    assert renewed["acquireTime"] == "then" and renewed["leaseTransitions"] == 5
+    assert renewed["acquireTime"] == "then"
+    assert renewed["leaseTransitions"] == 5
     assert renewed["renewTime"] == "2026-11-27T03:00:02.000000Z"
     released = release_spec(mine, later)
-    assert released["holderIdentity"] == "" and released["leaseTransitions"] == 5
-    with pytest.raises(ValueError):
+    assert released["holderIdentity"] == ""
+    assert released["leaseTransitions"] == 5
+    with pytest.raises(ValueError, match="nothing is written while waiting"):
         lease_spec(Action.WAIT, mine, "me", WALL, TIMING)
 
 
@@ -150,7 +156,8 @@ def test_lease_duration_is_whole_seconds_rounded_up() -> None:
 
 def test_lease_object_carries_the_resource_version_only_for_replace() -> None:
     created = lease_object("ns", "wsgauge-operator", {"holderIdentity": "me"})
-    assert created["apiVersion"] == "coordination.k8s.io/v1" and created["kind"] == "Lease"
+    assert created["apiVersion"] == "coordination.k8s.io/v1"
+    assert created["kind"] == "Lease"
     assert "resourceVersion" not in created["metadata"]
     replaced = lease_object("ns", "wsgauge-operator", {}, "17")
     assert replaced["metadata"] == {
@@ -181,7 +188,8 @@ def test_candidacy_leads_until_the_renew_deadline_after_its_last_write_was_sent(
     me = Candidacy("me", TIMING)
     assert me.look(None, 0.0).action is Action.CREATE
     me.won(held_by("me", "1"), sent_at=0.5)
-    assert me.is_leader(0.5) and me.is_leader(10.49)
+    assert me.is_leader(0.5)
+    assert me.is_leader(10.49)
     assert not me.is_leader(10.5)
     assert me.leader_until() == pytest.approx(10.5)
     assert me.look(me.record, 2.0).action is Action.RENEW
@@ -201,13 +209,14 @@ def test_released_candidacy_is_not_leader() -> None:
     me = Candidacy("me", TIMING)
     me.won(held_by("me", "1"), sent_at=0.0)
     me.released(held_by("me", "1"), 1.0)
-    assert not me.is_leader(1.0) and me.leader_until() is None
+    assert not me.is_leader(1.0)
+    assert me.leader_until() is None
 
 
 def test_a_write_naming_someone_else_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must name us as holder"):
         Candidacy("me", TIMING).won(held_by("other"), 0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="identity must not be empty"):
         Candidacy("", TIMING)
 
 

@@ -37,7 +37,9 @@ def test_cached_answers_follow_every_change() -> None:
     fleet.heartbeat(key, now=105.0)  # same document: cached answer, fresh report time
     cached = cache["a"]
     observation, _, observed_at, _ = observe(pod, SPEC, cache, fleet, held_back)
-    assert cache["a"] is cached and observation.connections == 3 and observed_at == 105.0
+    assert cache["a"] is cached
+    assert observation.connections == 3
+    assert observed_at == 105.0
 
     fleet.report(key, StatsDocument(pod="a", connections=7, topics={"t": 7}, seq=2), now=106.0)
     assert observe(pod, SPEC, cache, fleet, held_back)[0].connections == 7
@@ -54,7 +56,9 @@ def test_cached_answers_follow_every_change() -> None:
     moved = record(ip="127.0.70.2", ready=True)  # a new record: computed anew (new endpoint)
     fleet.upsert_pod(moved)
     observation, readiness, _, _ = observe(moved, SPEC, cache, fleet, held_back)
-    assert observation.state is PodState.STARTING and observation.ready and readiness.ready
+    assert observation.state is PodState.STARTING
+    assert observation.ready
+    assert readiness.ready
 
     other_port = parse_spec({"selector": {"matchLabels": {"app": "chat"}}, "sidecarPort": "nope"})
     assert observe(moved, other_port, cache, fleet, held_back)[0].state is PodState.PORT_MISSING
@@ -66,4 +70,5 @@ def test_observe_all_keeps_only_current_pods() -> None:
     answers, cache = observe_all(pods, SPEC, {}, fleet, {})
     assert [a[0].state for a in answers] == [PodState.STARTING, PodState.PENDING]
     answers, cache = observe_all(pods[:1], SPEC, cache, fleet, {})
-    assert list(cache) == ["a"] and len(answers) == 1
+    assert list(cache) == ["a"]
+    assert len(answers) == 1

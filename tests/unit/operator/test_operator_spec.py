@@ -26,7 +26,8 @@ def test_full_spec_is_parsed() -> None:
     spec = parse_spec(valid_spec())
     assert spec.selector.match_labels == {"app": "chat"}
     assert spec.sidecar_port == 9090
-    assert spec.target_ref is not None and spec.target_ref.name == "chat"
+    assert spec.target_ref is not None
+    assert spec.target_ref.name == "chat"
     assert spec.capacity.max_connections_per_pod == 5000
     assert spec.capacity.min_ready_pods == 2
     assert spec.autoscaling is not None
@@ -100,7 +101,7 @@ def test_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "2", "s", "2x", "1m 30s", "-1s", "2s!"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 

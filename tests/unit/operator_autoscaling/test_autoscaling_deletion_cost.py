@@ -160,7 +160,8 @@ def test_urgent_passes_converge_to_exact_order(
     reachable = [pod for pod in state if pod.connections is not None]
     for low in reachable:
         for high in reachable:
-            assert low.connections is not None and high.connections is not None
+            assert low.connections is not None
+            assert high.connections is not None
             if low.connections < high.connections:
                 assert (low.current_cost or 0) < (high.current_cost or 0)
     # and once exact, nothing more is written

@@ -139,7 +139,7 @@ def test_parse_quantity(text: str, value: float) -> None:
 
 
 def test_parse_quantity_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a quantity"):
         parse_quantity("ten")
 
 
@@ -169,7 +169,8 @@ def test_needs_update_ignores_server_defaults() -> None:
             behavior={"scaleDown": {"stabilizationWindowSeconds": 30}},
         )
     )
-    assert plain is not None and with_behavior is not None
+    assert plain is not None
+    assert with_behavior is not None
     assert not hpa_needs_update(server_view(plain), plain)
     assert not hpa_needs_update(server_view(with_behavior), with_behavior)
 
@@ -192,7 +193,8 @@ def test_needs_update_on_owned_changes(change: dict[str, Any]) -> None:
     }
     old = build_hpa(connection_stats(**base))
     new = build_hpa(connection_stats(**{**base, **change}))
-    assert old is not None and new is not None
+    assert old is not None
+    assert new is not None
     assert hpa_needs_update(server_view(old), new)
 
 

@@ -157,7 +157,8 @@ async def test_owned_hpa_created_updated_deleted_and_conflict() -> None:
     removed["metadata"]["generation"] = 3
     controller.connectionstats_event("MODIFIED", removed)
     await autoscaler.sync_hpa(("ns", "chat"))
-    assert kube.calls[-1] == "delete hpa-uid" and not kube.hpas
+    assert kube.calls[-1] == "delete hpa-uid"
+    assert not kube.hpas
     assert autoscaler.condition(state)[1] == "NoAutoscaling"
     reasons = [event["reason"] for event in kube.events]
     assert reasons == ["HPACreated", "HPAUpdated", "HPADeleted"]

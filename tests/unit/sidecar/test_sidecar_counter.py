@@ -192,7 +192,8 @@ def test_flood_of_random_topic_names_keeps_memory_flat() -> None:
         assert len(counter._table.counts) <= counter.max_topics + 1
     for socket_id in live:
         counter.close_socket(socket_id, "end")
-    assert counter.topics() == {} and counter.connections == 0
+    assert counter.topics() == {}
+    assert counter.connections == 0
 
 
 # ----------------------------------------------------------------- report mode
@@ -238,7 +239,9 @@ def test_reported_snapshot_rejects_bad_input_without_change(
     counts.apply_snapshot(2, {"keep": 2})
     with pytest.raises(CountError):
         counts.apply_snapshot(connections, topics)  # type: ignore[arg-type]
-    assert counts.connections == 2 and counts.topics() == {"keep": 2} and counts.seq == 1
+    assert counts.connections == 2
+    assert counts.topics() == {"keep": 2}
+    assert counts.seq == 1
 
 
 def test_reported_delta_rejects_negative_results_without_change() -> None:
@@ -250,7 +253,9 @@ def test_reported_delta_rejects_negative_results_without_change() -> None:
         counts.apply_delta(1, {"a": -3})
     with pytest.raises(CountError):
         counts.apply_delta(1, {"b": 1, "a": -3})
-    assert counts.connections == 2 and counts.topics() == {"a": 2} and counts.seq == 1
+    assert counts.connections == 2
+    assert counts.topics() == {"a": 2}
+    assert counts.seq == 1
 
 
 def test_reported_fold_snapshot_keeps_existing_slots() -> None:

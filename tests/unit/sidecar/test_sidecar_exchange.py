@@ -196,11 +196,14 @@ def test_pipelined_exchanges_relay_exactly_their_bytes_over_any_split_and_order(
     assert bytes(wire.to_upstream) == b"".join(requests)
     assert bytes(wire.to_client) == b"".join(responses)
     assert len(wire.of(ConnectUpstream)) == 1  # one upstream connection, reused
-    assert not wire.of(Linger) and not wire.of(UpgradeStarted)
+    assert not wire.of(Linger)
+    assert not wire.of(UpgradeStarted)
     if close_last:
-        assert wire.exchange.closed and wire.of(CloseClient) == [CloseClient(False, "http_done")]
+        assert wire.exchange.closed
+        assert wire.of(CloseClient) == [CloseClient(False, "http_done")]
     else:
-        assert not wire.exchange.closed and not wire.of(CloseClient)
+        assert not wire.exchange.closed
+        assert not wire.of(CloseClient)
         assert wire.timer == "head"  # the next request head is awaited
 
 
@@ -233,13 +236,17 @@ def test_an_upgrade_switches_once_with_every_byte_on_its_side(
     responses = [response for _, response in plain] + [SWITCH + from_app]
     converse(wire, b"".join(requests) + upgrade + early_client, responses, ends, draw)
     switch = wire.switch
-    assert switch is not None and switch.counted and switch.request.target == "/ws/a"
+    assert switch is not None
+    assert switch.counted
+    assert switch.request.target == "/ws/a"
     assert bytes(wire.to_upstream) == b"".join(sent)
     assert switch.client_rest + bytes(wire.after_switch_client) == early_client
     assert switch.upstream_rest + bytes(wire.after_switch_upstream) == from_app
     assert bytes(wire.to_client) == b"".join(r for _, r in plain) + SWITCH
-    assert len(wire.of(UpgradeStarted)) == 1 and not wire.of(HandshakeFailed)
-    assert wire.exchange.switched and wire.timer is None
+    assert len(wire.of(UpgradeStarted)) == 1
+    assert not wire.of(HandshakeFailed)
+    assert wire.exchange.switched
+    assert wire.timer is None
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "CONNECT"])
@@ -248,8 +255,10 @@ def test_a_non_get_websocket_upgrade_gets_400_and_never_reaches_the_app(method: 
     wire.client(upgrade_request(method=method))
     assert wire.to_client.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert wire.of(HandshakeFailed) == [HandshakeFailed("bad_request", pending=False)]
-    assert not wire.of(ConnectUpstream) and not wire.to_upstream
-    assert wire.of(Linger) and wire.exchange.closed
+    assert not wire.of(ConnectUpstream)
+    assert not wire.to_upstream
+    assert wire.of(Linger)
+    assert wire.exchange.closed
 
 
 def test_a_refused_upgrade_gets_503_before_the_app() -> None:
@@ -258,7 +267,8 @@ def test_a_refused_upgrade_gets_503_before_the_app() -> None:
     assert wire.to_client.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"upgrade refused: capacity" in wire.to_client
     assert wire.of(HandshakeFailed) == [HandshakeFailed("capacity", pending=False)]
-    assert not wire.of(ConnectUpstream) and not wire.of(UpgradeStarted)
+    assert not wire.of(ConnectUpstream)
+    assert not wire.of(UpgradeStarted)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +289,8 @@ def test_a_switch_nobody_asked_for_gets_502(request_head: bytes, answer: bytes) 
     wire.upstream(answer)
     assert wire.switch is None
     assert wire.to_client.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
-    assert wire.of(DropUpstream) == [DropUpstream(abort=True)] and wire.of(Linger)
+    assert wire.of(DropUpstream) == [DropUpstream(abort=True)]
+    assert wire.of(Linger)
 
 
 def test_a_switch_to_an_asked_protocol_is_an_uncounted_tunnel() -> None:
@@ -287,8 +298,10 @@ def test_a_switch_to_an_asked_protocol_is_an_uncounted_tunnel() -> None:
     wire.client(b"GET /h HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
     wire.connect()
     wire.upstream(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\nPRI")
-    assert wire.switch is not None and not wire.switch.counted
-    assert wire.switch.upstream_rest == b"PRI" and not wire.of(UpgradeStarted)
+    assert wire.switch is not None
+    assert not wire.switch.counted
+    assert wire.switch.upstream_rest == b"PRI"
+    assert not wire.of(UpgradeStarted)
 
 
 def test_upgrade_outcomes_are_reported_once_each() -> None:
@@ -332,13 +345,15 @@ def test_head_timeout_answers_408_or_closes_an_idle_connection_quietly() -> None
     assert partial.of(HandshakeFailed) == [HandshakeFailed("handshake_timeout", pending=False)]
     idle = Wire.open()
     idle.run(idle.exchange.timer_fired("head"))
-    assert idle.of(CloseClient) == [CloseClient(False, "idle")] and not idle.to_client
+    assert idle.of(CloseClient) == [CloseClient(False, "idle")]
+    assert not idle.to_client
     # a late timer of the other kind does nothing
     busy = Wire.open()
     busy.client(EXCHANGES["get"][0])
     busy.run(busy.exchange.timer_fired("head"))
     busy.run(busy.exchange.timer_fired("upgrade"))
-    assert not busy.exchange.closed and not busy.to_client
+    assert not busy.exchange.closed
+    assert not busy.to_client
 
 
 @pytest.mark.parametrize(
@@ -353,7 +368,8 @@ def test_bad_request_heads_are_answered_locally(head: bytes, status: int) -> Non
     wire = Wire.open()
     wire.client(head)
     assert wire.to_client.startswith(f"HTTP/1.1 {status} ".encode())
-    assert wire.of(Linger) and not wire.of(ConnectUpstream)
+    assert wire.of(Linger)
+    assert not wire.of(ConnectUpstream)
 
 
 def test_upstream_closing_mid_response_or_before_it() -> None:
@@ -361,7 +377,8 @@ def test_upstream_closing_mid_response_or_before_it() -> None:
     before.client(EXCHANGES["get"][0])
     before.connect()
     before.run(before.exchange.upstream_gone(reset=False))
-    assert before.to_client.startswith(b"HTTP/1.1 502 ") and before.of(Linger)
+    assert before.to_client.startswith(b"HTTP/1.1 502 ")
+    assert before.of(Linger)
     after = Wire.open()
     after.client(EXCHANGES["get"][0])
     after.connect()
@@ -388,7 +405,8 @@ def test_an_idle_upstream_closing_is_reopened_for_the_next_request() -> None:
     wire.client(request)
     wire.connect()  # a second ConnectUpstream was asked for
     wire.upstream(response)
-    assert bytes(wire.to_upstream) == request * 2 and bytes(wire.to_client) == response * 2
+    assert bytes(wire.to_upstream) == request * 2
+    assert bytes(wire.to_client) == response * 2
 
 
 def test_pipelined_bytes_beyond_the_buffer_pause_the_client_until_consumed() -> None:
@@ -396,10 +414,12 @@ def test_pipelined_bytes_beyond_the_buffer_pause_the_client_until_consumed() -> 
     request, response = EXCHANGES["get"]
     wire.client(request * 5)
     wire.connect()
-    assert wire.of(PauseClient) and not wire.of(ResumeClient)
+    assert wire.of(PauseClient)
+    assert not wire.of(ResumeClient)
     for _ in range(5):
         wire.upstream(response)
-    assert wire.of(ResumeClient) and bytes(wire.to_upstream) == request * 5
+    assert wire.of(ResumeClient)
+    assert bytes(wire.to_upstream) == request * 5
 
 
 def test_a_half_closed_client_still_gets_its_response_then_the_connection_closes() -> None:
@@ -414,4 +434,5 @@ def test_a_half_closed_client_still_gets_its_response_then_the_connection_closes
     assert wire.of(CloseClient) == [CloseClient(False, "http_done")]
     idle = Wire.open()
     idle.run(idle.exchange.client_eof())
-    assert idle.exchange.closed and idle.of(CloseClient) == [CloseClient(False, "client")]
+    assert idle.exchange.closed
+    assert idle.of(CloseClient) == [CloseClient(False, "client")]

@@ -83,6 +83,7 @@ def mutate(data: bytes, mutations: list[tuple[str, float, int]]) -> bytes:
 def head_outcome(pieces: list[bytes], max_bytes: int) -> tuple[object, ...]:
     """Feed ``pieces`` like the proxy does (parse after each read): head, error or need-more."""
     buffer = bytearray()
+    error: HttpParseError | None = None
     try:
         for piece in pieces:
             buffer += piece
@@ -90,7 +91,9 @@ def head_outcome(pieces: list[bytes], max_bytes: int) -> tuple[object, ...]:
             if parsed is not None:
                 head, consumed = parsed
                 return ("head", head.method, head.target, head.version, head.headers, consumed)
-    except HttpParseError as error:
+    except HttpParseError as caught:
+        error = caught
+    if error is not None:
         assert error.status in (400, 413, 501), error.status
         return ("error", error.status)
     return ("more",)
@@ -107,7 +110,8 @@ def check_accepted_head(head: RequestHead, consumed: int, max_bytes: int) -> Non
     # what phoenix mode sends upstream parses back to the same head, minus the dropped field
     forwarded = head.serialize(drop_headers=("sec-websocket-extensions",))
     again = parse_request_head(forwarded, len(forwarded))
-    assert again is not None and again[1] == len(forwarded)
+    assert again is not None
+    assert again[1] == len(forwarded)
     kept = [(n, v) for n, v in head.headers if n.lower() != b"sec-websocket-extensions"]
     assert (again[0].method, again[0].target, again[0].headers) == (head.method, head.target, kept)
 
@@ -124,7 +128,8 @@ def test_fuzz_mutated_handshakes_parse_or_refuse_the_same_at_every_split(
         if whole[0] == "head" or split[0] == "head":
             assert split == whole, (cut, whole, split)
         else:  # an error may show earlier in a shorter prefix (e.g. 413 before a later 400)
-            assert split[0] in ("error", "more") and whole[0] in ("error", "more")
+            assert split[0] in ("error", "more")
+            assert whole[0] in ("error", "more")
     if whole[0] == "head":
         parsed = parse_request_head(data, max_bytes)
         assert parsed is not None
@@ -133,7 +138,8 @@ def test_fuzz_mutated_handshakes_parse_or_refuse_the_same_at_every_split(
 
 def test_unmutated_handshake_is_accepted_with_every_rule() -> None:
     parsed = parse_request_head(HANDSHAKE, 4096)
-    assert parsed is not None and parsed[0].is_websocket_upgrade
+    assert parsed is not None
+    assert parsed[0].is_websocket_upgrade
     check_accepted_head(parsed[0], parsed[1], 4096)
     topics = [topic_from_request(rule, parsed[0].target, parsed[0].headers) for rule in RULES]
     assert topics == ["/ws/stream", "stream", "news", "live", None]
@@ -147,7 +153,8 @@ def test_endless_blank_lines_before_a_head_count_toward_the_limit(blank: bytes) 
     assert refused.value.status == 413
     # a few blank lines before a head are still skipped (RFC 9112 section 2.2)
     parsed = parse_request_head(blank * 3 + HANDSHAKE, 4096)
-    assert parsed is not None and parsed[1] == 3 * len(blank) + len(HANDSHAKE)
+    assert parsed is not None
+    assert parsed[1] == 3 * len(blank) + len(HANDSHAKE)
 
 
 @settings(max_examples=200, deadline=None)
@@ -194,12 +201,15 @@ CLIENT_STREAM = (
 
 def frames_outcome(feed: Callable[[bytes], object], pieces: list[bytes]) -> object:
     messages: list[object] = []
+    error: WebSocketProtocolError | None = None
     try:
         for piece in pieces:
             result = feed(piece)
             if isinstance(result, list):
                 messages += [(message.opcode, message.payload) for message in result]
-    except WebSocketProtocolError as error:
+    except WebSocketProtocolError as caught:
+        error = caught
+    if error is not None:
         assert error.close_code in (1002, 1007, 1009), error.close_code
         return ("error", error.close_code)
     return messages
@@ -216,7 +226,8 @@ def test_fuzz_mutated_client_frames_at_every_split(mutations: list[tuple[str, fl
         split = frames_outcome(MessageReader(masked=True, max_message_bytes=512).feed, pieces)
         if isinstance(whole, tuple):
             # messages completed before the error in the same feed are not handed on
-            assert isinstance(split, tuple) and split == whole, (cut, split)
+            assert isinstance(split, tuple), (cut, split)
+            assert split == whole, (cut, split)
         else:
             assert split == whole, cut
         assert frames_outcome(FrameBoundaryTracker(masked=True).feed, pieces) == tracker_whole
@@ -224,7 +235,8 @@ def test_fuzz_mutated_client_frames_at_every_split(mutations: list[tuple[str, fl
 
 def test_unmutated_client_frames_are_read() -> None:
     messages = frames_outcome(MessageReader(masked=True).feed, [CLIENT_STREAM])
-    assert isinstance(messages, list) and len(messages) == 7
+    assert isinstance(messages, list)
+    assert len(messages) == 7
     assert messages[2] == (0x1, "héllo wörld".encode())
 
 
@@ -279,17 +291,22 @@ def test_fuzz_mutated_phoenix_conversation_prefilter_agrees_with_full_decoding(
             payload.decode("utf-8")
         except UnicodeDecodeError:
             continue  # the frame reader closes such a socket with 1007 before Phoenix sees it
+        full_error: PhoenixProtocolError | None = None
+        fast_error: PhoenixProtocolError | None = None
         try:
             full_events = (full.client_message if from_client else full.server_message)(
                 payload.decode()
             )
         except PhoenixProtocolError as error:
-            assert error.close_code == _close_code_of(error)
-            full_events = None
+            full_error, full_events = error, None
+        if full_error is not None:
+            assert full_error.close_code == _close_code_of(full_error)
         try:
             fast_events = (fast.client_text if from_client else fast.server_text)(payload)
         except PhoenixProtocolError as error:
-            assert error.close_code == _close_code_of(error)
+            fast_error = error
+        if fast_error is not None:
+            assert fast_error.close_code == _close_code_of(fast_error)
             # the fast path may only refuse what full decoding refuses too
             assert full_events is None
             return
@@ -321,7 +338,11 @@ def test_fuzz_phoenix_binary_messages_raise_only_1007(
     try:
         events = feed(data)
     except PhoenixProtocolError as error:
-        assert error.close_code == 1007
+        close_code: int | None = error.close_code
+    else:
+        close_code = None
+    if close_code is not None:
+        assert close_code == 1007
         return
     assert all(not isinstance(event, Joined) for event in events)  # a join needs a reply
     assert len(session.topics) <= 2

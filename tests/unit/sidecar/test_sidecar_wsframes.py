@@ -68,9 +68,12 @@ def test_message_reader_over_any_split(masked: bool, splitter: Splitter) -> None
         (Opcode.PONG, b""),
         (Opcode.CLOSE, b"\x03\xe9bye"),
     ]
-    assert messages[0].text == "héllo" and not messages[0].is_control
-    assert messages[1].is_control and messages[1].close_code is None
-    assert messages[-1].close_code == 1001 and messages[-1].close_reason == "bye"
+    assert messages[0].text == "héllo"
+    assert not messages[0].is_control
+    assert messages[1].is_control
+    assert messages[1].close_code is None
+    assert messages[-1].close_code == 1001
+    assert messages[-1].close_reason == "bye"
     assert reader.at_boundary
 
 
@@ -94,17 +97,21 @@ def test_tracker_one_whole_frame_per_feed(masked: bool, size: int) -> None:
     tracker = FrameBoundaryTracker(masked=masked)
     for opcode in (Opcode.TEXT, Opcode.BINARY):
         tracker.feed(encode_frame(opcode, b"x" * size, mask=masked))
-        assert tracker.at_boundary and tracker.bytes_to_boundary == 0
+        assert tracker.at_boundary
+        assert tracker.bytes_to_boundary == 0
     assert tracker.frames_seen == 2
     frame = encode_frame(Opcode.TEXT, b"y" * size, mask=masked)
     tracker.feed(frame[:-1])  # one byte short: not a whole frame
     assert not tracker.at_boundary
     tracker.feed(frame[-1:] + encode_close_frame(1000, mask=masked))
-    assert tracker.at_boundary and tracker.close_code_seen == 1000 and tracker.frames_seen == 4
+    assert tracker.at_boundary
+    assert tracker.close_code_seen == 1000
+    assert tracker.frames_seen == 4
     wrong = FrameBoundaryTracker(masked=masked)
     with pytest.raises(WebSocketProtocolError) as caught:
         wrong.feed(encode_frame(Opcode.TEXT, b"z" * size, mask=not masked))
-    assert caught.value.close_code == 1002 and not wrong.at_boundary
+    assert caught.value.close_code == 1002
+    assert not wrong.at_boundary
 
 
 def test_tracker_boundary_positions() -> None:
@@ -139,7 +146,8 @@ def test_tracker_stays_failed_after_an_error() -> None:
     tracker = FrameBoundaryTracker(masked=True)
     with pytest.raises(WebSocketProtocolError):
         tracker.feed(encode_frame(Opcode.TEXT, b"unmasked"))
-    assert not tracker.at_boundary and tracker.bytes_to_boundary == 1
+    assert not tracker.at_boundary
+    assert tracker.bytes_to_boundary == 1
     with pytest.raises(WebSocketProtocolError):
         tracker.feed(encode_frame(Opcode.TEXT, b"ok", mask=True))
 
@@ -186,7 +194,7 @@ def test_close_reason_is_cut_on_a_character_boundary() -> None:
 
 @pytest.mark.parametrize("code", [999, 1005, 1006, 1015, 5000])
 def test_unsendable_close_codes(code: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot be sent"):
         encode_close_frame(code)
 
 
@@ -242,7 +250,8 @@ def test_message_reader_errors(data: bytes, code: int) -> None:
 @pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999])
 def test_valid_close_codes_are_accepted(code: int) -> None:
     (message,) = MessageReader(masked=False).feed(unmasked(0x8, code.to_bytes(2, "big") + b"r"))
-    assert message.close_code == code and message.close_reason == "r"
+    assert message.close_code == code
+    assert message.close_reason == "r"
 
 
 @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000])
@@ -303,12 +312,15 @@ _frames = st.lists(
 
 def outcome(feed: Callable[[bytes], object], pieces: list[bytes]) -> object:
     results: list[object] = []
+    error: WebSocketProtocolError | None = None
     try:
         for piece in pieces:
             result = feed(piece)
             if isinstance(result, list):
                 results += [(message.opcode, message.payload) for message in result]
-    except WebSocketProtocolError as error:
+    except WebSocketProtocolError as caught:
+        error = caught
+    if error is not None:
         assert error.close_code in (1002, 1007, 1009)
         # messages completed earlier in the failing feed are not returned: the socket ends
         return ("error", error.close_code)
@@ -332,3 +344,21 @@ def test_fuzz_readers_raise_only_protocol_errors_and_ignore_splits(
         return result, tracker.at_boundary, tracker.close_code_seen, tracker.frames_seen
 
     assert track(pieces) == track([data]) == track(single_bytes)
+
+
+def test_frames_completed_counts_whole_frames_fed_whole_and_byte_by_byte() -> None:
+    sizes = (0, 5, 125, 126, 300, 65535, 65536)
+    stream = b"".join(encode_frame(Opcode.BINARY, bytes([n % 251]) * n) for n in sizes)
+    whole = FrameBoundaryTracker(masked=False)
+    whole.feed(stream)
+    assert whole.frames_completed == whole.frames_seen == len(sizes)
+    tracker = FrameBoundaryTracker(masked=False)
+    completed_after: list[int] = []
+    for index in range(len(stream)):
+        tracker.feed(stream[index : index + 1])
+        completed_after.append(tracker.frames_completed)
+    ends = [sum(2 + (2 if n >= 126 else 0) + (6 if n >= 65536 else 0) + n for n in sizes[: i + 1])
+            for i in range(len(sizes))]  # fmt: skip
+    # a frame counts once its last byte arrived, not before
+    assert [completed_after[end - 1] for end in ends] == list(range(1, len(sizes) + 1))
+    assert [completed_after[end - 2] for end in ends if end >= 2][1:] == list(range(1, len(sizes)))

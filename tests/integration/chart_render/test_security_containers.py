@@ -1,27 +1,21 @@
-"""Every container wsgauge ships runs non-root, read-only, without privileges.
+"""Every container the chart makes runs non-root, read-only, without privileges.
 
-Walks every object with a pod template that the chart renders, in several value sets
-(defaults, monitoring on, cert-manager mode, a restricted install without injector or
-metrics API), every container and init container in it, plus the sidecar container the
-injector adds to application pods (built from the chart's own injector config), and the
-container images' Dockerfiles (the final stage must switch to a numeric non-root user).
+Walks every object with a pod template that the chart renders with the real helm (no cluster),
+in several value sets (defaults, monitoring on, cert-manager mode, a restricted install without
+injector or metrics API), every container and init container in it, plus the sidecar container
+the injector adds to application pods (built from the chart's own injector config). The images'
+own user is checked in ``tests/unit/images/test_image_users.py``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from wsgauge_devcluster.binaries import locate
+from chart_render_harness import Render
 from wsgauge_operator.injector import plan_injection, settings_from_mapping
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "wsgauge"
 VALUE_SETS = {
     "defaults": [],
     "monitoring": [
@@ -33,23 +27,6 @@ VALUE_SETS = {
     "cert-manager": ["tls.mode=cert-manager"],
     "minimal": ["injector.enabled=false", "metricsApi.enabled=false"],
 }
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    path = locate().path("helm")
-    if not path.exists():
-        pytest.fail("helm is missing: run `make k8s-bins` (hack/build-k8s.sh)", pytrace=False)
-    return path
-
-
-def render(helm: Path, sets: list[str]) -> list[dict[str, Any]]:
-    args = [str(helm), "template", "rel", str(CHART), "--namespace", "wsg"]
-    for item in sets:
-        args += ["--set", item]
-    result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -96,8 +73,8 @@ def locked_down(container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS), ids=list(VALUE_SETS))
-def test_every_rendered_container_is_locked_down(helm: Path, values: str) -> None:
-    specs = pod_specs(render(helm, VALUE_SETS[values]))
+def test_every_rendered_container_is_locked_down(render: Render, values: str) -> None:
+    specs = pod_specs(render(*VALUE_SETS[values]))
     assert specs, "no pod templates rendered"
     checked = 0
     for owner, pod in specs.items():
@@ -108,14 +85,14 @@ def test_every_rendered_container_is_locked_down(helm: Path, values: str) -> Non
     assert checked >= len(specs)
 
 
-def test_the_injected_sidecar_is_locked_down(helm: Path) -> None:
-    objects = render(helm, [])
+def test_the_injected_sidecar_is_locked_down(render: Render) -> None:
+    objects = render()
     config = next(
         item for item in objects
         if item["kind"] == "ConfigMap" and item["metadata"]["name"] == "rel-wsgauge-injector"
     )  # fmt: skip
     settings = settings_from_mapping(json.loads(config["data"]["injector.json"]))
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "app", "namespace": "apps",
@@ -130,28 +107,6 @@ def test_the_injected_sidecar_is_locked_down(helm: Path) -> None:
         if operation["op"] == "add" and operation["path"].startswith("/spec/containers")
     ]
     sidecars = [value for value in added if isinstance(value, dict) and "image" in value]
-    assert sidecars and sidecars[0]["image"] == settings.image, plan.patch
+    assert sidecars, plan.patch
+    assert sidecars[0]["image"] == settings.image, plan.patch
     assert locked_down(sidecars[0], pod["spec"]) == []
-
-
-DOCKERFILES = sorted(
-    path for path in (REPO / "images").glob("Dockerfile.*") if path.suffix != ".dockerignore"
-)
-
-
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[path.name for path in DOCKERFILES])
-def test_images_switch_to_a_numeric_non_root_user(dockerfile: Path) -> None:
-    lines = [line.strip() for line in dockerfile.read_text().splitlines()]
-    stages = [index for index, line in enumerate(lines) if re.match(r"(?i)^FROM\s", line)]
-    assert stages, dockerfile.name
-    final_stage = lines[stages[-1] :]
-    user_lines = [index for index, line in enumerate(final_stage) if re.match(r"(?i)^USER\s", line)]
-    assert user_lines, f"{dockerfile.name}: the final stage has no USER (runs as root)"
-    users = [final_stage[index].split(None, 1)[1] for index in user_lines]
-    user, _, group = users[-1].partition(":")
-    # numeric, so that the kubelet can verify runAsNonRoot without reading /etc/passwd
-    assert user.isdigit() and int(user) != 0, f"{dockerfile.name}: USER {users[-1]}"
-    assert not group or (group.isdigit() and int(group) != 0), f"{dockerfile.name}: {users[-1]}"
-    entry = [i for i, line in enumerate(final_stage) if re.match(r"(?i)^(ENTRYPOINT|CMD)\s", line)]
-    assert entry and user_lines[-1] < entry[-1], f"{dockerfile.name}: USER after the entry point"
-    assert len(DOCKERFILES) >= 2

@@ -1,4 +1,4 @@
-"""Fixtures of the chart unit tests: the helm binary and a renderer (helm template)."""
+"""Fixtures of the chart rendering tests: the helm binary and a renderer (helm template)."""
 
 from __future__ import annotations
 

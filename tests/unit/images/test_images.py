@@ -10,7 +10,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from chart_render_harness import REPO
 
 IMPORT_TO_DISTRIBUTION = {
     "aiohttp": "aiohttp",
@@ -22,6 +21,7 @@ IMPORT_TO_DISTRIBUTION = {
     "yaml": "PyYAML",
     "cryptography": "cryptography",
 }
+REPO = Path(__file__).resolve().parents[3]
 OWN = {"wsgauge_contract", "wsgauge_sidecar", "wsgauge_operator"}
 
 

@@ -157,8 +157,10 @@ def test_deployments_are_locked_down_with_probes_and_resources(render: Render) -
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"] == {"drop": ["ALL"]}
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert container["readinessProbe"] and container["livenessProbe"]
-            assert container["resources"]["requests"] and container["resources"]["limits"]
+            assert container["readinessProbe"]
+            assert container["livenessProbe"]
+            assert container["resources"]["requests"]
+            assert container["resources"]["limits"]
             # the TLS helpers write temporary files: /tmp must be a writable volume
             assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
     injector = one(deployments, "Deployment", "rel-wsgauge-injector")["spec"]["template"]["spec"]
@@ -205,7 +207,8 @@ def _operator_rules(objects: list[dict[str, Any]]) -> dict[tuple[str, str], set[
         if role["metadata"]["name"] not in bound:
             continue
         for rule in role["rules"]:
-            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+            assert "*" not in rule["verbs"]
+            assert "*" not in rule["resources"]
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     granted.setdefault((group, resource), set()).update(rule["verbs"])
@@ -218,7 +221,8 @@ def test_operator_rbac_is_least_privilege(render: Render) -> None:
     for key, verbs in granted.items():
         assert key in ALLOWED_OPERATOR_RULES, f"unexpected grant {key}"
         assert verbs <= ALLOWED_OPERATOR_RULES[key], f"{key}: {verbs}"
-    assert ("", "secrets") not in granted and ("", "namespaces") not in granted
+    assert ("", "secrets") not in granted
+    assert ("", "namespaces") not in granted
     assert granted[("", "pods/status")] == {"patch"}
     reader = [
         b for b in find(objects, "RoleBinding") if b["metadata"]["namespace"] == "kube-system"
@@ -263,7 +267,8 @@ def test_webhook_is_fail_safe_outside_opted_in_namespaces(render: Render) -> Non
         "operator": "NotIn",
         "values": ["kube-system", "wsg"],
     } in selector["matchExpressions"]
-    assert webhook["sideEffects"] == "None" and webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
     assert webhook["failurePolicy"] == "Fail"
     assert webhook["clientConfig"]["service"] == {
         "name": "rel-wsgauge-injector",
@@ -288,7 +293,8 @@ def test_injector_config_map_is_understood_by_the_injector(render: Render) -> No
     )
     data = one(objects, "ConfigMap", "rel-wsgauge-injector")["data"]["injector.json"]
     settings = settings_from_mapping(json.loads(data))
-    assert settings.topic == "phoenix" and settings.max_connections == 5000
+    assert settings.topic == "phoenix"
+    assert settings.max_connections == 5000
     assert settings.drain_spread == 20.0
     assert settings.image == "ghcr.io/wsgauge/sidecar:1.2.3"
     injector = one(objects, "Deployment", "rel-wsgauge-injector")
@@ -340,7 +346,8 @@ def test_monitoring_objects(render: Render) -> None:
         one(objects, "ConfigMap", "rel-wsgauge-dashboard")["data"]["wsgauge.json"]
     )
     titles = [p["title"] for p in dashboard["panels"]]
-    assert "Connections per topic" in titles and "Connections per pod" in titles
+    assert "Connections per topic" in titles
+    assert "Connections per pod" in titles
     assert "Desired vs current replicas (HPA)" in titles
     plain = render()
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
@@ -359,15 +366,18 @@ def test_operator_environment_from_the_chart_is_understood_by_the_operator_cli(
     assert settings.kube.instance == "rel-wsgauge-operator-abc"
     assert settings.server.listen == "0.0.0.0:8090"
     assert settings.status.default_interval == 3.0
-    assert settings.readiness.enabled is True and settings.events.enabled is True
+    assert settings.readiness.enabled is True
+    assert settings.events.enabled is True
     assert settings.liveness_endpoint == "http://0.0.0.0:8091/healthz"
     probes = _containers(operator)[0]
     ports = {p["name"]: p["containerPort"] for p in probes["ports"]}
     assert probes["livenessProbe"]["httpGet"]["port"] == "http-liveness"
-    assert ports["http-liveness"] == 8091 and ports["http-stats"] == 8090
+    assert ports["http-liveness"] == 8091
+    assert ports["http-stats"] == 8090
     election = settings.leader_election
     assert election.enabled is True
-    assert election.namespace == "wsg" and election.lease_name == "rel-wsgauge-operator"
+    assert election.namespace == "wsg"
+    assert election.lease_name == "rel-wsgauge-operator"
     assert (election.lease_duration, election.renew_deadline, election.retry_period) == (
         15.0,
         10.0,
