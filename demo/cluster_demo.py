@@ -506,6 +506,7 @@ def epilogue(demo: Demo) -> None:
     say(f"  kubectl -n {RELEASE_NAMESPACE} port-forward svc/wsgauge-operator 8090:8090 &")
     say("  curl -s localhost:8090/stats      # the operator's cluster-wide stats (also /metrics)")
     say(f"Remove wsgauge: helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}   (the CRD stays)")
+    say("(make test uninstalls it too: the tests run operators of their own beside it)")
     say("Stop the cluster: make cluster-down   (wsgauge-devcluster down --purge wipes its data)")
 
 

@@ -190,22 +190,12 @@ def release_installed(cluster: ClusterHandle) -> bool:
     return result.returncode == 0
 
 
-class DemoChartInstall(ChartInstall):
-    """``ChartInstall`` with ``--take-ownership``: the CRD is cluster-wide and may carry the
-    ownership annotations of another release that kept it (the chart tests install releases
-    of their own) or none (applied from crds/); helm would refuse to install over it."""
-
-    def helm_arguments(self) -> list[str]:
-        """The `helm upgrade --install` command line, taking over existing objects."""
-        return [*super().helm_arguments(), "--take-ownership"]
-
-
 def install_release(cluster: ClusterHandle, say: Say) -> None:
     """``helm upgrade --install`` of charts/wsgauge with the local images (as
-    ``wsgauge-devcluster deploy``, but taking over a CRD another release left); waits until the
+    ``wsgauge-devcluster deploy``); waits until the
     operator, the injector and the custom metrics APIServices are Available. Blocking: run it
     in a thread."""
-    install = DemoChartInstall(
+    install = ChartInstall(
         kubeconfig=cluster.kubeconfig,
         bin_dir=cluster.bin_dir,
         image_tag=project_version(),

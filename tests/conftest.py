@@ -7,10 +7,15 @@ and, if it had to start the cluster, stops it again at the end of the session (e
 so the next start is warm) unless WSGAUGE_KEEP_CLUSTER=1 or another pytest session still uses it
 (sessions register their pid under <state_dir>/sessions/).
 Tests that use `kube` automatically get the `cluster` marker (deselect with -m "not cluster").
+
+On our devcluster, a wsgauge release that `make demo` or `make deploy` left installed is
+uninstalled first (said on the terminal): its cluster-wide operator would act on the test
+namespaces beside the operators the tests run themselves.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -67,6 +72,7 @@ def kube() -> Iterator[KubeCluster]:
     cluster = KubeCluster(
         kubeconfig, binaries.bin_dir, kubeconfig.parent, binaries.kubernetes_version
     )
+    _uninstall_left_releases(cluster)
     sessions = kubeconfig.parent / "sessions"
     sessions.mkdir(exist_ok=True)
     mine = sessions / str(os.getpid())
@@ -78,6 +84,26 @@ def kube() -> Iterator[KubeCluster]:
         others = [p for p in sessions.iterdir() if p.name.isdigit() and pid_alive(int(p.name))]
         if not was_running and not others and os.environ.get("WSGAUGE_KEEP_CLUSTER") != "1":
             subprocess.run([*DEVCLUSTER, "down"], capture_output=True, check=False, timeout=120)
+
+
+def _uninstall_left_releases(cluster: KubeCluster) -> None:
+    """Uninstall every release of the wsgauge chart found on the cluster (see the docstring)."""
+    helm = [str(cluster.helm_path), "list", "--all-namespaces", "--output", "json"]
+    listing = subprocess.run(helm, capture_output=True, text=True, env=cluster.env, check=False)
+    if listing.returncode != 0:
+        pytest.fail(f"helm list failed: {listing.stderr}", pytrace=False)
+    for release in json.loads(listing.stdout or "[]"):
+        if not str(release.get("chart", "")).startswith("wsgauge-"):
+            continue
+        name, namespace = release["name"], release["namespace"]
+        print(f"\nuninstalling release {name} in {namespace} (left by make demo/deploy)")
+        subprocess.run(
+            [str(cluster.helm_path), "uninstall", name, "-n", namespace, "--wait"],
+            capture_output=True,
+            env=cluster.env,
+            timeout=180,
+            check=False,
+        )
 
 
 @pytest.fixture

@@ -127,9 +127,11 @@ class ControlPlane:
         node = self.real_node
         if self.node.enabled:
             hostnet.require_root()
+            node.require_alone()
             if all(status[name] is None for name in ("containerd", "kubelet", "kube-proxy")):
                 # whatever a killed or crashed run left on the host goes first
                 node.stop(log, self.settings.stop_timeout_seconds)
+            node.register()
             hostnet.prepare(self.node, self.settings.service_cluster_ip_range, node.host_changes)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         (self.settings.state_dir / ".gitignore").write_text("*\n")

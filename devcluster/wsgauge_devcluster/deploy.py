@@ -75,6 +75,9 @@ class ChartInstall:
         return [
             str(self.bin_dir / "helm"), "upgrade", "--install", self.release, str(CHART),
             "--namespace", self.namespace, "--create-namespace",
+            # the CRD is cluster-wide and kept on uninstall: it may carry the ownership of an
+            # earlier release (or of none, applied from crds/); helm refuses it without this
+            "--take-ownership",
             *[word for item in sets for word in ("--set", item)],
         ]  # fmt: skip
 

@@ -49,11 +49,16 @@ COMPONENTS = ("containerd", "kubelet", "kube-proxy")
 Log = Callable[[str], None]
 
 
+REGISTRY = Path("/run/wsgauge")
+"""One directory per real node run on this machine (its sockets and ``node.json``); /run does not
+outlive a reboot, and neither does the host state a node leaves."""
+
+
 def socket_dir_for(state_dir: Path) -> Path:
     """Short directory for a cluster's containerd sockets (a unix socket path must stay under
     108 bytes, a state directory need not)."""
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    return Path("/run/wsgauge") / digest
+    return REGISTRY / digest
 
 
 @dataclass(frozen=True)
@@ -312,17 +317,80 @@ class RealNode:
             time.sleep(0.3)
         raise StartupError(f"timed out waiting for {what}; see {proc.log_file}")
 
+    def register(self) -> None:
+        """Note this node run in the machine-wide registry (read by a later cleanup)."""
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "state_dir": str(self.state_dir.resolve()),
+            "bridge": self.settings.bridge,
+            "pod_cidr": self.settings.pod_cidr,
+            "service_cidr": self.service_cidr,
+        }
+        (self.socket_dir / "node.json").write_text(json.dumps(record) + "\n")
+
+    def others(self) -> list[RealNode]:
+        """Node runs of other state directories registered on this machine."""
+        found = []
+        for entry in sorted(REGISTRY.glob("*/node.json")) if REGISTRY.is_dir() else []:
+            try:
+                record = json.loads(entry.read_text())
+                state_dir = Path(record["state_dir"])
+                settings = NodeSettings(
+                    kind="kubelet", bridge=record["bridge"], pod_cidr=record["pod_cidr"]
+                )
+                service_cidr = str(record["service_cidr"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if state_dir == self.state_dir.resolve():
+                continue
+            found.append(
+                RealNode(
+                    settings=settings,
+                    state_dir=state_dir,
+                    binaries=self.binaries,
+                    service_cidr=service_cidr,
+                    kubeconfig_dir=state_dir / "kubeconfigs",
+                    sandbox_image=self.sandbox_image,
+                )
+            )
+        return found
+
+    def require_alone(self) -> None:
+        """One real node per machine: refuse to start beside another cluster's running one."""
+        for other in self.others():
+            running = [name for name, pid in other.running().items() if pid is not None]
+            if running:
+                raise StartupError(
+                    f"a real node of another cluster runs on this machine ({other.state_dir}: "
+                    f"{', '.join(running)}); the kubelet, kube-proxy's rules and the kubepods "
+                    f"cgroups are host-wide. Stop it first: WSGAUGE_CLUSTER_DIR={other.state_dir} "
+                    "wsgauge-devcluster down"
+                )
+
     def stop(self, log: Log, timeout: float) -> None:
-        """Stop kube-proxy, the kubelet and containerd, then undo every host change."""
+        """Stop kube-proxy, the kubelet and containerd, then undo every host change: this run's
+        and those of node runs of other state directories that were killed (newest journal
+        first, so the oldest recorded originals are the ones that stay)."""
         for name in reversed(COMPONENTS):
             if self.process(name).stop(timeout):
                 log(f"stopped {name}")
-        hostnet.undo(
-            self.settings,
-            service_cidr=self.service_cidr,
-            node_dir=self.node_dir,
-            containerd_socket=self.containerd_socket,
-            changes=self.host_changes,
-            log=log,
-        )
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        left = [node for node in self.others() if not any(node.running().values())]
+        for node in left:
+            log(f"undoing what a node run of {node.state_dir} left on this host")
+
+        def journal_age(node: RealNode) -> float:
+            try:
+                return -node.host_changes.path.stat().st_mtime
+            except OSError:
+                return float("-inf")
+
+        for node in sorted([self, *left], key=journal_age):
+            hostnet.undo(
+                node.settings,
+                service_cidr=node.service_cidr,
+                node_dir=node.node_dir,
+                containerd_socket=node.containerd_socket,
+                changes=node.host_changes,
+                log=log,
+            )
+            shutil.rmtree(node.socket_dir, ignore_errors=True)

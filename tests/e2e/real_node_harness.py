@@ -148,6 +148,25 @@ class ServiceClient:
         self.pod = None
 
 
+async def service_reaches(
+    session: aiohttp.ClientSession, url: str, pods: set[str], timeout: float = 60
+) -> None:
+    """Probe through the Service until sockets have landed on every one of ``pods``: kube-proxy
+    follows a new ready endpoint a moment after the EndpointSlice shows it. Probes are closed."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    for _ in range(400):  # bounded in count and in time
+        if pods <= seen or time.monotonic() > deadline:
+            break
+        probe = ServiceClient(session, url)
+        await probe.connect()
+        seen.add(probe.pod or "")
+        await probe.close()
+        await asyncio.sleep(0.05)
+    missing = pods - seen
+    assert not missing, f"the Service did not reach {sorted(missing)} within {timeout}s"
+
+
 class Pending(dict[str, Any]):
     """What the sources said while they still differ (falsy, shown when the wait times out)."""
 

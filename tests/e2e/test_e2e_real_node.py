@@ -33,6 +33,7 @@ from real_node_harness import (
     endpoint_readiness,
     held,
     ready_pods,
+    service_reaches,
     service_url,
 )
 from wsgauge_devcluster.deploy import ChartInstall
@@ -70,13 +71,15 @@ async def test_chat_scales_steers_and_drains_on_the_real_node(
     clients: list[ServiceClient] = []
     try:
         # 2. A surge through the Service; the HPA scales to 6; full pods leave the endpoints.
+        await service_reaches(session, url, set(first))
         for _ in range(120):
             client = ServiceClient(session, url)
             await client.connect()
             clients.append(client)
         surge = held(clients)
         print(f"120 sockets through the Service: {surge}")
-        assert set(surge) == set(first) and sum(surge.values()) == 120
+        assert set(surge) <= set(first)
+        assert sum(surge.values()) == 120
         await apply_connection_stats(kube, namespace, autoscaling=True)
         started = time.monotonic()
 
@@ -129,7 +132,8 @@ async def test_chat_scales_steers_and_drains_on_the_real_node(
         keep = {busiest: min(count_a, 14), second: min(count_b, 10)}
         for index, (name, _) in enumerate(by_count[2:]):
             keep[name] = index % 4  # 0, 1, 2, 3, ...: the emptiest pods
-        assert sum(keep.values()) > 20 and keep[second] > max(list(keep.values())[2:])
+        assert sum(keep.values()) > 20
+        assert keep[second] > max(list(keep.values())[2:])
         for name, wanted in keep.items():
             for client in [c for c in clients if c.pod == name][wanted:]:
                 await client.close()

@@ -12,6 +12,7 @@ Times are printed (``-s``) and recorded in docs/reliability.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from real_node_harness import (
     chat_pods,
     held,
     ready_pods,
+    service_reaches,
     service_url,
 )
 from wsgauge_devcluster.deploy import ChartInstall
@@ -43,11 +45,12 @@ async def chat(
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, list[ServiceClient]]]:
     """The chat example (2 pods, no autoscaling) with 40 sockets through its Service."""
     await apply_chat(kube, namespace)
-    await eventually(lambda: ready_pods(kube, namespace, 2), 120, "2 chat pods Ready")
+    pods = await eventually(lambda: ready_pods(kube, namespace, 2), 120, "2 chat pods Ready")
     url = await service_url(kube, namespace)
     session = client_session()
     clients = [ServiceClient(session, url) for _ in range(40)]
     try:
+        await service_reaches(session, url, set(pods))
         for client in clients:
             await client.connect()
         await assert_counts_agree(kube, namespace, session, clients)
@@ -81,8 +84,14 @@ async def test_kubelet_restart_leaves_pods_and_counts_alone(
     assert pid is not None, "the kubelet does not run"
     started = time.monotonic()
     assert kubelet.stop(10)
-    result = subprocess.run(
-        [*DEVCLUSTER, "up"], capture_output=True, text=True, env=kube.env, timeout=300, check=False
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*DEVCLUSTER, "up"],
+        capture_output=True,
+        text=True,
+        env=kube.env,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert kubelet.pid() not in (None, pid)
@@ -142,7 +151,8 @@ async def test_eviction_drains_gently_and_respects_the_budget(
     assert _evict(kube, namespace, other) == 429
     await eventually(lambda: _gone(kube, namespace, victim), 90, f"{victim} evicted and gone")
     closes = [x for c in clients for x in c.closes if x.pod == victim]
-    assert len(closes) == on_victim and all(x.code == GOING_AWAY for x in closes), closes
+    assert len(closes) == on_victim, closes
+    assert all(x.code == GOING_AWAY for x in closes), closes
     moments = sorted(x.at for x in closes)
     print(
         f"eviction: {on_victim} sockets closed with 1001 over "
@@ -150,7 +160,8 @@ async def test_eviction_drains_gently_and_respects_the_budget(
     )
     assert moments[-1] - moments[0] > 2.5, moments  # spread, not all at once
     await eventually(lambda: ready_pods(kube, namespace, 2), 120, "a replacement pod Ready")
-    assert victim not in held(clients) and sum(held(clients).values()) == 40
+    assert victim not in held(clients)
+    assert sum(held(clients).values()) == 40
     await assert_counts_agree(kube, namespace, session, clients)
 
 

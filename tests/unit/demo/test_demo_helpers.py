@@ -172,7 +172,8 @@ def test_render_marks_gated_pods_and_endpoints() -> None:
         counts={full.name: 55, fine.name: 65},
     )
     first, second = render(snap, 12.0)
-    assert "endpoints ready 1/2" in first and "replicas 1/2" in first
+    assert "endpoints ready 1/2" in first
+    assert "replicas 1/2" in first
     assert second.endswith("full1=55(gate off,no traffic) ok2=65")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wsgauge_devcluster import hostnet
+from wsgauge_devcluster import hostnet, realnode
 from wsgauge_devcluster.binaries import Binaries
 from wsgauge_devcluster.nodes import SIMULATED_TAINT, NodeAgent
 from wsgauge_devcluster.realnode import RealNode, socket_dir_for
@@ -125,3 +125,22 @@ def test_configs_written_again_only_when_they_change(tmp_path: Path) -> None:
     assert proxy.stat().st_mtime_ns == before
     _node(tmp_path, kubelet_port=20250).write_configs(tmp_path / "ca.crt")
     assert "20249" in proxy.read_text()
+
+
+def test_registry_finds_node_runs_of_other_state_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run of another state directory is found (to be cleaned up); it does not stop a
+    new node from starting while none of its processes runs."""
+    monkeypatch.setattr(realnode, "REGISTRY", tmp_path / "registry")
+    mine = _node(tmp_path / "mine")
+    earlier = _node(tmp_path / "earlier", bridge="br-old", pod_cidr="10.250.0.0/24")
+    earlier.register()
+    mine.register()
+    (found,) = mine.others()
+    assert found.state_dir == (tmp_path / "earlier").resolve()
+    assert (found.settings.bridge, found.settings.node_ip) == ("br-old", "10.250.0.1")
+    assert found.containerd_socket == earlier.containerd_socket
+    mine.require_alone()  # nothing of the earlier run is running
+    (earlier.socket_dir / "node.json").write_text("{not json")
+    assert mine.others() == []
