@@ -14,6 +14,10 @@ patch adds:
   identity from the downward API (``POD_NAME``, ``POD_NAMESPACE``, ``NODE_NAME``),
   a locked-down security context;
 - the readiness gate ``wsgauge.dev/connections-ok`` (kept by the operator);
+- in report mode (``--topic report``): the sidecar's loopback-only report listener
+  ``127.0.0.1:<report port>`` (``WSGAUGE_REPORT_LISTEN``), and ``WSGAUGE_REPORT_URL``
+  (``http://127.0.0.1:<report port>/report``) in every other container that does not set
+  it, so that the app knows where to report; nothing outside the pod can reach that address;
 - a preStop wait on every other container that has no preStop hook of its own,
   as long as the drain (``drain-grace + drain-spread`` plus a margin), because
   Kubernetes sends SIGTERM to all containers at once and the app must keep its
@@ -26,9 +30,9 @@ Per-pod overrides (annotations, all optional): ``wsgauge.dev/topic``,
 ``wsgauge.dev/max-topics``, ``wsgauge.dev/drain-grace``,
 ``wsgauge.dev/drain-spread``, ``wsgauge.dev/upstream`` (``PORT`` or
 ``HOST:PORT`` of the app), ``wsgauge.dev/port`` (data port),
-``wsgauge.dev/admin-port``. An invalid value denies the pod with a message that
-names the annotation: the pod asked for the sidecar, and a sidecar with a
-silently different setting would be worse than a clear error.
+``wsgauge.dev/admin-port``, ``wsgauge.dev/report-port``. An invalid value denies
+the pod with a message that names the annotation: the pod asked for the sidecar,
+and a sidecar with a silently different setting would be worse than a clear error.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ ADMIN_PORT_NAME = "wsgauge-admin"
 TOPIC_RULE = re.compile(r"^(path|phoenix|report|path:.+|query:[^\s]+|header:[^\s]+)$")
 """Topic rules the sidecar understands (``--topic``)."""
 
+REPORT_URL_ENV = "WSGAUGE_REPORT_URL"
+"""Environment variable that tells the app containers of a report-mode pod where to report."""
+
 DOWNWARD_API_ENV = (
     ("POD_NAME", "metadata.name"),
     ("POD_NAMESPACE", "metadata.namespace"),
@@ -86,6 +93,8 @@ class InjectorSettings:
     """Data port the sidecar listens on (clients and Services use it)."""
     admin_port: int = 9090
     """Admin port (stats, metrics, probes; the operator follows it)."""
+    report_port: int = 9091
+    """Report mode: port of the sidecar's report listener on the pod's loopback (127.0.0.1)."""
     upstream: str = "127.0.0.1:8081"
     """``HOST:PORT`` of the app behind the proxy."""
     topic: str = "path"
@@ -223,6 +232,7 @@ _OVERRIDES: dict[str, tuple[str, Any]] = {
     "upstream": ("upstream", _parse_upstream),
     "port": ("data_port", _parse_port),
     "admin-port": ("admin_port", _parse_port),
+    "report-port": ("report_port", _parse_port),
 }
 """Annotation suffix -> (settings field, parser)."""
 
@@ -243,7 +253,14 @@ def effective_settings(
     result = replace(settings, **values)
     if result.data_port == result.admin_port and result.topic != "report":
         raise ValueError("the sidecar's data port and admin port must differ")
+    if result.report_port == result.admin_port and result.topic == "report":
+        raise ValueError("the sidecar's report port and admin port must differ")
     return result
+
+
+def report_url(settings: InjectorSettings) -> str:
+    """Where the app of a report-mode pod reports (the sidecar's loopback report listener)."""
+    return f"http://127.0.0.1:{settings.report_port}/report"
 
 
 def _format_seconds(value: float) -> str:
@@ -273,6 +290,8 @@ def sidecar_container(settings: InjectorSettings) -> dict[str, Any]:
         "WSGAUGE_DRAIN_SPREAD": _format_seconds(settings.drain_spread),
         "WSGAUGE_LOG_LEVEL": settings.log_level,
     }
+    if settings.topic == "report":
+        flags["WSGAUGE_REPORT_LISTEN"] = f"127.0.0.1:{settings.report_port}"
     flags.update(settings.extra_env)
     env.extend({"name": name, "value": value} for name, value in flags.items())
     ports = [{"name": ADMIN_PORT_NAME, "containerPort": settings.admin_port, "protocol": "TCP"}]
@@ -314,6 +333,19 @@ def _prestop_hook(settings: InjectorSettings) -> dict[str, Any]:
     return {"sleep": {"seconds": seconds}}
 
 
+def _report_url_patch(
+    index: int, container: Mapping[str, Any], settings: InjectorSettings
+) -> list[dict[str, Any]]:
+    """Give an app container ``WSGAUGE_REPORT_URL`` unless it sets that variable itself."""
+    env = container.get("env")
+    variable = {"name": REPORT_URL_ENV, "value": report_url(settings)}
+    if not env:
+        return [{"op": "add", "path": f"/spec/containers/{index}/env", "value": [variable]}]
+    if any(item.get("name") == REPORT_URL_ENV for item in env):
+        return []
+    return [{"op": "add", "path": f"/spec/containers/{index}/env/-", "value": variable}]
+
+
 def _port_conflicts(containers: Sequence[Mapping[str, Any]], used: set[int]) -> list[str]:
     problems = []
     for container in containers:
@@ -340,18 +372,21 @@ def plan_injection(pod: Mapping[str, Any], settings: InjectorSettings) -> Inject
         effective = effective_settings(settings, annotations)
     except ValueError as error:
         return InjectionPlan(denied=f"wsgauge sidecar injection: {error}")
-    used = {effective.admin_port} | (
-        {effective.data_port} if effective.topic != "report" else set()
-    )
+    report_mode = effective.topic == "report"
+    used = {effective.admin_port} | ({effective.report_port} if report_mode else set())
+    used |= set() if report_mode else {effective.data_port}
     conflicts = _port_conflicts(containers + list(spec.get("initContainers") or []), used)
     if conflicts:
         return InjectionPlan(
             denied="wsgauge sidecar injection: "
             + "; ".join(conflicts)
-            + " (set wsgauge.dev/port / wsgauge.dev/admin-port or move the app)"
+            + " (set wsgauge.dev/port / wsgauge.dev/admin-port / wsgauge.dev/report-port"
+            " or move the app)"
         )
     patch: list[dict[str, Any]] = []
     for index, container in enumerate(containers):
+        if report_mode:
+            patch.extend(_report_url_patch(index, container, effective))
         lifecycle = container.get("lifecycle")
         hook = _prestop_hook(effective)
         if not lifecycle:

@@ -1,10 +1,14 @@
-"""The admin port: metrics, stats, stats watch, health, readiness and the report API.
+"""The admin port (metrics, stats, stats watch, health, readiness) and the report listener.
 
 An aiohttp application bound to ``--admin-listen`` only; the data port never
 serves these paths (there they are ordinary requests for the app). Errors are
-JSON ``{"error": "..."}`` with 400/404/405/409/413. ``/report`` exists only in
+JSON ``{"error": "..."}`` with 400/403/404/405/409/413. ``/report`` exists only in
 report mode (``--topic report``): ``PUT`` replaces the counts with a snapshot,
-``POST`` applies deltas.
+``POST`` applies deltas. It is served on its own loopback-only listener
+(``--report-listen``, :func:`start_report_server`) and, for apps that still report to the
+admin port, there too. On both, every state-changing request from a peer that is not on
+the loopback (not the pod itself) gets 403 and a (throttled) log line, and changes nothing
+(:mod:`wsgauge_sidecar.access`).
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from wsgauge_contract import (
     WATCH_CONTENT_TYPE,
+    Address,
     encode_stats_document,
     encode_watch_heartbeat,
     encode_watch_line,
 )
 
+from wsgauge_sidecar.access import LogThrottle, peer_host, refusal
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.exceptions import CountError
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -30,6 +37,7 @@ from wsgauge_sidecar.state import SidecarState
 log = logging.getLogger("wsgauge.sidecar.admin")
 
 STATE_KEY = web.AppKey("state", SidecarState)
+THROTTLE_KEY = web.AppKey("refusal_log", LogThrottle)
 
 INDEX_TEXT = """wsgauge sidecar admin port
 GET /metrics       Prometheus metrics
@@ -37,8 +45,8 @@ GET /stats         stats document (JSON)
 GET /stats/watch   stream of stats documents (NDJSON, blank-line heartbeats)
 GET /healthz       liveness
 GET /readyz        readiness (200 ready / 503 reason)
-PUT /report        report mode: full snapshot {"connections": N, "topics": {...}}
-POST /report       report mode: deltas {"connections": +d, "topics": {"t": +d}}
+PUT /report        report mode, loopback only: full snapshot {"connections": N, "topics": {...}}
+POST /report       report mode, loopback only: deltas {"connections": +d, "topics": {"t": +d}}
 """
 
 
@@ -62,6 +70,25 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         if error.status == 405:
             response.headers["Allow"] = error.headers.get("Allow", "")
         return response
+
+
+@web.middleware
+async def _loopback_only_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """403 (and a throttled log line) for a state-changing request from outside the pod."""
+    peer = peer_host(request.transport.get_extra_info("peername") if request.transport else None)
+    reason = refusal(request.method, peer)
+    if reason is None:
+        return await handler(request)
+    held_back = request.app[THROTTLE_KEY].admit(time.monotonic())
+    if held_back is not None:
+        log.warning(
+            "refused %s %s from %s: not the pod itself (403, nothing changed)%s",
+            request.method,
+            request.rel_url.path,
+            peer or "an unknown peer",
+            f"; {held_back} more refused since the last line" if held_back else "",
+        )
+    return _json_error(403, reason)
 
 
 async def _index(request: web.Request) -> web.Response:
@@ -177,12 +204,27 @@ async def _report(request: web.Request) -> web.Response:
     )
 
 
-def build_admin_app(state: SidecarState) -> web.Application:
-    """The aiohttp application of the admin port."""
+def _base_app(state: SidecarState) -> web.Application:
     app = web.Application(
-        middlewares=[_json_errors], client_max_size=state.settings.admin.max_report_bytes
+        middlewares=[_json_errors, _loopback_only_changes],
+        client_max_size=state.settings.admin.max_report_bytes,
     )
     app[STATE_KEY] = state
+    app[THROTTLE_KEY] = LogThrottle()
+    return app
+
+
+def build_report_app(state: SidecarState) -> web.Application:
+    """The aiohttp application of the report listener: ``PUT``/``POST /report`` only."""
+    app = _base_app(state)
+    app.router.add_route("PUT", "/report", _report)
+    app.router.add_route("POST", "/report", _report)
+    return app
+
+
+def build_admin_app(state: SidecarState) -> web.Application:
+    """The aiohttp application of the admin port."""
+    app = _base_app(state)
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/stats", _stats)
@@ -194,21 +236,33 @@ def build_admin_app(state: SidecarState) -> web.Application:
     return app
 
 
-async def start_admin_server(state: SidecarState) -> web.AppRunner:
-    """Bind the admin port and serve it; the caller cleans the runner up on exit."""
+async def _serve(state: SidecarState, app: web.Application, listen: Address) -> web.AppRunner:
     # an idle or half-sent connection is closed after --handshake-timeout (aiohttp's default
     # keeps it for an hour: a slowloris could pile up file descriptors the data port needs)
     runner = web.AppRunner(
-        build_admin_app(state),
+        app,
         access_log=None,
         shutdown_timeout=2.0,
         keepalive_timeout=state.settings.proxy.handshake_timeout,
     )
     await runner.setup()
-    listen = state.settings.admin.listen
     site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     return runner
+
+
+async def start_admin_server(state: SidecarState) -> web.AppRunner:
+    """Bind the admin port and serve it; the caller cleans the runner up on exit."""
+    return await _serve(state, build_admin_app(state), state.settings.admin.listen)
+
+
+async def start_report_server(state: SidecarState) -> web.AppRunner:
+    """Bind the loopback-only report listener (``--report-listen``) and serve it."""
+    return await _serve(state, build_report_app(state), state.settings.admin.report_listen)
 
 
 def bound_port(runner: web.AppRunner) -> int:

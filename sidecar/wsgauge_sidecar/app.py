@@ -1,7 +1,8 @@
 """``wsgauge-sidecar`` entry point: wires settings, state, proxy, admin port, drain and signals.
 
 Startup order: parse flags (exit 2 on bad ones), check the upstream once, bind
-the admin port, bind the data port (not in report mode), log one line with the
+the admin port, bind the loopback report listener (report mode only), bind the data
+port (not in report mode), log one line with the
 addresses and the rule, then serve until SIGTERM/SIGINT starts the drain
 (:mod:`wsgauge_sidecar.drain`). Exit code 0 after a drain, 1 if a port cannot
 be bound. uvloop is used when it is installed.
@@ -20,7 +21,7 @@ from aiohttp import web
 from wsgauge_contract.address import Address
 
 from wsgauge_sidecar import __version__
-from wsgauge_sidecar.admin import bound_port, start_admin_server
+from wsgauge_sidecar.admin import bound_port, start_admin_server, start_report_server
 from wsgauge_sidecar.cli import parse_settings
 from wsgauge_sidecar.drain import DrainController
 from wsgauge_sidecar.proxy import ProxyServer
@@ -49,6 +50,7 @@ class Sidecar:
         self.proxy: ProxyServer | None = None if settings.report_mode else ProxyServer(self.state)
         self.drain = DrainController(self.state, self.proxy)
         self._admin: web.AppRunner | None = None
+        self._report: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,16 +62,19 @@ class Sidecar:
         interval = settings.admin.upstream_check_interval
         self.state.set_upstream_reachable(await probe_tcp(upstream.host, upstream.port, interval))
         self._admin = await start_admin_server(self.state)
+        if settings.report_mode:
+            self._report = await start_report_server(self.state)
         if self.proxy is not None:
             await self.proxy.start()
         self._tasks.append(asyncio.create_task(check_upstream_forever(self.state)))
         limits = settings.limits
         log.info(
-            "wsgauge-sidecar %s: data %s, admin %s, upstream %s (%s), topic rule %s, "
+            "wsgauge-sidecar %s: data %s, admin %s, report %s, upstream %s (%s), topic rule %s, "
             "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s, loop %s",
             __version__,
             self.data_address(),
             self.admin_address(),
+            self.report_address(),
             upstream,
             "reachable" if self.state.upstream_reachable else "NOT reachable",
             settings.proxy.topic_rule,
@@ -95,6 +100,15 @@ class Sidecar:
         listen = self.settings.admin.listen
         if listen.port == 0 and self._admin is not None:
             return str(Address(listen.host, bound_port(self._admin)))
+        return str(listen)
+
+    def report_address(self) -> str:
+        """The report listen address (loopback only), with the real port if it was 0."""
+        if self._report is None:
+            return "off (not report mode)"
+        listen = self.settings.admin.report_listen
+        if listen.port == 0:
+            return str(Address(listen.host, bound_port(self._report)))
         return str(listen)
 
     def on_sigterm(self) -> None:
@@ -127,6 +141,8 @@ class Sidecar:
             self.proxy.abort_all("shutdown")
         for task in self._tasks:
             task.cancel()
+        if self._report is not None:
+            await self._report.cleanup()
         if self._admin is not None:
             await self._admin.cleanup()
 

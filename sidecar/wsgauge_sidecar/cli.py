@@ -17,6 +17,7 @@ from typing import NoReturn
 from wsgauge_contract import Address, AddressError
 
 from wsgauge_sidecar import __version__
+from wsgauge_sidecar.access import is_loopback_host
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.settings import (
     AdminSettings,
@@ -34,7 +35,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DESCRIPTION = """\
 wsgauge sidecar: a reverse proxy in front of a WebSocket app that counts its live
 WebSocket connections per topic, and serves the counts on a separate admin port
-(/metrics, /stats, /stats/watch, /healthz, /readyz; /report in report mode).
+(/metrics, /stats, /stats/watch, /healthz, /readyz). In report mode the app reports
+its counts to /report on a loopback-only listener of its own (--report-listen).
+State-changing requests (PUT, POST, ...) are accepted only from the pod itself
+(a loopback peer), on either port; anyone else gets 403.
 
 Every flag can also be set by environment variable WSGAUGE_<FLAG> (upper case,
 dashes as underscores, e.g. WSGAUGE_MAX_CONNECTIONS=5000); the flag wins.
@@ -48,8 +52,8 @@ topic rules:
   query:NAME      the value of query parameter NAME
   header:NAME     the value of request header NAME
   phoenix         Phoenix channels (JSON v1/v2): topics joined with phx_join
-  report          the app reports its own counts (PUT/POST /report on the admin
-                  port); the data port is not opened
+  report          the app reports its own counts (PUT/POST /report on
+                  --report-listen, 127.0.0.1:9091); the data port is not opened
 
 on SIGTERM: /readyz fails at once; after --drain-grace seconds new upgrades are
 refused; the remaining sockets get close code 1001 spread over --drain-spread
@@ -138,6 +142,13 @@ FLAGS: tuple[_Flag, ...] = (
         "listen", "HOST:PORT", _listen_address, "0.0.0.0:8080", "data port: the proxy clients use"
     ),
     _Flag("admin-listen", "HOST:PORT", _listen_address, "0.0.0.0:9090", "admin port (must differ)"),
+    _Flag(
+        "report-listen",
+        "HOST:PORT",
+        _listen_address,
+        "127.0.0.1:9091",
+        "report mode: the report API's own listener; must be a loopback address",
+    ),
     _Flag("upstream", "HOST:PORT", _connect_address, "127.0.0.1:8081", "the app behind the proxy"),
     _Flag("topic", "RULE", _topic_rule, "path", "topic rule (see below)"),
     _Flag(
@@ -247,6 +258,16 @@ def settings_from_namespace(namespace: argparse.Namespace, pod: PodIdentity) -> 
     if _same_port(listen, admin_listen):
         raise ConfigError(f"--listen {listen} and --admin-listen {admin_listen} must differ")
     topic_rule: TopicRule = values["topic"]
+    report_listen: Address = values["report_listen"]
+    if not is_loopback_host(report_listen.host):
+        raise ConfigError(
+            f"--report-listen {report_listen} must be a loopback address (127.0.0.1 or [::1]): "
+            "the report API is for the pod itself"
+        )
+    if topic_rule.kind == "report" and _same_port(admin_listen, report_listen):
+        raise ConfigError(
+            f"--admin-listen {admin_listen} and --report-listen {report_listen} must differ"
+        )
     if topic_rule.kind != "report" and listen == upstream:
         raise ConfigError(f"--upstream {upstream} is the proxy's own --listen address")
     if values["handshake_timeout"] <= 0:
@@ -279,6 +300,7 @@ def settings_from_namespace(namespace: argparse.Namespace, pod: PodIdentity) -> 
         ),
         admin=AdminSettings(
             listen=admin_listen,
+            report_listen=report_listen,
             watch_heartbeat=values["watch_heartbeat"],
             watch_min_interval=values["watch_min_interval"],
             upstream_check_interval=values["upstream_check_interval"],

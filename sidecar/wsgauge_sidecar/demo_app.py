@@ -22,7 +22,9 @@ Endpoints (``--listen``, default ``127.0.0.1:8081``, env ``WSGAUGE_DEMO_LISTEN``
   (payload ``{count, size}``: that many pushes of ``size`` characters), other events
   reply ok with their payload.
 * ``--report-to URL``: report mode; after every change the app PUTs its own counts
-  (``{"connections": N, "topics": {...}}``) to URL (the sidecar's ``/report``).
+  (``{"connections": N, "topics": {...}}``) to URL: the sidecar's loopback report listener,
+  ``http://127.0.0.1:9091/report`` (env ``WSGAUGE_DEMO_REPORT_TO``, else ``WSGAUGE_REPORT_URL``,
+  which the injector gives the app containers of a pod in report mode).
 """
 
 from __future__ import annotations
@@ -356,9 +358,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--report-to",
-        default=os.environ.get("WSGAUGE_DEMO_REPORT_TO"),
+        default=os.environ.get("WSGAUGE_DEMO_REPORT_TO") or os.environ.get("WSGAUGE_REPORT_URL"),
         metavar="URL",
-        help="report mode: PUT own counts to this URL (e.g. http://127.0.0.1:9090/report)",
+        help="report mode: PUT own counts to this URL, the sidecar's loopback report listener "
+        "(e.g. http://127.0.0.1:9091/report; env WSGAUGE_DEMO_REPORT_TO, else WSGAUGE_REPORT_URL)",
     )
     args = parser.parse_args(argv)
     try:

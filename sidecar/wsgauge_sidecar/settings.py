@@ -63,6 +63,9 @@ class AdminSettings:
 
     listen: Address = field(default_factory=lambda: Address("0.0.0.0", 9090))
     """``--admin-listen``: where the operator, kubelet and Prometheus connect."""
+    report_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
+    """``--report-listen``: the report API's own listener, opened in report mode only; a
+    loopback address, so that only the pod itself (the app container) can reach it."""
     watch_heartbeat: float = 5.0
     """``--watch-heartbeat``: seconds of silence after which ``/stats/watch`` sends a blank line."""
     watch_min_interval: float = 0.05

@@ -117,13 +117,16 @@ class SidecarProcess(_Process):
         *args: str,
         env: dict[str, str] | None = None,
         wait_data_port: bool = True,
+        admin_host: str = LOOPBACK,
     ) -> None:
         self.port = free_port()
         self.admin_port = free_port()
+        self.report_port = free_port()
         argv = [
             str(BIN / "wsgauge-sidecar"),
             "--listen", f"{LOOPBACK}:{self.port}",
-            "--admin-listen", f"{LOOPBACK}:{self.admin_port}",
+            "--admin-listen", f"{admin_host}:{self.admin_port}",
+            "--report-listen", f"{LOOPBACK}:{self.report_port}",
             "--upstream", f"{LOOPBACK}:{upstream_port}",
             "--upstream-check-interval", "0.2",
             "--log-level", "debug",
@@ -137,6 +140,11 @@ class SidecarProcess(_Process):
     @property
     def admin(self) -> str:
         return f"http://{LOOPBACK}:{self.admin_port}"
+
+    @property
+    def report(self) -> str:
+        """The report listener's ``/report`` URL (report mode only)."""
+        return f"http://{LOOPBACK}:{self.report_port}/report"
 
     @property
     def ws_base(self) -> str:
@@ -156,10 +164,12 @@ class SidecarProcess(_Process):
         result: dict[str, Any] = json.loads(body)
         return result
 
-    def send(self, method: str, path: str, body: object) -> tuple[int, dict[str, Any]]:
-        """A JSON request to the admin port: (status, decoded JSON answer)."""
+    def send(
+        self, method: str, path: str, body: object, base: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """A JSON request to the admin port (or to ``base``): (status, decoded JSON answer)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(self.admin + path, data=data, method=method)
+        request = urllib.request.Request((base or self.admin) + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=5) as response:

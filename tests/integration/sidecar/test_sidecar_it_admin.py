@@ -197,7 +197,7 @@ async def test_report_mode(start_sidecar: SidecarFactory) -> None:
 
 async def test_report_mode_with_the_demo_app(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--topic", "report", wait_data_port=False)
-    app = DemoAppProcess(report_to=f"{sidecar.admin}/report")
+    app = DemoAppProcess(report_to=sidecar.report)
     try:
         sockets = [await websockets.connect(f"ws://127.0.0.1:{app.port}/ws/rep") for _ in range(3)]
         await sidecar.wait_stats(lambda d: d["connections"] == 3 and d["topics"] == {"rep": 3})
@@ -206,6 +206,90 @@ async def test_report_mode_with_the_demo_app(start_sidecar: SidecarFactory) -> N
         await sidecar.wait_stats(lambda d: d["connections"] == 0)
     finally:
         app.stop()
+
+
+def _local_address_not_loopback() -> str | None:
+    """An IPv4 address of this host that is not on the loopback (None if there is none)."""
+    with open("/proc/net/fib_trie", encoding="ascii") as trie:
+        lines = trie.read().splitlines()
+    for number, line in enumerate(lines):  # "|-- A.B.C.D" followed by "/32 host LOCAL"
+        if "/32 host LOCAL" in line and number > 0:
+            address = lines[number - 1].split()[-1]
+            if not address.startswith("127."):
+                return address
+    return None
+
+
+async def test_report_listener_is_loopback_and_serves_only_report(
+    start_sidecar: SidecarFactory,
+) -> None:
+    sidecar = start_sidecar("--topic", "report", wait_data_port=False)
+    base = sidecar.report.removesuffix("/report")
+    status, document = sidecar.send("PUT", "/report", {"connections": 4, "topics": {"a": 4}}, base)
+    assert status == 200
+    assert document["connections"] == 4
+    status, document = sidecar.send("POST", "/report", {"connections": 1}, base)
+    assert (status, document["connections"]) == (200, 5)
+    assert sidecar.stats()["connections"] == 5
+    assert sidecar.send("GET", "/stats", b"", base)[0] == 404  # only /report there
+    assert f"report 127.0.0.1:{sidecar.report_port}" in sidecar.output()
+    address = _local_address_not_loopback()
+    if address is not None:  # bound to 127.0.0.1 only, not to the host's other addresses
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, sidecar.report_port), timeout=2).close()
+
+
+async def test_state_changing_requests_from_outside_the_pod_get_403(
+    start_sidecar: SidecarFactory,
+) -> None:
+    address = _local_address_not_loopback()
+    if address is None:
+        pytest.skip("no non-loopback address on this host")
+    sidecar = start_sidecar("--topic", "report", wait_data_port=False, admin_host="0.0.0.0")
+    assert sidecar.send("PUT", "/report", {"connections": 3, "topics": {"a": 3}})[0] == 200
+    before = sidecar.stats()
+    outside = f"http://{address}:{sidecar.admin_port}"
+    for method, path, body in (
+        ("PUT", "/report", {"connections": 900, "topics": {"a": 900}}),
+        ("POST", "/report", {"connections": 900}),
+        ("DELETE", "/report", b""),
+        ("POST", "/stats", {}),
+        ("PATCH", "/anything", {}),
+    ):
+        status, answer = sidecar.send(method, path, body, outside)
+        assert status == 403, (method, path, answer)
+        assert "loopback" in answer["error"]
+    after = sidecar.stats()
+    assert (after["connections"], after["topics"], after["seq"]) == (
+        before["connections"], before["topics"], before["seq"],
+    )  # fmt: skip
+    # read-only endpoints stay open to the operator, kubelet and Prometheus
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{outside}/stats") as reply:
+            assert (await reply.json())["connections"] == 3
+        async with session.get(f"{outside}/readyz") as reply:
+            assert reply.status == 200
+    log = await _eventually_text(sidecar, f"refused PUT /report from {address}")
+    assert "nothing changed" in log
+    # from the pod itself (loopback) the admin port still takes reports
+    assert sidecar.send("PUT", "/report", {"connections": 2})[0] == 200
+
+
+async def _eventually_text(sidecar: SidecarProcess, text: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        output = sidecar.output()
+        if text in output:
+            return output
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the sidecar's log:\n{sidecar.output()[-3000:]}")
+
+
+def test_report_listen_must_be_loopback() -> None:
+    result = _run_cli("--topic", "report", "--report-listen", "0.0.0.0:9091")
+    assert result.returncode == 2
+    assert "--report-listen" in result.stderr
+    assert "loopback" in result.stderr
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -183,6 +183,69 @@ def test_report_mode_has_no_data_port() -> None:
     assert [p["name"] for p in sidecar["ports"]] == ["wsgauge-admin"]
 
 
+def test_report_mode_listens_for_reports_on_loopback_and_tells_the_app_where() -> None:
+    pod = make_pod(
+        {"wsgauge.dev/inject": "true", "wsgauge.dev/topic": "report"},
+        containers=[
+            {"name": "app", "image": "x"},
+            {"name": "worker", "image": "y", "env": [{"name": "A", "value": "1"}]},
+            {
+                "name": "own",
+                "image": "z",
+                "env": [{"name": "WSGAUGE_REPORT_URL", "value": "http://127.0.0.1:7/r"}],
+            },
+        ],
+    )
+    result = injected(pod)
+    assert env_of(container(result, "wsgauge-sidecar"))["WSGAUGE_REPORT_LISTEN"] == (
+        "127.0.0.1:9091"
+    )
+    assert env_of(container(result, "app")) == {
+        "WSGAUGE_REPORT_URL": "http://127.0.0.1:9091/report"
+    }
+    assert env_of(container(result, "worker")) == {
+        "A": "1",
+        "WSGAUGE_REPORT_URL": "http://127.0.0.1:9091/report",
+    }
+    assert env_of(container(result, "own")) == {"WSGAUGE_REPORT_URL": "http://127.0.0.1:7/r"}
+    # the report listener is not a container port: nothing outside the pod reaches it
+    assert [p["name"] for p in container(result, "wsgauge-sidecar")["ports"]] == ["wsgauge-admin"]
+
+
+def test_report_port_annotation_and_conflicts() -> None:
+    annotations = {
+        "wsgauge.dev/inject": "true",
+        "wsgauge.dev/topic": "report",
+        "wsgauge.dev/report-port": "7777",
+    }
+    result = injected(make_pod(annotations))
+    assert env_of(container(result, "wsgauge-sidecar"))["WSGAUGE_REPORT_LISTEN"] == (
+        "127.0.0.1:7777"
+    )
+    assert env_of(container(result, "app"))["WSGAUGE_REPORT_URL"] == (
+        "http://127.0.0.1:7777/report"
+    )
+    clash = plan_injection(
+        make_pod({**annotations, "wsgauge.dev/report-port": "9090"}), InjectorSettings()
+    )
+    assert "report port and admin port must differ" in clash.denied
+    taken = plan_injection(
+        make_pod(
+            {"wsgauge.dev/inject": "true", "wsgauge.dev/topic": "report"},
+            containers=[{"name": "app", "image": "x", "ports": [{"containerPort": 9091}]}],
+        ),
+        InjectorSettings(),
+    )
+    assert "9091" in taken.denied
+    assert "wsgauge.dev/report-port" in taken.denied
+
+
+def test_proxy_mode_has_no_report_listener_or_url() -> None:
+    result = injected(make_pod({"wsgauge.dev/inject": "true"}))
+    assert "WSGAUGE_REPORT_LISTEN" not in env_of(container(result, "wsgauge-sidecar"))
+    assert "env" not in container(result, "app")
+
+
 def test_existing_hooks_gates_and_grace_are_respected() -> None:
     own_hook = {"exec": {"command": ["/bin/drain"]}}
     pod = make_pod(
