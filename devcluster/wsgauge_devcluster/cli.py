@@ -7,18 +7,16 @@ containerd; `down` also stops the Docker engine if `up` started it."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 from wsgauge_devcluster import docker_engine, images
 from wsgauge_devcluster.binaries import locate
 from wsgauge_devcluster.controlplane import ControlPlane
 from wsgauge_devcluster.deploy import ChartInstall
 from wsgauge_devcluster.exceptions import DevClusterError
+from wsgauge_devcluster.processes import file_lock
 from wsgauge_devcluster.settings import (
     NODE_KINDS,
     ControlPlaneSettings,
@@ -62,18 +60,6 @@ def _image_loader(plane: ControlPlane) -> Callable[[], None] | None:
     return load
 
 
-@contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """Serialize `up`/`down` of one state directory across processes (flock)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -105,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plane = build_control_plane()
         if options.command == "up":
-            with state_lock(plane.settings.state_dir):
+            with file_lock(plane.settings.state_dir / ".lock"):
                 plane.up(_progress, _image_loader(plane))
             print("\n".join(plane.exports()), flush=True)
         elif options.command == "down":
-            with state_lock(plane.settings.state_dir):
+            with file_lock(plane.settings.state_dir / ".lock"):
                 plane.down(_progress, purge=options.purge)
                 if plane.node.enabled:
                     docker_engine.stop_docker_engine(_progress)

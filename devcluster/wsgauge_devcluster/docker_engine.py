@@ -28,18 +28,16 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsgauge_devcluster.exceptions import DevClusterError
-from wsgauge_devcluster.processes import ManagedProcess
+from wsgauge_devcluster.processes import ManagedProcess, file_lock
 
 Log = Callable[[str], None]
 
@@ -135,19 +133,6 @@ def find_dockerd() -> str | None:
     return found
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """One starter/stopper at a time (make images and the devcluster may race)."""
-    directory = state_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -167,7 +152,7 @@ def ensure_docker_engine(log: Log, timeout: float = START_TIMEOUT) -> bool:
     if version is not None:
         log(f"Docker engine {version} answers ({docker_client()})")
         return False
-    with _locked():
+    with file_lock(state_dir() / "lock"):  # make images and the devcluster may race
         process = managed_dockerd()
         pid = process.pid()
         if pid is None:
@@ -223,7 +208,7 @@ def started_by_us() -> int | None:
 
 def stop_docker_engine(log: Log, timeout: float = STOP_TIMEOUT) -> bool:
     """Stop the dockerd this module started; leave any other engine alone. True if stopped."""
-    with _locked():
+    with file_lock(state_dir() / "lock"):  # make images and the devcluster may race
         process = managed_dockerd()
         pid = process.pid()
         if pid is None:

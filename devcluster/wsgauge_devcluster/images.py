@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from wsgauge_devcluster.docker_engine import (
     ensure_docker_engine,
 )
 from wsgauge_devcluster.exceptions import DevClusterError
+from wsgauge_devcluster.processes import file_lock
 
 __all__ = [
     "BASE_RECIPE",
@@ -335,18 +335,6 @@ def image_sizes(refs: Sequence[str]) -> dict[str, int]:
     }
 
 
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
-    directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "build.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- the base image --------------------------------------------------------------------------
 
 
@@ -605,7 +593,7 @@ def build_all(
     except DockerEngineError as error:
         raise ImageBuildError(str(error)) from error
     refs = [image_ref(name, registry, version) for name in IMAGE_NAMES]
-    with _build_lock():
+    with file_lock(cache_dir() / "build.lock"):
         if python_image is None:
             python_image = ensure_base_image(log, registry)
         elif image_id(python_image) is None and not _pull(log, python_image):

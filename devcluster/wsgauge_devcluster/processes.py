@@ -1,14 +1,16 @@
-"""Background processes with pid files and log files: start detached, check, stop by pid."""
+"""Background processes with pid files and log files: start detached, check, stop by pid; and
+the file lock that serializes whoever starts or stops them."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,3 +131,15 @@ def require_free_ports(ports: Mapping[str, int]) -> None:
             + "; ".join(taken)
             + ". Stop it, or choose other ports with WSGAUGE_APISERVER_PORT / WSGAUGE_ETCD_PORT."
         )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created with its directory) across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

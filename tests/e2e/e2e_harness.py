@@ -132,17 +132,56 @@ class PodPool:
         return name, self.live[name]
 
 
-class Client:
-    """One WebSocket on /ws/room through a pod's sidecar; reconnects elsewhere after 1001."""
+class HeldSocket:
+    """One client WebSocket held open; records the server's closes and, after a 1001, connects
+    again (where to is the subclass's ``reconnect``)."""
 
-    def __init__(self, session: aiohttp.ClientSession, pool: PodPool) -> None:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
-        self._pool = pool
         self.pod: str | None = None
         self.closes: list[Close] = []
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def _hold(self, ws: aiohttp.ClientWebSocketResponse, pod: str) -> None:
+        self._ws = ws
+        self.pod = pod
+        self._task = asyncio.create_task(self._read())
+
+    async def reconnect(self, gone: str) -> None:
+        """Connect again after the server closed with 1001 on pod ``gone``."""
+        raise NotImplementedError
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for _ in self._ws:
+            pass
+        if self._stopping:
+            return
+        code = self._ws.close_code
+        gone = self.pod or ""
+        self.closes.append(Close(gone, code, time.monotonic()))
+        self.pod = None
+        if code == GOING_AWAY:
+            await self.reconnect(gone)
+
+    async def close(self) -> None:
+        """Close from the client side (1000) and stop."""
+        self._stopping = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 10)
+        self.pod = None
+
+
+class Client(HeldSocket):
+    """One WebSocket on /ws/room through a pod's sidecar; reconnects elsewhere after 1001."""
+
+    def __init__(self, session: aiohttp.ClientSession, pool: PodPool) -> None:
+        super().__init__(session)
+        self._pool = pool
 
     async def connect(self, pod: str | None = None, exclude: str | None = None) -> None:
         """Connect to ``pod`` or the next pod in turn (at most 10 attempts)."""
@@ -151,7 +190,7 @@ class Client:
         for _ in range(10):
             name, ip = (pod, self._pool.live[pod]) if pod else self._pool.pick(refused)
             try:
-                self._ws = await asyncio.wait_for(
+                ws = await asyncio.wait_for(
                     self._session.ws_connect(
                         f"http://{ip}:{DATA_PORT}/ws/room",
                         heartbeat=None,
@@ -165,32 +204,13 @@ class Client:
                 refused.add(name)
                 pod = None
                 continue
-            self.pod = name
-            self._task = asyncio.create_task(self._read())
+            self._hold(ws, name)
             return
         raise AssertionError("could not connect after 10 attempts")
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for _ in self._ws:
-            pass
-        if self._stopping:
-            return
-        code = self._ws.close_code
-        gone = self.pod or ""
-        self.closes.append(Close(gone, code, time.monotonic()))
-        self.pod = None
-        if code == GOING_AWAY:
-            await self.connect(exclude=gone)
-
-    async def close(self) -> None:
-        """Close from the client side (1000) and stop."""
-        self._stopping = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            await asyncio.wait_for(self._task, 10)
-        self.pod = None
+    async def reconnect(self, gone: str) -> None:
+        """Another pod in turn."""
+        await self.connect(exclude=gone)
 
 
 def client_session() -> aiohttp.ClientSession:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
-from e2e_harness import GOING_AWAY, Close, eventually, get_json, kubectl
+from e2e_harness import HeldSocket, eventually, get_json, kubectl
 from wsgauge_devcluster.testing import KubeCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,17 +88,12 @@ async def service_url(kube: KubeCluster, namespace: str) -> str:
     return f"ws://{service['spec']['clusterIP']}:80/ws/room"
 
 
-@dataclass
-class ServiceClient:
+class ServiceClient(HeldSocket):
     """One WebSocket through the chat Service; after a 1001 it reconnects through the Service."""
 
-    session: aiohttp.ClientSession
-    url: str
-    pod: str | None = None
-    closes: list[Close] = field(default_factory=list)
-    _ws: aiohttp.ClientWebSocketResponse | None = None
-    _task: asyncio.Task[None] | None = None
-    _stopping: bool = False
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        super().__init__(session)
+        self.url = url
 
     async def connect(self, attempts: int = 20) -> None:
         """Connect, ask the app which pod answered (bounded retries while endpoints change)."""
@@ -108,7 +102,7 @@ class ServiceClient:
         for _ in range(attempts):
             try:
                 ws = await asyncio.wait_for(
-                    self.session.ws_connect(self.url, heartbeat=None), timeout=5
+                    self._session.ws_connect(self.url, heartbeat=None), timeout=5
                 )
                 await ws.send_str("whoami")
                 reply = await asyncio.wait_for(ws.receive(), timeout=5)
@@ -121,31 +115,13 @@ class ServiceClient:
                 await ws.close()
                 await asyncio.sleep(0.3)
                 continue
-            self._ws = ws
-            self.pod = str(reply.data).removeprefix("pod:")
-            self._task = asyncio.create_task(self._read())
+            self._hold(ws, str(reply.data).removeprefix("pod:"))
             return
         raise AssertionError(f"could not connect through {self.url}: {last!r}")
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for _ in self._ws:
-            pass
-        if self._stopping:
-            return
-        self.closes.append(Close(self.pod or "", self._ws.close_code, time.monotonic()))
-        self.pod = None
-        if self._ws.close_code == GOING_AWAY:
-            await self.connect()
-
-    async def close(self) -> None:
-        """Close from the client side (1000)."""
-        self._stopping = True
-        if self._ws is not None:
-            await self._ws.close()
-        if self._task is not None:
-            await asyncio.wait_for(self._task, 10)
-        self.pod = None
+    async def reconnect(self, gone: str) -> None:
+        """Through the Service again (it no longer routes to the draining pod)."""
+        await self.connect()
 
 
 async def service_reaches(
