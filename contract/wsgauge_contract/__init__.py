@@ -3,14 +3,16 @@
 The sidecar publishes a *stats document* (``GET /stats``) and a stream of them
 (``GET /stats/watch``); the operator reads both. This package holds the one
 definition of that document, its validation, and the pure decoder of the watch
-stream, so that both ends agree byte for byte; and the one ``HOST:PORT`` type,
-:class:`~wsgauge_contract.address.Address`, that both read their addresses with.
+stream, so that both ends agree byte for byte; the one ``HOST:PORT`` type,
+:class:`~wsgauge_contract.address.Address`, that both read their addresses with; and the one
+flag and environment variable mechanism of both commands, :mod:`wsgauge_contract.flags`.
 """
 
 from wsgauge_contract.address import Address
 from wsgauge_contract.exceptions import (
     AddressError,
     ContractError,
+    FlagError,
     InvalidStatsDocument,
     WatchStreamError,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "AddressError",
     "Capacity",
     "ContractError",
+    "FlagError",
     "InvalidStatsDocument",
     "StatsDocument",
     "WatchHeartbeat",

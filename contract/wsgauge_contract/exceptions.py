@@ -1,5 +1,5 @@
-"""Exceptions of the shared core (the wire contract and ``HOST:PORT``): the only ones its
-functions raise."""
+"""Exceptions of the shared core (the wire contract, ``HOST:PORT``, the flag mechanism): the
+only ones its functions raise."""
 
 
 class ContractError(ValueError):
@@ -16,3 +16,14 @@ class WatchStreamError(ContractError):
 
 class AddressError(ValueError):
     """A ``HOST:PORT`` text is malformed (see :mod:`wsgauge_contract.address`)."""
+
+
+class FlagError(ContractError):
+    """A command-line flag or its environment variable holds a value that does not convert."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        """``--flag`` or ``environment variable NAME (--flag)``."""
+        self.message = message
+        """What is wrong with the value."""

@@ -20,7 +20,7 @@ class StartupError(DevClusterError):
 
 
 class PkiError(DevClusterError):
-    """Generating certificates or keys with openssl failed."""
+    """Making, reading or writing the local control plane's certificates or keys failed."""
 
 
 class KubeApiError(DevClusterError):

@@ -1,4 +1,9 @@
-"""Certificates and keys for the local control plane, made once with the openssl command line.
+"""Certificates and keys for the local control plane, made once as files.
+
+The certificates come from the operator's helper, :mod:`wsgauge_operator.certificates`
+(RSA 2048 keys, valid for ``VALID_DAYS``); this module decides which files exist and when
+they are made: a file pair that exists is kept, except the API server's serving
+certificate, which is made again when one of its IP addresses is missing.
 
 Layout under <state_dir>/pki/:
   ca.crt/.key                 cluster CA (signs serving + client certificates, client-ca-file)
@@ -17,9 +22,19 @@ Layout under <state_dir>/pki/:
 
 from __future__ import annotations
 
-import subprocess
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+
+from wsgauge_operator import certificates
+from wsgauge_operator.certificates import (
+    CertificatePair,
+    ip_addresses_of,
+    public_key_pem,
+    read_pair,
+    write_key,
+    write_pair,
+)
 
 from wsgauge_devcluster.exceptions import PkiError
 
@@ -49,16 +64,18 @@ CLIENTS = (
 """The client identities the control plane components and the user get."""
 
 
-def _openssl(*args: str, stdin: str | None = None) -> None:
-    result = subprocess.run(
-        ["openssl", *args], input=stdin, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise PkiError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+def _load(directory: Path, stem: str) -> CertificatePair:
+    try:
+        return read_pair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    except OSError as error:
+        raise PkiError(f"cannot read {stem}.crt/.key in {directory}: {error}") from error
 
 
-def _subject(common_name: str, organization: str) -> str:
-    return f"/CN={common_name}" + (f"/O={organization}" if organization else "")
+def _write(directory: Path, stem: str, pair: CertificatePair) -> None:
+    try:
+        write_pair(pair, directory / f"{stem}.crt", directory / f"{stem}.key")
+    except OSError as error:
+        raise PkiError(f"cannot write {stem}.crt/.key in {directory}: {error}") from error
 
 
 def make_ca(directory: Path, stem: str, common_name: str) -> None:
@@ -66,13 +83,7 @@ def make_ca(directory: Path, stem: str, common_name: str) -> None:
     crt, key = directory / f"{stem}.crt", directory / f"{stem}.key"
     if crt.exists() and key.exists():
         return
-    _openssl("genrsa", "-out", str(key), "2048")
-    _openssl(
-        "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", str(VALID_DAYS),
-        "-subj", f"/CN={common_name}", "-out", str(crt),
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )  # fmt: skip
+    _write(directory, stem, certificates.make_ca(common_name, days=VALID_DAYS, key_type="rsa"))
 
 
 def make_signed(
@@ -85,44 +96,34 @@ def make_signed(
     dns_names: tuple[str, ...] = (),
     ip_addresses: tuple[str, ...] = (),
 ) -> None:
-    """Create <stem>.crt/.key signed by <ca_stem>; a server certificate when SANs are given."""
+    """Create <stem>.crt/.key signed by <ca_stem> unless they exist; a serving (and client)
+    certificate when SANs are given, else a client certificate."""
     crt, key = directory / f"{stem}.crt", directory / f"{stem}.key"
     if crt.exists() and key.exists():
         return
-    csr = directory / f"{stem}.csr"
-    ext = directory / f"{stem}.ext"
-    sans = [f"DNS:{d}" for d in dns_names] + [f"IP:{i}" for i in ip_addresses]
-    usage = "serverAuth,clientAuth" if sans else "clientAuth"
-    lines = [
-        "basicConstraints=CA:FALSE",
-        "keyUsage=critical,digitalSignature,keyEncipherment",
-        f"extendedKeyUsage={usage}",
-    ]
-    if sans:
-        lines.append("subjectAltName=" + ",".join(sans))
-    ext.write_text("\n".join(lines) + "\n")
-    _openssl("genrsa", "-out", str(key), "2048")
-    _openssl(
-        "req", "-new", "-key", str(key), "-subj", _subject(common_name, organization),
-        "-out", str(csr),
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(directory / f"{ca_stem}.crt"),
-        "-CAkey", str(directory / f"{ca_stem}.key"), "-CAcreateserial", "-sha256",
-        "-days", str(VALID_DAYS), "-extfile", str(ext), "-out", str(crt),
-    )  # fmt: skip
-    csr.unlink(missing_ok=True)
-    ext.unlink(missing_ok=True)
+    try:
+        pair = certificates.issue(
+            _load(directory, ca_stem),
+            common_name,
+            organization=organization,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            days=VALID_DAYS,
+            key_type="rsa",
+        )
+    except ValueError as error:
+        raise PkiError(f"cannot make {stem}.crt: {error}") from error
+    _write(directory, stem, pair)
 
 
 def _has_ip_sans(certificate: Path, addresses: tuple[str, ...]) -> bool:
-    result = subprocess.run(
-        ["openssl", "x509", "-in", str(certificate), "-noout", "-ext", "subjectAltName"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return all(f"IP Address:{address}" in result.stdout for address in addresses)
+    """Whether the certificate's IP SANs include every one of ``addresses`` (False when the
+    file is not a readable certificate)."""
+    try:
+        present = {ipaddress.ip_address(a) for a in ip_addresses_of(certificate.read_bytes())}
+    except (OSError, ValueError):
+        return False
+    return all(ipaddress.ip_address(address) in present for address in addresses)
 
 
 def ensure_pki(
@@ -158,5 +159,9 @@ def ensure_pki(
     make_signed(directory, "front-proxy-client", "front-proxy-ca", "front-proxy-client")
     sa_key, sa_pub = directory / "sa.key", directory / "sa.pub"
     if not (sa_key.exists() and sa_pub.exists()):
-        _openssl("genrsa", "-out", str(sa_key), "2048")
-        _openssl("rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
+        key_pem = certificates.private_key_pem(certificates.new_private_key("rsa"))
+        try:
+            write_key(key_pem, sa_key)
+            sa_pub.write_bytes(public_key_pem(key_pem))
+        except OSError as error:
+            raise PkiError(f"cannot write sa.key/sa.pub in {directory}: {error}") from error

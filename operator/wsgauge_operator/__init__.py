@@ -11,6 +11,7 @@ Layout (thin kopf handlers on top, plain modules beneath):
 - :mod:`.readiness`: pure readiness-gate policy (``wsgauge.dev/connections-ok``).
 - :mod:`.status_writer`: coalescing of status writes.
 - :mod:`.events`: Kubernetes Events on a ConnectionStats, de-duplicated.
+- :mod:`.certificates`: X.509 CAs, signed and self-signed certificates (the one certificate helper).
 - :mod:`.kubeapi`: the only module that calls the Kubernetes API (besides kopf itself).
 - :mod:`.controller`: ties the above together per ConnectionStats.
 - :mod:`.stats_server`: cluster-wide stats JSON, a live NDJSON stream and ``/metrics``.

@@ -1,9 +1,11 @@
 """``wsgauge-operator``: command line, environment, logging, and the kopf run loop.
 
-Every flag can also be set by an environment variable ``WSGAUGE_OPERATOR_<FLAG>``
-(upper case, dashes as underscores, e.g. ``WSGAUGE_OPERATOR_STATUS_INTERVAL=1s``);
-a flag on the command line wins. Out of cluster, pass ``--kubeconfig``; in a pod,
-the service account is used.
+The flags are a :class:`wsgauge_contract.flags.FlagSet` over
+:class:`~wsgauge_operator.settings.OperatorSettings`: each flag's default and ``--help`` text are
+its settings field's default and docstring. Every flag can also be set by an environment
+variable ``WSGAUGE_OPERATOR_<FLAG>`` (upper case, dashes as underscores, e.g.
+``WSGAUGE_OPERATOR_STATUS_INTERVAL=1s``); a flag on the command line wins. Out of cluster,
+pass ``--kubeconfig``; in a pod, the service account is used.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import kopf
 from aiohttp import web
 from kopf._core.engines.peering import Identity  # the NewType kopf.operator() takes
+from wsgauge_contract import FlagError
+from wsgauge_contract.flags import Flag, FlagSet
 
 from wsgauge_operator.autoscaling_services import install_autoscaling
 from wsgauge_operator.controller import Controller
@@ -40,23 +42,13 @@ from wsgauge_operator.leadership import (
 )
 from wsgauge_operator.pod_resync import PodResync
 from wsgauge_operator.pod_watch import PodWatch
-from wsgauge_operator.settings import (
-    AutoscalingSettings,
-    CollectorSettings,
-    EventSettings,
-    FollowerSettings,
-    KubeSettings,
-    LeaderElectionSettings,
-    OperatorSettings,
-    ReadinessSettings,
-    ServerSettings,
-    StatusSettings,
-)
+from wsgauge_operator.settings import CollectorSettings, OperatorSettings
 from wsgauge_operator.spec import parse_duration
 from wsgauge_operator.standby_server import STANDBY, STARTING, StandbyLiveness
 from wsgauge_operator.stats_server import StatsServer
 
 ENV_PREFIX = "WSGAUGE_OPERATOR_"
+"""Prefix of the environment variables that set the flags."""
 
 
 def _seconds(text: str) -> float:
@@ -92,231 +84,72 @@ def _gc_thresholds(text: str) -> tuple[int, int, int]:
     return (first, second, third)
 
 
-# flag -> (settings section, field, parser, help)
-OPTIONS: dict[str, tuple[str, str, Callable[[str], Any], str]] = {
-    "kubeconfig": (
-        "kube",
-        "kubeconfig",
-        str,
-        "kubeconfig file (default: in-cluster or $KUBECONFIG)",
+FLAGS = FlagSet(
+    OperatorSettings,
+    (
+        Flag("kubeconfig", "kube.kubeconfig"),
+        Flag("namespaces", "kube.namespaces", _namespaces),
+        Flag("instance", "kube.instance"),
+        Flag("listen", "server.listen"),
+        Flag("watch-heartbeat", "server.watch_heartbeat", _seconds),
+        Flag("status-interval", "status.default_interval", _seconds),
+        Flag("min-status-interval", "status.min_interval", _seconds),
+        Flag("top-topics", "status.top_topics", int),
+        Flag("busiest-pods", "status.busiest_pods", int),
+        Flag("max-nodes", "status.max_nodes", int),
+        Flag("connect-timeout", "follower.connect_timeout", _seconds),
+        Flag("read-timeout", "follower.read_timeout", _seconds),
+        Flag("backoff-max", "follower.backoff_max", _seconds),
+        Flag("poll-interval", "follower.poll_interval", _seconds),
+        Flag("startup-grace", "follower.startup_grace", _seconds),
+        Flag("max-followed-pods", "follower.max_followed_pods", int),
+        Flag("readiness", "readiness.enabled", _boolean),
+        Flag("condition-type", "readiness.condition_type"),
+        Flag("events", "events.enabled", _boolean),
+        Flag("event-repeat", "events.repeat_after", _seconds),
+        Flag("metrics-api", "autoscaling.metrics_api", _boolean),
+        Flag("metrics-api-listen", "autoscaling.metrics_api_listen"),
+        Flag("metrics-api-cert-file", "autoscaling.metrics_api_cert_file"),
+        Flag("metrics-api-key-file", "autoscaling.metrics_api_key_file"),
+        Flag("keda-listen", "autoscaling.keda_listen"),
+        Flag("leader-elect", "leader_election.enabled", _boolean),
+        Flag("leader-election-namespace", "leader_election.namespace"),
+        Flag("leader-election-lease-name", "leader_election.lease_name"),
+        Flag("leader-election-identity", "leader_election.identity"),
+        Flag("leader-election-lease-duration", "leader_election.lease_duration", _seconds),
+        Flag("leader-election-renew-deadline", "leader_election.renew_deadline", _seconds),
+        Flag("leader-election-retry-period", "leader_election.retry_period", _seconds),
+        Flag("gc-thresholds", "collector.thresholds", _gc_thresholds),
+        Flag("log-level", "log_level"),
+        Flag("liveness", "liveness_endpoint"),
     ),
-    "namespaces": (
-        "kube",
-        "namespaces",
-        _namespaces,
-        "comma-separated namespaces to watch (default: all)",
-    ),
-    "instance": ("kube", "instance", str, "reporting instance on Events (default: host name)"),
-    "listen": ("server", "listen", str, "HOST:PORT of the stats/metrics server ('' = off)"),
-    "watch-heartbeat": ("server", "watch_heartbeat", _seconds, "heartbeat on /stats/watch"),
-    "status-interval": (
-        "status",
-        "default_interval",
-        _seconds,
-        "status interval when the spec sets none",
-    ),
-    "min-status-interval": (
-        "status",
-        "min_interval",
-        _seconds,
-        "lower bound on spec.statusInterval",
-    ),
-    "top-topics": ("status", "top_topics", int, "topics listed in a status (rest -> _other)"),
-    "busiest-pods": ("status", "busiest_pods", int, "pods listed in status.busiestPods"),
-    "max-nodes": ("status", "max_nodes", int, "nodes listed in status.nodes"),
-    "connect-timeout": ("follower", "connect_timeout", _seconds, "sidecar connect timeout"),
-    "read-timeout": (
-        "follower",
-        "read_timeout",
-        _seconds,
-        "silence before a sidecar is unreachable (> its heartbeat)",
-    ),
-    "backoff-max": ("follower", "backoff_max", _seconds, "longest reconnect delay"),
-    "poll-interval": (
-        "follower",
-        "poll_interval",
-        _seconds,
-        "polling period for sidecars without /stats/watch",
-    ),
-    "startup-grace": (
-        "follower",
-        "startup_grace",
-        _seconds,
-        "time a new sidecar may take to answer",
-    ),
-    "max-followed-pods": (
-        "follower",
-        "max_followed_pods",
-        int,
-        "most sidecars followed at once (more: Degraded/PodLimitReached)",
-    ),
-    "readiness": (
-        "readiness",
-        "enabled",
-        _boolean,
-        "write the readiness-gate pod condition (true/false)",
-    ),
-    "condition-type": (
-        "readiness",
-        "condition_type",
-        str,
-        "pod condition type for the readiness gate",
-    ),
-    "events": ("events", "enabled", _boolean, "record Kubernetes Events (true/false)"),
-    "event-repeat": (
-        "events",
-        "repeat_after",
-        _seconds,
-        "time before the same Event is recorded again",
-    ),
-    "metrics-api": (
-        "autoscaling",
-        "metrics_api",
-        _boolean,
-        "serve the custom metrics API custom.metrics.k8s.io (true/false)",
-    ),
-    "metrics-api-listen": (
-        "autoscaling",
-        "metrics_api_listen",
-        str,
-        "HOST:PORT of the custom metrics API (HTTPS)",
-    ),
-    "metrics-api-cert-file": (
-        "autoscaling",
-        "metrics_api_cert_file",
-        str,
-        "serving certificate of the metrics API, PEM ('' = self-signed)",
-    ),
-    "metrics-api-key-file": (
-        "autoscaling",
-        "metrics_api_key_file",
-        str,
-        "private key of the metrics API certificate, PEM",
-    ),
-    "keda-listen": (
-        "autoscaling",
-        "keda_listen",
-        str,
-        "HOST:PORT of an own KEDA endpoint listener ('' = on the stats server)",
-    ),
-    "leader-elect": (
-        "leader_election",
-        "enabled",
-        _boolean,
-        "elect a leader among replicas through a Lease; only the leader acts (true/false)",
-    ),
-    "leader-election-namespace": (
-        "leader_election",
-        "namespace",
-        str,
-        "namespace of the Lease (default: the pod's namespace in a cluster, else 'default')",
-    ),
-    "leader-election-lease-name": (
-        "leader_election",
-        "lease_name",
-        str,
-        "name of the coordination.k8s.io Lease",
-    ),
-    "leader-election-identity": (
-        "leader_election",
-        "identity",
-        str,
-        "holder identity (default: instance or host name plus a random suffix)",
-    ),
-    "leader-election-lease-duration": (
-        "leader_election",
-        "lease_duration",
-        _seconds,
-        "how long a standby waits on an unchanged Lease before taking it over",
-    ),
-    "leader-election-renew-deadline": (
-        "leader_election",
-        "renew_deadline",
-        _seconds,
-        "how long the leader may fail to renew before it exits (< lease duration)",
-    ),
-    "leader-election-retry-period": (
-        "leader_election",
-        "retry_period",
-        _seconds,
-        "time between renewals and between a standby's looks at the Lease",
-    ),
-    "gc-thresholds": (
-        "collector",
-        "thresholds",
-        _gc_thresholds,
-        "garbage collector thresholds G0,G1,G2 (CPython's own: 700,10,10; 0,0,0 turns the "
-        "cyclic collector off)",
-    ),
-    "log-level": ("", "log_level", str, "debug, info, warning or error"),
-    "liveness": (
-        "",
-        "liveness_endpoint",
-        str,
-        "kopf liveness endpoint URL, e.g. http://0.0.0.0:8081/healthz",
-    ),
-}
-
-SECTIONS: dict[str, type[Any]] = {
-    "kube": KubeSettings,
-    "follower": FollowerSettings,
-    "status": StatusSettings,
-    "readiness": ReadinessSettings,
-    "events": EventSettings,
-    "server": ServerSettings,
-    "autoscaling": AutoscalingSettings,
-    "leader_election": LeaderElectionSettings,
-    "collector": CollectorSettings,
-}
-
-
-def _default(section: str, name: str) -> Any:
-    owner = SECTIONS[section] if section else OperatorSettings
-    return getattr(owner(), name)
+    ENV_PREFIX,
+)
+"""The operator's flags; defaults and ``--help`` texts come from :mod:`.settings`."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (every option defaults to ``None``: unset)."""
+    """The argument parser (defaults and help from the settings dataclasses)."""
     parser = argparse.ArgumentParser(
         prog="wsgauge-operator",
         description="Follows wsgauge sidecars and keeps ConnectionStats resources live. "
         f"Every option can be set by environment variable {ENV_PREFIX}<OPTION> "
-        "(upper case, dashes as underscores).",
+        "(upper case, dashes as underscores); the flag wins.",
     )
-    for flag, (section, name, _, help_text) in OPTIONS.items():
-        default = _default(section, name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        text = help_text if "(default" in help_text else f"{help_text} (default: {shown!r})"
-        parser.add_argument(f"--{flag}", metavar="VALUE", help=text)
+    FLAGS.add_arguments(parser)
     return parser
 
 
 def settings_from(
-    argv: Sequence[str] | None, environ: dict[str, str] | None = None
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
 ) -> OperatorSettings:
     """Settings from flags, then environment, then defaults. Raises :class:`ConfigError`."""
-    environ = dict(os.environ if environ is None else environ)
-    arguments = vars(build_parser().parse_args(argv))
-    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    top: dict[str, Any] = {}
-    for flag, (section, name, parse, _) in OPTIONS.items():
-        raw = arguments.get(flag.replace("-", "_"))
-        source = f"--{flag}"
-        if raw is None:
-            env_name = ENV_PREFIX + flag.upper().replace("-", "_")
-            raw = environ.get(env_name)
-            source = env_name
-        if raw is None:
-            continue
-        try:
-            value = parse(raw)
-        except ValueError as error:
-            raise ConfigError(f"{source}: {error}") from None
-        (values[section] if section else top)[name] = value
-    settings = OperatorSettings(
-        **{section: replace(SECTIONS[section](), **values[section]) for section in SECTIONS},
-        **top,
-    )
+    try:
+        settings: OperatorSettings = FLAGS.parse(
+            build_parser(), argv, os.environ if environ is None else environ
+        )
+    except FlagError as error:
+        raise ConfigError(str(error)) from None
     if settings.follower.read_timeout <= 0 or settings.status.min_interval <= 0:
         raise ConfigError("timeouts and intervals must be positive")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -22,8 +22,8 @@ from typing import Any
 from wsgauge_contract import StatsDocument
 
 from wsgauge_operator.deletion_cost import parse_deletion_cost
+from wsgauge_operator.label_selector import LabelSelector
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics, PodMetrics
-from wsgauge_operator.spec import LabelSelector
 
 
 class SidecarState(enum.Enum):

@@ -2,9 +2,9 @@
 
 Pure functions, no I/O:
 
-- :func:`build_hpa` turns a ConnectionStats object (as kopf hands it over: a
-  mapping with ``metadata`` and ``spec``) into the ``autoscaling/v2`` HPA
-  manifest the operator creates: same name and namespace, owned by the
+- :func:`hpa_manifest` turns a parsed spec (:mod:`wsgauge_operator.spec`) into the
+  ``autoscaling/v2`` HPA manifest the operator creates (:func:`build_hpa` does the same
+  for a ConnectionStats object as kopf hands it over): same name and namespace, owned by the
   ConnectionStats (``controller: true``), scaling ``spec.targetRef`` on the Pods
   metric ``wsgauge_connections`` with ``targetConnectionsPerPod`` as average
   value, restricted to one topic with ``topic``, ``behavior`` passed through.
@@ -29,6 +29,7 @@ from typing import Any
 from wsgauge_operator.exceptions import SpecError
 from wsgauge_operator.metrics_api_core import servable_pods
 from wsgauge_operator.metrics_source import MetricsSource
+from wsgauge_operator.spec import AutoscalingSpec, TargetRef, parse_scaling
 
 METRIC_NAME = "wsgauge_connections"
 """Name of the metric served by the custom metrics API."""
@@ -65,73 +66,60 @@ def _mapping(value: object, field: str) -> Mapping[str, Any]:
     return value
 
 
-def _positive_int(value: object, field: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(field, "must be an integer")
-    if value < minimum:
-        raise SpecError(field, f"must be at least {minimum}")
-    return value
-
-
 def build_hpa(connection_stats: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The HPA manifest for a ConnectionStats, or None when ``spec.autoscaling`` is absent.
+    """The HPA manifest for a ConnectionStats object, or None when ``spec.autoscaling`` is absent.
 
-    Raises :class:`~wsgauge_operator.exceptions.SpecError` for an unusable
-    ``targetRef`` or ``autoscaling`` section (report it as a condition).
+    ``spec.targetRef`` and ``spec.autoscaling`` are read by
+    :func:`~wsgauge_operator.spec.parse_scaling`, the validation of
+    :func:`~wsgauge_operator.spec.parse_spec`; it raises
+    :class:`~wsgauge_operator.exceptions.SpecError` for an unusable section (report it as a
+    condition). With an already parsed spec, call :func:`hpa_manifest`.
     """
     metadata = _mapping(connection_stats.get("metadata"), "metadata")
     spec = _mapping(connection_stats.get("spec"), "spec")
-    autoscaling_raw = spec.get("autoscaling")
-    if autoscaling_raw is None:
+    if spec.get("autoscaling") is None:
         return None
-    autoscaling = _mapping(autoscaling_raw, "autoscaling")
-    target_ref = _mapping(spec.get("targetRef"), "targetRef")
-    for key in ("apiVersion", "kind", "name"):
-        if not isinstance(target_ref.get(key), str) or not target_ref.get(key):
-            raise SpecError(f"targetRef.{key}", "is required for autoscaling")
-    min_replicas = _positive_int(autoscaling.get("minReplicas", 1), "autoscaling.minReplicas")
-    if "maxReplicas" not in autoscaling:
-        raise SpecError("autoscaling.maxReplicas", "is required")
-    max_replicas = _positive_int(autoscaling["maxReplicas"], "autoscaling.maxReplicas")
-    if min_replicas > max_replicas:
-        raise SpecError("autoscaling", "minReplicas must not exceed maxReplicas")
-    if "targetConnectionsPerPod" not in autoscaling:
-        raise SpecError("autoscaling.targetConnectionsPerPod", "is required")
-    target = _positive_int(
-        autoscaling["targetConnectionsPerPod"], "autoscaling.targetConnectionsPerPod"
-    )
-    metric: dict[str, Any] = {"name": METRIC_NAME}
-    topic = autoscaling.get("topic")
-    if topic is not None and topic != "":
-        if not isinstance(topic, str):
-            raise SpecError("autoscaling.topic", "must be a string")
-        metric["selector"] = {"matchLabels": {TOPIC_LABEL: topic}}
+    target_ref, autoscaling = parse_scaling(spec)
+    if target_ref is None or autoscaling is None:  # parse_scaling raised for these already
+        return None
     name = metadata.get("name")
     namespace = metadata.get("namespace")
     uid = metadata.get("uid")
     if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(uid, str):
         raise SpecError("", "metadata.name, metadata.namespace and metadata.uid are required")
+    return hpa_manifest(name, namespace, uid, target_ref, autoscaling)
+
+
+def hpa_manifest(
+    name: str, namespace: str, uid: str, target_ref: TargetRef, autoscaling: AutoscalingSpec
+) -> dict[str, Any]:
+    """The HPA manifest for the ConnectionStats ``namespace/name`` (``uid``) of a parsed spec."""
+    metric: dict[str, Any] = {"name": METRIC_NAME}
+    if autoscaling.topic:
+        metric["selector"] = {"matchLabels": {TOPIC_LABEL: autoscaling.topic}}
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {
-            "apiVersion": target_ref["apiVersion"],
-            "kind": target_ref["kind"],
-            "name": target_ref["name"],
+            "apiVersion": target_ref.api_version,
+            "kind": target_ref.kind,
+            "name": target_ref.name,
         },
-        "minReplicas": min_replicas,
-        "maxReplicas": max_replicas,
+        "minReplicas": autoscaling.min_replicas,
+        "maxReplicas": autoscaling.max_replicas,
         "metrics": [
             {
                 "type": "Pods",
                 "pods": {
                     "metric": metric,
-                    "target": {"type": "AverageValue", "averageValue": str(target)},
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": str(autoscaling.target_connections_per_pod),
+                    },
                 },
             }
         ],
     }
-    behavior = autoscaling.get("behavior")
-    if behavior:
-        hpa_spec["behavior"] = _plain(_mapping(behavior, "autoscaling.behavior"))
+    if autoscaling.behavior:
+        hpa_spec["behavior"] = _plain(autoscaling.behavior)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",

@@ -1,10 +1,19 @@
-"""Kubernetes label selectors in their string form (``app=chat,tier in (a,b),!canary``).
+"""Kubernetes label selectors: the operator's one selector model and its string form.
 
-The custom metrics API receives the HPA's pod selector and metric selector as
-query parameters in the string syntax of ``k8s.io/apimachinery/pkg/labels``.
-This pure module parses that syntax, matches label sets against it and turns
-a selector back into the structured ``metav1.LabelSelector`` form (used in the
-``metric.selector`` field of v1beta2 answers).
+A :class:`LabelSelector` is a list of :class:`Requirement`, all of which must match.
+It comes from either of the two forms Kubernetes writes selectors in:
+
+- the structured ``metav1.LabelSelector`` (``matchLabels`` and ``matchExpressions``) of a
+  ConnectionStats ``spec.selector``: :mod:`wsgauge_operator.spec` validates the fields and
+  builds the model with :meth:`LabelSelector.from_match`;
+- the string syntax of ``k8s.io/apimachinery/pkg/labels`` (``app=chat,tier in (a,b),!canary``)
+  in which the custom metrics API receives the HPA's pod and metric selectors and a scale
+  subresource reports its pods' selector: :func:`parse_label_selector`.
+
+This pure module matches label sets against a selector and writes it back in either form:
+:meth:`LabelSelector.to_query` (the string form, for ``labelSelector=`` in list calls) and
+:meth:`LabelSelector.to_label_selector_dict` (the structured form, in the ``metric.selector``
+field of v1beta2 answers).
 
 Supported requirements (as in apimachinery): ``k``, ``!k``, ``k=v``, ``k==v``,
 ``k!=v``, ``k in (v1,v2)``, ``k notin (v1,v2)``, ``k>N``, ``k<N``. Keys and
@@ -14,7 +23,7 @@ values are validated like Kubernetes does (qualified names, 63-character values)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -40,6 +49,15 @@ class Operator(Enum):
     NOT_IN = "notin"
     GREATER_THAN = "gt"
     LESS_THAN = "lt"
+
+
+STRUCTURED_OPERATORS: Mapping[str, Operator] = {
+    "In": Operator.IN,
+    "NotIn": Operator.NOT_IN,
+    "Exists": Operator.EXISTS,
+    "DoesNotExist": Operator.DOES_NOT_EXIST,
+}
+"""The ``matchExpressions`` operators and the requirement operator each one means."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,18 @@ class Requirement:
         bound = int(self.values[0])
         return number > bound if self.operator is Operator.GREATER_THAN else number < bound
 
+    def to_query(self) -> str:
+        """This requirement in the string syntax (``k=v``, ``k in (a,b)``, ``!k``, ``k>1``)."""
+        op = self.operator
+        if op is Operator.EXISTS:
+            return self.key
+        if op is Operator.DOES_NOT_EXIST:
+            return f"!{self.key}"
+        if op in (Operator.IN, Operator.NOT_IN):
+            return f"{self.key} {op.value} ({','.join(self.values)})"
+        symbol = {Operator.EQUALS: "=", Operator.NOT_EQUALS: "!=", Operator.GREATER_THAN: ">"}
+        return f"{self.key}{symbol.get(op, '<')}{self.values[0]}"
+
 
 @dataclass(frozen=True)
 class LabelSelector:
@@ -81,6 +111,20 @@ class LabelSelector:
 
     requirements: tuple[Requirement, ...] = ()
     """The requirements, in the order written."""
+
+    @classmethod
+    def from_match(
+        cls,
+        match_labels: Mapping[str, str] | None = None,
+        match_expressions: Iterable[Requirement] = (),
+    ) -> LabelSelector:
+        """The selector of a structured ``metav1.LabelSelector``: one ``k=v`` requirement per
+        ``matchLabels`` entry (sorted by key), then the expressions in their order."""
+        labels = match_labels or {}
+        equalities = tuple(
+            Requirement(key, Operator.EQUALS, (labels[key],)) for key in sorted(labels)
+        )
+        return cls(equalities + tuple(match_expressions))
 
     @property
     def empty(self) -> bool:
@@ -101,6 +145,10 @@ class LabelSelector:
             ):
                 return requirement.values[0]
         return None
+
+    def to_query(self) -> str:
+        """The selector in ``kubectl -l`` / ``labelSelector=`` syntax."""
+        return ",".join(requirement.to_query() for requirement in self.requirements)
 
     def to_label_selector_dict(self) -> dict[str, Any]:
         """The structured ``metav1.LabelSelector`` form (``>``/``<`` have none and are left out)."""

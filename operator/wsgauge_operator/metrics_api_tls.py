@@ -7,8 +7,8 @@ allowed is published in the ConfigMap ``kube-system/extension-apiserver-authenti
 (keys ``requestheader-client-ca-file`` and ``requestheader-allowed-names``).
 This module:
 
-- generates a self-signed serving certificate with ``cryptography`` when none
-  is configured (the APIService then needs ``insecureSkipTLSVerify`` or its
+- makes a self-signed serving certificate (:func:`wsgauge_operator.certificates.self_signed`)
+  when none is configured (the APIService then needs ``insecureSkipTLSVerify`` or its
   ``caBundle`` set to that certificate);
 - builds the server :class:`ssl.SSLContext` that asks for a client
   certificate and verifies it against the request-header CA (a certificate
@@ -19,22 +19,18 @@ This module:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import ssl
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from wsgauge_operator.certificates import CertificatePair, read_pair, self_signed
 from wsgauge_operator.exceptions import ConfigError
 
 AUTH_CONFIGMAP_NAMESPACE = "kube-system"
@@ -89,53 +85,6 @@ def request_header_auth_from_data(data: dict[str, str]) -> RequestHeaderAuth:
     return RequestHeaderAuth(client_ca_pem=ca + "\n", allowed_names=tuple(names))
 
 
-@dataclass(frozen=True)
-class CertificatePair:
-    """A PEM certificate and its PEM private key."""
-
-    cert_pem: bytes = b""
-    """Certificate (PEM)."""
-    key_pem: bytes = b""
-    """Unencrypted private key (PEM, PKCS#8)."""
-
-
-def generate_self_signed(
-    hosts: Iterable[str], *, common_name: str = "wsgauge-metrics-api", days: int = 365
-) -> CertificatePair:
-    """A self-signed serving certificate (P-256) valid for ``hosts`` (DNS names or IPs)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    return CertificatePair(
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
 def server_ssl_context(pair: CertificatePair, client_ca_pem: str | None) -> ssl.SSLContext:
     """Server context: serve ``pair``; ask for a client certificate verified by the CA.
 
@@ -168,8 +117,7 @@ def server_ssl_context(pair: CertificatePair, client_ca_pem: str | None) -> ssl.
 def read_certificate_pair(cert_file: str, key_file: str) -> CertificatePair:
     """Read a serving certificate and key from files (ConfigError when unreadable)."""
     try:
-        with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
-            return CertificatePair(cert_pem=cert.read(), key_pem=key.read())
+        return read_pair(Path(cert_file), Path(key_file))
     except OSError as error:
         raise ConfigError(f"cannot read the serving certificate or key: {error}") from error
 
@@ -198,7 +146,7 @@ def serving_certificate_pair(
     cannot be read.
     """
     if cert_file is None and key_file is None:
-        return generate_self_signed(self_signed_hosts, common_name=common_name)
+        return self_signed(self_signed_hosts, common_name=common_name)
     if cert_file is None or key_file is None:
         raise ConfigError("cert_file and key_file must be given together")
     return read_certificate_pair(cert_file, key_file)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from wsgauge_operator.spec import LabelSelector
+from wsgauge_operator.label_selector import LabelSelector
 
 Key = tuple[str, str]
 """(namespace, name) of a ConnectionStats."""

@@ -28,7 +28,7 @@ class KubeSettings:
     """How the operator reaches the Kubernetes API and what it watches."""
 
     kubeconfig: str | None = None
-    """Path of a kubeconfig file; ``None``: in-cluster service account, else ``$KUBECONFIG``."""
+    """Path of a kubeconfig file; unset: the in-cluster service account, else ``$KUBECONFIG``."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch (pods and ConnectionStats); empty: the whole cluster."""
     field_manager: str = "wsgauge-operator"

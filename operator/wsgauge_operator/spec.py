@@ -4,7 +4,11 @@ The API server already validates the schema (see ``crds/``); this module checks
 again, because the operator must never crash on an object that slipped past
 (an older CRD, a disabled validation), and turns what it finds into a
 :class:`~.exceptions.SpecError` that the controller reports as a condition.
-It also holds the label-selector matcher and the duration parser.
+The selector becomes the operator's one selector model,
+:class:`~wsgauge_operator.label_selector.LabelSelector`, and the other parts plain
+dataclasses that every consumer reads (the controller, the readiness and deletion cost
+policies, the owned HPA's manifest in :mod:`wsgauge_operator.hpa`): nothing parses a
+ConnectionStats spec again. It also holds the duration parser.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsgauge_operator.exceptions import SpecError
+from wsgauge_operator.label_selector import STRUCTURED_OPERATORS, LabelSelector, Requirement
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_SELECTOR_OPERATORS = tuple(STRUCTURED_OPERATORS)
 
 
 def parse_duration(text: str) -> float:
@@ -36,61 +41,6 @@ def parse_duration(text: str) -> float:
     if position != len(text):
         raise ValueError(f"invalid duration {text!r} (use e.g. '2s', '500ms', '1m')")
     return total
-
-
-@dataclass(frozen=True)
-class SelectorRequirement:
-    """One ``matchExpressions`` entry."""
-
-    key: str
-    operator: str
-    values: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LabelSelector:
-    """A Kubernetes label selector (``matchLabels`` and ``matchExpressions``)."""
-
-    match_labels: Mapping[str, str] = field(default_factory=dict)
-    match_expressions: tuple[SelectorRequirement, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        """An empty selector would match every pod; ConnectionStats refuses it."""
-        return not self.match_labels and not self.match_expressions
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether a pod with these labels is selected."""
-        for key, value in self.match_labels.items():
-            if labels.get(key) != value:
-                return False
-        for requirement in self.match_expressions:
-            present = requirement.key in labels
-            if requirement.operator == "In":
-                if not present or labels[requirement.key] not in requirement.values:
-                    return False
-            elif requirement.operator == "NotIn":
-                if present and labels[requirement.key] in requirement.values:
-                    return False
-            elif requirement.operator == "Exists":
-                if not present:
-                    return False
-            elif present:  # DoesNotExist
-                return False
-        return True
-
-    def to_query(self) -> str:
-        """The selector in ``kubectl -l`` / ``labelSelector=`` syntax."""
-        parts = [f"{key}={value}" for key, value in sorted(self.match_labels.items())]
-        for requirement in self.match_expressions:
-            if requirement.operator == "Exists":
-                parts.append(requirement.key)
-            elif requirement.operator == "DoesNotExist":
-                parts.append(f"!{requirement.key}")
-            else:
-                verb = "in" if requirement.operator == "In" else "notin"
-                parts.append(f"{requirement.key} {verb} ({','.join(requirement.values)})")
-        return ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -145,8 +95,7 @@ def parse_spec(spec: object) -> ConnectionStatsSpec:
     target_ref = _parse_target_ref(spec.get("targetRef"))
     capacity = _parse_capacity(spec.get("capacity"))
     autoscaling = _parse_autoscaling(spec.get("autoscaling"))
-    if autoscaling is not None and target_ref is None:
-        raise SpecError("targetRef", "is required when autoscaling is set")
+    _require_target(target_ref, autoscaling)
     interval_raw = spec.get("statusInterval")
     interval: float | None = None
     if interval_raw is not None:
@@ -166,6 +115,20 @@ def parse_spec(spec: object) -> ConnectionStatsSpec:
     )
 
 
+def parse_scaling(spec: Mapping[str, Any]) -> tuple[TargetRef | None, AutoscalingSpec | None]:
+    """``spec.targetRef`` and ``spec.autoscaling`` alone, validated as :func:`parse_spec` does
+    (for a manifest built from an object's ``spec`` without its selector)."""
+    target_ref = _parse_target_ref(spec.get("targetRef"))
+    autoscaling = _parse_autoscaling(spec.get("autoscaling"))
+    _require_target(target_ref, autoscaling)
+    return target_ref, autoscaling
+
+
+def _require_target(target_ref: TargetRef | None, autoscaling: AutoscalingSpec | None) -> None:
+    if autoscaling is not None and target_ref is None:
+        raise SpecError("targetRef", "is required when autoscaling is set")
+
+
 def _parse_selector(raw: object) -> LabelSelector:
     if not isinstance(raw, Mapping):
         raise SpecError("selector", "is required (matchLabels and/or matchExpressions)")
@@ -177,7 +140,7 @@ def _parse_selector(raw: object) -> LabelSelector:
     expressions_raw = raw.get("matchExpressions") or []
     if not isinstance(expressions_raw, list):
         raise SpecError("selector.matchExpressions", "must be a list")
-    expressions: list[SelectorRequirement] = []
+    expressions: list[Requirement] = []
     for index, item in enumerate(expressions_raw):
         where = f"selector.matchExpressions[{index}]"
         if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
@@ -192,8 +155,9 @@ def _parse_selector(raw: object) -> LabelSelector:
             raise SpecError(where, f"operator {operator} needs at least one value")
         if operator in ("Exists", "DoesNotExist") and values:
             raise SpecError(where, f"operator {operator} takes no values")
-        expressions.append(SelectorRequirement(item["key"], str(operator), tuple(values)))
-    selector = LabelSelector(dict(labels_raw), tuple(expressions))
+        requirement = Requirement(item["key"], STRUCTURED_OPERATORS[operator], tuple(values))
+        expressions.append(requirement)
+    selector = LabelSelector.from_match(dict(labels_raw), expressions)
     if selector.empty:
         raise SpecError("selector", "must not be empty (it would select every pod)")
     return selector

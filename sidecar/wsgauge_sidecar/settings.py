@@ -1,8 +1,8 @@
 """Settings of the sidecar: one frozen dataclass per concern, built by :mod:`wsgauge_sidecar.cli`.
 
-Every field has a default (the same as the command line's) and a docstring, so
-that tests and embedders can build a :class:`SidecarSettings` directly without
-going through ``argparse``.
+Every field has a default and a docstring. They are the command line's defaults and
+``--help`` texts (:mod:`wsgauge_contract.flags` reads them), and tests and embedders can build
+a :class:`SidecarSettings` directly without going through ``argparse``.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ class ProxySettings:
     """The data port: the reverse proxy in front of the app."""
 
     listen: Address = field(default_factory=lambda: Address("0.0.0.0", 8080))
-    """``--listen``: where clients connect."""
+    """``--listen``: the data port, where clients connect (the proxy in front of the app)."""
     upstream: Address = field(default_factory=lambda: Address("127.0.0.1", 8081))
-    """``--upstream``: the app container."""
+    """``--upstream``: the app container behind the proxy."""
     topic_rule: TopicRule = field(default_factory=lambda: TopicRule("path"))
-    """``--topic``: how a socket's topic is found."""
+    """``--topic``: how a socket's topic is found (topic rules: see below)."""
     handshake_timeout: float = 10.0
     """``--handshake-timeout``: seconds a client has to send a full request head (and,
     for an upgrade, for the upstream to answer it)."""
     max_header_bytes: int = 16384
     """``--max-header-bytes``: largest request or response head accepted."""
     max_message_bytes: int = 1048576
-    """``--max-message-bytes``: largest WebSocket message read in ``phoenix`` mode."""
+    """``--max-message-bytes``: largest WebSocket message read in ``phoenix`` mode (close code
+    1009 above it)."""
     socket_buffer_bytes: int = 262144
     """``--socket-buffer-bytes``: per-direction relay buffer; reading from the sending peer
     pauses above it."""
@@ -62,7 +63,8 @@ class AdminSettings:
     """The admin port: metrics, stats, readiness, report API."""
 
     listen: Address = field(default_factory=lambda: Address("0.0.0.0", 9090))
-    """``--admin-listen``: where the operator, kubelet and Prometheus connect."""
+    """``--admin-listen``: the admin port, where the operator, kubelet and Prometheus connect
+    (must differ from ``--listen``)."""
     report_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 9091))
     """``--report-listen``: the report API's own listener, opened in report mode only; a
     loopback address, so that only the pod itself (the app container) can reach it."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from wsgauge_operator.certificates import self_signed
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.injector import InjectorSettings
 from wsgauge_operator.injector_server import (
@@ -19,7 +20,6 @@ from wsgauge_operator.injector_server import (
     parse_command,
     start_injector,
 )
-from wsgauge_operator.metrics_api_tls import generate_self_signed
 
 
 def _review(annotations: dict[str, str]) -> dict[str, Any]:
@@ -92,8 +92,8 @@ def _der(pem: bytes) -> bytes:
 
 
 async def test_certificate_files_are_reloaded_when_they_change(tmp_path: Path) -> None:
-    first = generate_self_signed(["127.0.0.1"])
-    second = generate_self_signed(["127.0.0.1"])
+    first = self_signed(["127.0.0.1"], common_name="wsgauge-injector")
+    second = self_signed(["127.0.0.1"], common_name="wsgauge-injector")
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert.write_bytes(first.cert_pem)
     key.write_bytes(first.key_pem)

@@ -24,19 +24,15 @@ import asyncio
 import base64
 import re
 import ssl
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from operator_it_cluster_helpers import OperatorProcess, condition_of, connection_stats, wait_status
 from operator_it_harness import free_port, wait_for_port
 from wsgauge_devcluster.testing import KubeCluster
+from wsgauge_operator.certificates import issue, read_pair, write_pair
 
 TOKEN = "wsgauge-test-bearer-token-0123456789abcdef"  # bogus: the certificate authenticates
 BASE = "/apis/custom.metrics.k8s.io/v1beta2"
@@ -52,32 +48,12 @@ def kubeconfig_with_token(kube: KubeCluster, directory: Path) -> tuple[Path, dic
     return path, user
 
 
-def issue(ca_cert: Path, ca_key: Path, common_name: str, directory: Path) -> tuple[Path, Path]:
+def issue_client(
+    ca_cert: Path, ca_key: Path, common_name: str, directory: Path
+) -> tuple[Path, Path]:
     """A client certificate for ``common_name`` signed by the given CA files."""
-    issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
-    issuer_key = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
     cert_path, key_path = directory / f"{common_name}.crt", directory / f"{common_name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_pair(issue(read_pair(ca_cert, ca_key), common_name, days=1), cert_path, key_path)
     return cert_path, key_path
 
 
@@ -148,7 +124,9 @@ async def test_metrics_api_admits_only_the_aggregator_and_the_log_holds_no_secre
         refused = await status_of_request(url, admin, forged)
         assert refused in (401, 403) or isinstance(refused, str), refused
 
-        mallory = issue(pki / "front-proxy-ca.crt", pki / "front-proxy-ca.key", "mallory", tmp_path)
+        mallory = issue_client(
+            pki / "front-proxy-ca.crt", pki / "front-proxy-ca.key", "mallory", tmp_path
+        )
         assert await status_of_request(url, client_context(mallory), forged) == 403
         # the aggregator still gets through after all that
         assert await status_of_request(url, client_context(aggregator)) == 200

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wsgauge_operator.label_selector import LabelSelector, Operator, Requirement
 from wsgauge_operator.selection import SelectionIndex
-from wsgauge_operator.spec import LabelSelector, SelectorRequirement
 
 NAMESPACES = ("a", "b")
 PODS = tuple(f"p{i}" for i in range(6))
@@ -19,10 +19,10 @@ labels_strategy = st.dictionaries(
 )
 selector_strategy = st.one_of(
     st.none(),
-    st.builds(lambda app: LabelSelector({"app": app}), st.sampled_from(LABEL_VALUES)),
+    st.builds(lambda app: LabelSelector.from_match({"app": app}), st.sampled_from(LABEL_VALUES)),
     st.builds(
         lambda tier: LabelSelector(
-            {}, (SelectorRequirement("tier", "In", (tier,)), SelectorRequirement("app", "Exists"))
+            (Requirement("tier", Operator.IN, (tier,)), Requirement("app", Operator.EXISTS))
         ),
         st.sampled_from(LABEL_VALUES),
     ),
@@ -105,8 +105,12 @@ def test_index_equals_brute_force_matching(
 
 def test_relabelled_pod_moves_between_connection_stats() -> None:
     index = SelectionIndex()
-    index.set_selector(("ns", "chat"), LabelSelector({"app": "chat"}), [("p", {"app": "chat"})])
-    index.set_selector(("ns", "feed"), LabelSelector({"app": "feed"}), [("p", {"app": "chat"})])
+    index.set_selector(
+        ("ns", "chat"), LabelSelector.from_match({"app": "chat"}), [("p", {"app": "chat"})]
+    )
+    index.set_selector(
+        ("ns", "feed"), LabelSelector.from_match({"app": "feed"}), [("p", {"app": "chat"})]
+    )
     assert index.members(("ns", "chat")) == {"p"}
     assert index.update_pod("ns", "p", {"app": "feed"}) == {("ns", "chat"), ("ns", "feed")}
     assert index.members(("ns", "chat")) == set()

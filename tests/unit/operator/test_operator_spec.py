@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from wsgauge_operator.exceptions import SpecError
-from wsgauge_operator.spec import LabelSelector, SelectorRequirement, parse_duration, parse_spec
+from wsgauge_operator.hpa import build_hpa, hpa_manifest
+from wsgauge_operator.label_selector import (
+    LabelSelector,
+    Operator,
+    Requirement,
+    parse_label_selector,
+)
+from wsgauge_operator.spec import parse_duration, parse_spec
 
 
 def valid_spec(**overrides: Any) -> dict[str, Any]:
@@ -24,7 +33,7 @@ def valid_spec(**overrides: Any) -> dict[str, Any]:
 
 def test_full_spec_is_parsed() -> None:
     spec = parse_spec(valid_spec())
-    assert spec.selector.match_labels == {"app": "chat"}
+    assert spec.selector == LabelSelector.from_match({"app": "chat"})
     assert spec.sidecar_port == 9090
     assert spec.target_ref is not None
     assert spec.target_ref.name == "chat"
@@ -106,13 +115,13 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_selector_matching() -> None:
-    selector = LabelSelector(
+    selector = LabelSelector.from_match(
         {"app": "chat"},
         (
-            SelectorRequirement("tier", "In", ("web", "edge")),
-            SelectorRequirement("canary", "DoesNotExist"),
-            SelectorRequirement("zone", "NotIn", ("b",)),
-            SelectorRequirement("team", "Exists"),
+            Requirement("tier", Operator.IN, ("web", "edge")),
+            Requirement("canary", Operator.DOES_NOT_EXIST),
+            Requirement("zone", Operator.NOT_IN, ("b",)),
+            Requirement("team", Operator.EXISTS),
         ),
     )
     base = {"app": "chat", "tier": "web", "team": "x"}
@@ -124,3 +133,58 @@ def test_selector_matching() -> None:
     assert not selector.matches({k: v for k, v in base.items() if k != "team"})
     assert not selector.matches({**base, "app": "other"})
     assert selector.to_query() == "app=chat,tier in (web,edge),!canary,zone notin (b),team"
+
+
+LABEL_KEYS = ("app", "tier", "zone")
+LABEL_VALUES = ("a", "b", "c")
+structured_selectors = st.fixed_dictionaries(
+    {
+        "matchLabels": st.dictionaries(
+            st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=2
+        ),
+        "matchExpressions": st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "key": st.sampled_from(LABEL_KEYS),
+                        "operator": st.sampled_from(("In", "NotIn")),
+                        "values": st.lists(
+                            st.sampled_from(LABEL_VALUES), min_size=1, max_size=2, unique=True
+                        ),
+                    }
+                ),
+                st.fixed_dictionaries(
+                    {
+                        "key": st.sampled_from(LABEL_KEYS),
+                        "operator": st.sampled_from(("Exists", "DoesNotExist")),
+                    }
+                ),
+            ),
+            max_size=3,
+        ),
+    }
+).filter(lambda raw: bool(raw["matchLabels"] or raw["matchExpressions"]))
+label_sets = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES))
+
+
+@given(structured_selectors, label_sets)
+def test_spec_selector_and_its_string_form_select_alike(
+    raw: dict[str, Any], labels: dict[str, str]
+) -> None:
+    """One selector model: a spec's selector, written as a query and parsed back by the
+    string parser, selects the same label sets."""
+    selector = parse_spec(valid_spec(selector=raw)).selector
+    assert parse_label_selector(selector.to_query()).matches(labels) == selector.matches(labels)
+
+
+def test_spec_and_manifest_share_one_validation() -> None:
+    spec = parse_spec(valid_spec(autoscaling={"maxReplicas": 3, "targetConnectionsPerPod": 7}))
+    assert spec.target_ref is not None
+    assert spec.autoscaling is not None
+    manifest = hpa_manifest("chat", "prod", "uid-1", spec.target_ref, spec.autoscaling)
+    body = {
+        "metadata": {"name": "chat", "namespace": "prod", "uid": "uid-1"},
+        "spec": valid_spec(autoscaling={"maxReplicas": 3, "targetConnectionsPerPod": 7}),
+    }
+    assert build_hpa(body) == manifest
+    assert manifest["spec"]["minReplicas"] == 1

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from wsgauge_operator.certificates import self_signed
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.metrics_api_tls import (
     AUTH_CONFIGMAP_NAME,
     AUTH_CONFIGMAP_NAMESPACE,
-    generate_self_signed,
     load_request_header_auth,
     peer_common_name,
     request_header_auth_from_data,
@@ -64,7 +64,7 @@ def test_loader_reads_the_configmap() -> None:
 
 
 def test_self_signed_certificate_names() -> None:
-    pair = generate_self_signed(["localhost", "127.0.0.1", "wsgauge.svc"])
+    pair = self_signed(["localhost", "127.0.0.1", "wsgauge.svc"], common_name="wsgauge-metrics-api")
     cert = x509.load_pem_x509_certificate(pair.cert_pem)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["localhost", "wsgauge.svc"]
@@ -76,7 +76,7 @@ def test_self_signed_certificate_names() -> None:
 
 def test_invalid_client_ca_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
-        server_ssl_context(generate_self_signed(["localhost"]), CA)
+        server_ssl_context(self_signed(["localhost"], common_name="wsgauge-metrics-api"), CA)
 
 
 def test_peer_common_name() -> None:
