@@ -3,7 +3,8 @@
 - :class:`ConnectionStatsRecord`: one ConnectionStats as last seen in the watch (its parsed
   spec, or why it is invalid), handed to the record listeners and status contributors;
 - :class:`StatusContribution`: extra status fields and conditions from another part of the
-  operator (autoscaling), written in the same status patch;
+  operator (autoscaling), written in the same status patch; :data:`StatusContributor` and
+  :data:`RecordListener` are the shapes of the controller's extension points;
 - :class:`ConnectionStatsState`: everything the :class:`~.controller.Controller` keeps for one
   ConnectionStats (the record, the status coalescer, the Event memory, the worker loop and the
   bookkeeping of incremental rounds), so that adding or forgetting one is one dict entry.
@@ -11,10 +12,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsgauge_operator.aggregation import Aggregate
 from wsgauge_operator.event_policy import TransitionMemory
 from wsgauge_operator.events import ObjectRef
 from wsgauge_operator.object_loop import ObjectLoop
@@ -53,6 +55,14 @@ class StatusContribution:
     """Conditions without times (type, status, reason, message)."""
 
 
+Key = tuple[str, str]
+"""A ConnectionStats: (namespace, name)."""
+StatusContributor = Callable[[ConnectionStatsRecord, Aggregate], StatusContribution]
+"""Called every round with the record and the aggregate; its contribution goes in the status."""
+RecordListener = Callable[[Key, "ConnectionStatsRecord | None"], None]
+"""Called with (namespace, name) and the record after each ConnectionStats event (None: deleted)."""
+
+
 @dataclass
 class ConnectionStatsState:
     """Everything the controller keeps for one ConnectionStats: adding or forgetting one
@@ -81,6 +91,13 @@ class ConnectionStatsState:
     check_all_next: bool = False
     """The next round checks every pod's condition (the minReadyPods rule was in play:
     decisions then depend on every pod)."""
+
+    def changed(self, pod: str | None = None) -> None:
+        """Something changed (of ``pod``, when given): wake the worker for a round soon."""
+        if pod is not None:
+            self.dirty.add(pod)
+        if self.worker is not None:
+            self.worker.wake()
 
     def adopt(self, record: ConnectionStatsRecord, coalescer: StatusCoalescer) -> None:
         """A new incarnation (uid) of the same name: start over from its stored status."""

@@ -45,7 +45,9 @@ from wsgauge_operator.aggregation import (
 from wsgauge_operator.connectionstats_state import (
     ConnectionStatsRecord,
     ConnectionStatsState,
-    StatusContribution,
+    Key,
+    RecordListener,
+    StatusContributor,
 )
 from wsgauge_operator.event_policy import RoundView, TransitionMemory
 from wsgauge_operator.events import EventRecorder, EventSink, ObjectRef
@@ -85,8 +87,6 @@ WORKER_TIMING = LoopTiming(
 """The worker loop of a ConnectionStats; a failed round (e.g. a status write the API server
 refused) is retried after 1-2 s, then up to 10 s, sooner when a change wakes the worker."""
 
-Key = tuple[str, str]
-
 
 class KubeWriter(EventSink, Protocol):
     """The API calls the controller makes (implemented by :class:`~.kubeapi.KubeApi`)."""
@@ -102,9 +102,6 @@ class KubeWriter(EventSink, Protocol):
         """Set one pod condition."""
 
 
-StatusContributor = Callable[[ConnectionStatsRecord, Aggregate], StatusContribution]
-RecordListener = Callable[[tuple[str, str], "ConnectionStatsRecord | None"], None]
-"""Called with (namespace, name) and the record after each ConnectionStats event (None: deleted)."""
 Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
 
 
@@ -216,7 +213,7 @@ class Controller:
 
     def touch(self, key: Key) -> None:
         """Run a round for one ConnectionStats soon (e.g. a contributor's input changed)."""
-        self._wake_worker(key)
+        self._wake(key)
 
     def busy(self) -> bool:
         """Whether some worker has been woken and has not run its round yet."""
@@ -263,8 +260,7 @@ class Controller:
                 self._followers.poke(namespace, name)
         self._reconcile_pod_followers(namespace, name)
         for key in affected:
-            self._mark_dirty(key, name)
-            self._wake_worker(key)
+            self._wake(key, name)
 
     def pod_listing_mark(self) -> int:
         """A mark to take just before listing pods (see :mod:`.pod_resync`)."""
@@ -327,7 +323,7 @@ class Controller:
             )
             self._reconcile_followers(key[0])
         self._ensure_worker(key)
-        self._wake_worker(key)
+        self._wake(key)
         for listener in list(self._record_listeners):
             listener(key, record)
 
@@ -393,18 +389,13 @@ class Controller:
 
     def _wake_selecting(self, namespace: str, pod: str) -> None:
         for key in self.selection.selecting(namespace, pod):
-            self._mark_dirty(key, pod)
-            self._wake_worker(key)
+            self._wake(key, pod)
 
-    def _mark_dirty(self, key: Key, pod: str) -> None:
+    def _wake(self, key: Key, pod: str | None = None) -> None:
+        """Wake the worker of a ConnectionStats (and mark ``pod`` as changed)."""
         state = self._states.get(key)
         if state is not None:
-            state.dirty.add(pod)
-
-    def _wake_worker(self, key: Key) -> None:
-        state = self._states.get(key)
-        if state is not None and state.worker is not None:
-            state.worker.wake()
+            state.changed(pod)
 
     def _ensure_worker(self, key: Key) -> None:
         state = self._states.get(key)
