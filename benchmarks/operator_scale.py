@@ -34,7 +34,8 @@ from typing import Any
 
 import aiohttp
 from wsgauge_contract import StatsDocument, WatchStreamDecoder, encode_watch_line
-from wsgauge_operator.controller import Controller, Key
+from wsgauge_operator.connectionstats_state import Key
+from wsgauge_operator.controller import Controller
 from wsgauge_operator.fleet import EndpointKey, FleetState
 from wsgauge_operator.follower_set import Follower
 from wsgauge_operator.settings import OperatorSettings

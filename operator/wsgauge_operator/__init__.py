@@ -10,8 +10,11 @@ Layout (thin kopf handlers on top, plain modules beneath):
 - :mod:`.aggregation`: pure computation of a ConnectionStats ``status``.
 - :mod:`.readiness`: pure readiness-gate policy (``wsgauge.dev/connections-ok``).
 - :mod:`.status_writer`: coalescing of status writes.
+- :mod:`.event_policy`: pure: which Events a change of a ConnectionStats calls for.
 - :mod:`.events`: Kubernetes Events on a ConnectionStats, de-duplicated.
 - :mod:`.certificates`: X.509 CAs, signed and self-signed certificates (the one certificate helper).
+- :mod:`.object_loop`: one loop per object (wake, debounce, timer, back-off on errors).
+- :mod:`.connectionstats_state`: what the controller keeps per ConnectionStats.
 - :mod:`.kubeapi`: the only module that calls the Kubernetes API (besides kopf itself).
 - :mod:`.controller`: ties the above together per ConnectionStats.
 - :mod:`.stats_server`: cluster-wide stats JSON, a live NDJSON stream and ``/metrics``.

@@ -20,13 +20,16 @@ contributor, fleet listener, service) and keeps, per ConnectionStats:
   :class:`~.deletion_cost.DeletionCostPlanner` (bands, token bucket), woken by every change of
   the fleet; the urgent (exact-order) pass runs as soon as the metric implies fewer replicas
   than the target has, so the order is right before the HPA acts.
+
+Per ConnectionStats, a :class:`TargetState` holds what is known and the two
+:class:`~.object_loop.ObjectLoop` s: the HPA loop and the deletion-cost loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,14 +37,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from wsgauge_operator.backoff import jittered
-from wsgauge_operator.controller import ConnectionStatsRecord, Controller, StatusContribution
+from wsgauge_operator.connectionstats_state import ConnectionStatsRecord, StatusContribution
+from wsgauge_operator.controller import Controller
 from wsgauge_operator.deletion_cost import (
     DELETION_COST_ANNOTATION,
     DeletionCostPlanner,
     DeletionCostSettings,
     PodCostInput,
 )
+from wsgauge_operator.event_policy import replica_recommendation
 from wsgauge_operator.exceptions import KubeApiError, SpecError
 from wsgauge_operator.hpa import (
     build_hpa,
@@ -52,14 +56,13 @@ from wsgauge_operator.hpa import (
 from wsgauge_operator.kubeapi import ScaleInfo
 from wsgauge_operator.label_selector import LabelSelectorError, parse_label_selector
 from wsgauge_operator.metrics_api_core import servable_pods
+from wsgauge_operator.object_loop import LoopTiming, ObjectLoop
 from wsgauge_operator.settings import AutoscalingSettings
 
 logger = logging.getLogger(__name__)
 
 CONDITION = "AutoscalingActive"
 """Condition type this module writes."""
-RECOMMENDATION_REASON = "ReplicasRecommended"
-"""Event reason of a scale recommendation."""
 COST_DEBOUNCE_SECONDS = 0.2
 """A woken deletion-cost round waits this long so that a burst of changes is handled once."""
 COST_PERIOD_SECONDS = 5.0
@@ -70,6 +73,13 @@ PARALLEL_POD_WRITES = 8
 """Annotation writes in flight at once per ConnectionStats."""
 WRITTEN_MEMORY_SECONDS = 10.0
 """How long a cost just written counts as the pod's cost until the pod watch shows it."""
+COST_TIMING = LoopTiming(
+    debounce=COST_DEBOUNCE_SECONDS,
+    period=COST_PERIOD_SECONDS,
+    retry_initial=1.0,
+    retry_max=COST_PERIOD_SECONDS,
+)
+"""The deletion-cost loop of a ConnectionStats."""
 
 Key = tuple[str, str]
 Clock = Callable[[], datetime]
@@ -120,6 +130,14 @@ class TargetState:
     """The desired count an Event was last recorded for."""
     written: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     """Costs just written: pod -> (uid, cost, monotonic time)."""
+    hpa_loop: ObjectLoop | None = field(default=None, repr=False, compare=False)
+    """The loop that reconciles the owned HPA (None: the autoscaler has not started)."""
+    cost_loop: ObjectLoop | None = field(default=None, repr=False, compare=False)
+    """The loop that writes the deletion costs and recommendations."""
+
+    def loops(self) -> list[ObjectLoop]:
+        """The loops started for this ConnectionStats."""
+        return [loop for loop in (self.hpa_loop, self.cost_loop) if loop is not None]
 
 
 def connectionstats_body(record: ConnectionStatsRecord) -> dict[str, Any]:
@@ -225,9 +243,12 @@ class Autoscaler:
             clock=monotonic,
         )
         self._states: dict[Key, TargetState] = {}
-        self._hpa_wake: dict[Key, asyncio.Event] = {}
-        self._cost_wake: dict[Key, asyncio.Event] = {}
-        self._tasks: dict[Key, list[asyncio.Task[None]]] = {}
+        """Every ConnectionStats known, with its loops."""
+        self._hpa_timing = LoopTiming(
+            period=settings.hpa_resync,
+            retry_initial=HPA_PENDING_RESYNC_SECONDS,
+            retry_max=max(settings.hpa_resync, HPA_PENDING_RESYNC_SECONDS),
+        )
         self._started = False
         self.metrics_api_error: str | None = (
             None if settings.metrics_api else "this operator runs with --metrics-api=false"
@@ -255,26 +276,26 @@ class Autoscaler:
     async def stop(self) -> None:
         """Cancel every task."""
         self._started = False
-        tasks = [task for group in self._tasks.values() for task in group]
-        self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        loops: list[ObjectLoop] = []
+        for state in self._states.values():
+            loops.extend(state.loops())
+            state.hpa_loop = state.cost_loop = None
+        await asyncio.gather(*(loop.stop() for loop in loops))
 
     def _on_record(self, key: Key, record: ConnectionStatsRecord | None) -> None:
         if record is None:
-            self._states.pop(key, None)
-            for task in self._tasks.pop(key, []):
-                task.cancel()
-            self._hpa_wake.pop(key, None)
-            self._cost_wake.pop(key, None)
+            gone = self._states.pop(key, None)
+            for loop in gone.loops() if gone is not None else []:
+                loop.cancel()
             return
         state = self._states.get(key)
         changed = True
-        if state is None or state.record.uid != record.uid:
+        if state is None:
             self._states[key] = TargetState(record)
+        elif state.record.uid != record.uid:
+            self._states[key] = TargetState(
+                record, hpa_loop=state.hpa_loop, cost_loop=state.cost_loop
+            )
         else:
             # Our own status writes come back as MODIFIED events: only a new generation
             # (a spec change) is worth an HPA round.
@@ -282,43 +303,36 @@ class Autoscaler:
             state.record = record
         self._ensure_tasks(key)
         if changed:
-            for wake in (self._hpa_wake.get(key), self._cost_wake.get(key)):
-                if wake is not None:
-                    wake.set()
+            for loop in self._states[key].loops():
+                loop.wake()
 
     def _on_fleet_change(self, namespace: str) -> None:
-        for key, wake in self._cost_wake.items():
-            if key[0] == namespace:
-                wake.set()
+        for key, state in self._states.items():
+            if key[0] == namespace and state.cost_loop is not None:
+                state.cost_loop.wake()
 
     def _ensure_tasks(self, key: Key) -> None:
-        if not self._started or key in self._tasks:
+        state = self._states.get(key)
+        if not self._started or state is None or state.hpa_loop is not None:
             return
-        self._hpa_wake[key] = asyncio.Event()
-        self._cost_wake[key] = asyncio.Event()
-        self._hpa_wake[key].set()
-        self._tasks[key] = [
-            asyncio.create_task(self._hpa_loop(key), name=f"hpa {key[0]}/{key[1]}"),
-            asyncio.create_task(self._cost_loop(key), name=f"cost {key[0]}/{key[1]}"),
-        ]
+        where = f"{key[0]}/{key[1]}"
+        state.hpa_loop = ObjectLoop(
+            f"autoscaling of {where}",
+            functools.partial(self.sync_hpa, key),
+            self._hpa_timing,
+            expected_errors=(KubeApiError,),
+            log=logger,
+        )
+        state.cost_loop = ObjectLoop(
+            f"deletion cost of {where}",
+            functools.partial(self.cost_round, key),
+            COST_TIMING,
+            log=logger,
+        )
+        state.hpa_loop.start()
+        state.cost_loop.start()
 
     # -- the owned HPA ---------------------------------------------------------------------
-    async def _hpa_loop(self, key: Key) -> None:
-        delay = 0.0
-        while key in self._states:
-            wake = self._hpa_wake[key]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
-            wake.clear()
-            try:
-                delay = await self.sync_hpa(key)
-            except KubeApiError as error:
-                logger.warning("autoscaling of %s/%s: %s", *key, error)
-                delay = jittered(HPA_PENDING_RESYNC_SECONDS)
-            except Exception:  # the loop must survive any bug in one round
-                logger.exception("autoscaling of %s/%s failed", *key)
-                delay = self._settings.hpa_resync
-
     async def sync_hpa(self, key: Key) -> float:
         """Read the target's scale, create/replace/delete our HPA; return the next delay."""
         state = self._states.get(key)
@@ -387,9 +401,9 @@ class Autoscaler:
     def _controller_wake(self, key: Key) -> None:
         """Let the controller and the cost loop look again (scale or condition changed)."""
         self._controller.touch(key)
-        wake = self._cost_wake.get(key)
-        if wake is not None:
-            wake.set()
+        state = self._states.get(key)
+        if state is not None and state.cost_loop is not None:
+            state.cost_loop.wake()
 
     # -- desiredReplicas and the condition -------------------------------------------------
     def _target_pods(self, state: TargetState) -> list[Any]:
@@ -488,20 +502,6 @@ class Autoscaler:
         )
 
     # -- deletion cost and recommendations -------------------------------------------------
-    async def _cost_loop(self, key: Key) -> None:
-        delay: float = 0.0
-        while key in self._states:
-            wake = self._cost_wake[key]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), max(delay, COST_DEBOUNCE_SECONDS))
-            await asyncio.sleep(COST_DEBOUNCE_SECONDS)
-            wake.clear()
-            try:
-                delay = await self.cost_round(key)
-            except Exception:  # the loop must survive any bug in one round
-                logger.exception("deletion cost of %s/%s failed", *key)
-                delay = COST_PERIOD_SECONDS
-
     async def cost_round(self, key: Key) -> float:
         """Record a recommendation if new; write the deletion costs due; return the next delay."""
         state = self._states.get(key)
@@ -581,24 +581,19 @@ class Autoscaler:
     async def _recommend(
         self, state: TargetState, desired: int | None, current: int | None
     ) -> None:
-        if desired is None or current is None or desired == current:
-            state.recommended = None
-            return
-        if desired == state.recommended:
-            return
-        state.recommended = desired
         spec = state.record.spec
         totals = self._controller.fleet.connection_stats(state.record.namespace, state.record.name)
-        target = spec.autoscaling.target_connections_per_pod if spec and spec.autoscaling else 0
-        connections = totals.connections if totals is not None else 0
-        direction = "up" if desired > current else "down"
-        await self._event(
-            state.record,
-            False,
-            RECOMMENDATION_REASON,
-            f"scale {direction}: {connections} connections at {target} per pod imply "
-            f"{desired} replicas (the target has {current})",
+        state.recommended, event = replica_recommendation(
+            state.recommended,
+            desired,
+            current,
+            connections=totals.connections if totals is not None else 0,
+            target_per_pod=(
+                spec.autoscaling.target_connections_per_pod if spec and spec.autoscaling else 0
+            ),
         )
+        if event is not None:
+            await self._event(state.record, event.warning, event.reason, event.note)
 
     async def _event(
         self, record: ConnectionStatsRecord, warning: bool, reason: str, note: str

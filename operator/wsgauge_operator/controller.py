@@ -1,15 +1,19 @@
 """The controller: ties fleet state, followers, aggregation, readiness, status and events.
 
-kopf hands every pod and ConnectionStats watch event to :meth:`Controller.pod_event`
-and :meth:`Controller.connectionstats_event` (see :mod:`.handlers`). From there:
+The operator's pod watch (:mod:`.pod_watch`) hands every pod event to
+:meth:`Controller.pod_event`, kopf every ConnectionStats event to
+:meth:`Controller.connectionstats_event` (see :mod:`.handlers`). From there:
 
 - the :class:`~.selection.SelectionIndex` and that pod's followers are updated (one
   :class:`~.follower.SidecarFollower` task per selected pod, keyed by pod uid, IP and
   port, kept by a :class:`~.follower_set.FollowerSet`): O(ConnectionStats) per event;
-- the workers of the ConnectionStats selecting the pod are woken: a worker aggregates,
-  decides the readiness-gate conditions (written at once), records Events on transitions
-  and writes the status through a :class:`~.status_writer.StatusCoalescer` (at most once
-  per ``statusInterval``, only on change); rounds are debounced and paced.
+- the workers of the ConnectionStats selecting the pod are woken: a worker (an
+  :class:`~.object_loop.ObjectLoop`: debounced, paced, periodic, surviving errors) aggregates,
+  decides the readiness-gate conditions (written at once), records the Events that
+  :mod:`.event_policy` calls for and writes the status through a
+  :class:`~.status_writer.StatusCoalescer` (at most once per ``statusInterval``, only on change).
+
+Everything kept per ConnectionStats is one :class:`~.connectionstats_state.ConnectionStatsState`.
 
 Other parts of the operator (autoscaling) hook in with
 :meth:`Controller.add_status_contributor` (extra status fields and conditions,
@@ -24,10 +28,8 @@ import contextlib
 import datetime
 import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -40,12 +42,21 @@ from wsgauge_operator.aggregation import (
     render_status,
     spec_conditions,
 )
+from wsgauge_operator.connectionstats_state import (
+    ConnectionStatsRecord,
+    ConnectionStatsState,
+    Key,
+    RecordListener,
+    StatusContributor,
+)
+from wsgauge_operator.event_policy import RoundView, TransitionMemory
 from wsgauge_operator.events import EventRecorder, EventSink, ObjectRef
 from wsgauge_operator.exceptions import KubeApiError, SpecError
 from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord
 from wsgauge_operator.follower import SidecarFollower
 from wsgauge_operator.follower_set import FollowerFactory, FollowerSet
 from wsgauge_operator.metrics_source import ConnectionStatsMetrics
+from wsgauge_operator.object_loop import LoopTiming, ObjectLoop
 from wsgauge_operator.observation import ObservedPods
 from wsgauge_operator.readiness import ConditionWrites, ReadinessDecision
 from wsgauge_operator.selection import SelectionIndex
@@ -67,10 +78,14 @@ ROUND_GAP_FACTOR = 3.0
 ConnectionStats (rounds are O(pods): milliseconds at 1,000 pods, where the debounce dominates)."""
 WARM_UP_RETRY_SECONDS = 0.2
 """How soon a status held back during warm-up is reconsidered."""
-OWN_CONDITIONS = ("Ready", "Degraded", "CapacityExceeded")
-"""Condition types this module computes (Events are recorded on their transitions)."""
-
-Key = tuple[str, str]
+WORKER_TIMING = LoopTiming(
+    debounce=DEBOUNCE_SECONDS,
+    period=PERIODIC_SECONDS,
+    retry_initial=2.0,
+    retry_max=PERIODIC_SECONDS,
+)
+"""The worker loop of a ConnectionStats; a failed round (e.g. a status write the API server
+refused) is retried after 1-2 s, then up to 10 s, sooner when a change wakes the worker."""
 
 
 class KubeWriter(EventSink, Protocol):
@@ -87,49 +102,7 @@ class KubeWriter(EventSink, Protocol):
         """Set one pod condition."""
 
 
-@dataclass
-class ConnectionStatsRecord:
-    """One ConnectionStats as last seen in the watch."""
-
-    namespace: str
-    name: str
-    uid: str = ""
-    generation: int | None = None
-    spec: ConnectionStatsSpec | None = None
-    spec_error: str = ""
-    status: dict[str, Any] = field(default_factory=dict)
-    first_seen: float = 0.0
-    """Monotonic time this operator first saw the resource (warm-up, see ``reconcile``)."""
-
-    @property
-    def ref(self) -> ObjectRef:
-        """Reference for Events."""
-        return ObjectRef(self.namespace, self.name, self.uid)
-
-
-@dataclass(frozen=True)
-class StatusContribution:
-    """Extra status content from another part of the operator."""
-
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    """Top-level status fields (e.g. ``desiredReplicas``)."""
-    conditions: Sequence[Mapping[str, str]] = ()
-    """Conditions without times (type, status, reason, message)."""
-
-
-StatusContributor = Callable[[ConnectionStatsRecord, Aggregate], StatusContribution]
-RecordListener = Callable[[tuple[str, str], "ConnectionStatsRecord | None"], None]
-"""Called with (namespace, name) and the record after each ConnectionStats event (None: deleted)."""
 Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
-
-
-@dataclass
-class _Memory:
-    """What a worker remembers between rounds (for Events on transitions)."""
-
-    unreachable: frozenset[str] = frozenset()
-    restarts: dict[str, int] = field(default_factory=dict)
-    condition_reasons: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def utc_now_iso() -> str:
@@ -156,27 +129,8 @@ class Controller:
         self.telemetry = telemetry or Telemetry()
         self._kube = kube
         self._monotonic = monotonic
-        self._records: dict[Key, ConnectionStatsRecord] = {}
-        self._workers: dict[Key, asyncio.Task[None]] = {}
-        self._wake: dict[Key, asyncio.Event] = {}
-        self._coalescers: dict[Key, StatusCoalescer] = {}
-        self._memory: dict[Key, _Memory] = {}
-        self._round_due: dict[Key, float] = {}
-        """Earliest (monotonic) start of a worker's next round (see ``ROUND_GAP_FACTOR``)."""
-        self._observed: dict[Key, ObservedPods] = {}
-        """Per ConnectionStats, its pods as observed by the last round, with running sums."""
-        self._dirty: dict[Key, set[str]] = {}
-        """Per ConnectionStats, the pods whose record, selection or sidecar changed since its
-        last round: only those are observed again (see ``_observe``)."""
-        self._unsettled: dict[Key, set[str]] = {}
-        """Per ConnectionStats, pods whose condition differed from the decision at the last
-        check (written or not yet): checked again every round."""
-        self._observe_all_next: set[Key] = set()
-        """ConnectionStats whose next round observes every pod (the follower limit held pods
-        back in the last round: which pods it holds back depends on the whole operator)."""
-        self._check_all_next: set[Key] = set()
-        """ConnectionStats whose next round checks every pod's condition (the minReadyPods
-        rule was in play: decisions then depend on every pod)."""
+        self._states: dict[Key, ConnectionStatsState] = {}
+        """Every ConnectionStats known, with all that is kept for it."""
         self._followers = FollowerSet(
             self.fleet,
             follower_factory
@@ -218,7 +172,7 @@ class Controller:
         )
         self._started = True
         self._reconcile_followers()
-        for key in list(self._records):
+        for key in list(self._states):
             self._ensure_worker(key)
         for start, _ in self._services:
             await start()
@@ -228,13 +182,16 @@ class Controller:
         if self._started:
             for _, stop in reversed(self._services):
                 await stop()
-        tasks = [*self._followers.take_tasks(), *self._workers.values()]
+        tasks = self._followers.take_tasks()
         for task in tasks:
             task.cancel()
+        for state in list(self._states.values()):
+            worker, state.worker = state.worker, None
+            if worker is not None:
+                await worker.stop()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -256,15 +213,17 @@ class Controller:
 
     def touch(self, key: Key) -> None:
         """Run a round for one ConnectionStats soon (e.g. a contributor's input changed)."""
-        self._wake_worker(key)
+        self._wake(key)
 
     def busy(self) -> bool:
         """Whether some worker has been woken and has not run its round yet."""
-        return any(event.is_set() for event in self._wake.values())
+        return any(
+            state.worker is not None and state.worker.woken for state in self._states.values()
+        )
 
     def records(self) -> list[ConnectionStatsRecord]:
         """Every ConnectionStats known."""
-        return list(self._records.values())
+        return [state.record for state in self._states.values()]
 
     async def wait_for_change(self, version: int, timeout: float) -> int:
         """Wait until :attr:`version` differs from ``version`` (or the timeout); return it."""
@@ -301,8 +260,7 @@ class Controller:
                 self._followers.poke(namespace, name)
         self._reconcile_pod_followers(namespace, name)
         for key in affected:
-            self._mark_dirty(key, name)
-            self._wake_worker(key)
+            self._wake(key, name)
 
     def pod_listing_mark(self) -> int:
         """A mark to take just before listing pods (see :mod:`.pod_resync`)."""
@@ -331,22 +289,19 @@ class Controller:
         uid = str(metadata.get("uid") or "")
         generation = metadata.get("generation")
         status = dict(body.get("status") or {})
-        record = self._records.get(key)
-        if record is None or record.uid != uid:
+        state = self._states.get(key)
+        if state is None or state.record.uid != uid:
             record = ConnectionStatsRecord(
-                namespace=key[0], name=key[1], uid=uid, first_seen=self._monotonic()
+                namespace=key[0], name=key[1], uid=uid, status=status, first_seen=self._monotonic()
             )
-            self._records[key] = record
             coalescer = StatusCoalescer(self._monotonic)
             coalescer.seed(status)
-            self._coalescers[key] = coalescer
-            self._memory[key] = _Memory(
-                condition_reasons={
-                    str(c.get("type")): (str(c.get("status")), str(c.get("reason")))
-                    for c in status.get("conditions") or []
-                    if isinstance(c, Mapping)
-                }
-            )
+            if state is None:
+                memory = TransitionMemory.from_status(status)
+                state = self._states[key] = ConnectionStatsState(record, coalescer, memory)
+            else:
+                state.adopt(record, coalescer)
+        record = state.record
         spec_changed = False
         if record.generation != generation or (record.spec is None and not record.spec_error):
             spec_changed = True
@@ -359,7 +314,7 @@ class Controller:
                 record.spec_error = str(error)
                 logger.warning("ConnectionStats %s/%s: invalid spec: %s", *key, error)
         record.status = status
-        self.telemetry.connectionstats.set(len(self._records))
+        self.telemetry.connectionstats.set(len(self._states))
         if spec_changed:  # our own status writes come back as events: those change no pods
             self.selection.set_selector(
                 key,
@@ -368,28 +323,18 @@ class Controller:
             )
             self._reconcile_followers(key[0])
         self._ensure_worker(key)
-        self._wake_worker(key)
+        self._wake(key)
         for listener in list(self._record_listeners):
             listener(key, record)
 
     def _forget(self, key: Key) -> None:
-        self._records.pop(key, None)
-        self._coalescers.pop(key, None)
-        self._memory.pop(key, None)
-        self._round_due.pop(key, None)
-        self._observed.pop(key, None)
-        self._dirty.pop(key, None)
-        self._unsettled.pop(key, None)
-        self._observe_all_next.discard(key)
-        self._check_all_next.discard(key)
-        self._wake.pop(key, None)
-        task = self._workers.pop(key, None)
-        if task is not None:
-            task.cancel()
+        state = self._states.pop(key, None)
+        if state is not None and state.worker is not None:
+            state.worker.cancel()
         self.fleet.drop_aggregate(*key)
         self.selection.remove(key)
         self.telemetry.forget(*key)
-        self.telemetry.connectionstats.set(len(self._records))
+        self.telemetry.connectionstats.set(len(self._states))
         if self.summaries.pop(key, None) is not None:
             self._bump()
         self._reconcile_followers(key[0])
@@ -402,7 +347,8 @@ class Controller:
         if pod is None or not pod.followable:
             return wanted
         for key in self.selection.selecting(namespace, name):
-            record = self._records.get(key)
+            state = self._states.get(key)
+            record = state.record if state is not None else None
             if record is None or record.spec is None:
                 continue
             port = pod.resolve_port(record.spec.sidecar_port)
@@ -443,47 +389,31 @@ class Controller:
 
     def _wake_selecting(self, namespace: str, pod: str) -> None:
         for key in self.selection.selecting(namespace, pod):
-            self._mark_dirty(key, pod)
-            self._wake_worker(key)
+            self._wake(key, pod)
 
-    def _mark_dirty(self, key: Key, pod: str) -> None:
-        dirty = self._dirty.get(key)
-        if dirty is None:
-            dirty = self._dirty[key] = set()
-        dirty.add(pod)
-
-    def _wake_worker(self, key: Key) -> None:
-        event = self._wake.get(key)
-        if event is not None:
-            event.set()
+    def _wake(self, key: Key, pod: str | None = None) -> None:
+        """Wake the worker of a ConnectionStats (and mark ``pod`` as changed)."""
+        state = self._states.get(key)
+        if state is not None:
+            state.changed(pod)
 
     def _ensure_worker(self, key: Key) -> None:
-        if not self._started or key in self._workers:
+        state = self._states.get(key)
+        if not self._started or state is None or state.worker is not None:
             return
-        self._wake[key] = asyncio.Event()
-        self._wake[key].set()
-        self._workers[key] = asyncio.create_task(
-            self._run_worker(key), name=f"cs {key[0]}/{key[1]}"
+        state.worker = ObjectLoop(
+            f"ConnectionStats {key[0]}/{key[1]}",
+            functools.partial(self.reconcile, key),
+            WORKER_TIMING,
+            expected_errors=(KubeApiError,),
+            pace=functools.partial(self._pause_before_round, state),
+            log=logger,
         )
+        state.worker.start()
 
-    async def _run_worker(self, key: Key) -> None:
-        delay: float | None = 0.0
-        while key in self._records:
-            wake = self._wake[key]
-            timeout = PERIODIC_SECONDS if delay is None else max(delay, DEBOUNCE_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
-            pause = self._round_due.get(key, 0.0) - self._monotonic()
-            await asyncio.sleep(max(DEBOUNCE_SECONDS, pause))
-            wake.clear()
-            try:
-                delay = await self.reconcile(key)
-            except KubeApiError as error:
-                logger.warning("ConnectionStats %s/%s: %s", *key, error)
-                delay = self._interval(self._records.get(key))
-            except Exception:  # the worker must survive any bug in one round
-                logger.exception("ConnectionStats %s/%s: reconcile failed", *key)
-                delay = PERIODIC_SECONDS
+    def _pause_before_round(self, state: ConnectionStatsState) -> float:
+        """Seconds until the worker's next round may start (see ``ROUND_GAP_FACTOR``)."""
+        return state.round_due - self._monotonic()
 
     def _interval(self, record: ConnectionStatsRecord | None) -> float:
         status = self.settings.status
@@ -494,9 +424,10 @@ class Controller:
 
     async def reconcile(self, key: Key) -> float | None:
         """One round for a ConnectionStats; returns seconds until a held-back write is due."""
-        record = self._records.get(key)
-        if record is None:
+        state = self._states.get(key)
+        if state is None:
             return None
+        record = state.record
         computing_since = time.perf_counter()
         now = utc_now_iso()
         if record.spec is None:
@@ -504,13 +435,12 @@ class Controller:
             conditions: list[Mapping[str, str]] = list(
                 invalid_spec_conditions(record.spec_error or "invalid spec")
             )
-            memory = self._memory.get(key, _Memory())
-            restarts: dict[str, int | None] = dict.fromkeys(memory.restarts)
+            restarts: dict[str, int | None] = dict.fromkeys(state.memory.restarts)
             checks: tuple[ObservedPods, set[str] | None] | None = None
             warming = False
         else:
             spec = record.spec
-            observed, restarts, checks = self._observe(key, spec)
+            observed, restarts, checks = self._observe(state, spec)
             warming = observed.totals.warming
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
@@ -552,19 +482,19 @@ class Controller:
         self._publish(key, status, result)
         computed = time.perf_counter() - computing_since
         self.telemetry.round_seconds.observe(computed)
-        self._round_due[key] = self._monotonic() + ROUND_GAP_FACTOR * computed
+        state.round_due = self._monotonic() + ROUND_GAP_FACTOR * computed
         if checks is not None:
-            await self._apply_readiness(record, *checks)
-        await self._record_events(record, result, status["conditions"], restarts)
+            await self._apply_readiness(state, *checks)
+        await self._record_events(state, result, status["conditions"], restarts)
         if warming and self._monotonic() - record.first_seen < self.settings.follower.startup_grace:
             # Just started (or just created): some sidecars have not answered yet. Writing now
             # would publish a transient undercount (and, after an operator restart, rewrite an
             # unchanged status); wait for them, at most for the startup grace.
             return WARM_UP_RETRY_SECONDS
-        return await self._write_status(key, record, status, now)
+        return await self._write_status(state, status, now)
 
     def _observe(
-        self, key: Key, spec: ConnectionStatsSpec
+        self, state: ConnectionStatsState, spec: ConnectionStatsSpec
     ) -> tuple[ObservedPods, dict[str, int | None], tuple[ObservedPods, set[str] | None]]:
         """Observe the pods that changed since the last round (all of them after a spec
         change, or while the follower limit holds pods back).
@@ -573,28 +503,29 @@ class Controller:
         (``None``: left out) and what the readiness check needs: the pods to check
         (``None``: every pod).
         """
-        observed = self._observed.get(key)
+        key = (state.record.namespace, state.record.name)
+        observed = state.observed
         held_back = self._followers.held_back
-        dirty = self._dirty.pop(key, set())
+        dirty, state.dirty = state.dirty, set()
         members = self.selection.members(key)
         full = observed is None or observed.spec is not spec or bool(held_back)
-        full = full or key in self._observe_all_next
+        full = full or state.observe_all_next
         if observed is None or observed.spec is not spec:
-            observed = self._observed[key] = ObservedPods(spec)
+            observed = state.observed = ObservedPods(spec)
         names = set(members) | set(observed.names()) if full else dirty
         restarts: dict[str, int | None] = {}
         for name in sorted(names):
             pod = self.fleet.pod(key[0], name) if name in members else None
             restarts[name] = observed.refresh(name, pod, self.fleet, held_back)
         if full:  # forget the restarts of pods no longer observed (e.g. after a spec change)
-            for name in self._memory.get(key, _Memory()).restarts:
+            for name in state.memory.restarts:
                 restarts.setdefault(name, None)
         rule = observed.readiness.global_rule_applies
         candidates: set[str] | None = None
-        if not (full or rule or key in self._check_all_next):
-            candidates = dirty | self._unsettled.get(key, set())
-        _keep_if(self._observe_all_next, key, bool(held_back))
-        _keep_if(self._check_all_next, key, rule)
+        if not (full or rule or state.check_all_next):
+            candidates = dirty | state.unsettled
+        state.observe_all_next = bool(held_back)
+        state.check_all_next = rule
         return observed, restarts, (observed, candidates)
 
     def _publish(self, key: Key, status: dict[str, Any], result: Aggregate) -> None:
@@ -617,9 +548,9 @@ class Controller:
         self._changed.set()
 
     async def _write_status(
-        self, key: Key, record: ConnectionStatsRecord, status: dict[str, Any], now: str
+        self, state: ConnectionStatsState, status: dict[str, Any], now: str
     ) -> float | None:
-        coalescer = self._coalescers[key]
+        record, coalescer = state.record, state.coalescer
         delay = coalescer.delay(status, self._interval(record))
         if delay is None or delay > 0 or self._kube is None:
             return delay
@@ -643,13 +574,13 @@ class Controller:
         return None
 
     async def _apply_readiness(
-        self, record: ConnectionStatsRecord, observed: ObservedPods, candidates: set[str] | None
+        self, state: ConnectionStatsState, observed: ObservedPods, candidates: set[str] | None
     ) -> None:
         """Write the pod conditions that differ from the decisions, among ``candidates``
         (``None``: every pod): the pods that changed and those unsettled at the last check."""
         if not self.settings.readiness.enabled or self._kube is None:
             return
-        key = (record.namespace, record.name)
+        record = state.record
         all_decisions = observed.readiness.decisions()
         names = observed.entries.keys() if candidates is None else candidates
         decisions: dict[str, ReadinessDecision] = {}
@@ -664,7 +595,7 @@ class Controller:
             current[name] = (pod.uid, pod.gate_status, pod.gate_reason)
             if pod.gate_status is not decision.ok or pod.gate_reason != decision.reason:
                 unsettled.add(name)
-        self._unsettled[key] = unsettled
+        state.unsettled = unsettled
         needed = self._condition_writes.needed(record.namespace, decisions, current)
         if not needed:
             return
@@ -706,58 +637,30 @@ class Controller:
 
     async def _record_events(
         self,
-        record: ConnectionStatsRecord,
+        state: ConnectionStatsState,
         result: Aggregate,
         conditions: Sequence[Mapping[str, Any]],
         restart_counts: Mapping[str, int | None],
     ) -> None:
-        """Events on transitions; ``restart_counts`` holds the pods observed again this
-        round (``None``: left out)."""
-        memory = self._memory.setdefault((record.namespace, record.name), _Memory())
-        ref = record.ref
-        unreachable = frozenset(result.unreachable_pods)
-        for pod in sorted(unreachable - memory.unreachable)[:5]:
-            await self._event(
-                ref, True, "PodUnreachable", f"the sidecar of pod {pod} stopped answering"
-            )
-        for pod in sorted(memory.unreachable - unreachable)[:5]:
-            still = self.fleet.pod(record.namespace, pod)
-            if still is not None and not still.terminating:
-                await self._event(
-                    ref, False, "PodReachable", f"the sidecar of pod {pod} answers again"
-                )
-        memory.unreachable = unreachable
-        for name, restarts in sorted(restart_counts.items()):
-            if restarts is None:
-                memory.restarts.pop(name, None)
-                continue
-            if restarts > memory.restarts.get(name, restarts):
-                await self._event(
-                    ref, False, "SidecarRestarted", f"the sidecar of pod {name} restarted"
-                )
-            memory.restarts[name] = restarts
-        for item in conditions:
-            type_ = str(item.get("type"))
-            if type_ not in OWN_CONDITIONS:
-                continue
-            now = (str(item.get("status")), str(item.get("reason")))
-            before = memory.condition_reasons.get(type_)
-            memory.condition_reasons[type_] = now
-            problem = (now[0] == "False") if type_ == "Ready" else (now[0] == "True")
-            if before == now or now[1] == "WaitingForSidecars" or (before is None and not problem):
-                continue
-            await self._event(ref, problem, now[1], f"{type_} is {now[0]}: {item.get('message')}")
+        """Events on transitions (:mod:`.event_policy`); ``restart_counts`` holds the pods
+        observed again this round (``None``: left out)."""
+        record = state.record
         spec = record.spec
-        limit = spec.capacity.max_connections_per_pod if spec is not None else None
-        if limit and result.counted and result.connections > limit * result.counted:
-            needed = math.ceil(result.connections / limit)
-            await self._event(
-                ref,
-                False,
-                "ScaleRecommended",
-                f"{result.connections} connections on {result.counted} pods exceed "
-                f"maxConnectionsPerPod {limit}: at least {needed} pods are needed",
-            )
+        view = RoundView(
+            unreachable=frozenset(result.unreachable_pods),
+            restart_counts=restart_counts,
+            conditions=conditions,
+            connections=result.connections,
+            counted=result.counted,
+            max_per_pod=spec.capacity.max_connections_per_pod if spec is not None else None,
+        )
+        for event in state.memory.round(view, functools.partial(self._is_live, record.namespace)):
+            await self._event(record.ref, event.warning, event.reason, event.note)
+
+    def _is_live(self, namespace: str, pod: str) -> bool:
+        """Whether a pod exists and is not terminating."""
+        record = self.fleet.pod(namespace, pod)
+        return record is not None and not record.terminating
 
     async def record_event(self, ref: ObjectRef, warning: bool, reason: str, note: str) -> None:
         """Record an Event on a ConnectionStats (de-duplicated; failures are logged)."""
@@ -768,13 +671,6 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
-
-
-def _keep_if(keys: set[Key], key: Key, wanted: bool) -> None:
-    if wanted:
-        keys.add(key)
-    else:
-        keys.discard(key)
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

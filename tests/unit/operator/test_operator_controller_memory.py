@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from wsgauge_contract import StatsDocument
 from wsgauge_operator.aggregation import Aggregate
-from wsgauge_operator.controller import ConnectionStatsRecord, Controller, StatusContribution
+from wsgauge_operator.connectionstats_state import ConnectionStatsRecord, StatusContribution
+from wsgauge_operator.controller import Controller
 from wsgauge_operator.fleet import EndpointKey
 from wsgauge_operator.settings import OperatorSettings, StatusSettings
 from wsgauge_operator.stats_server import StatsServer, cluster_document
