@@ -10,7 +10,7 @@ contributor, fleet listener, service) and keeps, per ConnectionStats:
   and every ``hpa_resync`` seconds, together with the target's scale subresource;
 - **``status.desiredReplicas``** (what the served metric implies, computed like the HPA
   controller does) and the **``AutoscalingActive``** condition, True, or False with a reason:
-  ``NoAutoscaling``, ``NoTarget``, ``InvalidAutoscaling``, ``TargetNotFound``, ``HPAConflict``,
+  ``NoAutoscaling``, ``NoTarget``, ``TargetNotFound``, ``HPAConflict``,
   ``HPAFailed``, ``MetricsApiNotServed``, ``WaitingForHPA``, ``HPANotAbleToScale``,
   ``MetricsUnavailable`` (the HPA cannot read the metric: the APIService is missing or not
   available), ``HPAScalingInactive``;
@@ -46,11 +46,11 @@ from wsgauge_operator.deletion_cost import (
     PodCostInput,
 )
 from wsgauge_operator.event_policy import replica_recommendation
-from wsgauge_operator.exceptions import KubeApiError, SpecError
+from wsgauge_operator.exceptions import KubeApiError
 from wsgauge_operator.hpa import (
-    build_hpa,
     desired_replicas_from_source,
     hpa_is_owned_by,
+    hpa_manifest,
     hpa_needs_update,
 )
 from wsgauge_operator.kubeapi import ScaleInfo
@@ -138,33 +138,6 @@ class TargetState:
     def loops(self) -> list[ObjectLoop]:
         """The loops started for this ConnectionStats."""
         return [loop for loop in (self.hpa_loop, self.cost_loop) if loop is not None]
-
-
-def connectionstats_body(record: ConnectionStatsRecord) -> dict[str, Any]:
-    """The parts of a ConnectionStats object :func:`~.hpa.build_hpa` reads, from a record."""
-    spec: dict[str, Any] = {}
-    if record.spec is not None:
-        target = record.spec.target_ref
-        if target is not None:
-            spec["targetRef"] = {
-                "apiVersion": target.api_version,
-                "kind": target.kind,
-                "name": target.name,
-            }
-        auto = record.spec.autoscaling
-        if auto is not None:
-            spec["autoscaling"] = {
-                "minReplicas": auto.min_replicas,
-                "maxReplicas": auto.max_replicas,
-                "targetConnectionsPerPod": auto.target_connections_per_pod,
-                "behavior": copy.deepcopy(dict(auto.behavior)),
-            }
-            if auto.topic:
-                spec["autoscaling"]["topic"] = auto.topic
-    return {
-        "metadata": {"name": record.name, "namespace": record.namespace, "uid": record.uid},
-        "spec": spec,
-    }
 
 
 def merged_hpa(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,14 +321,13 @@ class Autoscaler:
             state.target_missing = state.scale is None
         else:
             state.scale, state.target_missing = None, False
-        try:
-            desired = build_hpa(connectionstats_body(record))
-        except SpecError as error:
-            reason = "NoTarget" if str(error).startswith("targetRef") else "InvalidAutoscaling"
-            state.problem = (reason, str(error))
-            desired = None
-        else:
-            state.problem = None
+        # the spec was parsed (and targetRef required with autoscaling) once, by parse_spec
+        desired = (
+            hpa_manifest(name, namespace, record.uid, spec.target_ref, spec.autoscaling)
+            if spec.autoscaling is not None and spec.target_ref is not None
+            else None
+        )
+        state.problem = None
         existing = await kube.get_hpa(namespace, name)
         owned = existing is not None and hpa_is_owned_by(existing, record.uid)
         if desired is None:
