@@ -122,6 +122,13 @@ class PrometheusServer:
             process.kill()
             process.wait(timeout=timeout)
 
+    def reload(self, config: Mapping[str, Any]) -> None:
+        """Write a new configuration and SIGHUP (targets moved: a pod was replaced)."""
+        self.config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        if self._process is None or self._process.poll() is not None:
+            raise PrometheusError("prometheus is not running")
+        self._process.send_signal(signal.SIGHUP)
+
     def __enter__(self) -> PrometheusServer:
         self.start()
         return self

@@ -8,14 +8,27 @@ the chart's rendered monitors plus the pods, Services and EndpointSlices they wo
 would discover (``job``, ``namespace``, ``pod``, ``container``, ``endpoint``, ``service``;
 ``honor_labels`` as the endpoint says). Pure: the caller reads the cluster.
 
+As a command it reads one YAML stream (the rendered chart, then
+``kubectl get pods,services,endpointslices -A -o yaml``) and prints a whole ``prometheus.yml``::
+
+    { helm template wsgauge charts/wsgauge -n wsgauge-system \
+        --set monitoring.podMonitor.enabled=true --set monitoring.serviceMonitor.enabled=true
+      echo ---
+      kubectl get pods,services,endpointslices -A -o yaml; } \
+      | python -m wsgauge_devcluster.scrape_config > prometheus.yml
+
 Only the monitor fields the chart uses are translated; any other field (relabelings, TLS,
 ``targetPort``...) raises :class:`ScrapeConfigError` rather than being silently dropped.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
+
+import yaml
 
 from wsgauge_devcluster.exceptions import DevClusterError
 
@@ -206,3 +219,46 @@ def _service_monitor_jobs(
             _job(f"serviceMonitor/{meta['namespace']}/{meta['name']}/{index}", endpoint, targets)
         )
     return jobs
+
+
+def config_from_stream(stream: TextIO) -> dict[str, Any]:
+    """The ``prometheus.yml`` for a YAML stream of rendered chart objects and cluster objects
+    (``kind: List`` documents, as ``kubectl get -o yaml`` prints them, are unpacked)."""
+    objects: list[Object] = []
+    for document in yaml.safe_load_all(stream):
+        if not document:
+            continue
+        if str(document.get("kind", "")).endswith("List"):
+            objects += document.get("items") or []
+        else:
+            objects.append(document)
+    pods = [o for o in objects if o.get("kind") == "Pod"]
+    services = [o for o in objects if o.get("kind") == "Service"]
+    slices = [o for o in objects if o.get("kind") == "EndpointSlice"]
+    monitors = [o for o in objects if o.get("kind") in ("PodMonitor", "ServiceMonitor")]
+    if not monitors:
+        raise ScrapeConfigError(
+            "no PodMonitor or ServiceMonitor in the input: render the chart with "
+            "--set monitoring.podMonitor.enabled=true --set monitoring.serviceMonitor.enabled=true"
+        )
+    return prometheus_config(scrape_configs(monitors, pods, services, slices))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Read the stream from stdin, print ``prometheus.yml``; 2 on unusable input."""
+    parser = argparse.ArgumentParser(
+        prog="python -m wsgauge_devcluster.scrape_config",
+        description="prometheus.yml with static targets from the chart's PodMonitor/ServiceMonitor",
+    )
+    parser.parse_args(argv)
+    try:
+        config = config_from_stream(sys.stdin)
+    except (ScrapeConfigError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        print(f"scrape_config: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+import yaml
 from wsgauge_devcluster.scrape_config import (
     ScrapeConfigError,
+    config_from_stream,
+    main,
     matches_selector,
     prometheus_config,
     scrape_configs,
@@ -231,3 +235,34 @@ def test_prometheus_config_holds_only_the_jobs_and_rules() -> None:
     assert set(config) == {"global", "scrape_configs", "rule_files"}
     assert config["scrape_configs"] == jobs
     assert "rule_files" not in prometheus_config(jobs)
+
+
+def test_the_command_reads_the_chart_and_kubectl_lists() -> None:
+    pod = {**_pod("chat-a"), "kind": "Pod"}
+    stream = yaml.safe_dump_all(
+        [
+            POD_MONITOR,
+            {"kind": "Deployment", "metadata": {"name": "x"}},
+            {"apiVersion": "v1", "kind": "List", "items": [pod]},
+        ]
+    )
+    config = config_from_stream(io.StringIO(stream))
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["10.244.0.5:9090"]
+
+
+def test_the_command_says_when_the_monitors_are_off(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump({"kind": "Service"})))
+    assert main([]) == 2
+    assert "monitoring.podMonitor.enabled=true" in capsys.readouterr().err
+
+
+def test_the_command_prints_prometheus_yml(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(POD_MONITOR)))
+    assert main([]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["scrape_configs"][0]["job_name"].startswith("podMonitor/")
