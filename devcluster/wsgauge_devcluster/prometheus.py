@@ -6,21 +6,26 @@
 :mod:`.scrape_config`), its data in a directory of the caller, and stops it. It never scrapes
 anything but the targets it is given, sends no alerts and writes nowhere remote.
 :func:`rules_of` takes the rule groups out of rendered PrometheusRule objects (what
-``promtool check rules`` and ``prometheus --config.file`` read).
+``promtool check rules`` and ``prometheus --config.file`` read); as a command::
+
+    helm template wsgauge charts/wsgauge --set monitoring.prometheusRule.enabled=true \
+      | python -m wsgauge_devcluster.prometheus rules > wsgauge-rules.yaml
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +170,22 @@ class PrometheusServer:
             return self.log_file.read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rules``: read rendered chart objects on stdin, print the rules file; 2 on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m wsgauge_devcluster.prometheus")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("rules", help="the chart's PrometheusRule spec as a rules file")
+    parser.parse_args(argv)
+    try:
+        rules = rules_of(doc for doc in yaml.safe_load_all(sys.stdin) if doc)
+    except (PrometheusError, yaml.YAMLError, KeyError, TypeError) as error:
+        print(f"prometheus rules: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump(rules, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

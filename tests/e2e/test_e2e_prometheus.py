@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,9 +77,10 @@ keeps the two replicas."""
 
 
 @pytest.fixture(scope="module")
-def prometheus_binary() -> Path:
+def prometheus_tools() -> tuple[Path, Path]:
+    """(prometheus, promtool), from Debian's package (hack/install-prometheus.sh)."""
     try:
-        return ensure_installed()[0]
+        return ensure_installed()
     except PrometheusError as error:
         pytest.fail(f"Prometheus cannot be installed: {error}", pytrace=False)
 
@@ -190,7 +192,7 @@ async def test_prometheus_scrapes_what_the_monitors_describe(
     kube: KubeCluster,
     release: ChartInstall,
     namespace: str,
-    prometheus_binary: Path,
+    prometheus_tools: tuple[Path, Path],
     stop_later: list[PrometheusServer],
     tmp_path: Path,
 ) -> None:
@@ -224,7 +226,7 @@ async def test_prometheus_scrapes_what_the_monitors_describe(
 
         # 2. The scrape config from the chart's monitors, rendered with the release's values
         #    (the command of docs/prometheus.md).
-        rendered = render_chart(release, *MONITORING)
+        rendered = await asyncio.to_thread(render_chart, release, *MONITORING)
         objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
         await hpa_series.start()
         stand_in = {
@@ -242,7 +244,7 @@ async def test_prometheus_scrapes_what_the_monitors_describe(
             cluster_objects = await kubectl(
                 kube, "get", "pods,services,endpointslices", "-A", "-o", "yaml"
             )
-            config = generate_prometheus_yml(rendered, cluster_objects)
+            config = await asyncio.to_thread(generate_prometheus_yml, rendered, cluster_objects)
             _assert_only_pods_and_loopback(config, yaml.safe_load(cluster_objects)["items"])
             config["scrape_configs"].append(stand_in)
             config["rule_files"] = [str(rules_file)]
@@ -258,8 +260,17 @@ async def test_prometheus_scrapes_what_the_monitors_describe(
         assert mine == set(pods), sidecar_job
         assert operator_job["static_configs"], f"no operator endpoint: {operator_job}"
         assert operator_job["honor_labels"] is True
-        server = PrometheusServer(prometheus_binary, tmp_path, config)
+        server = PrometheusServer(prometheus_tools[0], tmp_path, config)
         stop_later.append(server)
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [str(prometheus_tools[1]), "check", "config", str(server.config_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         started = time.monotonic()
         await asyncio.to_thread(server.start)
         print(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chart_render_harness import Render, one
-from wsgauge_devcluster.prometheus import PrometheusError, ensure_installed, rules_of
+from chart_render_harness import CHART, run_helm
+from wsgauge_devcluster.prometheus import PrometheusError, ensure_installed
 
 ALERTS = ("WsgaugePodsUnreachable", "WsgaugeCapacityExceeded", "WsgaugeScalingAtMax")
 """Every alert the chart defines (the test fails when one is added without test series)."""
@@ -31,8 +32,43 @@ def promtool() -> Path:
 
 
 @pytest.fixture(scope="module")
-def rules(render: Render) -> dict[str, Any]:
-    return rules_of([one(render("monitoring.prometheusRule.enabled=true"), "PrometheusRule")])
+def rules(helm_binary: Path) -> dict[str, Any]:
+    """The rules file as docs/prometheus.md makes it: helm template | python -m
+    wsgauge_devcluster.prometheus rules."""
+    rendered = run_helm(
+        helm_binary,
+        "template",
+        "wsgauge",
+        str(CHART),
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgauge_devcluster.prometheus", "rules"],
+        input=rendered.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rules: dict[str, Any] = yaml.safe_load(result.stdout)
+    return rules
+
+
+def test_the_rules_command_refuses_a_chart_without_rules(helm_binary: Path) -> None:
+    rendered = run_helm(helm_binary, "template", "wsgauge", str(CHART))
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgauge_devcluster.prometheus", "rules"],
+        input=rendered.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no PrometheusRule" in result.stderr
 
 
 def _rule(rules: dict[str, Any], alert: str) -> dict[str, Any]:
@@ -233,3 +269,16 @@ def test_promtool_catches_a_wrong_expectation(
     result = _promtool(promtool, "test", "rules", str(test_file))
     assert result.returncode != 0
     assert "WsgaugePodsUnreachable" in result.stdout + result.stderr
+
+
+def test_the_example_of_the_docs_passes(
+    promtool: Path, rules: dict[str, Any], tmp_path: Path
+) -> None:
+    """docs/prometheus.md's wsgauge-rules-test.yaml, as written there."""
+    text = (CHART.parents[1] / "docs" / "prometheus.md").read_text()
+    example = text.split("```yaml\nrule_files:", 1)[1].split("```", 1)[0]
+    (tmp_path / "wsgauge-rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    test_file = tmp_path / "wsgauge-rules-test.yaml"
+    test_file.write_text("rule_files:" + example)
+    result = _promtool(promtool, "test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
