@@ -63,7 +63,7 @@ from wsgauge_operator.selection import SelectionIndex
 from wsgauge_operator.settings import OperatorSettings
 from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
 from wsgauge_operator.status_writer import StatusCoalescer
-from wsgauge_operator.telemetry import Telemetry
+from wsgauge_operator.telemetry import POD_STATES, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -531,14 +531,8 @@ class Controller:
     def _publish(self, key: Key, status: dict[str, Any], result: Aggregate) -> None:
         namespace, name = key
         self.telemetry.connections.labels(namespace, name).set(result.connections)
-        for state, value in (
-            ("matched", result.matched),
-            ("reporting", result.reporting),
-            ("unreachable", result.unreachable),
-            ("ready", result.ready),
-            ("terminating", result.terminating),
-        ):
-            self.telemetry.pods.labels(namespace, name, state).set(value)
+        for state in POD_STATES:
+            self.telemetry.pods.labels(namespace, name, state).set(getattr(result, state))
         if self.summaries.get(key) != status:
             self.summaries[key] = status
             self._bump()

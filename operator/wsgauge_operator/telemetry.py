@@ -6,7 +6,7 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-POD_STATES = ("matched", "reporting", "unreachable", "ready")
+POD_STATES = ("matched", "reporting", "unreachable", "ready", "terminating")
 """Values of the ``state`` label of ``wsgauge_connectionstats_pods``."""
 
 
