@@ -34,6 +34,8 @@ $(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt VER
 	@echo ">>> creating virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# the one distribution of before (wsgauge) in an existing .venv: replaced by the four
+	$(PY) -m pip uninstall --quiet --yes wsgauge 2>/dev/null || true
 	$(PY) -m pip install --quiet -c constraints.txt $(DISTRIBUTIONS:%=-e ./%) -e '.[dev]'
 	touch $(STAMP)
 
