@@ -27,11 +27,16 @@ all: test
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
 
-$(STAMP): pyproject.toml
+# The three distributions (contract, sidecar, operator) editable, then the development project
+# (devcluster, dev tools); runtime dependencies pinned by constraints.txt.
+DISTRIBUTIONS := contract sidecar operator
+$(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt VERSION
 	@echo ">>> creating virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@# the one distribution of before (wsgauge) in an existing .venv: replaced by the four
+	$(PY) -m pip uninstall --quiet --yes wsgauge 2>/dev/null || true
+	$(PY) -m pip install --quiet -c constraints.txt $(DISTRIBUTIONS:%=-e ./%) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -109,7 +114,7 @@ clean:
 
 # --- images, chart, kind ------------------------------------------------------------------
 IMAGE_REGISTRY ?= wsgauge
-IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+IMAGE_TAG ?= $(shell cat VERSION)
 DOCKER ?= docker
 KIND ?= kind
 KIND_CLUSTER ?= wsgauge-e2e

@@ -11,12 +11,16 @@ starts one when none answers) and the classic builder:
 - ``<registry>/pause:<version>``: the pod sandbox, ``images/pause/pause.c`` compiled static on
   the host, ``FROM scratch``;
 - ``<registry>/sidecar:<version>`` and ``<registry>/operator:<version>`` from
-  ``images/Dockerfile.{sidecar,operator}`` with ``PYTHON_IMAGE`` as build argument. Their wheels
-  are downloaded on the host (pip, for the base's Python version and glibc) into a build context
-  assembled under ``~/.cache/wsgauge/images/`` from the ``!`` lines of the Dockerfile's
-  ``.dockerignore``, so the build itself runs with ``--network none``.
+  ``images/Dockerfile.{sidecar,operator}`` with ``PYTHON_IMAGE`` as build argument. They install
+  from the package metadata: the wheels of the image's own distributions (``./contract`` and
+  ``./sidecar`` or ``./operator``) are built on the host (``pip wheel``), and the wheels of their
+  dependencies downloaded on the host (``pip download`` of those wheels with ``constraints.txt``,
+  binary only, for the base's Python version and glibc), into a build context assembled under
+  ``~/.cache/wsgauge/images/`` from the ``!`` lines of the Dockerfile's ``.dockerignore``, so the
+  build itself runs with ``--network none`` (``pip install --no-index``).
 
-``version`` is ``version`` in pyproject.toml; ``registry`` defaults to ``wsgauge``.
+``version`` is the repository's ``VERSION`` file (every pyproject.toml reads it);
+``registry`` defaults to ``wsgauge``.
 
 CLI::
 
@@ -39,7 +43,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +131,11 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "wsgauge" / "images"
 
 
-def project_version(pyproject: Path = REPO / "pyproject.toml") -> str:
-    """``version`` from pyproject.toml: the images' tag."""
-    with pyproject.open("rb") as handle:
-        version = tomllib.load(handle)["project"]["version"]
-    assert isinstance(version, str)
+def project_version(version_file: Path = REPO / "VERSION") -> str:
+    """The repository's ``VERSION`` file (every distribution's version): the images' tag."""
+    version = version_file.read_text().strip()
+    if not version or len(version.split()) != 1:
+        raise ImageBuildError(f"{version_file}: not a version: {version!r}")
     return version
 
 
@@ -245,15 +248,29 @@ def wheel_platforms(glibc: tuple[int, int]) -> list[str]:
     return tags
 
 
+def pip_wheel_argv(sources: Sequence[Path], dest: Path) -> list[str]:
+    """Build the wheels of the image's own distributions on the host (pure Python, no deps)."""
+    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
+    return [*argv, "--no-deps", "--wheel-dir", str(dest), *map(str, sources)]
+
+
 def pip_download_argv(
-    requirements: Path, dest: Path, python_version: str, glibc: tuple[int, int]
+    wheels: Sequence[Path],
+    constraints: Path,
+    dest: Path,
+    python_version: str,
+    glibc: tuple[int, int],
 ) -> list[str]:
-    """Download the image's wheels on the host, for the base's Python and glibc."""
+    """Download, on the host, the wheels of the dependencies the own wheels' metadata declares.
+
+    The own wheels are named as files, so pip takes them (and the dependency of one on another,
+    ``wsgauge-contract``) from here, never from an index; the rest is pinned by ``constraints``.
+    """
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     argv += ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
     for tag in wheel_platforms(glibc):
         argv += ["--platform", tag]
-    argv += ["-r", str(requirements), "-d", str(dest)]
+    argv += ["-c", str(constraints), "-d", str(dest), *map(str, wheels)]
     return argv
 
 
@@ -283,7 +300,13 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
-def _run(argv: Sequence[str], log_file: Path, what: str, **kwargs: object) -> None:
+def _run(
+    argv: Sequence[str],
+    log_file: Path,
+    what: str,
+    extra_env: dict[str, str] | None = None,
+    **kwargs: object,
+) -> None:
     """Run a command with its output appended to log_file; raise with the log's tail."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a") as handle:
@@ -294,7 +317,7 @@ def _run(argv: Sequence[str], log_file: Path, what: str, **kwargs: object) -> No
                 list(argv),
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=docker_env(),
+                env={**docker_env(), **(extra_env or {})},
                 timeout=BUILD_TIMEOUT,
                 check=False,
                 **kwargs,  # type: ignore[call-overload]
@@ -497,27 +520,73 @@ def parse_python_info(out: str) -> PythonInfo:
     return PythonInfo(words[0], (major, minor))
 
 
-def ensure_wheels(log: Log, requirements: Path, info: PythonInfo) -> Path:
-    """The image's wheels, downloaded on the host once per requirements file and Python."""
-    key = hashlib.sha256(
-        requirements.read_bytes() + f"{info.version} {info.glibc}".encode()
-    ).hexdigest()[:12]
-    dest = cache_dir() / "wheels" / f"{requirements.stem}-{key}"
+OWN_DISTRIBUTIONS = {"sidecar": ("contract", "sidecar"), "operator": ("contract", "operator")}
+"""The repository folders (each a distribution with its pyproject.toml) an image installs."""
+CONSTRAINTS = REPO / "constraints.txt"
+SOURCE_IGNORE = ("__pycache__", "*.pyc", "build", "dist", "*.egg-info")
+"""What an in-tree build or a test run leaves in a distribution's folder: never copied."""
+WHEEL_EPOCH = "315532800"
+"""SOURCE_DATE_EPOCH of the own wheels (1980-01-01): the same sources give the same bytes, so
+Docker's build cache stays valid from one build to the next."""
+
+
+def build_own_wheels(log: Log, name: str) -> Path:
+    """Build the wheels of the image's own distributions from a copy of their folders.
+
+    The copy (not the repository) gets pip's in-tree build directories; each folder's
+    ``VERSION`` link is copied as the file it points to.
+    """
+    scratch = cache_dir() / "src" / name
+    dest = cache_dir() / "own-wheels" / name
+    _remove_tree(scratch)
+    _remove_tree(dest)
+    skip = shutil.ignore_patterns(*SOURCE_IGNORE)
+    sources = []
+    for folder in OWN_DISTRIBUTIONS[name]:
+        shutil.copytree(REPO / folder, scratch / folder, ignore=skip)
+        sources.append(scratch / folder)
+    dest.mkdir(parents=True)
+    log(f"building the wheels of {', '.join(OWN_DISTRIBUTIONS[name])} on the host")
+    _run(
+        pip_wheel_argv(sources, dest),
+        cache_dir() / "logs" / "wheels.log",
+        f"pip wheel {' '.join(OWN_DISTRIBUTIONS[name])}",
+        extra_env={"SOURCE_DATE_EPOCH": WHEEL_EPOCH},
+    )
+    _remove_tree(scratch)
+    return dest
+
+
+def dependencies_key(name: str, info: PythonInfo) -> str:
+    """What decides an image's dependency wheels: the constraints, the own distributions'
+    metadata (their pyproject.toml files) and the base's Python and glibc."""
+    digest = hashlib.sha256(CONSTRAINTS.read_bytes())
+    for folder in OWN_DISTRIBUTIONS[name]:
+        digest.update((REPO / folder / "pyproject.toml").read_bytes())
+    digest.update(f"{info.version} {info.glibc}".encode())
+    return digest.hexdigest()[:12]
+
+
+def ensure_dependency_wheels(log: Log, name: str, own: Path, info: PythonInfo) -> Path:
+    """The wheels of the image's dependencies, downloaded on the host once per key."""
+    dest = cache_dir() / "wheels" / f"{name}-{dependencies_key(name, info)}"
     if (dest / ".complete").exists():
         return dest
     _remove_tree(dest)
     dest.mkdir(parents=True)
-    log(f"downloading the wheels of {requirements.name} for Python {info.version} on the host")
+    log(f"downloading the dependencies' wheels of the {name} image for Python {info.version}")
     _run(
-        pip_download_argv(requirements, dest, info.version, info.glibc),
+        pip_download_argv(sorted(own.glob("*.whl")), CONSTRAINTS, dest, info.version, info.glibc),
         cache_dir() / "logs" / "wheels.log",
-        f"pip download -r {requirements.name}",
+        f"pip download (the {name} image's dependencies)",
     )
+    for wheel in dest.glob("wsgauge_*.whl"):  # the own wheels pip download copied: built anew
+        wheel.unlink()
     (dest / ".complete").write_text("")
     return dest
 
 
-def assemble_context(name: str, wheels: Path) -> Path:
+def assemble_context(name: str, wheel_dirs: Sequence[Path]) -> Path:
     """The build context: what the Dockerfile's .dockerignore lets through, plus the wheels.
 
     The classic builder reads no per-Dockerfile .dockerignore, so the context is assembled
@@ -528,22 +597,28 @@ def assemble_context(name: str, wheels: Path) -> Path:
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
     context = cache_dir() / "context" / name
     _remove_tree(context)
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    skip = shutil.ignore_patterns(*SOURCE_IGNORE)
     for relative in [f"images/{dockerfile.name}", *dockerignore_includes(ignore.read_text())]:
         source, target = REPO / relative, context / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
-            shutil.copytree(source, target, ignore=skip)
+            # symlinks=True: a distribution's VERSION stays the link to ../VERSION (copied too)
+            shutil.copytree(source, target, ignore=skip, symlinks=True)
         else:
             shutil.copy2(source, target)
-    shutil.copytree(wheels, context / "images" / "wheels", ignore=shutil.ignore_patterns(".*"))
+    wheels = context / "images" / "wheels"
+    wheels.mkdir(parents=True)
+    for directory in wheel_dirs:
+        for wheel in directory.glob("*.whl"):
+            shutil.copy2(wheel, wheels / wheel.name)
     return context
 
 
 def build_python_image(log: Log, name: str, ref: str, python_image: str, info: PythonInfo) -> None:
-    """Build images/Dockerfile.<name> on python_image, with host-downloaded wheels."""
-    wheels = ensure_wheels(log, REPO / "images" / f"requirements-{name}.txt", info)
-    context = assemble_context(name, wheels)
+    """Build images/Dockerfile.<name> on python_image from wheels made or fetched on the host."""
+    own = build_own_wheels(log, name)
+    dependencies = ensure_dependency_wheels(log, name, own, info)
+    context = assemble_context(name, [own, dependencies])
     _run(
         build_argv(context / "images" / f"Dockerfile.{name}", context, ref, python_image),
         cache_dir() / "logs" / f"{name}.log",
@@ -724,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="image name prefix (default: $IMAGE_REGISTRY or %(default)s)",
     )
     build.add_argument(
-        "--tag", default=None, help="image tag (default: $IMAGE_TAG or pyproject's version)"
+        "--tag", default=None, help="image tag (default: $IMAGE_TAG or the VERSION file)"
     )
     build.add_argument(
         "--python-image",

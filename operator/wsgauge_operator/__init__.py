@@ -20,3 +20,11 @@ Layout (thin kopf handlers on top, plain modules beneath):
 - :mod:`.stats_server`: cluster-wide stats JSON, a live NDJSON stream and ``/metrics``.
 - :mod:`.handlers`: the kopf handlers.
 """
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("wsgauge-operator")
+    """The installed distribution's version (written once, in the repository's VERSION file)."""
+except PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"

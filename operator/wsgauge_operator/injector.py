@@ -47,6 +47,7 @@ from typing import Any
 
 from wsgauge_contract import Address, AddressError
 
+from wsgauge_operator import __version__
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.settings import CONNECTIONS_OK_CONDITION
 
@@ -83,8 +84,8 @@ DOWNWARD_API_ENV = (
 class InjectorSettings:
     """What the injected sidecar looks like (pod annotations override the sidecar flags)."""
 
-    image: str = "ghcr.io/wsgauge/sidecar:0.1.0"
-    """Sidecar image."""
+    image: str = f"ghcr.io/wsgauge/sidecar:{__version__}"
+    """Sidecar image (default: the operator's own version; the chart sets it)."""
     image_pull_policy: str = "IfNotPresent"
     """Sidecar image pull policy."""
     container_name: str = "wsgauge-sidecar"

@@ -5,4 +5,10 @@ HTTP exchange of a data-port connection, the Phoenix channels reader) live besid
 asyncio layer that holds the sockets (``proxy``, ``relay``, ``admin``, ``drain``).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("wsgauge-sidecar")
+    """The installed distribution's version (written once, in the repository's VERSION file)."""
+except PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"

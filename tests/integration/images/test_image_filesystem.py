@@ -2,12 +2,13 @@
 
 No Docker engine is needed (none exists where `make test` runs): each Dockerfile is read, and
 what its build stage puts into ``/opt/wsgauge`` is assembled the same way in a temporary
-directory: a fresh virtualenv with ``pip install -r images/requirements-*.txt`` (nothing else:
-no repository packages, no test tools) and a copy of exactly the package directories the
-Dockerfile copies. Every entrypoint the chart and the examples use is run from that tree with
-only the image's ``ENV`` (PYTHONPATH=/opt/wsgauge/app), and afterwards the tree must be exactly
-as assembled (the chart runs the containers with a read-only root filesystem; the tests run as
-root here, so file modes cannot enforce that, and the test compares the tree instead):
+directory: a fresh virtualenv with ``pip install -c constraints.txt`` of exactly the
+distribution folders the Dockerfile copies (``contract`` and ``sidecar`` or ``operator``, from
+copies of them, as the Dockerfile does without the wheels `make images` brings; nothing else: no
+test tools). Every entrypoint the chart and the examples use is run from that tree with only the
+image's ``ENV``, and afterwards the tree must be exactly as assembled (the chart runs the
+containers with a read-only root filesystem; the tests run as root here, so file modes cannot
+enforce that, and the test compares the tree instead):
 
 - operator image: ``python -m wsgauge_operator --help`` and the injector's ``--help``;
 - sidecar image: the sidecar in front of the demo app (``python -m wsgauge_sidecar.demo_app``,
@@ -44,17 +45,16 @@ FORBIDDEN_DISTRIBUTIONS = {"pytest", "hypothesis", "mypy", "ruff", "matplotlib",
 class Recipe:
     """What a Dockerfile's build stage puts under /opt/wsgauge, and how the image starts."""
 
-    requirements: Path
-    copies: list[tuple[Path, str]]
-    """(source in the repository, destination relative to /opt/wsgauge)."""
+    distributions: list[Path]
+    """The distribution folders the Dockerfile copies and installs (in the repository)."""
     entrypoint: list[str]
     env: dict[str, str]
 
 
 def read_recipe(dockerfile: Path) -> Recipe:
     """The parts of a Dockerfile this test replays (fails on anything it cannot follow)."""
-    requirements: Path | None = None
-    copies: list[tuple[Path, str]] = []
+    constraints = False
+    distributions: list[Path] = []
     entrypoint: list[str] = []
     env: dict[str, str] = {}
     text = dockerfile.read_text().replace("\\\n", " ")
@@ -63,29 +63,39 @@ def read_recipe(dockerfile: Path) -> Recipe:
         if not words or words[0].startswith("#"):
             continue
         if words[0] == "COPY" and not words[1].startswith("--from"):
-            source, destination = words[1], words[2]
-            if source.startswith("images/requirements-"):
-                requirements = REPO / source
+            sources = words[1:-1]
+            if "constraints.txt" in sources:
+                constraints = True
             else:
-                assert destination.startswith(IMAGE_ROOT + "/"), line
-                copies.append((REPO / source, destination[len(IMAGE_ROOT) + 1 :]))
+                assert len(sources) == 1, line
+                assert (REPO / sources[0] / "pyproject.toml").exists(), line
+                distributions.append(REPO / sources[0])
         elif words[0] == "ENTRYPOINT":
             entrypoint = json.loads(line.partition("ENTRYPOINT")[2])
         elif words[0] == "ENV":
             env.update(re.findall(r"(\w+)=(\S+)", line))
-    assert requirements is not None, f"{dockerfile}: not understood"
-    assert copies, f"{dockerfile}: not understood"
+    assert constraints, f"{dockerfile}: not understood"
+    assert distributions, f"{dockerfile}: not understood"
     assert entrypoint, f"{dockerfile}: not understood"
-    return Recipe(requirements, copies, entrypoint, env)
+    return Recipe(distributions, entrypoint, env)
 
 
-def assemble(recipe: Recipe, root: Path) -> Path:
-    """Build the /opt/wsgauge tree of an image under ``root``; returns its python."""
+def assemble(recipe: Recipe, root: Path, sources: Path) -> Path:
+    """Build the /opt/wsgauge tree of an image under ``root``; returns its python.
+
+    The distribution folders are copied to ``sources`` first (pip builds them in their folder).
+    """
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    skip = shutil.ignore_patterns("__pycache__", "build", "dist", "*.egg-info")
+    shutil.copy2(REPO / "VERSION", sources / "VERSION")  # what each folder's VERSION links to
+    folders = []
+    for folder in recipe.distributions:
+        shutil.copytree(folder, sources / folder.name, ignore=skip, symlinks=True)
+        folders.append(str(sources / folder.name))
     pip = [str(root / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-r", str(recipe.requirements)], check=True, timeout=600)
-    for source, destination in recipe.copies:
-        shutil.copytree(source, root / destination, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [*pip, "install", "-c", str(REPO / "constraints.txt"), *folders], check=True, timeout=600
+    )
     return root / "bin" / "python"
 
 
@@ -121,7 +131,8 @@ def image_tree(
     for image in ("operator", "sidecar"):
         recipe = read_recipe(REPO / "images" / f"Dockerfile.{image}")
         root = tmp_path_factory.mktemp(f"image-{image}") / "opt-wsgauge"
-        trees[image] = (recipe, assemble(recipe, root))
+        sources = tmp_path_factory.mktemp(f"image-{image}-build")
+        trees[image] = (recipe, assemble(recipe, root, sources))
         states[image] = tree_state(root)
     yield trees
     for image, (_, python) in trees.items():
@@ -151,9 +162,12 @@ def test_image_holds_only_runtime_packages(
     recipe, python = image_tree[image]
     distributions = installed(python)
     assert not distributions & FORBIDDEN_DISTRIBUTIONS, distributions & FORBIDDEN_DISTRIBUTIONS
-    app = python.parent.parent / "app"
-    own = {p.name for p in app.iterdir()}
-    assert own == {destination.rsplit("/", 1)[1] for _, destination in recipe.copies}
+    if image == "sidecar":  # the sidecar's distribution pulls nothing of the operator
+        assert not distributions & {"kopf", "kubernetes", "cryptography", "wsgauge-operator"}
+    own = {p.name for p in python.parent.parent.glob("lib/python3*/site-packages/wsgauge_*")}
+    own = {name for name in own if "." not in name}  # the packages, not their .dist-info
+    assert own == {f"wsgauge_{folder.name}" for folder in recipe.distributions}
+    assert distributions >= {f"wsgauge-{folder.name}" for folder in recipe.distributions}
     assert "wsgauge_devcluster" not in own
     assert ("wsgauge_sidecar" in own) == (image == "sidecar")
     assert ("wsgauge_operator" in own) == (image == "operator")

@@ -105,12 +105,26 @@ def test_wheel_platforms_cover_every_older_manylinux() -> None:
 
 
 def test_pip_download_is_binary_only_for_the_base_python() -> None:
-    argv = images.pip_download_argv(Path("req.txt"), Path("/w"), "3.11", (2, 36))
+    own = [Path("/o/wsgauge_contract-1-py3-none-any.whl"), Path("/o/wsgauge_sidecar-1.whl")]
+    argv = images.pip_download_argv(own, Path("c.txt"), Path("/w"), "3.11", (2, 36))
     assert argv[1:4] == ["-m", "pip", "download"]
     assert "--only-binary=:all:" in argv
     assert argv[argv.index("--python-version") + 1] == "3.11"
-    assert argv[-4:] == ["-r", "req.txt", "-d", "/w"]
+    # the own wheels as files (never looked up in an index), the rest pinned by the constraints
+    assert argv[-6:] == ["-c", "c.txt", "-d", "/w", *map(str, own)]
     assert argv.count("--platform") == len(images.wheel_platforms((2, 36)))
+
+
+def test_own_wheels_are_built_without_their_dependencies() -> None:
+    argv = images.pip_wheel_argv([Path("/s/contract"), Path("/s/sidecar")], Path("/w"))
+    assert argv[1:4] == ["-m", "pip", "wheel"]
+    assert "--no-deps" in argv
+    assert argv[argv.index("--wheel-dir") + 1] == "/w"
+    assert argv[-2:] == ["/s/contract", "/s/sidecar"]
+    assert images.OWN_DISTRIBUTIONS == {
+        "sidecar": ("contract", "sidecar"),
+        "operator": ("contract", "operator"),
+    }
 
 
 def test_build_command_has_no_network_and_the_base_argument(
@@ -138,7 +152,7 @@ def test_pause_compile_command_is_static() -> None:
 def test_dockerignore_includes_exist_and_match_the_dockerfile(name: str) -> None:
     text = (REPO / "images" / f"Dockerfile.{name}.dockerignore").read_text()
     includes = images.dockerignore_includes(text)
-    assert f"images/requirements-{name}.txt" in includes
+    assert {"VERSION", "constraints.txt", "contract", name} <= set(includes)
     for relative in includes:
         assert (REPO / relative).exists(), relative
     dockerfile = (REPO / "images" / f"Dockerfile.{name}").read_text()
@@ -156,6 +170,7 @@ def test_image_refs_and_containerd_names(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("IMAGE_TAG", raising=False)
     version = images.project_version()
+    assert version == (REPO / "VERSION").read_text().strip()
     assert images.image_ref("pause") == f"wsgauge/pause:{version}"
     assert images.image_ref("sidecar", "reg.example/team/", "2") == "reg.example/team/sidecar:2"
     monkeypatch.setenv("IMAGE_REGISTRY", "other")
