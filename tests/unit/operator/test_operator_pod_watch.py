@@ -128,9 +128,10 @@ async def test_list_then_watch_then_410_lists_again_and_forgets_pods_gone_meanwh
     await watch.start()
     try:
         await until(lambda: followed(controller) == {"c", "d"})
+        # the watch opens again after the second listing reached the controller: wait for it
+        await until(lambda: api.watched_from == ["list-1", "list-2"])
         assert api.list_calls == 2
         assert watch.listings == 2
-        assert api.watched_from == ["list-1", "list-2"]
         assert controller.fleet.pod("ns", "b") is None
         assert controller.selection.members(("ns", "chat")) == frozenset({"c", "d"})
     finally:
@@ -172,8 +173,8 @@ async def test_a_watch_request_refused_with_410_lists_again_at_once() -> None:
     await watch.start()
     try:
         await until(lambda: followed(controller) == {"b"})
+        await until(lambda: api.watched_from == ["list-1", "list-2"])  # opened after the listing
         assert api.list_calls == 2
-        assert api.watched_from == ["list-1", "list-2"]
     finally:
         await watch.stop()
         await controller.stop()
