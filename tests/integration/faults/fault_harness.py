@@ -264,15 +264,19 @@ async def fault_rig(
     namespace: str,
     log_dir: Path,
     replicas: int,
+    liveness_failures: int | None = None,
     **spec: Any,
 ) -> AsyncIterator[FaultRig]:
-    """The chat Deployment (``replicas`` pods, all gated ready), its ConnectionStats (``spec``
-    added), the operator with the metrics API; clients closed and operator stopped afterwards."""
+    """The chat Deployment (``replicas`` pods, all gated ready; ``liveness_failures`` see
+    :func:`chat_deployment`), its ConnectionStats (``spec`` added), the operator with the
+    metrics API; clients closed and operator stopped afterwards."""
     await asyncio.to_thread(kube.kubectl, "apply", "-f", str(CRD))
     await asyncio.to_thread(
         kube.kubectl, "wait", "--for=condition=Established", "crd/connectionstats.wsgauge.dev"
     )
-    await asyncio.to_thread(kube.apply, chat_deployment(namespace, replicas))
+    await asyncio.to_thread(
+        kube.apply, chat_deployment(namespace, replicas, liveness_failures=liveness_failures)
+    )
     await asyncio.to_thread(kube.apply, connection_stats(namespace, **spec))
     metrics_port = free_port()
     operator = await asyncio.to_thread(

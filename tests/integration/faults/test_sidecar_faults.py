@@ -78,7 +78,9 @@ async def test_sidecar_sigkill_is_restarted_and_counted_again(
 async def test_sidecar_sigstop_is_unreachable_then_recovers(
     kube: KubeCluster, namespace: str, tmp_path: Path
 ) -> None:
-    async with fault_rig(kube, namespace, tmp_path, replicas=3) as rig:
+    # On the real node the kubelet's liveness probe (every 10 s) restarts a sidecar hung for
+    # period x failureThreshold; this test is about a freeze shorter than that: 300 s here.
+    async with fault_rig(kube, namespace, tmp_path, replicas=3, liveness_failures=30) as rig:
         await rig.connect(30)
         await assert_counts_agree(rig, what="before the freeze")
         frozen = sorted(rig.pool.live)[1]
@@ -188,7 +190,7 @@ async def test_every_sidecar_frozen_metrics_api_serves_nothing_stale(
     """With no sidecar confirming its count, nothing old is served as current: the Pods metric
     is empty, the Object metric is refused, KEDA answers 503 ``stale: true``; all back after
     SIGCONT."""
-    async with fault_rig(kube, namespace, tmp_path, replicas=1) as rig:
+    async with fault_rig(kube, namespace, tmp_path, replicas=1, liveness_failures=30) as rig:
         (pod,) = rig.pool.live
         await rig.connect(7)
         await assert_counts_agree(rig, what="before the freeze")

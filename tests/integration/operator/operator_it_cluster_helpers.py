@@ -90,8 +90,12 @@ class OperatorProcess:
         return self._log.read_text(errors="replace")
 
 
-def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[str, Any]:
-    """examples/chat-manual/deployment.yaml, made quick to stop (no drain wait) for tests."""
+def chat_deployment(
+    namespace: str, replicas: int, name: str = "chat", liveness_failures: int | None = None
+) -> dict[str, Any]:
+    """examples/chat-manual/deployment.yaml, made quick to stop (no drain wait) for tests.
+    ``liveness_failures`` sets the sidecar's livenessProbe failureThreshold (the kubelet
+    restarts a sidecar that stays hung past period x threshold)."""
     deployment: dict[str, Any] = copy.deepcopy(
         yaml.safe_load((EXAMPLE / "deployment.yaml").read_text())
     )
@@ -107,6 +111,8 @@ def chat_deployment(namespace: str, replicas: int, name: str = "chat") -> dict[s
                 for a in container["args"]
                 if not a.startswith(("--drain-grace", "--drain-spread"))
             ] + ["--drain-grace=0", "--drain-spread=0", "--watch-heartbeat=1"]
+            if liveness_failures is not None:
+                container["livenessProbe"]["failureThreshold"] = liveness_failures
     return deployment
 
 
