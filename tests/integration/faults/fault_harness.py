@@ -82,14 +82,20 @@ class FaultRig:
     clients: list[Client] = field(default_factory=list)
 
     # ----- pods ---------------------------------------------------------------------------
-    async def live_pods(self) -> dict[str, str]:
-        """Running, not terminating chat pods: name -> pod IP."""
-        pods = await asyncio.to_thread(running_pods, self.kube, self.namespace)
+    async def live_pods(self, serving: bool = False) -> dict[str, str]:
+        """Running, not terminating chat pods (with ``serving``: whose containers are ready):
+        name -> pod IP."""
+        pods = await asyncio.to_thread(running_pods, self.kube, self.namespace, "app=chat", serving)
         return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
 
+    async def serving(self, count: int) -> dict[str, str] | None:
+        """The serving pods when there are exactly ``count``."""
+        live = await self.live_pods(serving=True)
+        return live if len(live) == count else None
+
     async def refresh_pool(self) -> dict[str, str]:
-        """Point new clients at the pods that run now."""
-        live = await self.live_pods()
+        """Point new clients at the pods that serve now."""
+        live = await self.live_pods(serving=True)
         self.pool.live.clear()
         self.pool.live.update(live)
         return live
@@ -290,6 +296,9 @@ async def fault_rig(
     rig = FaultRig(kube, namespace, operator, metrics_port, client_session(), front_proxy_ssl(kube))
     try:
         await asyncio.to_thread(ready_pods, kube, namespace, replicas, 90.0)
+        # the operator opens the gate as soon as a sidecar answers; the kubelet's readiness
+        # probe (every 2 s) says a moment later that the containers serve
+        await rig.wait_for(f"{replicas} pods serving", lambda: rig.serving(replicas), timeout=60)
         await rig.refresh_pool()
         yield rig
     finally:

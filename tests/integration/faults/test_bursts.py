@@ -60,7 +60,7 @@ async def test_thousands_of_joins_and_leaves_on_one_sidecar(
 
 
 async def _pods_up(rig: FaultRig, count: int) -> dict[str, str] | None:
-    live = await rig.live_pods()
+    live = await rig.live_pods(serving=True)  # clients connect to them next
     return live if len(live) == count else None
 
 

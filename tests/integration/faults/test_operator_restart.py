@@ -30,7 +30,7 @@ async def _one_hpa(rig: FaultRig) -> list[dict[str, Any]] | None:
 
 
 async def _pods_up(rig: FaultRig, count: int) -> dict[str, str] | None:
-    live = await rig.live_pods()
+    live = await rig.live_pods(serving=True)  # clients connect to them next
     return live if len(live) == count else None
 
 

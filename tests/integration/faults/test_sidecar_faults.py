@@ -12,6 +12,7 @@ After each fault :func:`assert_counts_agree` compares every source with the clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -99,7 +100,8 @@ async def test_sidecar_sigstop_is_unreachable_then_recovers(
             during = await assert_counts_agree(rig, frozen={frozen}, what="others change")
             assert during.total == 24
         finally:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # gone: the assertions below say so
+                os.kill(pid, signal.SIGCONT)
         after = await assert_counts_agree(rig, what="after SIGCONT")
         assert after.total == 34
         assert after.held[frozen] == 10
@@ -203,6 +205,7 @@ async def test_every_sidecar_frozen_metrics_api_serves_nothing_stale(
             assert await rig.metrics_api_pods() == {}
             assert await rig.metrics_api_total() is None
         finally:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # gone: the assertions below say so
+                os.kill(pid, signal.SIGCONT)
         after = await assert_counts_agree(rig, what="after SIGCONT")
         assert after.total == 7

@@ -160,16 +160,17 @@ def _condition(pod: dict[str, Any], kind: str) -> str | None:
 
 
 def running_pods(
-    kube: KubeCluster, namespace: str, selector: str = "app=chat"
+    kube: KubeCluster, namespace: str, selector: str = "app=chat", serving: bool = False
 ) -> list[dict[str, Any]]:
-    """Running pods with an IP whose containers are ready (on the real node a container runs
-    before its program listens: the sidecar's readinessProbe says when it serves), not being
-    deleted, sorted by name."""
+    """Running pods with an IP, not being deleted, sorted by name. With ``serving``, only those
+    whose containers are ready: on the real node a container runs before its program listens,
+    and the sidecar's readinessProbe says when it serves (a frozen sidecar is running, not
+    serving)."""
     pods = kube.get_json("pods", "-n", namespace, "-l", selector)["items"]
     alive = [
         p for p in pods
         if p["status"].get("phase") == "Running" and p["status"].get("podIP")
-        and _condition(p, "ContainersReady") == "True"
+        and (not serving or _condition(p, "ContainersReady") == "True")
         and not p["metadata"].get("deletionTimestamp")
     ]  # fmt: skip
     return sorted(alive, key=lambda p: p["metadata"]["name"])
