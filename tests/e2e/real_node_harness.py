@@ -82,6 +82,38 @@ async def endpoint_readiness(kube: KubeCluster, namespace: str) -> dict[str, boo
     return found
 
 
+async def kube_proxy_destinations(namespace: str, service: str) -> set[str]:
+    """Pod IPs kube-proxy sends new connections to for ``namespace/service`` right now: the
+    KUBE-SEP chains its KUBE-SVC chain jumps to, read from the node's nat table (iptables mode).
+    The EndpointSlice says what should be routed; this says what kube-proxy has programmed."""
+    process = await asyncio.create_subprocess_exec(
+        "iptables-save", "-t", "nat",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise AssertionError(f"iptables-save failed: {err.decode(errors='replace')}")
+    rules = [line.split() for line in out.decode().splitlines() if line.startswith("-A ")]
+    label = f'"{namespace}/{service}:'
+    service_chains = {
+        words[words.index("-j") + 1]
+        for words in rules
+        if words[1] == "KUBE-SERVICES" and "-j" in words and label in " ".join(words)
+        and words[words.index("-j") + 1].startswith("KUBE-SVC-")
+    }  # fmt: skip
+    endpoint_chains = {
+        words[words.index("-j") + 1]
+        for words in rules
+        if words[1] in service_chains and "-j" in words
+        and words[words.index("-j") + 1].startswith("KUBE-SEP-")
+    }  # fmt: skip
+    return {
+        words[words.index("--to-destination") + 1].rsplit(":", 1)[0]
+        for words in rules
+        if words[1] in endpoint_chains and "--to-destination" in words
+    }
+
+
 async def service_url(kube: KubeCluster, namespace: str) -> str:
     """ws:// URL of the chat Service's ClusterIP (reached from the host through kube-proxy)."""
     service = await get_json(kube, "service", "chat", "-n", namespace)

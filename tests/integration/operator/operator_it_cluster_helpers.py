@@ -206,11 +206,16 @@ def wait_status(
 def ready_pods(
     kube: KubeCluster, namespace: str, count: int, timeout: float = 60.0
 ) -> list[dict[str, Any]]:
-    """Wait for exactly count running pods, all with the gate condition True; return them."""
+    """Wait for exactly count running pods, all serving (containers ready) and with the gate
+    condition True; return them. The operator opens the gate once the sidecar answers, which
+    on the real node can be before the kubelet's readiness probe passed: a pod that is gated
+    but not serving does not count towards the operator's minReadyPods either."""
 
     def check() -> list[dict[str, Any]] | None:
         pods = running_pods(kube, namespace)
-        if len(pods) == count and all(gate_of(p) == "True" for p in pods):
+        if len(pods) == count and all(
+            gate_of(p) == "True" and _condition(p, "ContainersReady") == "True" for p in pods
+        ):
             return pods
         return None
 

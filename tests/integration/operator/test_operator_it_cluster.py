@@ -165,7 +165,7 @@ async def test_killed_and_frozen_sidecars(
         await clients.open(ip_of(other), DATA_PORT, "stream", 2)
         wait_status(kube, namespace, lambda s: s["connections"] == 4, "4 sockets")
 
-        # SIGKILL (the pod runner restarts the process about a second later)
+        # SIGKILL (the kubelet restarts the container)
         pid = kube.container_pid(namespace, name_of(victim), "wsgauge-sidecar")
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
