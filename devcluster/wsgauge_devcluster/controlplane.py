@@ -15,6 +15,7 @@ State directory layout (default <repo>/.cluster, env WSGAUGE_CLUSTER_DIR):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import ssl
@@ -33,8 +34,8 @@ from wsgauge_devcluster import hostnet
 from wsgauge_devcluster.binaries import Binaries
 from wsgauge_devcluster.exceptions import StartupError
 from wsgauge_devcluster.pki import ensure_pki
-from wsgauge_devcluster.processes import ManagedProcess, require_free_ports
-from wsgauge_devcluster.realnode import RealNode
+from wsgauge_devcluster.processes import ManagedProcess, file_lock, require_free_ports
+from wsgauge_devcluster.realnode import REGISTRY, RealNode
 from wsgauge_devcluster.settings import ControlPlaneSettings, NodeSettings, RunnerSettings
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -124,10 +125,23 @@ class ControlPlane:
                 load_images()
             self.wait_ready(log)
             return
+        with contextlib.ExitStack() as stack:
+            if self.node.enabled:
+                # held until this node's processes run: a waiting `up` elsewhere sees them
+                stack.enter_context(file_lock(REGISTRY / "node.lock"))
+            self._start(status, log, load_images)
+        self.wait_ready(log)
+
+    def _start(
+        self,
+        status: dict[str, int | None],
+        log: Callable[[str], None],
+        load_images: Callable[[], None] | None,
+    ) -> None:
         node = self.real_node
         if self.node.enabled:
             hostnet.require_root()
-            node.require_alone()
+            node.require_alone(log)
             if all(status[name] is None for name in ("containerd", "kubelet", "kube-proxy")):
                 # whatever a killed or crashed run left on the host goes first
                 node.stop(log, self.settings.stop_timeout_seconds)
@@ -172,7 +186,6 @@ class ControlPlane:
                 log(f"{name} already running (pid {status[name]})")
                 if name == "containerd" and load_images is not None:
                     load_images()
-        self.wait_ready(log)
 
     def _service_ip(self) -> str:
         network = self.settings.service_cluster_ip_range.split("/")[0].split(".")

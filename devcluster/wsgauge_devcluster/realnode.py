@@ -355,17 +355,40 @@ class RealNode:
             )
         return found
 
-    def require_alone(self) -> None:
-        """One real node per machine: refuse to start beside another cluster's running one."""
+    def require_alone(self, log: Log) -> None:
+        """One real node per machine: refuse to start beside another cluster's running one,
+        after waiting up to ``settings.wait_seconds`` for it to stop."""
+        deadline = time.monotonic() + self.settings.wait_seconds
+        said = float("-inf")
+        while True:
+            holder = self._other_running()
+            if holder is None:
+                return
+            other, running = holder
+            now = time.monotonic()
+            if now < deadline:
+                if now - said >= 30:
+                    log(
+                        f"waiting for the real node of {other.state_dir} to stop "
+                        f"({deadline - now:.0f}s left of WSGAUGE_NODE_WAIT)"
+                    )
+                    said = now
+                time.sleep(2)
+                continue
+            raise StartupError(
+                f"a real node of another cluster runs on this machine ({other.state_dir}: "
+                f"{', '.join(running)}); the kubelet, kube-proxy's rules and the kubepods "
+                f"cgroups are host-wide. Stop it first: WSGAUGE_CLUSTER_DIR={other.state_dir} "
+                "wsgauge-devcluster down (or set WSGAUGE_NODE_WAIT to wait for it)"
+            )
+
+    def _other_running(self) -> tuple[RealNode, list[str]] | None:
+        """Another registered node run with processes still running, and their names."""
         for other in self.others():
             running = [name for name, pid in other.running().items() if pid is not None]
             if running:
-                raise StartupError(
-                    f"a real node of another cluster runs on this machine ({other.state_dir}: "
-                    f"{', '.join(running)}); the kubelet, kube-proxy's rules and the kubepods "
-                    f"cgroups are host-wide. Stop it first: WSGAUGE_CLUSTER_DIR={other.state_dir} "
-                    "wsgauge-devcluster down"
-                )
+                return other, running
+        return None
 
     def stop(self, log: Log, timeout: float) -> None:
         """Stop kube-proxy, the kubelet and containerd, then undo every host change: this run's

@@ -20,6 +20,11 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
 def _env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
@@ -123,6 +128,10 @@ class NodeSettings:
     kube-proxy healthz this + 6 (the upstream defaults 10250, 10248, 10249, 10256)."""
     max_pods: int = 110
     """Pods the kubelet admits."""
+    wait_seconds: float = field(default_factory=lambda: _env_float("WSGAUGE_NODE_WAIT", 0.0))
+    """How long `up` waits for another cluster's real node on this machine to stop before it
+    gives up (env WSGAUGE_NODE_WAIT; 0: fail at once). Lets test runs of several checkouts
+    take the one real node in turn."""
     images: tuple[str, ...] = ()
     """Local images to load into the node's containerd at `up` (filled by the CLI)."""
 

@@ -1,9 +1,14 @@
 """Unit tests of the real node's configuration (what containerd, CNI, the kubelet and kube-proxy
-are told) and of the host-changes journal, without starting anything."""
+are told), of the host-changes journal and of the one-node-per-machine registry, without
+starting any of them (a plain process stands for another checkout's kubelet)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import pytest
 import yaml
 from wsgauge_devcluster import hostnet, realnode
 from wsgauge_devcluster.binaries import Binaries
+from wsgauge_devcluster.exceptions import StartupError
 from wsgauge_devcluster.nodes import SIMULATED_TAINT, NodeAgent
 from wsgauge_devcluster.realnode import RealNode, socket_dir_for
 from wsgauge_devcluster.settings import NodeSettings
@@ -141,6 +147,35 @@ def test_registry_finds_node_runs_of_other_state_dirs(
     assert found.state_dir == (tmp_path / "earlier").resolve()
     assert (found.settings.bridge, found.settings.node_ip) == ("br-old", "10.250.0.1")
     assert found.containerd_socket == earlier.containerd_socket
-    mine.require_alone()  # nothing of the earlier run is running
+    mine.require_alone(print)  # nothing of the earlier run is running
     (earlier.socket_dir / "node.json").write_text("{not json")
     assert mine.others() == []
+
+
+def test_a_second_node_waits_for_the_first_to_stop_or_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WSGAUGE_NODE_WAIT: `up` beside another checkout's running node waits for it to stop
+    (test runs of several checkouts take the one real node in turn); without it, or when the
+    wait runs out, it refuses with the command that stops the other node."""
+    monkeypatch.setattr(realnode, "REGISTRY", tmp_path / "registry")
+    earlier = _node(tmp_path / "earlier", bridge="br-old", pod_cidr="10.250.0.0/24")
+    earlier.register()
+    (seen,) = _node(tmp_path / "mine").others()  # the earlier run, as `up` here sees it
+    # a process whose command line names the kubelet binary stands for the other node's kubelet
+    kubelet = seen.process("kubelet")
+    kubelet.start([sys.executable, "-c", "import time; time.sleep(60)", kubelet.match])
+    held = kubelet.pid()
+    assert held is not None
+    try:
+        with pytest.raises(StartupError, match="WSGAUGE_NODE_WAIT") as refused:
+            _node(tmp_path / "mine", wait_seconds=0.0).require_alone(print)
+        assert str((tmp_path / "earlier").resolve()) in str(refused.value)
+        lines: list[str] = []
+        threading.Timer(1.0, lambda: os.kill(held, signal.SIGTERM)).start()
+        _node(tmp_path / "mine", wait_seconds=60.0).require_alone(lines.append)  # no raise
+        assert kubelet.pid() is None
+        assert lines
+        assert "waiting for the real node of" in lines[0]
+    finally:
+        kubelet.stop(5.0)
