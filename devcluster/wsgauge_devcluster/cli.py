@@ -56,6 +56,8 @@ def _image_loader(plane: ControlPlane) -> Callable[[], None] | None:
         if any(images.image_id(ref) is None for ref in refs):
             refs = images.build_all(_progress)  # `make images` rebuilds; here only what is missing
         images.load_into(plane.real_node.containerd_socket, refs, _progress)
+        socket = plane.real_node.containerd_socket
+        images.alias_in(socket, refs, images.project_version(), _progress)
 
     return load
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             ChartInstall(
                 kubeconfig=plane.settings.kubeconfig_path,
                 bin_dir=plane.binaries.bin_dir,
-                image_tag=images.project_version(),
+                image_tag=images.image_tag(),
                 namespace=options.namespace,
                 values=tuple(options.values),
             ).install(_progress)

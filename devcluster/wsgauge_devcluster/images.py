@@ -139,10 +139,16 @@ def project_version(version_file: Path = REPO / "VERSION") -> str:
     return version
 
 
+def image_tag() -> str:
+    """The tag of the images built and installed here: ``$IMAGE_TAG`` or the project version
+    (checkouts that share the Docker engine keep their images apart with their own tag)."""
+    return os.environ.get("IMAGE_TAG") or project_version()
+
+
 def image_ref(name: str, registry: str | None = None, tag: str | None = None) -> str:
-    """``<registry>/<name>:<tag>`` with the defaults (``wsgauge``, the project version)."""
+    """``<registry>/<name>:<tag>`` with the defaults (``wsgauge``, :func:`image_tag`)."""
     registry = registry or os.environ.get("IMAGE_REGISTRY") or DEFAULT_REGISTRY
-    tag = tag or os.environ.get("IMAGE_TAG") or project_version()
+    tag = tag or image_tag()
     return f"{registry.rstrip('/')}/{name}:{tag}"
 
 
@@ -661,7 +667,7 @@ def build_all(
     if platform.machine() != "x86_64":
         raise ImageBuildError(f"only x86_64 is supported here, not {platform.machine()}")
     registry = registry or os.environ.get("IMAGE_REGISTRY") or DEFAULT_REGISTRY
-    version = tag or os.environ.get("IMAGE_TAG") or project_version()
+    version = tag or image_tag()
     python_image = python_image or os.environ.get("PYTHON_IMAGE") or None
     try:
         ensure_docker_engine(log)
@@ -774,6 +780,27 @@ def load_into(socket: Path, refs: Sequence[str], log: Log) -> None:
         if containerd_config_digest(socket, name) != wanted:
             raise ImageBuildError(f"{name}: not in containerd at {socket} after the import")
         log(f"loaded {name} into containerd at {socket} in {time.monotonic() - started:.1f} s")
+
+
+def alias_in(socket: Path, refs: Sequence[str], tag: str, log: Log) -> None:
+    """Give each image in the containerd at socket a second name with ``tag`` (the examples
+    name ``wsgauge/sidecar:<version>``; a checkout that builds under its own ``IMAGE_TAG`` runs
+    them with its own images)."""
+    for ref in refs:
+        name = containerd_ref(ref)
+        alias = f"{name.rsplit(':', 1)[0]}:{tag}"
+        if alias == name:
+            continue
+        result = subprocess.run(
+            _ctr(socket, "images", "tag", "--force", name, alias),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ImageBuildError(f"ctr images tag {name} {alias} failed: {result.stderr.strip()}")
+        log(f"{alias} names {name} in containerd at {socket}")
 
 
 # --- CLI -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from apiservice_lock import custom_metrics_apiservice_lock
 from wsgauge_devcluster.deploy import ChartInstall
-from wsgauge_devcluster.images import project_version
+from wsgauge_devcluster.images import image_tag
 from wsgauge_devcluster.testing import KubeCluster
 
 
@@ -18,7 +18,7 @@ def release(kube: KubeCluster) -> Iterator[ChartInstall]:
     install = ChartInstall(
         kubeconfig=kube.kubeconfig,
         bin_dir=kube.bin_dir,
-        image_tag=project_version(),
+        image_tag=image_tag(),
         values=("operator.statusInterval=1s",),
     )
     with custom_metrics_apiservice_lock():

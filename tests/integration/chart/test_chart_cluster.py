@@ -38,7 +38,7 @@ from chart_cluster_harness import (
     pod_manifest,
     uninstall,
 )
-from wsgauge_devcluster.images import project_version
+from wsgauge_devcluster.images import image_tag, project_version
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
@@ -109,7 +109,7 @@ def release(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     # WSGAUGE_IMAGE_REGISTRY/TAG elsewhere; without either, a local injector process stands in.
     registry = os.environ.get("WSGAUGE_IMAGE_REGISTRY") or ("wsgauge" if kube.state_dir else "")
     if registry:
-        tag = os.environ.get("WSGAUGE_IMAGE_TAG") or project_version()
+        tag = os.environ.get("WSGAUGE_IMAGE_TAG") or image_tag()
         where = ["--set", f"image.registry={registry}", "--set", f"image.tag={tag}"]
         where += ["--wait", "--timeout", "180s"]
     else:
@@ -205,7 +205,9 @@ def test_annotated_pod_comes_back_with_sidecar_and_readiness_gate(
     assert env["WSGAUGE_TOPIC"] == "path:^/ws/([^/]+)"
     assert env["WSGAUGE_MAX_CONNECTIONS"] == "5000"
     assert {p["name"] for p in sidecar["ports"]} == {"wsgauge-http", "wsgauge-admin"}
-    assert sidecar["image"].endswith(f"/sidecar:{os.environ.get('WSGAUGE_IMAGE_TAG', '0.1.0')}")
+    assert sidecar["image"].endswith(
+        f"/sidecar:{os.environ.get('WSGAUGE_IMAGE_TAG') or image_tag()}"
+    )
     preStop = pod["spec"]["containers"][0]["lifecycle"]["preStop"]
     assert preStop == {"sleep": {"seconds": 17}}
     assert pod["metadata"]["annotations"]["wsgauge.dev/injected"] == sidecar["image"]
