@@ -28,12 +28,14 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from wsgauge_devcluster.exceptions import DevClusterError
@@ -206,8 +208,49 @@ def started_by_us() -> int | None:
     return managed_dockerd().pid()
 
 
+@contextlib.contextmanager
+def engine_in_use() -> Iterator[None]:
+    """Held (a shared lock) while an image build or load uses the engine: another checkout's
+    `down` leaves the dockerd running meanwhile (see :func:`stop_docker_engine`)."""
+    path = state_dir() / "users.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _busy_reason() -> str | None:
+    """Why the engine must keep running: containers run (a kind cluster), or a build or image
+    load holds :func:`engine_in_use`. None when nothing uses it."""
+    result = subprocess.run(
+        docker("ps", "--quiet"),
+        env=docker_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    containers = result.stdout.split() if result.returncode == 0 else []
+    if containers:
+        return f"{len(containers)} containers run in it"
+    path = state_dir() / "users.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "a build or image load uses it"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def stop_docker_engine(log: Log, timeout: float = STOP_TIMEOUT) -> bool:
-    """Stop the dockerd this module started; leave any other engine alone. True if stopped."""
+    """Stop the dockerd this module started, unless something still uses it (containers run,
+    a build or load holds :func:`engine_in_use`); leave any other engine alone. True if
+    stopped."""
     with file_lock(state_dir() / "lock"):  # make images and the devcluster may race
         process = managed_dockerd()
         pid = process.pid()
@@ -216,6 +259,10 @@ def stop_docker_engine(log: Log, timeout: float = STOP_TIMEOUT) -> bool:
                 log("the Docker engine that answers was not started by wsgauge: left running")
             else:
                 log("no wsgauge-started Docker engine runs")
+            return False
+        busy = _busy_reason()
+        if busy is not None:
+            log(f"the dockerd wsgauge started (pid {pid}) is left running: {busy}")
             return False
         log(f"stopping the dockerd wsgauge started (pid {pid})")
         process.stop(timeout)

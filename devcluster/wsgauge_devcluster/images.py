@@ -52,6 +52,7 @@ from wsgauge_devcluster.docker_engine import (
     Log,
     docker,
     docker_env,
+    engine_in_use,
     ensure_docker_engine,
 )
 from wsgauge_devcluster.exceptions import DevClusterError
@@ -669,12 +670,12 @@ def build_all(
     registry = registry or os.environ.get("IMAGE_REGISTRY") or DEFAULT_REGISTRY
     version = tag or image_tag()
     python_image = python_image or os.environ.get("PYTHON_IMAGE") or None
-    try:
-        ensure_docker_engine(log)
-    except DockerEngineError as error:
-        raise ImageBuildError(str(error)) from error
-    refs = [image_ref(name, registry, version) for name in IMAGE_NAMES]
-    with file_lock(cache_dir() / "build.lock"):
+    with engine_in_use(), file_lock(cache_dir() / "build.lock"):
+        try:
+            ensure_docker_engine(log)
+        except DockerEngineError as error:
+            raise ImageBuildError(str(error)) from error
+        refs = [image_ref(name, registry, version) for name in IMAGE_NAMES]
         if python_image is None:
             python_image = ensure_base_image(log, registry)
         elif image_id(python_image) is None and not _pull(log, python_image):
@@ -746,40 +747,46 @@ def load_into(socket: Path, refs: Sequence[str], log: Log) -> None:
     """
     if shutil.which("ctr") is None:
         raise ImageBuildError("ctr is missing: run hack/install-node-deps.sh (containerd)")
-    try:
-        ensure_docker_engine(log)
-    except DockerEngineError as error:
-        raise ImageBuildError(str(error)) from error
-    for ref in refs:
-        wanted = image_id(ref)
-        if wanted is None:
-            raise ImageBuildError(f"{ref}: no such local image (build it first)")
-        name = containerd_ref(ref)
-        if containerd_config_digest(socket, name) == wanted:
-            log(f"{name} is already in containerd at {socket}")
-            continue
-        started = time.monotonic()
-        save = subprocess.Popen(docker("save", ref), stdout=subprocess.PIPE, env=docker_env())
+    with engine_in_use():
         try:
-            result = subprocess.run(
-                _ctr(socket, "images", "import", "-"),
-                stdin=save.stdout,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-        finally:
-            if save.stdout is not None:
-                save.stdout.close()
-            save.wait()
-        if save.returncode != 0 or result.returncode != 0:
-            raise ImageBuildError(
-                f"docker save {ref} | ctr import failed: {result.stderr.strip()[-800:]}"
-            )
-        if containerd_config_digest(socket, name) != wanted:
-            raise ImageBuildError(f"{name}: not in containerd at {socket} after the import")
-        log(f"loaded {name} into containerd at {socket} in {time.monotonic() - started:.1f} s")
+            ensure_docker_engine(log)
+        except DockerEngineError as error:
+            raise ImageBuildError(str(error)) from error
+        for ref in refs:
+            _load_one(socket, ref, log)
+
+
+def _load_one(socket: Path, ref: str, log: Log) -> None:
+    """``docker save ref | ctr import`` unless containerd has that image already."""
+    wanted = image_id(ref)
+    if wanted is None:
+        raise ImageBuildError(f"{ref}: no such local image (build it first)")
+    name = containerd_ref(ref)
+    if containerd_config_digest(socket, name) == wanted:
+        log(f"{name} is already in containerd at {socket}")
+        return
+    started = time.monotonic()
+    save = subprocess.Popen(docker("save", ref), stdout=subprocess.PIPE, env=docker_env())
+    try:
+        result = subprocess.run(
+            _ctr(socket, "images", "import", "-"),
+            stdin=save.stdout,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+    finally:
+        if save.stdout is not None:
+            save.stdout.close()
+        save.wait()
+    if save.returncode != 0 or result.returncode != 0:
+        raise ImageBuildError(
+            f"docker save {ref} | ctr import failed: {result.stderr.strip()[-800:]}"
+        )
+    if containerd_config_digest(socket, name) != wanted:
+        raise ImageBuildError(f"{name}: not in containerd at {socket} after the import")
+    log(f"loaded {name} into containerd at {socket} in {time.monotonic() - started:.1f} s")
 
 
 def alias_in(socket: Path, refs: Sequence[str], tag: str, log: Log) -> None:

@@ -253,3 +253,16 @@ def test_clis_have_help(capsys: pytest.CaptureFixture[str]) -> None:
         docker_engine.main(["--help"])
     assert exit_info.value.code == 0
     assert "up" in capsys.readouterr().out
+
+
+def test_the_engine_is_busy_while_a_build_or_load_uses_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`down` of one checkout leaves the dockerd it started running while another checkout
+    builds or loads images with it (engine_in_use), and stops it once nothing does."""
+    monkeypatch.setenv("WSGAUGE_DOCKER_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'none.sock'}")  # `docker ps` fails
+    assert docker_engine._busy_reason() is None
+    with docker_engine.engine_in_use(), docker_engine.engine_in_use():  # shared: both hold it
+        assert docker_engine._busy_reason() == "a build or image load uses it"
+    assert docker_engine._busy_reason() is None
