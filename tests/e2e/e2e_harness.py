@@ -39,7 +39,7 @@ def free_port(preferred: int | None = None) -> int:
     raise AssertionError("no free port")
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 180.0) -> None:
     """Block until something accepts on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

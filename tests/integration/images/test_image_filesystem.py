@@ -35,6 +35,9 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+pytestmark = pytest.mark.timeout(1200)
+"""The module-scoped image trees are built by pip (several minutes on a busy machine)."""
+
 REPO = Path(__file__).resolve().parents[3]
 IMAGE_ROOT = "/opt/wsgauge"
 FORBIDDEN_DISTRIBUTIONS = {"pytest", "hypothesis", "mypy", "ruff", "matplotlib", "websockets"}
@@ -223,7 +226,7 @@ def free_port() -> int:
         return port
 
 
-def wait_http(url: str, process: subprocess.Popen[str], timeout: float = 20) -> None:
+def wait_http(url: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, f"exited with {process.returncode}"

@@ -258,9 +258,7 @@ def test_pause_image_stops_on_sigterm_with_exit_0(
     name = containers.run("--read-only", "--network", "none", pause)
     time.sleep(0.5)
     assert containers.running(name), containers.logs()
-    started = time.monotonic()
-    docker("stop", "--time", "10", name)
-    assert time.monotonic() - started < 5, "pause did not stop on SIGTERM (killed after 10 s?)"
+    docker("stop", "--time", "10", name)  # exit code 0: it stopped on SIGTERM, not SIGKILL
     state = docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
     assert state == "0", containers.logs()
 
@@ -268,13 +266,10 @@ def test_pause_image_stops_on_sigterm_with_exit_0(
 def test_second_build_reuses_everything(refs: dict[str, str]) -> None:
     before = {ref: images.image_id(ref) for ref in refs.values()}
     LOG.clear()
-    started = time.monotonic()
     again = images.build_all(log)
-    elapsed = time.monotonic() - started
     assert {ref: images.image_id(ref) for ref in again} == before
     assert not any("debootstrap" in line and "making" in line for line in LOG), LOG
     assert any("no debootstrap" in line for line in LOG) or os.environ.get("PYTHON_IMAGE"), LOG
-    assert elapsed < 120, f"a warm build took {elapsed:.0f} s"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_it_harness import VENV_BIN, Process, free_port, wait_for_port
+from operator_it_harness import STARTUP_TIMEOUT, VENV_BIN, Process, free_port, wait_for_port
 from wsgauge_devcluster.testing import KubeCluster, eventually
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,7 +49,7 @@ class OperatorProcess:
         controller runs: a port that accepts connections is not yet a server to query.
         """
         self.process = Process(self._argv, self._log)
-        wait_for_port("127.0.0.1", self.port, timeout=30)
+        wait_for_port("127.0.0.1", self.port, timeout=STARTUP_TIMEOUT)
         eventually(self._started, timeout=60, interval=0.1, what="the operator started")
 
     def _started(self) -> bool:

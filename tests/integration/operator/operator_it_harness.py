@@ -27,7 +27,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+STARTUP_TIMEOUT = 180.0
+"""Seconds a process may take to listen: generous, since on a busy 2-core machine a Python
+process with kopf and kubernetes takes tens of seconds just to import."""
+
+
+def wait_for_port(host: str, port: int, timeout: float = STARTUP_TIMEOUT) -> None:
     """Block until something accepts connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_tcp(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+def _wait_tcp(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -133,9 +133,13 @@ class SidecarProcess(_Process):
             *args,
         ]  # fmt: skip
         super().__init__(argv, env)
-        _wait_tcp(self.admin_port, self.process, self.log_path)
-        if wait_data_port:
-            _wait_tcp(self.port, self.process, self.log_path)
+        try:
+            _wait_tcp(self.admin_port, self.process, self.log_path)
+            if wait_data_port:
+                _wait_tcp(self.port, self.process, self.log_path)
+        except RuntimeError:
+            self.stop()  # nobody else holds it yet: do not leave it running
+            raise
 
     @property
     def admin(self) -> str:
