@@ -48,6 +48,9 @@ class Flag:
     """Turns the text into the field's value; raises ValueError with a message for bad text."""
     metavar: str = "VALUE"
     """Placeholder of the value in ``--help``."""
+    repeat: bool = False
+    """Given any number of times (its environment variable: comma-separated values); the
+    field holds the tuple of converted values, and the command line's replace the env's."""
 
     @property
     def dest(self) -> str:
@@ -159,6 +162,7 @@ class FlagSet:
                 dest=flag.dest,
                 metavar=flag.metavar,
                 default=None,
+                action="append" if flag.repeat else "store",
                 help=self.help(flag).replace("%", "%%"),
             )
 
@@ -172,11 +176,20 @@ class FlagSet:
             env_name = self.env(flag)
             if env_name in environ:
                 source = f"environment variable {env_name} (--{flag.name})"
-                values[flag.field] = _convert(flag, environ[env_name], source)
+                text = environ[env_name]
+                if flag.repeat:
+                    items = [item.strip() for item in text.split(",") if item.strip()]
+                    values[flag.field] = tuple(_convert(flag, item, source) for item in items)
+                else:
+                    values[flag.field] = _convert(flag, text, source)
         for flag in self.flags:
-            text = getattr(namespace, flag.dest, None)
-            if text is not None:
-                values[flag.field] = _convert(flag, text, f"--{flag.name}")
+            given = getattr(namespace, flag.dest, None)
+            if given is None:
+                continue
+            if flag.repeat:
+                values[flag.field] = tuple(_convert(flag, t, f"--{flag.name}") for t in given)
+            else:
+                values[flag.field] = _convert(flag, given, f"--{flag.name}")
         return values
 
     def build(self, values: Mapping[str, Any]) -> Any:

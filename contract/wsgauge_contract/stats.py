@@ -5,11 +5,18 @@ Shape (JSON, keys exactly as below)::
     {"pod": "chat-7d9f-abc", "namespace": "prod", "node": "node-1",
      "connections": 120, "topics": {"stream": 100, "stats": 20},
      "opened": 1234, "closed": 1114,
-     "capacity": {"max": 5000, "readyBelow": 4000},
+     "capacity": {"max": 5000, "readyBelow": 4000,
+                  "topics": {"stream": 4000}, "upgradesPerSecond": 50},
+     "refused": {"rate_limited": 12},
      "ready": true, "draining": false,
      "startedAt": "2026-11-26T10:00:00Z", "seq": 17}
 
-``capacity.max`` and ``capacity.readyBelow`` are ``null`` when no limit is set.
+``capacity.max``, ``capacity.readyBelow`` and ``capacity.upgradesPerSecond`` are
+``null`` when no limit is set; ``capacity.topics`` holds the per-topic caps
+(``{}``: none). ``refused`` counts the upgrades answered 503 since the start, by
+reason (``draining``, ``capacity``, ``topic_capacity``, ``rate_limited``; only
+reasons that happened). Readers accept documents without ``capacity.topics``,
+``capacity.upgradesPerSecond`` or ``refused`` (earlier sidecars).
 ``seq`` grows with every change; a restarted sidecar starts again from 0 with a
 new ``startedAt``, which is how a reader tells a restart from an old document.
 
@@ -52,6 +59,10 @@ class Capacity:
     """``--max-connections``: new upgrades are refused at this many sockets."""
     ready_below: int | None = None
     """``--ready-below``: ``/readyz`` fails at or above this many sockets."""
+    topics: Mapping[str, int] = field(default_factory=dict)
+    """``--max-topic-connections``: topic -> sockets at which its upgrades are refused."""
+    upgrades_per_second: float | None = None
+    """``--max-upgrades-per-second``: upgrades beyond this rate are refused."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class StatsDocument:
     """Sockets uncounted since the sidecar started."""
     capacity: Capacity = field(default_factory=Capacity)
     """Configured limits."""
+    refused: Mapping[str, int] = field(default_factory=dict)
+    """Upgrades answered 503 since the start, by reason."""
     ready: bool = True
     """What ``/readyz`` answers right now."""
     draining: bool = False
@@ -93,7 +106,13 @@ class StatsDocument:
             "topics": dict(self.topics),
             "opened": self.opened,
             "closed": self.closed,
-            "capacity": {"max": self.capacity.max, "readyBelow": self.capacity.ready_below},
+            "capacity": {
+                "max": self.capacity.max,
+                "readyBelow": self.capacity.ready_below,
+                "topics": dict(self.capacity.topics),
+                "upgradesPerSecond": self.capacity.upgrades_per_second,
+            },
+            "refused": dict(self.refused),
             "ready": self.ready,
             "draining": self.draining,
             "startedAt": self.started_at,
@@ -138,7 +157,12 @@ class StatsDocument:
             capacity=Capacity(
                 max=_optional_count(capacity_raw.get("max"), "capacity.max"),
                 ready_below=_optional_count(capacity_raw.get("readyBelow"), "capacity.readyBelow"),
+                topics=_counts(capacity_raw.get("topics", {}), "capacity.topics", max_topics),
+                upgrades_per_second=_optional_rate(
+                    capacity_raw.get("upgradesPerSecond"), "capacity.upgradesPerSecond"
+                ),
             ),
+            refused=_counts(data.get("refused", {}), "refused", max_topics),
             ready=_bool(data.get("ready", True), "ready"),
             draining=_bool(data.get("draining", False), "draining"),
             started_at=_name(data, "startedAt", max_length=64),
@@ -198,6 +222,28 @@ def _count(value: object, what: str) -> int:
 
 def _optional_count(value: object, what: str) -> int | None:
     return None if value is None else _count(value, what)
+
+
+def _counts(value: object, what: str, max_entries: int) -> dict[str, int]:
+    """An object of names to counts (``capacity.topics``, ``refused``)."""
+    if not isinstance(value, dict):
+        raise InvalidStatsDocument(f"'{what}' must be an object")
+    if len(value) > max_entries:
+        raise InvalidStatsDocument(f"'{what}' has {len(value)} entries, limit {max_entries}")
+    return {
+        _check_name(name, f"{what} key"): _count(count, f"{what}[{name!r}]")
+        for name, count in value.items()
+    }
+
+
+def _optional_rate(value: object, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidStatsDocument(f"{what} must be a number or null")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidStatsDocument(f"{what} must be a finite number above 0 (got {value})")
+    return float(value)
 
 
 def _bool(value: object, what: str) -> bool:

@@ -20,6 +20,7 @@ from wsgauge_contract.flags import Flag, FlagSet
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
+from wsgauge_sidecar.admission import parse_topic_limit
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
@@ -47,6 +48,11 @@ topic rules:
   report          the app reports its own counts (PUT/POST /report on the admin
                   port); the data port is not opened
 
+limits (HTTP 503 before the app sees the upgrade; open sockets are untouched):
+  --max-connections N             all sockets, handshakes in flight included
+  --max-topic-connections T=N     per topic (repeatable; request-based rules only)
+  --max-upgrades-per-second R     upgrade rate; refusals carry a jittered Retry-After
+
 on SIGTERM: /readyz fails at once; after --drain-grace seconds new upgrades are
 refused; the remaining sockets get close code 1001 spread over --drain-spread
 seconds; then the process exits 0. Give the app container a preStop wait of at
@@ -64,14 +70,22 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _finite_non_negative(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+        raise ValueError(f"expected {what}, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _finite_non_negative(text, "a number of seconds")
+
+
+def _rate(text: str) -> float:
+    return _finite_non_negative(text, "a number per second")
 
 
 def _topic_rule(text: str) -> TopicRule:
@@ -99,6 +113,14 @@ FLAGS = FlagSet(
         Flag("max-connections", "limits.max_connections", _non_negative_int, "N"),
         Flag("ready-below", "limits.ready_below", _non_negative_int, "N"),
         Flag("max-topics", "limits.max_topics", _non_negative_int, "N"),
+        Flag(
+            "max-topic-connections",
+            "limits.max_topic_connections",
+            parse_topic_limit,
+            "TOPIC=N",
+            repeat=True,
+        ),
+        Flag("max-upgrades-per-second", "limits.max_upgrades_per_second", _rate, "RATE"),
         Flag("drain-grace", "drain.grace", _seconds, "SECONDS"),
         Flag("drain-spread", "drain.spread", _seconds, "SECONDS"),
         Flag("handshake-timeout", "proxy.handshake_timeout", _seconds, "SECONDS"),
@@ -172,6 +194,19 @@ def check_settings(settings: SidecarSettings) -> None:
         raise ConfigError("--max-message-bytes must be at least 1024")
     if proxy.socket_buffer_bytes < 4096:
         raise ConfigError("--socket-buffer-bytes must be at least 4096")
+    limits = settings.limits
+    topics = [topic for topic, _ in limits.max_topic_connections]
+    repeated = sorted({topic for topic in topics if topics.count(topic) > 1})
+    if repeated:
+        raise ConfigError(f"--max-topic-connections gives topic {repeated[0]!r} more than once")
+    if topics and (settings.report_mode or proxy.topic_rule.needs_frames):
+        raise ConfigError(
+            f"--max-topic-connections needs a topic rule that reads the upgrade request "
+            f"(path, path:REGEX, query:NAME, header:NAME), not {proxy.topic_rule.kind}: "
+            "with frame protocols the topic is not known when the upgrade arrives"
+        )
+    if limits.max_upgrades_per_second and settings.report_mode:
+        raise ConfigError("--max-upgrades-per-second has no effect in report mode")
 
 
 def _same_port(first: Address, second: Address) -> bool:

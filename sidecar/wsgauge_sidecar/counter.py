@@ -14,9 +14,11 @@ Two pure objects with the same read interface (``connections``, ``opened``,
 Cardinality guard (``--max-topics``): at most ``max_topics`` distinct topic names
 are tracked; a socket joining a further topic is counted under
 :data:`OTHER_TOPIC` (``_other``) for as long as it stays in that topic. A topic
-whose count falls to 0 is forgotten, which frees its slot for a new name. So the
-number of distinct names held never exceeds ``max_topics + 1``, whatever names
-clients invent.
+whose count falls to 0 is forgotten, which frees its slot for a new name. The
+``named`` topics of a :class:`ConnectionCounter` (those with a
+``--max-topic-connections`` cap) are always counted under their own name, outside
+that limit. So the number of distinct names held never exceeds
+``max_topics + len(named) + 1``, whatever names clients invent.
 
 ``_other`` in the counts is only ever the fold: a socket's own topic of that
 name is counted as ``__other`` (:func:`escape_topic` gives every name made of
@@ -60,17 +62,21 @@ def escape_topic(topic: str) -> str:
 class _TopicTable:
     """Per-topic counts with the ``_other`` fold; names with count 0 are dropped."""
 
-    def __init__(self, max_topics: int) -> None:
+    def __init__(self, max_topics: int, named: frozenset[str] = frozenset()) -> None:
         if isinstance(max_topics, bool) or not isinstance(max_topics, int) or max_topics < 0:
             raise ConfigError(f"max_topics must be a non-negative integer (got {max_topics!r})")
         self.max_topics = max_topics
+        self.named = named
+        """Names always counted under their own name, outside the fold and its limit."""
         self.counts: dict[str, int] = {}
 
     def slot_for(self, topic: str) -> str:
         """The name under which a new member of ``topic`` is counted."""
-        if topic == OTHER_TOPIC or topic in self.counts:
+        if topic == OTHER_TOPIC or topic in self.counts or topic in self.named:
             return topic
         tracked = len(self.counts) - (1 if OTHER_TOPIC in self.counts else 0)
+        if self.named:
+            tracked -= sum(1 for name in self.named if name in self.counts)
         return topic if tracked < self.max_topics else OTHER_TOPIC
 
     def add(self, name: str, delta: int) -> None:
@@ -114,9 +120,9 @@ class _Observable:
 class ConnectionCounter(_Observable):
     """Counts of the proxy modes: one entry per live, counted WebSocket."""
 
-    def __init__(self, max_topics: int = 100) -> None:
+    def __init__(self, max_topics: int = 100, named: frozenset[str] = frozenset()) -> None:
         super().__init__()
-        self._table = _TopicTable(max_topics)
+        self._table = _TopicTable(max_topics, frozenset(escape_topic(n) for n in named))
         # socket id -> {topic as joined: name it is counted under (topic or _other)}
         self._sockets: dict[int, dict[str, str]] = {}
         self._ids = itertools.count(1)
@@ -147,6 +153,12 @@ class ConnectionCounter(_Observable):
     def topics(self) -> dict[str, int]:
         """Open sockets per topic; only topics with a count above 0 (a fresh dict)."""
         return self._table.snapshot()
+
+    def topic_count(self, topic: str) -> int:
+        """Open sockets in ``topic`` (as joined); exact for the ``named`` topics, 0 for a
+        topic counted under ``_other``."""
+        name = normalize_topic(topic)
+        return 0 if name is None else self._table.counts.get(escape_topic(name), 0)
 
     def closed_by_reason(self) -> dict[str, int]:
         """How many sockets were closed for each ``reason`` given to :meth:`close_socket`."""

@@ -20,7 +20,8 @@ What it does:
   unless either side said ``close``, the response ran until close, or the
   client sent FIN.
 * The upgrade gate: a request whose ``Upgrade`` names ``websocket`` is an
-  upgrade; a GET is checked with ``upgrade_refusal`` (503 when refused) and
+  upgrade; a GET is checked with ``upgrade_refusal`` (503 when refused, with
+  ``Retry-After`` when the :class:`~wsgauge_sidecar.admission.Refusal` has one) and
   counted on 101 (:class:`SwitchProtocols` with ``counted``), any other method
   gets 400. A 101 to another request becomes a tunnel only to a protocol it
   asked for, never ``websocket`` (502 otherwise).
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from wsgauge_sidecar.admission import Refusal
 from wsgauge_sidecar.exceptions import HttpParseError
 from wsgauge_sidecar.httpwire import (
     BodyFramer,
@@ -130,6 +132,8 @@ class ResumeClient:
 class UpgradeStarted:
     """An upgrade went through the gate and goes to the app: one more handshake in flight."""
 
+    request: RequestHead
+
 
 @dataclass(frozen=True)
 class HandshakeFailed:
@@ -188,13 +192,15 @@ _HEAD, _EXCHANGE, _RELAY, _CLOSED = range(4)
 _NO_UPSTREAM, _CONNECTING, _CONNECTED = range(3)
 
 
-def local_answer(status: int, message: str) -> bytes:
-    """The bytes of an error answered by the sidecar itself (``Connection: close``)."""
+def local_answer(status: int, message: str, retry_after: int | None = None) -> bytes:
+    """The bytes of an error answered by the sidecar itself (``Connection: close``), with
+    ``Retry-After: <seconds>`` when ``retry_after`` is given."""
     body = (message + "\n").encode()
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"{retry}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -220,7 +226,7 @@ class HttpExchange:
         buffer_bytes: int,
         handshake_timeout: float,
         strip_extensions: bool = False,
-        upgrade_refusal: Callable[[], str | None] = lambda: None,
+        upgrade_refusal: Callable[[RequestHead], Refusal | None] = lambda request: None,
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.buffer_bytes = buffer_bytes
@@ -228,7 +234,7 @@ class HttpExchange:
         self.strip_extensions = strip_extensions
         """Drop ``Sec-WebSocket-Extensions`` from upgrades (phoenix mode reads every message)."""
         self.upgrade_refusal = upgrade_refusal
-        """Why a new upgrade must get 503 right now, or ``None``."""
+        """Why a new upgrade (its request head) must get 503 right now, or ``None``."""
         self._mode = _HEAD
         self._upstream = _NO_UPSTREAM
         self._inbuf = bytearray()
@@ -431,14 +437,16 @@ class HttpExchange:
                 self._emit(Note("info", f"{head.method} upgrade to websocket refused"))
                 self._respond_locally(400, "a WebSocket upgrade must be a GET request")
                 return
-            refusal = self.upgrade_refusal()
+            refusal = self.upgrade_refusal(head)
             if refusal is not None:
-                self._emit(HandshakeFailed(refusal, pending=False))
-                self._emit(Note("info", f"upgrade {head.target} refused ({refusal})"))
-                self._respond_locally(503, f"upgrade refused: {refusal}")
+                self._emit(HandshakeFailed(refusal.reason, pending=False))
+                self._emit(Note("info", f"upgrade {head.target} refused ({refusal.reason})"))
+                self._respond_locally(
+                    503, f"upgrade refused: {refusal.reason}", refusal.retry_after
+                )
                 return
             self._upgrading = True
-            self._emit(UpgradeStarted())
+            self._emit(UpgradeStarted(head))
             if self.strip_extensions:
                 head_bytes = head.serialize(drop_headers=("sec-websocket-extensions",))
             self._emit(StartTimer("upgrade", self.handshake_timeout))
@@ -572,13 +580,13 @@ class HttpExchange:
 
     # -- ending ----------------------------------------------------------------------------
 
-    def _respond_locally(self, status: int, message: str) -> None:
+    def _respond_locally(self, status: int, message: str, retry_after: int | None = None) -> None:
         if self._mode == _CLOSED:
             return
         if self._response_started or self._mode == _RELAY:
             self._close("local_response", abort=False)
             return
-        self._emit(SendToClient(local_answer(status, message)))
+        self._emit(SendToClient(local_answer(status, message, retry_after)))
         self._shut_upstream_side(abort=True)
         self._inbuf.clear()
         self._paused = False

@@ -47,6 +47,10 @@ class LiveView:
     """``--max-connections`` (0 = none)."""
     ready_below: int = 0
     """``--ready-below`` (0 = none)."""
+    topic_limits: dict[str, int] = field(default_factory=dict)
+    """``--max-topic-connections``: topic -> cap."""
+    max_upgrades_per_second: float = 0.0
+    """``--max-upgrades-per-second`` (0 = none)."""
 
 
 @dataclass
@@ -106,6 +110,19 @@ class _LiveCollector(Collector):
         )
         yield GaugeMetricFamily(
             "wsgauge_ready_below", "Configured --ready-below (0 = off).", value=view.ready_below
+        )
+        topic_caps = GaugeMetricFamily(
+            "wsgauge_topic_max_connections",
+            "Configured --max-topic-connections per topic (new upgrades get 503 at it).",
+            labels=["topic"],
+        )
+        for topic, limit in sorted(view.topic_limits.items()):
+            topic_caps.add_metric([topic], limit)
+        yield topic_caps
+        yield GaugeMetricFamily(
+            "wsgauge_max_upgrades_per_second",
+            "Configured --max-upgrades-per-second (0 = unlimited).",
+            value=view.max_upgrades_per_second,
         )
         relayed = CounterMetricFamily(
             "wsgauge_relayed_bytes",

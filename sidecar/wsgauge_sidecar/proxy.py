@@ -56,7 +56,6 @@ from wsgauge_sidecar.exchange import (
 )
 from wsgauge_sidecar.relay import UpstreamSide, WebSocketRelay, close_transport
 from wsgauge_sidecar.state import SidecarState
-from wsgauge_sidecar.topics import topic_from_request
 
 log = logging.getLogger("wsgauge.sidecar.proxy")
 
@@ -170,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._peer = "?"
+        self._upgrade_topic: str | None = None
 
     # -- asyncio.Protocol (client side) ----------------------------------------------------
 
@@ -319,10 +319,11 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(event, ResumeClient):
             self.resume_client("buffer")
         elif isinstance(event, UpgradeStarted):
-            self.state.pending_upgrades += 1
+            self._upgrade_topic = self.state.request_topic(event.request)
+            self.state.upgrade_started(self._upgrade_topic)
         elif isinstance(event, HandshakeFailed):
             if event.pending:
-                self.state.pending_upgrades -= 1
+                self.state.upgrade_ended(self._upgrade_topic)
             self.state.metrics.handshake_failed(event.reason)
         elif isinstance(event, SwitchProtocols):
             self._switch_protocols(event)
@@ -343,8 +344,8 @@ class ClientConnection(asyncio.Protocol):
         request = event.request
         topic = None
         if event.counted:
-            self.state.pending_upgrades -= 1
-            topic = topic_from_request(self.settings.topic_rule, request.target, request.headers)
+            topic = self._upgrade_topic
+            self.state.upgrade_ended(topic)
         relay = WebSocketRelay(self, upstream, request, counted=event.counted, topic=topic)
         self.relay = relay
         upstream.relay = relay

@@ -56,6 +56,12 @@ class LimitSettings:
     """``--ready-below``: ``/readyz`` fails at or above this many sockets (0 = off)."""
     max_topics: int = 100
     """``--max-topics``: distinct topics before further ones count under ``_other``."""
+    max_topic_connections: tuple[tuple[str, int], ...] = ()
+    """``--max-topic-connections TOPIC=N`` (repeatable): new upgrades whose topic already
+    holds N sockets get HTTP 503 (request-based topic rules only)."""
+    max_upgrades_per_second: float = 0.0
+    """``--max-upgrades-per-second``: new upgrades beyond this rate get HTTP 503 with a
+    jittered Retry-After sized to the storm (0 = no limit)."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,12 @@ from datetime import UTC, datetime
 
 from wsgauge_contract import Capacity, StatsDocument
 
+from wsgauge_sidecar.admission import Refusal, UpgradeAdmission
 from wsgauge_sidecar.counter import ConnectionCounter, ReportedCounts
+from wsgauge_sidecar.httpwire import RequestHead
 from wsgauge_sidecar.metrics import LiveView, SidecarMetrics
 from wsgauge_sidecar.settings import SidecarSettings
+from wsgauge_sidecar.topics import topic_from_request
 
 log = logging.getLogger("wsgauge.sidecar")
 
@@ -50,10 +53,12 @@ class SidecarState:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
         """The process settings."""
+        limits = settings.limits
+        topic_limits = dict(limits.max_topic_connections)
         self.counter: ConnectionCounter | ReportedCounts = (
-            ReportedCounts(settings.limits.max_topics)
+            ReportedCounts(limits.max_topics)
             if settings.report_mode
-            else ConnectionCounter(settings.limits.max_topics)
+            else ConnectionCounter(limits.max_topics, named=frozenset(topic_limits))
         )
         """The counts (:class:`ReportedCounts` in report mode)."""
         self.started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -70,6 +75,15 @@ class SidecarState:
         """True once the first upstream check finished."""
         self.pending_upgrades = 0
         """Upgrade requests forwarded to the upstream and not yet answered."""
+        self.pending_by_topic: dict[str, int] = {}
+        """Of those, how many per capped topic (``--max-topic-connections``)."""
+        self.admission = UpgradeAdmission(
+            max_connections=limits.max_connections,
+            topic_limits=topic_limits,
+            upgrades_per_second=limits.max_upgrades_per_second,
+            clock=time.monotonic,
+        )
+        """Which new upgrades get 503 (capacity, topic caps, upgrade rate, drain)."""
         self.changes = ChangeFeed()
         """Woken after every change of the stats document."""
         self.stopping = asyncio.Event()
@@ -135,14 +149,41 @@ class SidecarState:
             return False, f"upstream unreachable ({self.settings.proxy.upstream})"
         return True, READY
 
-    def upgrade_refusal(self) -> str | None:
+    def request_topic(self, request: RequestHead) -> str | None:
+        """The topic an upgrade request is counted in (``None``: none, or the topic rule
+        reads frames, not the request)."""
+        rule = self.settings.proxy.topic_rule
+        return topic_from_request(rule, request.target, request.headers)
+
+    def upgrade_refusal(self, request: RequestHead) -> Refusal | None:
         """Why a new upgrade must be refused with 503 right now (``None`` = go ahead)."""
-        if not self.accepting_upgrades:
-            return "draining"
-        limit = self.settings.limits.max_connections
-        if limit and self.counter.connections + self.pending_upgrades >= limit:
-            return "capacity"
-        return None
+        topic = self.request_topic(request) if self.admission.topic_limits else None
+        topic_connections = 0
+        if topic is not None and topic in self.admission.topic_limits:
+            in_flight = self.pending_by_topic.get(topic, 0)
+            topic_connections = self.connection_counter.topic_count(topic) + in_flight
+        return self.admission.decide(
+            accepting=self.accepting_upgrades,
+            connections=self.counter.connections + self.pending_upgrades,
+            topic=topic,
+            topic_connections=topic_connections,
+        )
+
+    def upgrade_started(self, topic: str | None) -> None:
+        """An admitted upgrade went to the app (one more in flight, in ``topic``)."""
+        self.pending_upgrades += 1
+        if topic is not None and topic in self.admission.topic_limits:
+            self.pending_by_topic[topic] = self.pending_by_topic.get(topic, 0) + 1
+
+    def upgrade_ended(self, topic: str | None) -> None:
+        """An in-flight upgrade became a socket or failed."""
+        self.pending_upgrades -= 1
+        if topic is not None and topic in self.pending_by_topic:
+            left = self.pending_by_topic[topic] - 1
+            if left > 0:
+                self.pending_by_topic[topic] = left
+            else:
+                del self.pending_by_topic[topic]
 
     def document(self) -> StatsDocument:
         """The stats document of the wire contract, as of now."""
@@ -157,8 +198,12 @@ class SidecarState:
             opened=self.counter.opened,
             closed=self.counter.closed,
             capacity=Capacity(
-                max=limits.max_connections or None, ready_below=limits.ready_below or None
+                max=limits.max_connections or None,
+                ready_below=limits.ready_below or None,
+                topics=self.admission.topic_limits,
+                upgrades_per_second=limits.max_upgrades_per_second or None,
             ),
+            refused=self.admission.refused(),
             ready=self.readiness()[0],
             draining=self.draining,
             started_at=self.started_at,
@@ -182,6 +227,8 @@ class SidecarState:
             upstream_reachable=self.upstream_reachable,
             max_connections=self.settings.limits.max_connections,
             ready_below=self.settings.limits.ready_below,
+            topic_limits=self.admission.topic_limits,
+            max_upgrades_per_second=self.settings.limits.max_upgrades_per_second,
         )
 
 

@@ -25,7 +25,12 @@ async def test_ready_below_makes_readyz_fail(start_sidecar: SidecarFactory) -> N
     second = await websockets.connect(f"{sidecar.ws_base}/ws/r")
     document = await sidecar.wait_stats(lambda d: d["connections"] == 2)
     assert document["ready"] is False
-    assert document["capacity"] == {"max": None, "readyBelow": 2}
+    assert document["capacity"] == {
+        "max": None,
+        "readyBelow": 2,
+        "topics": {},
+        "upgradesPerSecond": None,
+    }
     status, reason = sidecar.get("/readyz")
     assert status == 503
     assert "ready-below" in reason
@@ -345,7 +350,12 @@ async def test_env_mirrors_flags_and_flag_wins(demo_app: DemoAppProcess) -> None
         # the harness passes --admin-listen itself: the flag wins over the env
         assert sidecar.admin_port != admin_port
         document = sidecar.stats()
-        assert document["capacity"] == {"max": 7, "readyBelow": 4}
+        assert document["capacity"] == {
+            "max": 7,
+            "readyBelow": 4,
+            "topics": {},
+            "upgradesPerSecond": None,
+        }
         assert (document["pod"], document["namespace"], document["node"]) == (
             "chat-abc", "prod", "node-1",
         )  # fmt: skip

@@ -135,7 +135,12 @@ async def test_max_connections_refuses_new_upgrades(start_sidecar: SidecarFactor
     # existing sockets are untouched and still relay
     await sockets[0].send("still here")
     assert await asyncio.wait_for(sockets[0].recv(), 10) == "still here"
-    assert sidecar.stats()["capacity"] == {"max": 3, "readyBelow": None}
+    assert sidecar.stats()["capacity"] == {
+        "max": 3,
+        "readyBelow": None,
+        "topics": {},
+        "upgradesPerSecond": None,
+    }
     await sockets[0].close()
     await sidecar.wait_stats(lambda d: d["connections"] == 2)
     sockets[0] = await websockets.connect(f"{sidecar.ws_base}/ws/cap")  # room again

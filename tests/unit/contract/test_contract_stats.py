@@ -52,10 +52,46 @@ def test_encode_uses_the_contract_keys() -> None:
     data = json.loads(encode_stats_document(doc))
     assert set(data) == {
         "pod", "namespace", "node", "connections", "topics", "opened", "closed",
-        "capacity", "ready", "draining", "startedAt", "seq",
+        "capacity", "refused", "ready", "draining", "startedAt", "seq",
     }  # fmt: skip
-    assert data["capacity"] == {"max": 10, "readyBelow": None}
+    assert data["capacity"] == {
+        "max": 10, "readyBelow": None, "topics": {}, "upgradesPerSecond": None,
+    }  # fmt: skip
+    assert data["refused"] == {}
     assert decode_stats_document(encode_stats_document(doc)) == doc
+
+
+def test_limits_and_refusals_round_trip_and_are_optional() -> None:
+    doc = StatsDocument(
+        capacity=Capacity(topics={"stream": 40}, upgrades_per_second=2.5),
+        refused={"rate_limited": 7, "topic_capacity": 1},
+    )
+    data = json.loads(encode_stats_document(doc))
+    assert data["capacity"]["topics"] == {"stream": 40}
+    assert data["capacity"]["upgradesPerSecond"] == 2.5
+    assert data["refused"] == {"rate_limited": 7, "topic_capacity": 1}
+    assert decode_stats_document(encode_stats_document(doc)) == doc
+    # a document of an earlier sidecar, without them, still decodes
+    earlier = decode_stats_document(b'{"capacity": {"max": 3, "readyBelow": null}}')
+    assert earlier.capacity == Capacity(max=3)
+    assert dict(earlier.refused) == {}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"refused": []}',
+        b'{"refused": {"rate_limited": -1}}',
+        b'{"refused": {"rate_limited": true}}',
+        b'{"capacity": {"topics": {"a": 1.5}}}',
+        b'{"capacity": {"upgradesPerSecond": 0}}',
+        b'{"capacity": {"upgradesPerSecond": "5"}}',
+        b'{"capacity": {"upgradesPerSecond": true}}',
+    ],
+)
+def test_bad_limits_or_refusals_are_invalid(raw: bytes) -> None:
+    with pytest.raises(InvalidStatsDocument):
+        decode_stats_document(raw)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wsgauge_sidecar.admission import Refusal
 from wsgauge_sidecar.exchange import (
     CancelTimer,
     CloseClient,
@@ -33,6 +34,7 @@ from wsgauge_sidecar.exchange import (
     TimerKind,
     UpgradeStarted,
 )
+from wsgauge_sidecar.httpwire import RequestHead
 
 
 @dataclass
@@ -50,13 +52,13 @@ class Wire:
     after_switch_upstream: bytearray = field(default_factory=bytearray)
 
     @classmethod
-    def open(cls, refusal: str | None = None, buffer_bytes: int = 1 << 20) -> Wire:
+    def open(cls, refusal: Refusal | None = None, buffer_bytes: int = 1 << 20) -> Wire:
         wire = cls(
             HttpExchange(
                 max_header_bytes=16384,
                 buffer_bytes=buffer_bytes,
                 handshake_timeout=10,
-                upgrade_refusal=lambda: refusal,
+                upgrade_refusal=lambda request: refusal,
             )
         )
         wire.run(wire.exchange.start())
@@ -262,13 +264,40 @@ def test_a_non_get_websocket_upgrade_gets_400_and_never_reaches_the_app(method: 
 
 
 def test_a_refused_upgrade_gets_503_before_the_app() -> None:
-    wire = Wire.open(refusal="capacity")
+    wire = Wire.open(refusal=Refusal("capacity"))
     wire.client(upgrade_request())
     assert wire.to_client.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"upgrade refused: capacity" in wire.to_client
+    assert b"Retry-After" not in wire.to_client
     assert wire.of(HandshakeFailed) == [HandshakeFailed("capacity", pending=False)]
     assert not wire.of(ConnectUpstream)
     assert not wire.of(UpgradeStarted)
+
+
+def test_a_rate_limited_upgrade_gets_503_with_retry_after() -> None:
+    wire = Wire.open(refusal=Refusal("rate_limited", retry_after=7))
+    wire.client(upgrade_request())
+    head, _, body = bytes(wire.to_client).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nRetry-After: 7\r\n" in head + b"\r\n"
+    assert body == b"upgrade refused: rate_limited\n"
+    assert wire.of(HandshakeFailed) == [HandshakeFailed("rate_limited", pending=False)]
+
+
+def test_the_gate_sees_the_request_and_started_upgrades_carry_it() -> None:
+    seen: list[str] = []
+
+    def gate(request: RequestHead) -> Refusal | None:
+        seen.append(request.target)
+        return None
+
+    wire = Wire(HttpExchange(max_header_bytes=16384, buffer_bytes=1 << 20,
+                             handshake_timeout=10, upgrade_refusal=gate))  # fmt: skip
+    wire.run(wire.exchange.start())
+    wire.client(upgrade_request())
+    assert seen == ["/ws/a"]
+    started = [event for event in wire.events if isinstance(event, UpgradeStarted)]
+    assert [event.request.target for event in started] == ["/ws/a"]
 
 
 @pytest.mark.parametrize(
