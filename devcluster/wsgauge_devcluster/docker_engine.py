@@ -212,14 +212,8 @@ def started_by_us() -> int | None:
 def engine_in_use() -> Iterator[None]:
     """Held (a shared lock) while an image build or load uses the engine: another checkout's
     `down` leaves the dockerd running meanwhile (see :func:`stop_docker_engine`)."""
-    path = state_dir() / "users.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(state_dir() / "users.lock", shared=True):
+        yield
 
 
 def _busy_reason() -> str | None:

@@ -134,11 +134,12 @@ def require_free_ports(ports: Mapping[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created with its directory) across processes."""
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive (``shared``: a shared) flock on ``path`` (created with its directory)
+    across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
