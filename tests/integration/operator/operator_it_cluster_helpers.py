@@ -49,8 +49,12 @@ class OperatorProcess:
         controller runs: a port that accepts connections is not yet a server to query.
         """
         self.process = Process(self._argv, self._log)
-        wait_for_port("127.0.0.1", self.port, timeout=STARTUP_TIMEOUT)
-        eventually(self._started, timeout=60, interval=0.1, what="the operator started")
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout=STARTUP_TIMEOUT)
+            eventually(self._started, timeout=60, interval=0.1, what="the operator started")
+        except AssertionError:
+            self.process.stop()  # the caller never got hold of it: do not leave it running
+            raise
 
     def _started(self) -> bool:
         try:
