@@ -705,15 +705,16 @@ def _ctr(socket: Path, *args: str) -> list[str]:
     return ["ctr", "--address", str(socket), "--namespace", CONTAINERD_NAMESPACE, *args]
 
 
+def _run_ctr(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ctr`` against the containerd at socket (text output, 60 s, never raises on exit)."""
+    return subprocess.run(
+        _ctr(socket, *args), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def containerd_config_digest(socket: Path, ref: str) -> str | None:
     """The config digest (= Docker's image id) of ref in that containerd, None if absent."""
-    listing = subprocess.run(
-        _ctr(socket, "images", "ls", f"name=={ref}"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    listing = _run_ctr(socket, "images", "ls", f"name=={ref}")
     if listing.returncode != 0:
         raise ImageBuildError(f"ctr at {socket}: {listing.stderr.strip()[-500:]}")
     rows = [line.split() for line in listing.stdout.splitlines()[1:] if line.strip()]
@@ -721,13 +722,7 @@ def containerd_config_digest(socket: Path, ref: str) -> str | None:
     for _ in range(3):  # index -> manifest -> config
         if digest is None:
             return None
-        blob = subprocess.run(
-            _ctr(socket, "content", "get", digest),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        blob = _run_ctr(socket, "content", "get", digest)
         if blob.returncode != 0:
             return None
         document = json.loads(blob.stdout)
@@ -798,13 +793,7 @@ def alias_in(socket: Path, refs: Sequence[str], tag: str, log: Log) -> None:
         alias = f"{name.rsplit(':', 1)[0]}:{tag}"
         if alias == name:
             continue
-        result = subprocess.run(
-            _ctr(socket, "images", "tag", "--force", name, alias),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _run_ctr(socket, "images", "tag", "--force", name, alias)
         if result.returncode != 0:
             raise ImageBuildError(f"ctr images tag {name} {alias} failed: {result.stderr.strip()}")
         log(f"{alias} names {name} in containerd at {socket}")

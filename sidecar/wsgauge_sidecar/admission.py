@@ -152,20 +152,3 @@ class UpgradeAdmission:
     def refused(self) -> dict[RefusalReason, int]:
         """Upgrades refused since start, by reason (only reasons that happened)."""
         return dict(self._refused)
-
-
-def parse_topic_limit(value: str) -> tuple[str, int]:
-    """``TOPIC=N`` of ``--max-topic-connections`` (the topic may contain ``=``; N >= 0).
-
-    Raises :class:`ValueError` with a message for the command line.
-    """
-    topic, separator, count = value.rpartition("=")
-    if not separator or not topic:
-        raise ValueError(f"expected TOPIC=N, got {value!r}")
-    try:
-        limit = int(count)
-    except ValueError:
-        raise ValueError(f"expected TOPIC=N with a whole number N, got {value!r}") from None
-    if limit < 0:
-        raise ValueError(f"the limit of topic {topic!r} must be >= 0, got {limit}")
-    return topic, limit

@@ -20,7 +20,6 @@ from wsgauge_contract.flags import Flag, FlagSet
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
-from wsgauge_sidecar.admission import parse_topic_limit
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
@@ -68,6 +67,18 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError(f"must not be negative, got {value}")
     return value
+
+
+def parse_topic_limit(text: str) -> tuple[str, int]:
+    """``TOPIC=N`` of ``--max-topic-connections`` (the topic may contain ``=``; N >= 0)."""
+    topic, separator, count = text.rpartition("=")
+    if not separator or not topic:
+        raise ValueError(f"expected TOPIC=N, got {text!r}")
+    try:
+        limit = _non_negative_int(count)
+    except ValueError as error:
+        raise ValueError(f"expected TOPIC=N with a whole number N >= 0 ({error})") from None
+    return topic, limit
 
 
 def _finite_non_negative(text: str, what: str) -> float:
