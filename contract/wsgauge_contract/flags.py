@@ -58,6 +58,18 @@ class Flag:
         return self.name.replace("-", "_")
 
 
+def parse_topic_limit(text: str) -> tuple[str, int]:
+    """``TOPIC=N``: one value of the sidecar's ``--max-topic-connections`` (and of the
+    injector's ``wsgauge.dev/max-topic-connections`` annotation, comma-separated). The topic
+    may contain ``=`` (the last one separates N); N is a whole number >= 0."""
+    topic, separator, count = text.rpartition("=")
+    if not separator or not topic:
+        raise ValueError(f"expected TOPIC=N, got {text!r}")
+    if not re.fullmatch(r"[0-9]+", count.strip()):
+        raise ValueError(f"expected TOPIC=N with a whole number N >= 0, got {text!r}")
+    return topic, int(count)
+
+
 _DOCSTRINGS: dict[type, Mapping[str, str]] = {}
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from wsgauge_contract import Address, AddressError
+from wsgauge_contract.flags import parse_topic_limit
 
 from wsgauge_operator import __version__
 from wsgauge_operator.exceptions import ConfigError
@@ -106,6 +107,11 @@ class InjectorSettings:
     """``/readyz`` fails at or above this many sockets (0: off)."""
     max_topics: int = 100
     """Topics beyond this count under ``_other``."""
+    max_topic_connections: Mapping[str, int] = field(default_factory=dict)
+    """Topic -> sockets at which that topic's new upgrades get HTTP 503
+    (``--max-topic-connections``; topic rules that read the upgrade request only)."""
+    max_upgrades_per_second: float = 0.0
+    """Upgrades per second the sidecar admits before answering 503 with Retry-After (0: off)."""
     drain_grace: float = 5.0
     """Seconds after SIGTERM before new upgrades are refused."""
     drain_spread: float = 10.0
@@ -168,6 +174,19 @@ def settings_from_mapping(data: Mapping[str, Any]) -> InjectorSettings:
             raise ConfigError(f"injector config: {key} must be a {expected.__name__}")
         values[name] = value
     settings = replace(defaults, **values)
+    for topic, limit in settings.max_topic_connections.items():
+        if "," in topic or not topic:
+            raise ConfigError(
+                f"injector config: maxTopicConnections topic {topic!r} is empty or has a comma"
+            )
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ConfigError(
+                f"injector config: maxTopicConnections.{topic} must be an integer >= 0"
+            )
+    try:
+        _check_limits_fit_the_topic_rule(settings, "injector config")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if settings.prestop_mode not in ("sleep", "exec"):
         raise ConfigError("injector config: prestopMode must be 'sleep' or 'exec'")
     if not TOPIC_RULE.match(settings.topic):
@@ -223,11 +242,47 @@ def _parse_topic(text: str, annotation: str) -> str:
     return text
 
 
+def _parse_topic_limits(text: str, annotation: str) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            topic, limit = parse_topic_limit(item)
+        except ValueError as error:
+            raise ValueError(f"{annotation}: {error}") from None
+        if topic in limits:
+            raise ValueError(f"{annotation}: topic {topic!r} is given more than once")
+        limits[topic] = limit
+    return limits
+
+
+def _parse_rate(text: str, annotation: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{annotation}: {text!r} is not a number per second") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{annotation}: {text!r} must be a finite number >= 0")
+    return value
+
+
+def _check_limits_fit_the_topic_rule(settings: InjectorSettings, source: str) -> None:
+    """The sidecar refuses these combinations at start: deny them here instead."""
+    if settings.max_topic_connections and settings.topic in ("phoenix", "report"):
+        raise ValueError(
+            f"{source}: per-topic limits (max-topic-connections) need a topic rule that reads "
+            f"the upgrade request (path, path:REGEX, query:NAME, header:NAME), not {settings.topic}"
+        )
+    if settings.max_upgrades_per_second and settings.topic == "report":
+        raise ValueError(f"{source}: max-upgrades-per-second has no effect in report mode")
+
+
 _OVERRIDES: dict[str, tuple[str, Any]] = {
     "topic": ("topic", _parse_topic),
     "max-connections": ("max_connections", _parse_count),
     "ready-below": ("ready_below", _parse_count),
     "max-topics": ("max_topics", _parse_count),
+    "max-topic-connections": ("max_topic_connections", _parse_topic_limits),
+    "max-upgrades-per-second": ("max_upgrades_per_second", _parse_rate),
     "drain-grace": ("drain_grace", _parse_seconds),
     "drain-spread": ("drain_spread", _parse_seconds),
     "upstream": ("upstream", _parse_upstream),
@@ -252,6 +307,7 @@ def effective_settings(
         if raw is not None:
             values[name] = parse(str(raw).strip(), annotation)
     result = replace(settings, **values)
+    _check_limits_fit_the_topic_rule(result, "wsgauge.dev annotations")
     if result.data_port == result.admin_port and result.topic != "report":
         raise ValueError("the sidecar's data port and admin port must differ")
     if result.report_port == result.admin_port and result.topic == "report":
@@ -264,7 +320,7 @@ def report_url(settings: InjectorSettings) -> str:
     return f"http://127.0.0.1:{settings.report_port}/report"
 
 
-def _format_seconds(value: float) -> str:
+def _format_number(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
@@ -287,10 +343,15 @@ def sidecar_container(settings: InjectorSettings) -> dict[str, Any]:
         "WSGAUGE_MAX_CONNECTIONS": str(settings.max_connections),
         "WSGAUGE_READY_BELOW": str(settings.ready_below),
         "WSGAUGE_MAX_TOPICS": str(settings.max_topics),
-        "WSGAUGE_DRAIN_GRACE": _format_seconds(settings.drain_grace),
-        "WSGAUGE_DRAIN_SPREAD": _format_seconds(settings.drain_spread),
+        "WSGAUGE_MAX_UPGRADES_PER_SECOND": _format_number(settings.max_upgrades_per_second),
+        "WSGAUGE_DRAIN_GRACE": _format_number(settings.drain_grace),
+        "WSGAUGE_DRAIN_SPREAD": _format_number(settings.drain_spread),
         "WSGAUGE_LOG_LEVEL": settings.log_level,
     }
+    if settings.max_topic_connections:
+        flags["WSGAUGE_MAX_TOPIC_CONNECTIONS"] = ",".join(
+            f"{topic}={limit}" for topic, limit in settings.max_topic_connections.items()
+        )
     if settings.topic == "report":
         flags["WSGAUGE_REPORT_LISTEN"] = f"127.0.0.1:{settings.report_port}"
     flags.update(settings.extra_env)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from wsgauge_contract import Address, FlagError
-from wsgauge_contract.flags import Flag, FlagSet
+from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
@@ -67,18 +67,6 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError(f"must not be negative, got {value}")
     return value
-
-
-def parse_topic_limit(text: str) -> tuple[str, int]:
-    """``TOPIC=N`` of ``--max-topic-connections`` (the topic may contain ``=``; N >= 0)."""
-    topic, separator, count = text.rpartition("=")
-    if not separator or not topic:
-        raise ValueError(f"expected TOPIC=N, got {text!r}")
-    try:
-        limit = _non_negative_int(count)
-    except ValueError as error:
-        raise ValueError(f"expected TOPIC=N with a whole number N >= 0 ({error})") from None
-    return topic, limit
 
 
 def _finite_non_negative(text: str, what: str) -> float:

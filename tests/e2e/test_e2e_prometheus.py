@@ -348,6 +348,13 @@ async def test_prometheus_scrapes_what_the_monitors_describe(
         )
         first = next(iter(pods))
         assert failures.get((first, "bad_request")) == 1.0, failures
+        caps = _by(
+            await _query(server, f'wsgauge_topic_max_connections{{namespace="{namespace}"}}'),
+            "pod",
+            "topic",
+        )
+        # the chat example's annotation wsgauge.dev/max-topic-connections: "lobby=500"
+        assert caps == {(pod, "lobby"): 500.0 for pod in pods}, caps
         events = _by(await _query(server, "wsgauge_operator_events_total"), "reason")
         assert events.get(("HPACreated",), 0) >= 1, events
 

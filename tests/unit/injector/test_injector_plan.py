@@ -110,6 +110,8 @@ def test_annotations_override_the_sidecar_settings() -> None:
             "wsgauge.dev/max-connections": "5000",
             "wsgauge.dev/ready-below": "4000",
             "wsgauge.dev/max-topics": "20",
+            "wsgauge.dev/max-topic-connections": "lobby=50, a=b=0",
+            "wsgauge.dev/max-upgrades-per-second": "12.5",
             "wsgauge.dev/drain-grace": "2.5",
             "wsgauge.dev/drain-spread": "30s",
             "wsgauge.dev/upstream": "3000",
@@ -125,6 +127,8 @@ def test_annotations_override_the_sidecar_settings() -> None:
     assert env["WSGAUGE_MAX_CONNECTIONS"] == "5000"
     assert env["WSGAUGE_READY_BELOW"] == "4000"
     assert env["WSGAUGE_MAX_TOPICS"] == "20"
+    assert env["WSGAUGE_MAX_TOPIC_CONNECTIONS"] == "lobby=50,a=b=0"
+    assert env["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "12.5"
     assert env["WSGAUGE_DRAIN_GRACE"] == "2.5"
     assert env["WSGAUGE_DRAIN_SPREAD"] == "30"
     assert env["WSGAUGE_UPSTREAM"] == "127.0.0.1:3000"
@@ -140,6 +144,11 @@ def test_annotations_override_the_sidecar_settings() -> None:
     [
         ("wsgauge.dev/max-connections", "-1"),
         ("wsgauge.dev/max-connections", "lots"),
+        ("wsgauge.dev/max-topic-connections", "lobby"),
+        ("wsgauge.dev/max-topic-connections", "lobby=-1"),
+        ("wsgauge.dev/max-topic-connections", "lobby=1,lobby=2"),
+        ("wsgauge.dev/max-upgrades-per-second", "fast"),
+        ("wsgauge.dev/max-upgrades-per-second", "inf"),
         ("wsgauge.dev/topic", "cookie:x"),
         ("wsgauge.dev/topic", "path:(unclosed"),
         ("wsgauge.dev/drain-grace", "soon"),
@@ -154,6 +163,29 @@ def test_invalid_override_denies_the_pod_naming_the_annotation(annotation: str, 
     )
     assert plan.patch == []
     assert annotation in plan.denied
+
+
+def test_defaults_set_no_topic_limits_and_no_rate() -> None:
+    env = env_of(container(injected(make_pod({"wsgauge.dev/inject": "true"})), "wsgauge-sidecar"))
+    assert "WSGAUGE_MAX_TOPIC_CONNECTIONS" not in env
+    assert env["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("topic", "limit", "denied"),
+    [
+        ("phoenix", {"wsgauge.dev/max-topic-connections": "room:1=5"}, "need a topic rule"),
+        ("report", {"wsgauge.dev/max-topic-connections": "a=5"}, "need a topic rule"),
+        ("report", {"wsgauge.dev/max-upgrades-per-second": "5"}, "report mode"),
+    ],
+)
+def test_limits_the_topic_rule_cannot_serve_are_denied(
+    topic: str, limit: dict[str, str], denied: str
+) -> None:
+    annotations = {"wsgauge.dev/inject": "true", "wsgauge.dev/topic": topic, **limit}
+    plan = plan_injection(make_pod(annotations), InjectorSettings())
+    assert plan.patch == []
+    assert denied in plan.denied
 
 
 def test_app_port_clashing_with_the_sidecar_is_denied() -> None:
@@ -346,6 +378,8 @@ def test_settings_from_the_chart_config() -> None:
             "extraEnv": {"WSGAUGE_WATCH_HEARTBEAT": "2"},
             "readinessGate": False,
             "prestopMode": "exec",
+            "maxTopicConnections": {"lobby": 7},
+            "maxUpgradesPerSecond": 20,
         }
     )
     assert settings.image == "r/s:1"
@@ -357,6 +391,8 @@ def test_settings_from_the_chart_config() -> None:
         injected(make_pod({"wsgauge.dev/inject": "true"}), settings), "wsgauge-sidecar"
     )
     assert env_of(sidecar)["WSGAUGE_WATCH_HEARTBEAT"] == "2"
+    assert env_of(sidecar)["WSGAUGE_MAX_TOPIC_CONNECTIONS"] == "lobby=7"
+    assert env_of(sidecar)["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "20"
     assert sidecar["resources"] == {"requests": {"cpu": "1"}}
 
 
@@ -369,6 +405,11 @@ def test_settings_from_the_chart_config() -> None:
         {"prestopMode": "wait"},
         {"topic": "nope"},
         {"maxConnections": True},
+        {"maxTopicConnections": {"lobby": "7"}},
+        {"maxTopicConnections": {"a,b": 7}},
+        {"maxTopicConnections": {"lobby": -1}},
+        {"maxTopicConnections": {"lobby": 7}, "topic": "phoenix"},
+        {"maxUpgradesPerSecond": "5"},
     ],
 )
 def test_bad_chart_config_is_a_config_error(data: dict[str, Any]) -> None:

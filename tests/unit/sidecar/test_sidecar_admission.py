@@ -7,8 +7,8 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wsgauge_contract.flags import parse_topic_limit
 from wsgauge_sidecar.admission import Refusal, UpgradeAdmission, UpgradeRate
-from wsgauge_sidecar.cli import parse_topic_limit
 from wsgauge_sidecar.counter import OTHER_TOPIC, ConnectionCounter
 from wsgauge_sidecar.exceptions import ConfigError
 
