@@ -1,4 +1,4 @@
-"""Wiring of the autoscaling part into a running operator (used by :mod:`.cli`).
+"""Wiring of the autoscaling part into a running operator (used by :mod:`wsgauge_operator.cli`).
 
 - :class:`MetricsApiService`: a controller service (started and stopped with it) that reads
   the request-header client CA from ``kube-system/extension-apiserver-authentication`` and

@@ -2,7 +2,7 @@
 
 The operator's pod watch (:mod:`wsgauge_operator.kube.pod_watch`) hands every pod event to
 :meth:`Controller.pod_event`, kopf every ConnectionStats event to
-:meth:`Controller.connectionstats_event` (see :mod:`.handlers`). From there:
+:meth:`Controller.connectionstats_event` (see :mod:`wsgauge_operator.handlers`). From there:
 
 - the :class:`~wsgauge_operator.model.selection.SelectionIndex` and that pod's followers are updated
   (one :class:`~.follower.SidecarFollower` task per selected pod, keyed by pod uid, IP and

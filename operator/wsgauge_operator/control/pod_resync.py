@@ -1,11 +1,13 @@
 """Periodic pod listing that repairs deletions the pod watch never delivered.
 
 Under load the API server closes a watcher that does not keep up ("Forcing pods
-watcher close due to unresponsiveness"); kopf resumes from its last resource
-version, and when that version is no longer served it lists the pods anew. A
-listing delivers the pods that exist, never a DELETED event for those removed
-in the gap: measured with 5,000 pods and 1,000 of them replaced at once, the
-operator still followed (and counted) 34 deleted pods two minutes later.
+watcher close due to unresponsiveness"). The operator's pod watch
+(:mod:`wsgauge_operator.kube.pod_watch`) then resumes from its last resource version, or lists
+anew when that version is gone, and hands the pods that vanished meanwhile over as deleted.
+A watch can still miss a deletion without ever re-listing; a listing alone delivers the pods
+that exist, never a DELETED event for those removed in a gap (measured with 5,000 pods and
+1,000 of them replaced at once: 34 deleted pods still followed two minutes later). This
+module is the second line.
 
 :class:`PodResync` lists the pods' identities (namespace, name, uid; metadata
 only) every ``interval`` seconds and compares them with the pods the controller knows

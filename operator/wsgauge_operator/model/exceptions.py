@@ -1,4 +1,7 @@
-"""Exceptions of the wsgauge operator; translated to kopf errors once, in :mod:`.handlers`."""
+"""Exceptions of the wsgauge operator.
+
+They are translated to kopf errors once, in :mod:`wsgauge_operator.handlers`.
+"""
 
 
 class OperatorError(Exception):

@@ -1,6 +1,6 @@
 """Settings of the operator: one frozen dataclass per concern, every field defaulted.
 
-:mod:`.cli` fills them from flags and ``WSGAUGE_OPERATOR_*`` environment variables.
+:mod:`wsgauge_operator.cli` fills them from flags and ``WSGAUGE_OPERATOR_*`` environment variables.
 """
 
 from __future__ import annotations
