@@ -59,6 +59,7 @@ from wsgauge_operator.metrics_source import ConnectionStatsMetrics
 from wsgauge_operator.object_loop import LoopTiming, ObjectLoop
 from wsgauge_operator.observation import ObservedPods
 from wsgauge_operator.readiness import ConditionWrites, ReadinessDecision
+from wsgauge_operator.recent_events import RecentEvents
 from wsgauge_operator.selection import SelectionIndex
 from wsgauge_operator.settings import OperatorSettings
 from wsgauge_operator.spec import ConnectionStatsSpec, parse_spec
@@ -150,6 +151,8 @@ class Controller:
         self._services: list[Service] = []
         self._session: aiohttp.ClientSession | None = None
         self._started = False
+        self.recent_events = RecentEvents()
+        """The Events recorded lately, per ConnectionStats (for the live view)."""
         self.summaries: dict[Key, dict[str, Any]] = {}
         """Latest computed status per ConnectionStats (for the stats server)."""
         self.version = 0
@@ -334,6 +337,7 @@ class Controller:
         self.fleet.drop_aggregate(*key)
         self.selection.remove(key)
         self.telemetry.forget(*key)
+        self.recent_events.forget(*key)
         self.telemetry.connectionstats.set(len(self._states))
         if self.summaries.pop(key, None) is not None:
             self._bump()
@@ -665,6 +669,10 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
+            self.recent_events.add(
+                ref.namespace, ref.name, warning=warning, reason=reason, note=note
+            )
+            self._bump()
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

@@ -7,6 +7,10 @@
   (at most one per ``watch_min_interval``), a blank line as heartbeat every
   ``watch_heartbeat`` seconds when nothing changed;
 - ``GET /stats/{namespace}/{name}``: the live status of one ConnectionStats;
+- ``GET /stats/ws``: a WebSocket with the live view's cluster document, pushed at once and
+  after every change, answering ``{"get": "cluster"}`` and ``{"get": "connectionstats", ...}``
+  (:mod:`.live_view`, :mod:`wsgauge_contract.live`);
+- ``GET /ui/``: the live page (:mod:`.live_page`), unless ``server.live_page`` is off;
 - ``GET /metrics``: the operator's own Prometheus metrics; ``GET /healthz``.
 
 One listener serves the process's whole life: :meth:`StatsServer.open` listens at start and
@@ -27,11 +31,15 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from wsgauge_contract import WATCH_CONTENT_TYPE, Address, AddressError
+from wsgauge_contract import LIVE_PATH, WATCH_CONTENT_TYPE, Address, AddressError
+from wsgauge_contract.live_aiohttp import handle_live
+from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_operator.aggregation import fold_topics
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.live_page import add_page_routes
+from wsgauge_operator.live_view import ClusterLiveSource
 from wsgauge_operator.settings import ServerSettings
 from wsgauge_operator.standby_server import STARTING, Holding
 
@@ -88,6 +96,10 @@ class StatsServer:
         self.app = web.Application(middlewares=[self._gate])
         self.app.router.add_get("/stats", self._stats)
         self.app.router.add_get("/stats/watch", self._watch)
+        self.app.router.add_get(LIVE_PATH, self._live)
+        self._live_clients = LiveClients(settings.live.max_clients)
+        if settings.live_page:
+            add_page_routes(self.app)
         self.app.router.add_get("/stats/{namespace}/{name}", self._one)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
@@ -148,6 +160,10 @@ class StatsServer:
         return web.Response(
             body=_encode(cluster_document(self._controller)), content_type="application/json"
         )
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        source = ClusterLiveSource(self._controller, self._settings.watch_heartbeat)
+        return await handle_live(request, source, self._settings.live, self._live_clients)
 
     async def _one(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])
