@@ -56,7 +56,12 @@ def test_parse_requests() -> None:
         ('{"get": "local", "id": [1]}', SIDECAR_GETS, "'id'", None),
         ('{"get": "connectionstats", "name": "a", "id": "q"}', OPERATOR_GETS, "namespace", "q"),
         ('{"get": "connectionstats", "namespace": "a", "name": ""}', OPERATOR_GETS, "name", None),
-        ('{"get": "local", "pad": "' + "x" * MAX_REQUEST_BYTES + '"}', SIDECAR_GETS, "larger", None),
+        (
+            '{"get": "local", "pad": "' + "x" * MAX_REQUEST_BYTES + '"}',
+            SIDECAR_GETS,
+            "larger",
+            None,
+        ),
     ],
 )
 def test_bad_requests_say_why(
@@ -79,7 +84,9 @@ def test_any_text_is_a_request_or_a_live_request_error(text: str) -> None:
 @given(
     st.dictionaries(
         st.sampled_from(["get", "id", "namespace", "name", "other"]),
-        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.integers())),
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.integers())
+        ),
     )
 )
 def test_any_object_is_a_request_or_a_live_request_error(body: dict[str, Any]) -> None:
