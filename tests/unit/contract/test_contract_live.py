@@ -280,5 +280,6 @@ async def test_binary_frames_close_the_socket() -> None:
     await socket.frames.put(b"\x00")
     reason = await serve_live(socket, socket.incoming(), source, LiveSettings())
     assert reason == "binary frame"
-    assert socket.closed is not None and socket.closed[0] == CLOSE_UNSUPPORTED
+    assert socket.closed is not None
+    assert socket.closed[0] == CLOSE_UNSUPPORTED
     assert CLOSE_POLICY == 1008
