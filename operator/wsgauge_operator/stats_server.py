@@ -7,6 +7,8 @@
   (at most one per ``watch_min_interval``), a blank line as heartbeat every
   ``watch_heartbeat`` seconds when nothing changed;
 - ``GET /stats/{namespace}/{name}``: the live status of one ConnectionStats;
+- ``GET /stats/live``: the live view's cluster document (:mod:`.live_view`) as JSON, what
+  ``kubectl wsgauge`` reads through the API server's service proxy;
 - ``GET /stats/ws``: a WebSocket with the live view's cluster document, pushed at once and
   after every change, answering ``{"get": "cluster"}`` and ``{"get": "connectionstats", ...}``
   (:mod:`.live_view`, :mod:`wsgauge_contract.live`);
@@ -39,7 +41,7 @@ from wsgauge_operator.aggregation import fold_topics
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.live_page import add_page_routes
-from wsgauge_operator.live_view import ClusterLiveSource
+from wsgauge_operator.live_view import ClusterLiveSource, live_cluster_document
 from wsgauge_operator.settings import ServerSettings
 from wsgauge_operator.standby_server import STARTING, Holding
 
@@ -97,6 +99,7 @@ class StatsServer:
         self.app.router.add_get("/stats", self._stats)
         self.app.router.add_get("/stats/watch", self._watch)
         self.app.router.add_get(LIVE_PATH, self._live)
+        self.app.router.add_get("/stats/live", self._live_document)
         self._live_clients = LiveClients(settings.live.max_clients)
         if settings.live_page:
             add_page_routes(self.app)
@@ -159,6 +162,11 @@ class StatsServer:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(
             body=_encode(cluster_document(self._controller)), content_type="application/json"
+        )
+
+    async def _live_document(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=_encode(live_cluster_document(self._controller)), content_type="application/json"
         )
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
