@@ -11,7 +11,7 @@ from chart_render_harness import CHART, Render, find, one, run_helm
 
 def _operator_env(objects: list[dict[str, object]]) -> dict[str, str]:
     deployment = one(objects, "Deployment", "rel-wsgauge-operator")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", "") for e in container["env"]}
 
 
