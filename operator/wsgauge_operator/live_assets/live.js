@@ -197,6 +197,7 @@
       item.textContent = event.time + " " + event.type + " " + event.reason + ": " + event.note;
       events.appendChild(item);
     }
+    events.classList.toggle("empty", !(entry.events || []).length);
     if (!(entry.events || []).length) {
       const item = document.createElement("li");
       item.textContent = "none recorded by this operator since it started";
