@@ -4,22 +4,25 @@
 document the live page and ``kubectl wsgauge`` read: per ConnectionStats its totals per topic,
 its pods (sockets, topics, node, ready, draining, over capacity, reporting), its nodes,
 desired and current replicas, conditions and recent Events; and the fleet-wide totals per
-topic and per node. It is bounded like a status: at most ``max_pods`` pods and
-``top_topics`` topics per entry (the rest folded into ``_other``; ``podsOmitted`` counts the
-pods left out), at most :data:`~.recent_events.RecentEvents` events.
+topic and per node. It is bounded like a status: at most :data:`MAX_PODS_PER_ENTRY` pods (the
+busiest; ``podsOmitted`` counts the rest) and ``--top-topics`` topics per entry and per pod (the
+rest folded into ``_other``), the last 10 Events (:class:`~.recent_events.RecentEvents`).
 
 *Current replicas* are the selected pods that exist and are not terminating (what runs now);
 *desired replicas* are the status' ``desiredReplicas`` (from the owned HPA's rule, or the
 connections against ``targetConnectionsPerPod``), ``null`` without autoscaling.
 
+:class:`LiveDocuments` builds it once per change for all clients (a change of
+:attr:`Controller.version` or of the fleet: a sidecar report, a pod's readiness);
 :class:`ClusterLiveSource` is the :class:`~wsgauge_contract.live_session.LiveSource` of one
-``/stats/ws`` client on the operator: it pushes ``{"type": "cluster", ...}`` after every
-change of :attr:`Controller.version` and answers ``{"get": "cluster"}`` and
+``/stats/ws`` client on the operator: it pushes ``{"type": "cluster", ...}`` after every such
+change and answers ``{"get": "cluster"}`` and
 ``{"get": "connectionstats", "namespace": N, "name": M}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +38,7 @@ from wsgauge_contract.live import (
 )
 
 from wsgauge_operator.aggregation import fold_topics
+from wsgauge_operator.connectionstats_state import ConnectionStatsRecord
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.fleet import EndpointStats, SidecarState
 
@@ -89,16 +93,12 @@ def _pod_row(
 
 def _entry(
     controller: Controller,
-    namespace: str,
-    name: str,
+    record: ConnectionStatsRecord | None,
+    key: tuple[str, str],
     reports: Mapping[tuple[str, str, str], EndpointStats],
 ) -> dict[str, Any]:
-    key = (namespace, name)
+    namespace, name = key
     status = controller.summaries.get(key) or {}
-    record = next(
-        (r for r in controller.records() if (r.namespace, r.name) == key),
-        None,
-    )
     spec = record.spec if record is not None else None
     max_per_pod = spec.capacity.max_connections_per_pod if spec is not None else None
     rows = []
@@ -146,8 +146,9 @@ def _entry(
 def live_cluster_document(controller: Controller) -> dict[str, Any]:
     """The live view's cluster document (see the module's docstring)."""
     reports = _documents(controller)
-    keys = sorted({(r.namespace, r.name) for r in controller.records()} | set(controller.summaries))
-    entries = [_entry(controller, namespace, name, reports) for namespace, name in keys]
+    records = {(r.namespace, r.name): r for r in controller.records()}
+    keys = sorted(set(records) | set(controller.summaries))
+    entries = [_entry(controller, records.get(key), key, reports) for key in keys]
     totals: dict[str, int] = {}
     nodes: dict[str, dict[str, Any]] = {}
     connections = 0
@@ -171,23 +172,72 @@ def live_cluster_document(controller: Controller) -> dict[str, Any]:
     }
 
 
+class LiveDocuments:
+    """The live document of one operator, shared by its live clients.
+
+    Built at most once per change (a change: :attr:`Controller.version` moved, or the fleet
+    changed: a sidecar report, a pod's readiness, a pod gone), however many clients ask. The
+    fleet's changes also wake the clients, so a pod that starts draining is pushed even when
+    no status changes.
+    """
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+        self.fleet_changes = 0
+        self._fleet_changed = asyncio.Event()
+        self._cached: tuple[tuple[int, int], dict[str, Any]] | None = None
+        controller.fleet.add_listener(self._on_fleet_change)
+
+    def _on_fleet_change(self, namespace: str) -> None:
+        self.fleet_changes += 1
+        event, self._fleet_changed = self._fleet_changed, asyncio.Event()
+        event.set()
+
+    @property
+    def mark(self) -> tuple[int, int]:
+        """What the document is built from, as two counters."""
+        return (self._controller.version, self.fleet_changes)
+
+    def current(self) -> dict[str, Any]:
+        """The document as of now (cached until the next change)."""
+        mark = self.mark
+        if self._cached is None or self._cached[0] != mark:
+            self._cached = (mark, live_cluster_document(self._controller))
+        return self._cached[1]
+
+    async def wait_change(self, seen: tuple[int, int], timeout: float) -> tuple[int, int]:
+        """Wait until :attr:`mark` differs from ``seen`` (or the timeout); return it."""
+        if self.mark != seen:
+            return self.mark
+        fleet = asyncio.ensure_future(self._fleet_changed.wait())
+        version = asyncio.ensure_future(self._controller.wait_for_change(seen[0], timeout))
+        try:
+            await asyncio.wait(
+                {fleet, version}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            fleet.cancel()
+            version.cancel()
+        return self.mark
+
+
 class ClusterLiveSource:
     """The live source of one ``/stats/ws`` client on the operator."""
 
     allowed = OPERATOR_GETS
 
-    def __init__(self, controller: Controller, heartbeat: float) -> None:
-        self._controller = controller
+    def __init__(self, documents: LiveDocuments, heartbeat: float) -> None:
+        self._documents = documents
         self._heartbeat = heartbeat
-        self._seen = controller.version
+        self._seen = documents.mark
 
     def push(self) -> dict[str, Any]:
         """The latest cluster document."""
-        return cluster_message(live_cluster_document(self._controller))
+        return cluster_message(self._documents.current())
 
     def answer(self, request: LiveRequest) -> dict[str, Any]:
         """``cluster`` or one ``connectionstats``; :class:`LiveRequestError` for an unknown one."""
-        document = live_cluster_document(self._controller)
+        document = self._documents.current()
         if request.get == GET_CLUSTER:
             return cluster_message(document, request.request_id)
         for entry in document["connectionStats"]:
@@ -200,9 +250,9 @@ class ClusterLiveSource:
         )
 
     async def wait_change(self) -> None:
-        """Return once :attr:`Controller.version` moved past the one seen last."""
+        """Return once the document's sources changed since the last return."""
         while True:
-            version = await self._controller.wait_for_change(self._seen, self._heartbeat)
-            if version != self._seen:
-                self._seen = version
+            mark = await self._documents.wait_change(self._seen, self._heartbeat)
+            if mark != self._seen:
+                self._seen = mark
                 return

@@ -41,7 +41,7 @@ from wsgauge_operator.aggregation import fold_topics
 from wsgauge_operator.controller import Controller
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.live_page import add_page_routes
-from wsgauge_operator.live_view import ClusterLiveSource, live_cluster_document
+from wsgauge_operator.live_view import ClusterLiveSource, LiveDocuments
 from wsgauge_operator.settings import ServerSettings
 from wsgauge_operator.standby_server import STARTING, Holding
 
@@ -101,6 +101,7 @@ class StatsServer:
         self.app.router.add_get(LIVE_PATH, self._live)
         self.app.router.add_get("/stats/live", self._live_document)
         self._live_clients = LiveClients(settings.live.max_clients)
+        self._live_documents = LiveDocuments(controller)
         if settings.live_page:
             add_page_routes(self.app)
         self.app.router.add_get("/stats/{namespace}/{name}", self._one)
@@ -166,11 +167,11 @@ class StatsServer:
 
     async def _live_document(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=_encode(live_cluster_document(self._controller)), content_type="application/json"
+            body=_encode(self._live_documents.current()), content_type="application/json"
         )
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
-        source = ClusterLiveSource(self._controller, self._settings.watch_heartbeat)
+        source = ClusterLiveSource(self._live_documents, self._settings.watch_heartbeat)
         return await handle_live(request, source, self._settings.live, self._live_clients)
 
     async def _one(self, request: web.Request) -> web.Response:

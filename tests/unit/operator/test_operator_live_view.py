@@ -180,6 +180,15 @@ async def test_live_websocket_pushes_answers_and_refuses_foreign_origins() -> No
             await controller.reconcile(("ns", "chat"))
             while (message := await live.receive_json(timeout=5))["cluster"]["connections"] != 16:
                 assert message["type"] == "cluster"
+            # a pod starts draining, no status changes: pushed all the same (a fleet change)
+            report(controller, "chat-b", "127.0.52.2", {"stream": 3}, draining=True)
+            while True:
+                message = await live.receive_json(timeout=5)
+                rows = {
+                    row["name"]: row for row in message["cluster"]["connectionStats"][0]["podList"]
+                }
+                if rows["chat-b"]["draining"]:
+                    break
             await live.send_json({"get": "connectionstats", "namespace": "ns", "name": "feed"})
             answer = await live.receive_json(timeout=5)
             while answer["type"] == "cluster":
