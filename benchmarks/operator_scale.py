@@ -1,7 +1,7 @@
 """In-process micro-benchmark of the operator's internals at fleet scale (no API server, no I/O).
 
 ``python -m benchmarks.operator_scale --pods 1000 10000`` builds a real
-:class:`~wsgauge_operator.controller.Controller` with a recording fake
+:class:`~wsgauge_operator.control.controller.Controller` with a recording fake
 ``KubeWriter`` and followers that do no I/O, then feeds it what kopf and the
 sidecars would:
 
@@ -34,11 +34,11 @@ from typing import Any
 
 import aiohttp
 from wsgauge_contract import StatsDocument, WatchStreamDecoder, encode_watch_line
-from wsgauge_operator.connectionstats_state import Key
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey, FleetState
-from wsgauge_operator.follower_set import Follower
-from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.control.connectionstats_state import Key
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.control.follower_set import Follower
+from wsgauge_operator.model.fleet import EndpointKey, FleetState
+from wsgauge_operator.model.settings import OperatorSettings
 
 NAMESPACE = "bench"
 GATE = "wsgauge.dev/connections-ok"

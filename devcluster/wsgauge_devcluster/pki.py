@@ -1,6 +1,6 @@
 """Certificates and keys for the local control plane, made once as files.
 
-The certificates come from the operator's helper, :mod:`wsgauge_operator.certificates`
+The certificates come from the operator's helper, :mod:`wsgauge_operator.tls.certificates`
 (RSA 2048 keys, valid for ``VALID_DAYS``); this module decides which files exist and when
 they are made: a file pair that exists is kept, except the API server's serving
 certificate, which is made again when one of its IP addresses is missing.
@@ -26,8 +26,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsgauge_operator import certificates
-from wsgauge_operator.certificates import (
+from wsgauge_operator.tls import certificates
+from wsgauge_operator.tls.certificates import (
     CertificatePair,
     ip_addresses_of,
     public_key_pem,

@@ -1,24 +1,23 @@
 """wsgauge operator: follows the wsgauge sidecars and keeps ConnectionStats resources live.
 
-Layout (thin kopf handlers on top, plain modules beneath):
+Subpackages, by role, in layering order (each imports only from those above it; the unit test
+``tests/unit/operator/test_operator_layering.py`` fails on an import against this order):
 
-- :mod:`.settings` / :mod:`.cli`: configuration dataclasses and the ``wsgauge-operator`` command.
-- :mod:`.spec`: a ConnectionStats ``spec`` parsed and validated into a dataclass.
-- :mod:`.fleet`: the in-memory state of pods and what their sidecars report.
-- :mod:`.follower`: one asyncio task per pod following its sidecar's ``/stats/watch``.
-- :mod:`.backoff`: jittered retry delays, used by every reconnect and retry.
-- :mod:`.aggregation`: pure computation of a ConnectionStats ``status``.
-- :mod:`.readiness`: pure readiness-gate policy (``wsgauge.dev/connections-ok``).
-- :mod:`.status_writer`: coalescing of status writes.
-- :mod:`.event_policy`: pure: which Events a change of a ConnectionStats calls for.
-- :mod:`.events`: Kubernetes Events on a ConnectionStats, de-duplicated.
-- :mod:`.certificates`: X.509 CAs, signed and self-signed certificates (the one certificate helper).
-- :mod:`.object_loop`: one loop per object (wake, debounce, timer, back-off on errors).
-- :mod:`.connectionstats_state`: what the controller keeps per ConnectionStats.
-- :mod:`.kubeapi`: the only module that calls the Kubernetes API (besides kopf itself).
-- :mod:`.controller`: ties the above together per ConnectionStats.
-- :mod:`.stats_server`: cluster-wide stats JSON, a live NDJSON stream and ``/metrics``.
-- :mod:`.handlers`: the kopf handlers.
+- :mod:`.model`: pure: settings, errors, the spec, fleet state and every policy (aggregation,
+  readiness, Events, status coalescing, back-off). No I/O.
+- :mod:`.tls`: the one certificate helper and TLS serving.
+- :mod:`.kube`: Kubernetes I/O: the API client, the pod watch, Events, leader election.
+- :mod:`.metrics_api`: the custom metrics API and the KEDA endpoint.
+- :mod:`.injector`: the sidecar injector webhook.
+- :mod:`.control`: the sidecar followers and the controller's loop per ConnectionStats.
+- :mod:`.autoscaling`: the owned HPA, ``desiredReplicas`` and the deletion cost.
+- :mod:`.servers`: the stats server (stats, live stream, ``/metrics``, probes) and the standby
+  server.
+
+Entry points, at the bottom: :mod:`.cli` (the ``wsgauge-operator`` command, also
+``python -m wsgauge_operator``), :mod:`.handlers` (the thin kopf handlers) and
+:mod:`.kubectl_plugin` (the ``kubectl-wsgauge`` command, ``kubectl wsgauge``).
+See ``docs/architecture.md`` for how data flows from a socket to the HPA.
 """
 
 from importlib.metadata import PackageNotFoundError, version

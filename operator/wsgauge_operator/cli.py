@@ -1,8 +1,8 @@
 """``wsgauge-operator``: command line, environment, logging, and the kopf run loop.
 
 The flags are a :class:`wsgauge_contract.flags.FlagSet` over
-:class:`~wsgauge_operator.settings.OperatorSettings`: each flag's default and ``--help`` text are
-its settings field's default and docstring. Every flag can also be set by an environment
+:class:`~wsgauge_operator.model.settings.OperatorSettings`: each flag's default and ``--help`` text
+are its settings field's default and docstring. Every flag can also be set by an environment
 variable ``WSGAUGE_OPERATOR_<FLAG>`` (upper case, dashes as underscores, e.g.
 ``WSGAUGE_OPERATOR_STATUS_INTERVAL=1s``); a flag on the command line wins. Out of cluster,
 pass ``--kubeconfig``; in a pod, the service account is used.
@@ -27,25 +27,25 @@ from kopf._core.engines.peering import Identity  # the NewType kopf.operator() t
 from wsgauge_contract import FlagError
 from wsgauge_contract.flags import Flag, FlagSet
 
-from wsgauge_operator.autoscaling_services import install_autoscaling
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import ConfigError
+from wsgauge_operator.autoscaling.services import install_autoscaling
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.control.pod_resync import PodResync
 from wsgauge_operator.handlers import build_registry
-from wsgauge_operator.kubeapi import KubeApi
-from wsgauge_operator.leader_lease import validate_timing
-from wsgauge_operator.leadership import (
+from wsgauge_operator.kube.kubeapi import KubeApi
+from wsgauge_operator.kube.leader_lease import validate_timing
+from wsgauge_operator.kube.leadership import (
     LeaderElector,
     LeaseApi,
     RenewalThread,
     holder_identity,
     lease_namespace,
 )
-from wsgauge_operator.pod_resync import PodResync
-from wsgauge_operator.pod_watch import PodWatch
-from wsgauge_operator.settings import CollectorSettings, OperatorSettings
-from wsgauge_operator.spec import parse_duration
-from wsgauge_operator.standby_server import STANDBY, STARTING, StandbyLiveness
-from wsgauge_operator.stats_server import StatsServer
+from wsgauge_operator.kube.pod_watch import PodWatch
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.model.settings import CollectorSettings, OperatorSettings
+from wsgauge_operator.model.spec import parse_duration
+from wsgauge_operator.servers.standby_server import STANDBY, STARTING, StandbyLiveness
+from wsgauge_operator.servers.stats_server import StatsServer
 
 ENV_PREFIX = "WSGAUGE_OPERATOR_"
 """Prefix of the environment variables that set the flags."""
@@ -128,7 +128,9 @@ FLAGS = FlagSet(
     ),
     ENV_PREFIX,
 )
-"""The operator's flags; defaults and ``--help`` texts come from :mod:`.settings`."""
+"""The operator's flags; defaults and ``--help`` texts come from
+:mod:`wsgauge_operator.model.settings`.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +208,7 @@ class Operator:
 
     Building touches no API: the controller, its services and the stats server's routes only
     run once :meth:`run` starts kopf. Until then the stats server answers as a standby or as
-    starting (:mod:`.standby_server`) on the listener it keeps.
+    starting (:mod:`wsgauge_operator.servers.standby_server`) on the listener it keeps.
     """
 
     def __init__(self, settings: OperatorSettings) -> None:

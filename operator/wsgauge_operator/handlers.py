@@ -1,10 +1,11 @@
-"""The kopf handlers: thin, they hand every watch event to the :class:`~.controller.Controller`.
+"""The kopf handlers: thin, they hand every watch event to the
+:class:`~wsgauge_operator.control.controller.Controller`.
 
 ConnectionStats events come from kopf (``@kopf.on.event``). Pods are discovered through
 one cluster-wide (or per-namespace) pod watch that the operator keeps itself
-(:class:`~.pod_watch.PodWatch`, a service of the controller, so started and stopped with it
-by the startup and cleanup handlers; see its docstring for why not kopf's per-object workers):
-every pod event updates the in-memory fleet, and the controller matches pods to
+(:class:`~wsgauge_operator.kube.pod_watch.PodWatch`, a service of the controller, so started and
+stopped with it by the startup and cleanup handlers; see its docstring for why not kopf's per-object
+workers): every pod event updates the in-memory fleet, and the controller matches pods to
 ConnectionStats selectors itself. See ``docs/operator.md`` for why one pod watch rather than
 a kopf index or a watch per ConnectionStats. Only event handlers are used, so kopf puts no
 finalizers or progress annotations on ConnectionStats.
@@ -21,11 +22,11 @@ from typing import Any
 
 import kopf
 
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import ConfigError, KubeApiError, OperatorError
-from wsgauge_operator.kubeapi import load_client_configuration
-from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL, KubeSettings
-from wsgauge_operator.stats_server import StatsServer
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.kube.kubeapi import load_client_configuration
+from wsgauge_operator.model.exceptions import ConfigError, KubeApiError, OperatorError
+from wsgauge_operator.model.settings import API_GROUP, API_VERSION, PLURAL, KubeSettings
+from wsgauge_operator.servers.stats_server import StatsServer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ def _event_parts(event: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any
 
 
 def connection_info(settings: KubeSettings) -> kopf.ConnectionInfo:
-    """kopf credentials from the same source as :class:`~.kubeapi.KubeApi`'s client."""
+    """kopf credentials from the same source as :class:`~wsgauge_operator.kube.kubeapi.KubeApi`'s
+    client.
+    """
     try:
         config = load_client_configuration(settings)
     except ConfigError as error:

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import kubernetes
 import urllib3
 
-from wsgauge_operator.settings import API_GROUP, API_VERSION, PLURAL
+from wsgauge_operator.model.settings import API_GROUP, API_VERSION, PLURAL
 
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator,app.kubernetes.io/name=wsgauge"
 """Labels of the operator's stats Service (the chart's)."""

@@ -89,7 +89,7 @@ class LocalInjector:
         )
         self.log = (workdir / "injector.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "wsgauge_operator.injector_server"],
+            [sys.executable, "-m", "wsgauge_operator.injector.server"],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -12,14 +12,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from wsgauge_operator.certificates import self_signed
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.injector import InjectorSettings
-from wsgauge_operator.injector_server import (
+from wsgauge_operator.injector.plan import InjectorSettings
+from wsgauge_operator.injector.server import (
     InjectorServerSettings,
     parse_command,
     start_injector,
 )
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.tls.certificates import self_signed
 
 
 def _review(annotations: dict[str, str]) -> dict[str, Any]:

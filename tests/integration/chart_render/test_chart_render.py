@@ -13,7 +13,7 @@ import yaml
 from chart_render_harness import CHART, REPO, Render, find, one, run_helm
 from cryptography import x509
 from wsgauge_operator.cli import settings_from
-from wsgauge_operator.injector import settings_from_mapping
+from wsgauge_operator.injector.plan import settings_from_mapping
 
 CRD_NAME = "connectionstats.wsgauge.dev"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from chart_render_harness import CHART, Render, find, one, run_helm
-from wsgauge_operator.injector import settings_from_mapping
+from wsgauge_operator.injector.plan import settings_from_mapping
 
 OPERATOR_LABELS = {
     "app.kubernetes.io/name": "wsgauge",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from chart_render_harness import Render
-from wsgauge_operator.injector import plan_injection, settings_from_mapping
+from wsgauge_operator.injector.plan import plan_injection, settings_from_mapping
 
 VALUE_SETS = {
     "defaults": [],

@@ -196,7 +196,7 @@ def test_operator_image_entrypoints_start_from_a_read_only_tree(
 ) -> None:
     recipe, python = image_tree["operator"]
     env = image_env(recipe, python.parent.parent)
-    for args in ([], ["-m", "wsgauge_operator.injector_server"]):
+    for args in ([], ["-m", "wsgauge_operator.injector.server"]):
         argv = [str(python), *args, "--help"] if args else command(recipe, python, "--help")
         result = subprocess.run(
             argv, check=False, env=env, capture_output=True, text=True, timeout=60

@@ -196,7 +196,7 @@ def test_operator_image_starts(refs: dict[str, str]) -> None:
         "python",
         operator,
         "-m",
-        "wsgauge_operator.injector_server",
+        "wsgauge_operator.injector.server",
         "--help",
     )
     assert "usage:" in result.stdout

@@ -13,10 +13,10 @@ from aiohttp import web
 from live_page_harness import browser, open_page, page_state
 from playwright.async_api import Page
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey
-from wsgauge_operator.settings import OperatorSettings
-from wsgauge_operator.stats_server import StatsServer
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.model.fleet import EndpointKey
+from wsgauge_operator.model.settings import OperatorSettings
+from wsgauge_operator.servers.stats_server import StatsServer
 
 
 def pod(name: str, ip: str, node: str, app: str) -> dict[str, Any]:

@@ -9,13 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from wsgauge_operator.certificates import CertificatePair, issue, make_ca, write_pair
-from wsgauge_operator.metrics_api import MetricsApiServer, MetricsApiSettings, start_metrics_api
-from wsgauge_operator.metrics_source import (
+from wsgauge_operator.metrics_api.server import (
+    MetricsApiServer,
+    MetricsApiSettings,
+    start_metrics_api,
+)
+from wsgauge_operator.model.metrics_source import (
     ConnectionStatsMetrics,
     PodMetrics,
     StaticMetricsSource,
 )
+from wsgauge_operator.tls.certificates import CertificatePair, issue, make_ca, write_pair
 
 ALLOWED_NAME = "front-proxy-client"
 

@@ -27,14 +27,18 @@ import yaml
 from apiservice_lock import custom_metrics_apiservice_lock
 from kubernetes import client, config
 from wsgauge_devcluster.testing import KubeCluster
-from wsgauge_operator.hpa import build_hpa
-from wsgauge_operator.metrics_api import MetricsApiServer, MetricsApiSettings, start_metrics_api
-from wsgauge_operator.metrics_api_tls import load_request_header_auth
-from wsgauge_operator.metrics_source import (
+from wsgauge_operator.autoscaling.hpa import build_hpa
+from wsgauge_operator.metrics_api.server import (
+    MetricsApiServer,
+    MetricsApiSettings,
+    start_metrics_api,
+)
+from wsgauge_operator.model.metrics_source import (
     ConnectionStatsMetrics,
     PodMetrics,
     StaticMetricsSource,
 )
+from wsgauge_operator.tls.serving import load_request_header_auth
 
 MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "local" / "metrics-api.yaml"
 

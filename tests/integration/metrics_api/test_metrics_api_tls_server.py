@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 from metrics_api_harness import MetricsApiHarness
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.metrics_api import MetricsApiSettings, start_metrics_api
-from wsgauge_operator.metrics_api_core import format_time
-from wsgauge_operator.metrics_source import StaticMetricsSource
+from wsgauge_operator.metrics_api.core import format_time
+from wsgauge_operator.metrics_api.server import MetricsApiSettings, start_metrics_api
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.model.metrics_source import StaticMetricsSource
 
 BASE = "/apis/custom.metrics.k8s.io"
 TIMEOUT = aiohttp.ClientTimeout(total=10)

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from operator_it_harness import Clients, SidecarPair, eventually_async, free_port
 from wsgauge_contract import StatsDocument, encode_stats_document, encode_watch_line
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
-from wsgauge_operator.follower import SidecarFollower
-from wsgauge_operator.settings import FollowerSettings
+from wsgauge_operator.control.follower import SidecarFollower
+from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord, SidecarState
+from wsgauge_operator.model.settings import FollowerSettings
 
 SETTINGS = FollowerSettings(
     connect_timeout=1.0,

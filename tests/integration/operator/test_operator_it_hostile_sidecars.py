@@ -25,9 +25,9 @@ import pytest
 from aiohttp import web
 from operator_it_harness import eventually_async, free_port
 from wsgauge_contract import StatsDocument, encode_watch_line
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
-from wsgauge_operator.follower import SidecarFollower
-from wsgauge_operator.settings import FollowerSettings
+from wsgauge_operator.control.follower import SidecarFollower
+from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord, SidecarState
+from wsgauge_operator.model.settings import FollowerSettings
 
 MAX_DOCUMENT = 64 * 1024
 SETTINGS = FollowerSettings(

@@ -17,11 +17,11 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 from wsgauge_devcluster.testing import KubeCluster
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import KubeApiError
-from wsgauge_operator.kubeapi import KubeApi
-from wsgauge_operator.pod_watch import LineSplitter, PodWatch, WatchGone, watch_events
-from wsgauge_operator.settings import KubeSettings, OperatorSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.kube.kubeapi import KubeApi
+from wsgauge_operator.kube.pod_watch import LineSplitter, PodWatch, WatchGone, watch_events
+from wsgauge_operator.model.exceptions import KubeApiError
+from wsgauge_operator.model.settings import KubeSettings, OperatorSettings
 
 UNSERVED_NODE = "pod-watch-test-no-kubelet"
 

@@ -32,7 +32,7 @@ import yaml
 from operator_it_cluster_helpers import OperatorProcess, condition_of, connection_stats, wait_status
 from operator_it_harness import free_port, wait_for_port
 from wsgauge_devcluster.testing import KubeCluster
-from wsgauge_operator.certificates import issue, read_pair, write_pair
+from wsgauge_operator.tls.certificates import issue, read_pair, write_pair
 
 TOKEN = "wsgauge-test-bearer-token-0123456789abcdef"  # bogus: the certificate authenticates
 BASE = "/apis/custom.metrics.k8s.io/v1beta2"

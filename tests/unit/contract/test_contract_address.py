@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from wsgauge_contract import Address, AddressError
-from wsgauge_operator.autoscaling_services import split_listen
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.injector import InjectorSettings, effective_settings
-from wsgauge_operator.injector_server import parse_command
+from wsgauge_operator.autoscaling.services import split_listen
+from wsgauge_operator.injector.plan import InjectorSettings, effective_settings
+from wsgauge_operator.injector.server import parse_command
+from wsgauge_operator.model.exceptions import ConfigError
 from wsgauge_sidecar.cli import parse_settings
 
 

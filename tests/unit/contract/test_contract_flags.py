@@ -20,8 +20,8 @@ import pytest
 from wsgauge_contract import FlagError
 from wsgauge_contract.flags import Flag, FlagSet, field_docstrings, help_from_docstring
 from wsgauge_operator import cli as operator_cli
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.model.settings import OperatorSettings
 from wsgauge_sidecar import cli as sidecar_cli
 from wsgauge_sidecar.settings import SidecarSettings
 

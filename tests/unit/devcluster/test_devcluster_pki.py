@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from wsgauge_devcluster.pki import CLIENTS, ensure_pki, make_ca, make_signed
-from wsgauge_operator.certificates import ip_addresses_of, read_pair
+from wsgauge_operator.tls.certificates import ip_addresses_of, read_pair
 
 STEMS = (
     "ca",

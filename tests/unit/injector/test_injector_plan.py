@@ -11,8 +11,7 @@ import jsonpatch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.injector import (
+from wsgauge_operator.injector.plan import (
     INJECTED_ANNOTATION,
     InjectorSettings,
     plan_injection,
@@ -20,6 +19,7 @@ from wsgauge_operator.injector import (
     review_response,
     settings_from_mapping,
 )
+from wsgauge_operator.model.exceptions import ConfigError
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
 

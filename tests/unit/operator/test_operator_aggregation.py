@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from wsgauge_operator.aggregation import (
+from wsgauge_operator.model.aggregation import (
     AggregationLimits,
     PodObservation,
     PodState,

@@ -1,5 +1,5 @@
-"""Jittered retry delays (:mod:`wsgauge_operator.backoff`): bounds, growth, reset, and that many
-clients failing together spread their retries; followers of unreachable sidecars use it."""
+"""Jittered retry delays (:mod:`wsgauge_operator.model.backoff`): bounds, growth, reset, and that
+many clients failing together spread their retries; followers of unreachable sidecars use it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections import Counter
 
 import aiohttp
 import pytest
-from wsgauge_operator.backoff import DEFAULT_SPREAD, Backoff, jittered
-from wsgauge_operator.fleet import EndpointKey, FleetState
-from wsgauge_operator.follower import NEVER_SEEN_BACKOFF_MAX, SidecarFollower
-from wsgauge_operator.settings import FollowerSettings
+from wsgauge_operator.control.follower import NEVER_SEEN_BACKOFF_MAX, SidecarFollower
+from wsgauge_operator.model.backoff import DEFAULT_SPREAD, Backoff, jittered
+from wsgauge_operator.model.fleet import EndpointKey, FleetState
+from wsgauge_operator.model.settings import FollowerSettings
 
 
 def test_jittered_stays_within_the_spread_below_the_nominal_delay() -> None:

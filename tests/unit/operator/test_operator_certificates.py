@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from wsgauge_operator.certificates import (
+from wsgauge_operator.tls.certificates import (
     CertificatePair,
     dns_names_of,
     ip_addresses_of,

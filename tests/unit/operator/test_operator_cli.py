@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 from wsgauge_operator.cli import build_parser, configure_collector, settings_from
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.settings import CollectorSettings, OperatorSettings
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.model.settings import CollectorSettings, OperatorSettings
 
 
 def test_defaults() -> None:

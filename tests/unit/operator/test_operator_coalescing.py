@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wsgauge_operator.events import EventDeduper, ObjectRef, build_event
-from wsgauge_operator.status_writer import StatusCoalescer
+from wsgauge_operator.kube.events import EventDeduper, ObjectRef, build_event
+from wsgauge_operator.model.status_writer import StatusCoalescer
 
 
 class FakeClock:

@@ -8,10 +8,10 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey, FleetState
-from wsgauge_operator.follower_set import Follower
-from wsgauge_operator.settings import FollowerSettings, OperatorSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.control.follower_set import Follower
+from wsgauge_operator.model.fleet import EndpointKey, FleetState
+from wsgauge_operator.model.settings import FollowerSettings, OperatorSettings
 
 GATE = "wsgauge.dev/connections-ok"
 

@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.aggregation import AggregationLimits, aggregate, render_status
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey
-from wsgauge_operator.observation import observe_all
-from wsgauge_operator.settings import OperatorSettings, StatusSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.model.aggregation import AggregationLimits, aggregate, render_status
+from wsgauge_operator.model.fleet import EndpointKey
+from wsgauge_operator.model.observation import observe_all
+from wsgauge_operator.model.settings import OperatorSettings, StatusSettings
 
 NAMES = [f"p{i}" for i in range(6)]
 KEY = ("ns", "chat")

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.aggregation import Aggregate
-from wsgauge_operator.connectionstats_state import ConnectionStatsRecord, StatusContribution
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey
-from wsgauge_operator.settings import OperatorSettings, StatusSettings
-from wsgauge_operator.stats_server import StatsServer, cluster_document
+from wsgauge_operator.control.connectionstats_state import ConnectionStatsRecord, StatusContribution
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.model.aggregation import Aggregate
+from wsgauge_operator.model.fleet import EndpointKey
+from wsgauge_operator.model.settings import OperatorSettings, StatusSettings
+from wsgauge_operator.servers.stats_server import StatsServer, cluster_document
 
 GATE = "wsgauge.dev/connections-ok"
 

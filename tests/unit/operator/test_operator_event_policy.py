@@ -1,11 +1,11 @@
-"""The event-on-transition policy (:mod:`wsgauge_operator.event_policy`), pure: which Events a
+"""The event-on-transition policy (:mod:`wsgauge_operator.model.event_policy`), pure: which Events a
 round of a ConnectionStats calls for, given what the last round saw."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from wsgauge_operator.event_policy import (
+from wsgauge_operator.model.event_policy import (
     PlannedEvent,
     RoundView,
     TransitionMemory,

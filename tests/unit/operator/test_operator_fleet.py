@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord, SidecarState
-from wsgauge_operator.metrics_source import MetricsSource
+from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord, SidecarState
+from wsgauge_operator.model.metrics_source import MetricsSource
 
 GATE = "wsgauge.dev/connections-ok"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord
+from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord
 
 
 def test_pod_metrics_follow_documents_heartbeats_labels_and_endpoints() -> None:

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 from wsgauge_operator.cli import build_parser, settings_from
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.leadership import holder_identity, lease_namespace
-from wsgauge_operator.settings import LeaderElectionSettings, OperatorSettings, ServerSettings
-from wsgauge_operator.standby_server import (
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.kube.leadership import holder_identity, lease_namespace
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.model.settings import LeaderElectionSettings, OperatorSettings, ServerSettings
+from wsgauge_operator.servers.standby_server import (
     STANDBY,
     STARTING,
     StandbyLiveness,
     liveness_address,
 )
-from wsgauge_operator.stats_server import StatsServer
+from wsgauge_operator.servers.stats_server import StatsServer
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Unit and property tests of the pure leader-election logic (wsgauge_operator.leader_lease).
+"""Unit and property tests of the pure leader-election logic (wsgauge_operator.kube.leader_lease).
 
 The property tests run several :class:`Candidacy` objects against a simulated Lease store with
 the API server's optimistic concurrency (resourceVersion; a stale write is refused like a 409),
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_operator.leader_lease import (
+from wsgauge_operator.kube.leader_lease import (
     Action,
     Candidacy,
     LeaseRecord,
@@ -30,7 +30,7 @@ from wsgauge_operator.leader_lease import (
     release_spec,
     validate_timing,
 )
-from wsgauge_operator.settings import LeaderElectionSettings
+from wsgauge_operator.model.settings import LeaderElectionSettings
 
 TIMING = LeaderElectionSettings(
     enabled=True, lease_duration=15.0, renew_deadline=10.0, retry_period=2.0

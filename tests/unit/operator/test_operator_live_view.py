@@ -13,14 +13,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.connectionstats_state import StatusContribution
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey
-from wsgauge_operator.live_page import ASSETS, SECURITY_HEADERS, asset
-from wsgauge_operator.live_view import live_cluster_document
-from wsgauge_operator.recent_events import RecentEvents
-from wsgauge_operator.settings import OperatorSettings, ServerSettings
-from wsgauge_operator.stats_server import StatsServer
+from wsgauge_operator.control.connectionstats_state import StatusContribution
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.model.fleet import EndpointKey
+from wsgauge_operator.model.recent_events import RecentEvents
+from wsgauge_operator.model.settings import OperatorSettings, ServerSettings
+from wsgauge_operator.servers.live_page import ASSETS, SECURITY_HEADERS, asset
+from wsgauge_operator.servers.live_view import live_cluster_document
+from wsgauge_operator.servers.stats_server import StatsServer
 
 GATE = "wsgauge.dev/connections-ok"
 
@@ -157,11 +157,13 @@ async def test_cluster_document_per_connectionstats_pod_node_and_topic() -> None
 def test_recent_events_are_bounded_newest_first() -> None:
     events = RecentEvents(per_object=3, max_objects=2)
     for index in range(5):
-        events.add("ns", "a", warning=index % 2 == 0, reason=f"R{index}", note="n")
+        events.add(
+            "ns", "a", time=f"T{index}", warning=index % 2 == 0, reason=f"R{index}", note="n"
+        )
     assert [e["reason"] for e in events.of("ns", "a")] == ["R4", "R3", "R2"]
     assert events.of("ns", "a")[0]["type"] == "Warning"
-    events.add("ns", "b", warning=False, reason="B", note="n")
-    events.add("ns", "c", warning=False, reason="C", note="n")  # a, the oldest, goes
+    events.add("ns", "b", time="T", warning=False, reason="B", note="n")
+    events.add("ns", "c", time="T", warning=False, reason="C", note="n")  # a, the oldest, goes
     assert events.of("ns", "a") == []
     events.forget("ns", "b")
     assert events.of("ns", "b") == []

@@ -1,4 +1,4 @@
-"""The per-object loop (:mod:`wsgauge_operator.object_loop`), in plain asyncio: a woken loop
+"""The per-object loop (:mod:`wsgauge_operator.control.object_loop`), in plain asyncio: a woken loop
 debounces a burst into one round, repeats on the delay its round returns (or its period), runs
 once more for a wake during a round, is paced, and survives failing rounds with a growing
 back-off that starts over after a round that worked."""
@@ -9,8 +9,8 @@ import asyncio
 import logging
 
 import pytest
-from wsgauge_operator.backoff import Backoff
-from wsgauge_operator.object_loop import LoopTiming, ObjectLoop
+from wsgauge_operator.control.object_loop import LoopTiming, ObjectLoop
+from wsgauge_operator.model.backoff import Backoff
 
 SLACK = 0.01
 """How early an asyncio timer may fire (clock resolution)."""
@@ -134,7 +134,7 @@ async def test_failing_rounds_back_off_and_a_success_starts_over(
         expected_errors=(ValueError,),
         backoff=Backoff(0.05, 1.0, spread=0.0),
     )
-    with caplog.at_level(logging.WARNING, logger="wsgauge_operator.object_loop"):
+    with caplog.at_level(logging.WARNING, logger="wsgauge_operator.control.object_loop"):
         loop.start()
         await rounds.wait_for(5)
         await asyncio.sleep(0.01)

@@ -4,10 +4,10 @@ they were computed from changed)."""
 from __future__ import annotations
 
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.aggregation import PodState
-from wsgauge_operator.fleet import EndpointKey, FleetState, PodRecord
-from wsgauge_operator.observation import Observed, observe, observe_all
-from wsgauge_operator.spec import parse_spec
+from wsgauge_operator.model.aggregation import PodState
+from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord
+from wsgauge_operator.model.observation import Observed, observe, observe_all
+from wsgauge_operator.model.spec import parse_spec
 
 SPEC = parse_spec({"selector": {"matchLabels": {"app": "chat"}}, "sidecarPort": 9090})
 

@@ -7,9 +7,9 @@ followed and counted them forever. No I/O: fake followers and a fake lister."""
 from __future__ import annotations
 
 from test_operator_controller_followers import Factory, connection_stats, followed, pod
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.pod_resync import PodIdentity, PodResync
-from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.control.pod_resync import PodIdentity, PodResync
+from wsgauge_operator.model.settings import OperatorSettings
 
 
 class FakeLister:

@@ -14,10 +14,16 @@ from typing import Any
 
 import pytest
 from test_operator_controller_followers import Factory, connection_stats, followed, pod
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.exceptions import KubeApiError
-from wsgauge_operator.pod_watch import LIST_SLICE, LineSplitter, PodWatch, WatchGone, watch_events
-from wsgauge_operator.settings import OperatorSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.kube.pod_watch import (
+    LIST_SLICE,
+    LineSplitter,
+    PodWatch,
+    WatchGone,
+    watch_events,
+)
+from wsgauge_operator.model.exceptions import KubeApiError
+from wsgauge_operator.model.settings import OperatorSettings
 
 
 def line(kind: str, body: dict[str, Any]) -> bytes:
@@ -193,7 +199,7 @@ class UnparsableFirstListing(FakeApi):
 async def test_an_unparsable_listing_is_retried_not_the_end_of_the_watch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("wsgauge_operator.pod_watch.RETRY_SECONDS", (0.01,))
+    monkeypatch.setattr("wsgauge_operator.kube.pod_watch.RETRY_SECONDS", (0.01,))
     controller = Controller(OperatorSettings(), None, follower_factory=Factory())
     controller.connectionstats_event(None, connection_stats())
     await controller.start()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wsgauge_operator.aggregation import PodState
-from wsgauge_operator.readiness import (
+from wsgauge_operator.model.aggregation import PodState
+from wsgauge_operator.model.readiness import (
     ConditionWrites,
     ReadinessDecision,
     ReadinessInput,

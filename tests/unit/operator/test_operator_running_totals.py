@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_operator.aggregation import (
+from wsgauge_operator.model.aggregation import (
     AggregationLimits,
     PodObservation,
     PodState,
     aggregate,
 )
-from wsgauge_operator.readiness import ReadinessInput, RunningReadiness, decide_readiness
-from wsgauge_operator.running_totals import RunningAggregate
+from wsgauge_operator.model.readiness import ReadinessInput, RunningReadiness, decide_readiness
+from wsgauge_operator.model.running_totals import RunningAggregate
 
 NAMES = [f"pod-{i}" for i in range(12)]
 

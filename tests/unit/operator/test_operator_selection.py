@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_operator.label_selector import LabelSelector, Operator, Requirement
-from wsgauge_operator.selection import SelectionIndex
+from wsgauge_operator.model.label_selector import LabelSelector, Operator, Requirement
+from wsgauge_operator.model.selection import SelectionIndex
 
 NAMESPACES = ("a", "b")
 PODS = tuple(f"p{i}" for i in range(6))

@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wsgauge_operator.exceptions import SpecError
-from wsgauge_operator.hpa import build_hpa, hpa_manifest
-from wsgauge_operator.label_selector import (
+from wsgauge_operator.autoscaling.hpa import build_hpa, hpa_manifest
+from wsgauge_operator.model.exceptions import SpecError
+from wsgauge_operator.model.label_selector import (
     LabelSelector,
     Operator,
     Requirement,
     parse_label_selector,
 )
-from wsgauge_operator.spec import parse_duration, parse_spec
+from wsgauge_operator.model.spec import parse_duration, parse_spec
 
 
 def valid_spec(**overrides: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wsgauge_operator.telemetry import POD_STATES, Telemetry
+from wsgauge_operator.control.telemetry import POD_STATES, Telemetry
 
 
 def _pod_series(telemetry: Telemetry) -> set[tuple[str, str, str]]:

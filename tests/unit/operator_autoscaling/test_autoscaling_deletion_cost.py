@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from wsgauge_operator.deletion_cost import (
-    DELETION_COST_ANNOTATION,
+from wsgauge_operator.autoscaling.deletion_cost import (
     CostPatch,
     DeletionCostPlanner,
     DeletionCostSettings,
@@ -16,10 +15,10 @@ from wsgauge_operator.deletion_cost import (
     cost_inputs,
     order_is_exact,
     outside_band,
-    parse_deletion_cost,
     plan_deletion_costs,
 )
-from wsgauge_operator.metrics_source import PodMetrics
+from wsgauge_operator.model.fleet import DELETION_COST_ANNOTATION, parse_deletion_cost
+from wsgauge_operator.model.metrics_source import PodMetrics
 
 
 class FakeClock:

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wsgauge_operator.exceptions import SpecError
-from wsgauge_operator.hpa import (
+from wsgauge_operator.autoscaling.hpa import (
     build_hpa,
     desired_replicas,
     desired_replicas_from_source,
@@ -19,7 +18,8 @@ from wsgauge_operator.hpa import (
     hpa_needs_update,
     parse_quantity,
 )
-from wsgauge_operator.metrics_source import PodMetrics, StaticMetricsSource
+from wsgauge_operator.model.exceptions import SpecError
+from wsgauge_operator.model.metrics_source import PodMetrics, StaticMetricsSource
 
 
 def connection_stats(**autoscaling: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wsgauge_operator.label_selector import (
+from wsgauge_operator.model.label_selector import (
     LabelSelectorError,
     Operator,
     parse_label_selector,

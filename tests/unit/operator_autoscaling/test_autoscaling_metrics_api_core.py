@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from wsgauge_operator.metrics_api_core import ApiResponse, handle_metrics_request, keda_document
-from wsgauge_operator.metrics_source import (
+from wsgauge_operator.metrics_api.core import ApiResponse, handle_metrics_request, keda_document
+from wsgauge_operator.model.metrics_source import (
     ConnectionStatsMetrics,
     MetricsSource,
     PodMetrics,

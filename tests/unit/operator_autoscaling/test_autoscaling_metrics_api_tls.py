@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from wsgauge_operator.certificates import self_signed
-from wsgauge_operator.exceptions import ConfigError
-from wsgauge_operator.metrics_api_tls import (
+from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.tls.certificates import self_signed
+from wsgauge_operator.tls.serving import (
     AUTH_CONFIGMAP_NAME,
     AUTH_CONFIGMAP_NAMESPACE,
     load_request_header_auth,

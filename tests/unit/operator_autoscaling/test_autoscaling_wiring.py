@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from wsgauge_contract import StatsDocument
-from wsgauge_operator.autoscaling import Autoscaler, hpa_condition, merged_hpa
+from wsgauge_operator.autoscaling.autoscaler import Autoscaler, hpa_condition, merged_hpa
 from wsgauge_operator.cli import settings_from
-from wsgauge_operator.controller import Controller
-from wsgauge_operator.fleet import EndpointKey
-from wsgauge_operator.kubeapi import ScaleInfo
-from wsgauge_operator.settings import AutoscalingSettings, OperatorSettings
+from wsgauge_operator.control.controller import Controller
+from wsgauge_operator.kube.kubeapi import ScaleInfo
+from wsgauge_operator.model.fleet import EndpointKey
+from wsgauge_operator.model.settings import AutoscalingSettings, OperatorSettings
 
 COST = "controller.kubernetes.io/pod-deletion-cost"
 WALL = 1_700_000_000.0
