@@ -7,7 +7,7 @@ stream, so that both ends agree byte for byte; the one ``HOST:PORT`` type,
 :class:`~wsgauge_contract.address.Address`, that both read their addresses with; and the one
 flag and environment variable mechanism of both commands, :mod:`wsgauge_contract.flags`; and the
 live view's WebSocket messages (``/stats/ws``, :mod:`wsgauge_contract.live`) with the one
-adapter both servers serve them with (:mod:`wsgauge_contract.live_session`).
+session both servers serve them with (:mod:`wsgauge_contract.live_session`).
 """
 
 from wsgauge_contract.address import Address

@@ -28,13 +28,13 @@ from wsgauge_contract import (
     encode_watch_heartbeat,
     encode_watch_line,
 )
-from wsgauge_contract.live_aiohttp import handle_live
 from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_sidecar.access import LogThrottle, peer_host, refusal
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.exceptions import CountError
 from wsgauge_sidecar.live import LocalLiveSource
+from wsgauge_sidecar.live_socket import handle_live
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wsgauge_sidecar.state import SidecarState
 

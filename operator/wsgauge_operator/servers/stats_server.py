@@ -34,7 +34,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from wsgauge_contract import LIVE_PATH, WATCH_CONTENT_TYPE, Address, AddressError
-from wsgauge_contract.live_aiohttp import handle_live
 from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_operator.control.controller import Controller
@@ -42,6 +41,7 @@ from wsgauge_operator.model.aggregation import fold_topics
 from wsgauge_operator.model.exceptions import ConfigError
 from wsgauge_operator.model.settings import ServerSettings
 from wsgauge_operator.servers.live_page import add_page_routes
+from wsgauge_operator.servers.live_socket import handle_live
 from wsgauge_operator.servers.live_view import ClusterLiveSource, LiveDocuments
 from wsgauge_operator.servers.standby_server import STARTING, Holding
 

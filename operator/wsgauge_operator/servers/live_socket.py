@@ -1,11 +1,12 @@
-"""``GET /stats/ws`` for an aiohttp server: the upgrade checks, then :func:`serve_live`.
+"""``GET /stats/ws`` on aiohttp: the upgrade checks, then the contract's :func:`serve_live`.
 
-Used by the sidecar's admin port and the operator's stats port, which both serve aiohttp
-(the contract distribution itself needs no aiohttp: this module is imported only by them;
-the ``aiohttp`` extra names it). The checks before the upgrade: a browser ``Origin`` that is
-not the server's own gets 403 (:func:`~.live.origin_allowed`), a server at ``max_clients``
-gets 503, a request that is not a WebSocket upgrade gets 400; all with a JSON error body
-like the other endpoints.
+The session itself (coalescing, bounds, requests) is :mod:`wsgauge_contract.live_session`; this
+is only its aiohttp glue for the operator's stats port (``wsgauge_sidecar.live_socket`` is the
+same glue in the other distribution: the contract distribution has no dependencies, so it holds
+no aiohttp code). The checks before the upgrade: a browser ``Origin`` that is not the server's
+own gets 403 (:func:`~wsgauge_contract.live.origin_allowed`), a server at ``max_clients`` gets
+503, a request that is not a WebSocket upgrade gets 400; all with a JSON error body like the
+other endpoints.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
-
 from wsgauge_contract.live import MAX_REQUEST_BYTES, origin_allowed
 from wsgauge_contract.live_session import LiveClients, LiveSettings, LiveSource, serve_live
 
