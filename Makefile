@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
-.PHONY: all venv lint typecheck unit test k8s-bins node-deps cluster cluster-down deploy demo \
+.PHONY: all venv lint typecheck unit test k8s-bins node-deps browser-deps cluster cluster-down deploy demo \
 	bench clean help images chart-test kind-e2e
 
 all: test
@@ -70,8 +70,12 @@ k8s-bins:
 node-deps:
 	@hack/install-node-deps.sh
 
+# Debian's chromium for the live page's browser tests (Playwright drives it; no browser download).
+browser-deps:
+	@hack/install-browser-deps.sh >/dev/null
+
 # The images are built first, so the tests run the code of this tree.
-test: lint typecheck k8s-bins images
+test: lint typecheck k8s-bins images browser-deps
 	$(PY) -m pytest tests -q -ra
 
 cluster: $(STAMP) k8s-bins node-deps

@@ -9,7 +9,9 @@ Service's ready endpoints), autoscaling is turned on and the HPA scales chat to 
 full pods reconnect onto the new ones, then most clients leave unevenly: the HPA scales down, the
 emptiest pods go (deletion cost), their sidecars drain with 1001 and the clients reconnect through
 the Service. It ends by itself within a few minutes, closes its clients and deletes its namespace;
-the release and the cluster keep running.
+the release and the cluster keep running. It opens nothing by itself: it prints the port-forward
+command and the address of the operator's live page, and its last step shows
+``kubectl wsgauge top`` (the plugin of the wsgauge-operator package).
 
 Run ``python demo/cluster_demo.py --help`` for the options. The building blocks live in
 ``demo_kube.py`` (cluster, release, kubectl), ``demo_load.py`` (client sockets) and
@@ -136,6 +138,8 @@ class Demo:
         await asyncio.to_thread(install_release, self.cluster, say)
         await self.show("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide")
         await self.show("get", "apiservice", APISERVICE)
+        say("the live page (the demo opens nothing; run this in another terminal, then open it):")
+        say(f"  {live_page_hint()}")
 
         heading(f"3. examples/chat/ in namespace {self.ns} (labelled for injection)")
         await self.fresh_namespace()
@@ -464,6 +468,8 @@ class Demo:
         await self.scale_down()
         heading("8. the pods now")
         await self.show("get", "pods", "-n", self.ns, "-o", "wide")
+        say("per pod, as the operator sees them (kubectl-wsgauge, from the operator package):")
+        await self.show("wsgauge", "top", "-n", self.ns, "--operator-namespace", RELEASE_NAMESPACE)
 
     # --- teardown ----------------------------------------------------------------------------
 
@@ -488,6 +494,14 @@ class Demo:
             self.lock.release()
 
 
+def live_page_hint() -> str:
+    """The port-forward command and the live page's address (docs/live-view.md)."""
+    return (
+        f"kubectl -n {RELEASE_NAMESPACE} port-forward svc/{RELEASE}-operator 8090:8090 &   "
+        "# then open http://127.0.0.1:8090/ui/"
+    )
+
+
 def epilogue(demo: Demo) -> None:
     """What stays, how to look around and how to remove it."""
     cluster = demo.cluster
@@ -503,8 +517,9 @@ def epilogue(demo: Demo) -> None:
     say(f"  kubectl get pods -n {RELEASE_NAMESPACE} -o wide && kubectl get wss -A")
     say("  kubectl create ns try && kubectl label ns try wsgauge.dev/injection=enabled")
     say("  kubectl apply -n try -f examples/chat/ && kubectl get wss,hpa,pods -n try -o wide -w")
-    say(f"  kubectl -n {RELEASE_NAMESPACE} port-forward svc/wsgauge-operator 8090:8090 &")
+    say(f"  {live_page_hint()}")
     say("  curl -s localhost:8090/stats      # the operator's cluster-wide stats (also /metrics)")
+    say("  .venv/bin/kubectl-wsgauge top -A   # or `kubectl wsgauge top -A` with .venv/bin on PATH")
     say(f"Remove wsgauge: helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}   (the CRD stays)")
     say("(make test uninstalls it too: the tests run operators of their own beside it)")
     say("Stop the cluster: make cluster-down   (wsgauge-devcluster down --purge wipes its data)")

@@ -79,10 +79,12 @@ class ClusterHandle:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for child processes: KUBECONFIG set, kubectl and helm first on PATH."""
+        """Environment for child processes: KUBECONFIG set, kubectl and helm first on PATH, then
+        this Python's scripts (kubectl-wsgauge, found by kubectl as the plugin ``wsgauge``)."""
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PATH"] = f"{self.bin_dir}:{env.get('PATH', '')}"
+        scripts = Path(sys.executable).parent
+        env["PATH"] = f"{self.bin_dir}:{scripts}:{env.get('PATH', '')}"
         return env
 
 

@@ -63,7 +63,7 @@ def kube() -> Iterator[KubeCluster]:
         )
     status = subprocess.run([*DEVCLUSTER, "status"], capture_output=True, text=True, check=False)
     was_running = status.returncode == 0
-    # up may wait WSGAUGE_NODE_WAIT seconds for another checkout's real node to stop
+    # `up` may first wait WSGAUGE_NODE_WAIT seconds for another checkout's real node to stop
     wait = float(os.environ.get("WSGAUGE_NODE_WAIT") or 0)
     result = subprocess.run(
         [*DEVCLUSTER, "up"], capture_output=True, text=True, check=False, timeout=300 + wait

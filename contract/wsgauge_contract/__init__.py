@@ -5,7 +5,9 @@ The sidecar publishes a *stats document* (``GET /stats``) and a stream of them
 definition of that document, its validation, and the pure decoder of the watch
 stream, so that both ends agree byte for byte; the one ``HOST:PORT`` type,
 :class:`~wsgauge_contract.address.Address`, that both read their addresses with; and the one
-flag and environment variable mechanism of both commands, :mod:`wsgauge_contract.flags`.
+flag and environment variable mechanism of both commands, :mod:`wsgauge_contract.flags`; and the
+live view's WebSocket messages (``/stats/ws``, :mod:`wsgauge_contract.live`) with the one
+session both servers serve them with (:mod:`wsgauge_contract.live_session`).
 """
 
 from wsgauge_contract.address import Address
@@ -16,6 +18,7 @@ from wsgauge_contract.exceptions import (
     InvalidStatsDocument,
     WatchStreamError,
 )
+from wsgauge_contract.live import LIVE_PATH, LiveRequest, LiveRequestError, parse_request
 from wsgauge_contract.stats import (
     OTHER_TOPIC,
     Capacity,
@@ -32,6 +35,7 @@ from wsgauge_contract.watchstream import (
 )
 
 __all__ = [
+    "LIVE_PATH",
     "OTHER_TOPIC",
     "WATCH_CONTENT_TYPE",
     "Address",
@@ -40,6 +44,8 @@ __all__ = [
     "ContractError",
     "FlagError",
     "InvalidStatsDocument",
+    "LiveRequest",
+    "LiveRequestError",
     "StatsDocument",
     "WatchHeartbeat",
     "WatchStreamDecoder",
@@ -48,4 +54,5 @@ __all__ = [
     "encode_stats_document",
     "encode_watch_heartbeat",
     "encode_watch_line",
+    "parse_request",
 ]

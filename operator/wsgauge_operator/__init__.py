@@ -15,7 +15,8 @@ Subpackages, by role, in layering order (each imports only from those above it; 
   server.
 
 Entry points, at the bottom: :mod:`.cli` (the ``wsgauge-operator`` command, also
-``python -m wsgauge_operator``) and :mod:`.handlers` (the thin kopf handlers).
+``python -m wsgauge_operator``), :mod:`.handlers` (the thin kopf handlers) and
+:mod:`.kubectl_plugin` (the ``kubectl-wsgauge`` command, ``kubectl wsgauge``).
 See ``docs/architecture.md`` for how data flows from a socket to the HPA.
 """
 

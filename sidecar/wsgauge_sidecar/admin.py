@@ -1,4 +1,4 @@
-"""The admin port (metrics, stats, stats watch, health, readiness) and the report listener.
+"""The admin port (metrics, stats, its watch and WebSocket, health, readiness), the report listener.
 
 An aiohttp application bound to ``--admin-listen`` only; the data port never
 serves these paths (there they are ordinary requests for the app). Errors are
@@ -21,16 +21,20 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from wsgauge_contract import (
+    LIVE_PATH,
     WATCH_CONTENT_TYPE,
     Address,
     encode_stats_document,
     encode_watch_heartbeat,
     encode_watch_line,
 )
+from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_sidecar.access import LogThrottle, peer_host, refusal
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.exceptions import CountError
+from wsgauge_sidecar.live import LocalLiveSource
+from wsgauge_sidecar.live_socket import handle_live
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from wsgauge_sidecar.state import SidecarState
 
@@ -38,11 +42,13 @@ log = logging.getLogger("wsgauge.sidecar.admin")
 
 STATE_KEY = web.AppKey("state", SidecarState)
 THROTTLE_KEY = web.AppKey("refusal_log", LogThrottle)
+LIVE_CLIENTS_KEY = web.AppKey("live_clients", LiveClients)
 
 INDEX_TEXT = """wsgauge sidecar admin port
 GET /metrics       Prometheus metrics
 GET /stats         stats document (JSON)
 GET /stats/watch   stream of stats documents (NDJSON, blank-line heartbeats)
+GET /stats/ws      WebSocket: the stats document on connect and on change; {"get": "local"}
 GET /healthz       liveness
 GET /readyz        readiness (200 ready / 503 reason)
 PUT /report        report mode, loopback only: full snapshot {"connections": N, "topics": {...}}
@@ -157,6 +163,14 @@ async def _watch(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _live(request: web.Request) -> web.StreamResponse:
+    """``/stats/ws``: the stats document on connect and on change (see :mod:`.live`)."""
+    state = request.app[STATE_KEY]
+    return await handle_live(
+        request, LocalLiveSource(state), state.settings.live, request.app[LIVE_CLIENTS_KEY]
+    )
+
+
 def _check_report_body(body: object, *, snapshot: bool) -> tuple[int, Mapping[str, int]]:
     """Shape checks of a report body; raises ``ValueError`` with a message for a 400."""
     if not isinstance(body, dict):
@@ -229,6 +243,8 @@ def build_admin_app(state: SidecarState) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/stats", _stats)
     app.router.add_get("/stats/watch", _watch)
+    app.router.add_get(LIVE_PATH, _live)
+    app[LIVE_CLIENTS_KEY] = LiveClients(state.settings.live.max_clients)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_route("PUT", "/report", _report)

@@ -130,6 +130,8 @@ FLAGS = FlagSet(
         Flag("max-message-bytes", "proxy.max_message_bytes", _non_negative_int, "N"),
         Flag("socket-buffer-bytes", "proxy.socket_buffer_bytes", _non_negative_int, "N"),
         Flag("upstream-check-interval", "admin.upstream_check_interval", _seconds, "SECONDS"),
+        Flag("live-send-timeout", "live.send_timeout", _seconds, "SECONDS"),
+        Flag("live-max-clients", "live.max_clients", _non_negative_int, "N"),
         Flag("log-level", "log_level", _log_level, "LEVEL"),
     ),
     ENV_PREFIX,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wsgauge_contract.address import Address
+from wsgauge_contract.live_session import LiveSettings
 
 from wsgauge_sidecar.topics import TopicRule
 
@@ -130,6 +131,8 @@ class SidecarSettings:
     """Admin port."""
     drain: DrainSettings = field(default_factory=DrainSettings)
     """Drain on SIGTERM."""
+    live: LiveSettings = field(default_factory=LiveSettings)
+    """The bounds of each ``/stats/ws`` client on the admin port."""
     pod: PodIdentity = field(default_factory=PodIdentity)
     """Downward API identity."""
     log_level: str = "info"

@@ -61,6 +61,7 @@ from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord
 from wsgauge_operator.model.metrics_source import ConnectionStatsMetrics
 from wsgauge_operator.model.observation import ObservedPods
 from wsgauge_operator.model.readiness import ConditionWrites, ReadinessDecision
+from wsgauge_operator.model.recent_events import RecentEvents
 from wsgauge_operator.model.selection import SelectionIndex
 from wsgauge_operator.model.settings import OperatorSettings
 from wsgauge_operator.model.spec import ConnectionStatsSpec, parse_spec
@@ -153,6 +154,8 @@ class Controller:
         self._services: list[Service] = []
         self._session: aiohttp.ClientSession | None = None
         self._started = False
+        self.recent_events = RecentEvents()
+        """The Events recorded lately, per ConnectionStats (for the live view)."""
         self.summaries: dict[Key, dict[str, Any]] = {}
         """Latest computed status per ConnectionStats (for the stats server)."""
         self.version = 0
@@ -337,6 +340,7 @@ class Controller:
         self.fleet.drop_aggregate(*key)
         self.selection.remove(key)
         self.telemetry.forget(*key)
+        self.recent_events.forget(*key)
         self.telemetry.connectionstats.set(len(self._states))
         if self.summaries.pop(key, None) is not None:
             self._bump()
@@ -668,6 +672,15 @@ class Controller:
         await self._events.record(ref, warning=warning, reason=reason, note=note)
         if self._events.recorded > before:
             self.telemetry.events.labels(reason).inc()
+            self.recent_events.add(
+                ref.namespace,
+                ref.name,
+                time=utc_now_iso(),
+                warning=warning,
+                reason=reason,
+                note=note,
+            )
+            self._bump()
 
 
 def _oldest(times: Sequence[float]) -> datetime.datetime | None:

@@ -15,6 +15,7 @@ other subpackage may import from here, and nothing here imports from them (the u
   scratch and incrementally.
 - :mod:`.readiness`: the readiness-gate policy (``wsgauge.dev/connections-ok``).
 - :mod:`.event_policy`: which Events a change of a ConnectionStats calls for.
+- :mod:`.recent_events`: the Events recorded lately per ConnectionStats (for the live view).
 - :mod:`.status_writer`: when a status is worth writing (coalescing, injected clock).
 - :mod:`.metrics_source`: what the metrics API and the autoscaler read (a protocol over the fleet).
 - :mod:`.backoff`: jittered retry delays for every reconnect and retry.

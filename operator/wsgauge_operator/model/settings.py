@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wsgauge_contract.live_session import LiveSettings
+
 CONNECTIONS_OK_CONDITION = "wsgauge.dev/connections-ok"
 """Pod condition type the operator keeps for a pod ``readinessGate``."""
 
@@ -112,6 +114,10 @@ class ServerSettings:
     """Seconds between blank-line heartbeats on ``/stats/watch`` when nothing changed."""
     watch_min_interval: float = 0.25
     """Shortest time between two documents on ``/stats/watch``."""
+    live: LiveSettings = field(default_factory=LiveSettings)
+    """The bounds of each ``/stats/ws`` client (the live page's and ``kubectl wsgauge``'s)."""
+    live_page: bool = True
+    """Serve the live page at ``/ui/`` (its assets come with the package)."""
 
 
 @dataclass(frozen=True)

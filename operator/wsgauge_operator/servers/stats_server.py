@@ -7,6 +7,12 @@
   (at most one per ``watch_min_interval``), a blank line as heartbeat every
   ``watch_heartbeat`` seconds when nothing changed;
 - ``GET /stats/{namespace}/{name}``: the live status of one ConnectionStats;
+- ``GET /stats/live``: the live view's cluster document (:mod:`.live_view`) as JSON, what
+  ``kubectl wsgauge`` reads through the API server's service proxy;
+- ``GET /stats/ws``: a WebSocket with the live view's cluster document, pushed at once and
+  after every change, answering ``{"get": "cluster"}`` and ``{"get": "connectionstats", ...}``
+  (:mod:`.live_view`, :mod:`wsgauge_contract.live`);
+- ``GET /ui/``: the live page (:mod:`.live_page`), unless ``server.live_page`` is off;
 - ``GET /metrics``: the operator's own Prometheus metrics; ``GET /healthz``.
 
 One listener serves the process's whole life: :meth:`StatsServer.open` listens at start and
@@ -27,12 +33,16 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from wsgauge_contract import WATCH_CONTENT_TYPE, Address, AddressError
+from wsgauge_contract import LIVE_PATH, WATCH_CONTENT_TYPE, Address, AddressError
+from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_operator.control.controller import Controller
 from wsgauge_operator.model.aggregation import fold_topics
 from wsgauge_operator.model.exceptions import ConfigError
 from wsgauge_operator.model.settings import ServerSettings
+from wsgauge_operator.servers.live_page import add_page_routes
+from wsgauge_operator.servers.live_socket import handle_live
+from wsgauge_operator.servers.live_view import ClusterLiveSource, LiveDocuments
 from wsgauge_operator.servers.standby_server import STARTING, Holding
 
 logger = logging.getLogger(__name__)
@@ -90,6 +100,12 @@ class StatsServer:
         self.app = web.Application(middlewares=[self._gate])
         self.app.router.add_get("/stats", self._stats)
         self.app.router.add_get("/stats/watch", self._watch)
+        self.app.router.add_get(LIVE_PATH, self._live)
+        self.app.router.add_get("/stats/live", self._live_document)
+        self._live_clients = LiveClients(settings.live.max_clients)
+        self._live_documents = LiveDocuments(controller)
+        if settings.live_page:
+            add_page_routes(self.app)
         self.app.router.add_get("/stats/{namespace}/{name}", self._one)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
@@ -150,6 +166,15 @@ class StatsServer:
         return web.Response(
             body=_encode(cluster_document(self._controller)), content_type="application/json"
         )
+
+    async def _live_document(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=_encode(self._live_documents.current()), content_type="application/json"
+        )
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        source = ClusterLiveSource(self._live_documents, self._settings.watch_heartbeat)
+        return await handle_live(request, source, self._settings.live, self._live_clients)
 
     async def _one(self, request: web.Request) -> web.Response:
         key = (request.match_info["namespace"], request.match_info["name"])

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("control",),
     ("autoscaling", "servers"),
     ("handlers",),
-    ("cli",),
+    ("cli", "kubectl_plugin"),
     ("__main__",),
 )
 """Top to bottom: a module may import from its own subpackage and from layers above it (never from
