@@ -36,6 +36,13 @@ Protocol facts relied on (checked against the Phoenix source, phoenixframework/p
   ``<<1, join_ref_size, ref_size, topic_size, status_size, ...>>``, server push
   ``<<0, join_ref_size, topic_size, event_size, ...>>`` and broadcast ``<<2,
   topic_size, event_size, ...>>`` (``Phoenix.Socket.V2.JSONSerializer``).
+* Supabase Realtime (``@supabase/realtime-js`` ``serializer.ts``) adds two binary
+  kinds for user broadcasts: the client's ``<<3, join_ref_size, ref_size,
+  topic_size, event_size, metadata_size, encoding, join_ref, ref, topic, event,
+  metadata, payload>>`` and the server's ``<<4, topic_size, event_size,
+  metadata_size, encoding, topic, event, metadata, payload>>``. Neither changes
+  topics; both pass (their headers checked). Supabase topics are
+  ``realtime:NAME`` and count like any other.
 
 Counting rules: a topic is joined when the server's ``phx_reply`` with status
 ``ok`` answers a pending ``phx_join`` (same topic and ref); it is left on the
@@ -185,6 +192,14 @@ def decode_binary(data: bytes, *, from_client: bool) -> PhoenixMessage | None:
         raise PhoenixProtocolError("empty Phoenix binary message")
     kind = data[0]
     if kind == 2 and not from_client:
+        return None
+    if (kind == 3 and from_client) or (kind == 4 and not from_client):
+        # Supabase user broadcast (push): only its header's sizes are checked, since
+        # realtime-js writes its fields one UTF-16 code unit per byte (not always UTF-8)
+        count = 5 if kind == 3 else 3
+        sizes = data[1 : 1 + count]
+        if len(sizes) < count or len(data) < 2 + count + sum(sizes):
+            raise PhoenixProtocolError("truncated Supabase binary message header")
         return None
     if kind == 0 and from_client:
         sizes, fields = _binary_fields(data, 4)

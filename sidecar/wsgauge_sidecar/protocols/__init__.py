@@ -1,0 +1,1 @@
+"""Pure, sans-I/O readers of the pub/sub protocols spoken over proxied WebSockets."""
