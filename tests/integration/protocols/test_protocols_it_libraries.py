@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import socketio
 from js_clients_harness import ClientDriver, NodeServer
-from sidecar_it_harness import RawWebSocket, SidecarProcess
+from sidecar_it_harness import DemoAppProcess, RawWebSocket, SidecarProcess
 
 
 def signed_stream_name(name: str) -> str:
@@ -79,6 +80,12 @@ CASES = {
         raw_path="/socket.io/?EIO=4&transport=websocket", raw_headers=(),
         malformed="40/chat,{not json",
     ),
+    "socketio-demo": Case(
+        rule="socketio", server="demo", client="socketio", path="", http_scheme=True,
+        topics=("/chat", "/"), refused="/deny", topic_of=str,
+        raw_path="/socket.io/?EIO=4&transport=websocket", raw_headers=(),
+        malformed="44/x,{", server_leave=False,
+    ),
     "actioncable": Case(
         rule="actioncable", server="actioncable", client="actioncable", path="/cable",
         topics=(
@@ -111,8 +118,8 @@ def case(request: pytest.FixtureRequest) -> Case:
 
 
 @pytest.fixture
-def server(js_clients: Path, case: Case) -> Iterator[NodeServer]:
-    process = NodeServer(js_clients, case.server)
+def server(js_clients: Path, case: Case) -> Iterator[NodeServer | DemoAppProcess]:
+    process = DemoAppProcess() if case.server == "demo" else NodeServer(js_clients, case.server)
     try:
         yield process
     finally:
@@ -120,7 +127,9 @@ def server(js_clients: Path, case: Case) -> Iterator[NodeServer]:
 
 
 @pytest.fixture(params=["own", "auto"])
-def sidecar(request: pytest.FixtureRequest, case: Case, server: NodeServer) -> Iterator[
+def sidecar(
+    request: pytest.FixtureRequest, case: Case, server: NodeServer | DemoAppProcess
+) -> Iterator[
     SidecarProcess
 ]:
     rule = case.rule if request.param == "own" else "auto"
@@ -212,3 +221,34 @@ async def test_a_malformed_message_closes_only_that_socket(
     after = await counts_match(sidecar, driver, case)
     assert after["topics"] == before["topics"]
     assert after["connections"] == before["connections"]
+
+
+@pytest.mark.parametrize("rule", ["socketio", "auto"])
+async def test_python_socketio_client(js_clients: Path, rule: str) -> None:
+    """python-socketio's AsyncClient against the socket.io server, through the sidecar."""
+    server = NodeServer(js_clients, "socketio")
+    sidecar = SidecarProcess(server.port, "--topic", rule)
+    clients = [socketio.AsyncClient(reconnection=False) for _ in range(3)]
+    try:
+        url = f"http://127.0.0.1:{sidecar.port}"
+        for client in clients[:2]:
+            await client.connect(url, namespaces=["/", "/chat"], transports=["websocket"])
+        await clients[2].connect(url, namespaces=["/news"], transports=["websocket"])
+        await sidecar.wait_stats(
+            lambda stats: stats["connections"] == 3
+            and stats["topics"] == {"/": 2, "/chat": 2, "/news": 1}
+        )
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await socketio.AsyncClient(reconnection=False).connect(
+                url, namespaces=["/admin"], transports=["websocket"], wait_timeout=10
+            )
+        await clients[0].disconnect()
+        await sidecar.wait_stats(
+            lambda stats: stats["connections"] == 2
+            and stats["topics"] == {"/": 1, "/chat": 1, "/news": 1}
+        )
+    finally:
+        for client in clients:
+            await client.disconnect()
+        sidecar.stop()
+        server.stop()
