@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wsgauge_sidecar.phoenix import PhoenixSession
+from wsgauge_sidecar.protocols.phoenix import PhoenixSession
 from wsgauge_sidecar.wsframes import FrameBoundaryTracker, MessageReader, Opcode, encode_frame
 
 from benchmarks.loadgen import Workload

@@ -226,7 +226,7 @@ class HttpExchange:
         self.buffer_bytes = buffer_bytes
         self.handshake_timeout = handshake_timeout
         self.strip_extensions = strip_extensions
-        """Drop ``Sec-WebSocket-Extensions`` from upgrades (phoenix mode reads every message)."""
+        """Drop ``Sec-WebSocket-Extensions`` from upgrades (frame protocols read all messages)."""
         self.upgrade_refusal = upgrade_refusal
         """Why a new upgrade must get 503 right now, or ``None``."""
         self._mode = _HEAD

@@ -14,8 +14,10 @@ counted). From then on a :class:`WebSocketRelay` owns both connections and bytes
 are relayed as they arrive. In the request-based topic rules only the
 server-to-client frame headers are followed (cheaply, by a
 :class:`FrameBoundaryTracker`), so that a drain can inject a close frame at a
-frame boundary; in ``phoenix`` mode both directions are read as messages and fed
-to a :class:`PhoenixSession` that says which channels the socket joins and leaves.
+frame boundary; under a frame protocol rule (``phoenix``, ...) both directions are
+read as messages and fed to that protocol's session
+(:mod:`wsgauge_sidecar.protocols`), which says which topics the socket joins and
+leaves.
 
 Backpressure: every transport has a write buffer high-water mark of
 ``--socket-buffer-bytes``; above it the sending peer's transport stops reading
@@ -159,11 +161,12 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: UpstreamSide | None = None
         self.relay: WebSocketRelay | None = None
         settings = self.settings
+        protocol = settings.topic_rule.protocol
         self.exchange = HttpExchange(
             max_header_bytes=settings.max_header_bytes,
             buffer_bytes=settings.socket_buffer_bytes,
             handshake_timeout=settings.handshake_timeout,
-            strip_extensions=settings.topic_rule.kind == "phoenix",
+            strip_extensions=protocol is not None and protocol.strip_extensions,
             upgrade_refusal=self.state.upgrade_refusal,
         )
         self._paused: set[str] = set()
@@ -345,7 +348,9 @@ class ClientConnection(asyncio.Protocol):
         if event.counted:
             self.state.pending_upgrades -= 1
             topic = topic_from_request(self.settings.topic_rule, request.target, request.headers)
-        relay = WebSocketRelay(self, upstream, request, counted=event.counted, topic=topic)
+        relay = WebSocketRelay(
+            self, upstream, request, event.response, counted=event.counted, topic=topic
+        )
         self.relay = relay
         upstream.relay = relay
         self._paused.discard("buffer")

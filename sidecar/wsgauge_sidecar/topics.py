@@ -9,7 +9,8 @@ A rule is given once on the command line (``--topic``) and parsed by
 ``path:REGEX``     group 1 of ``re.search(REGEX, path)``; no match = no topic
 ``query:NAME``     the first value of query parameter ``NAME``
 ``header:NAME``    the value of request header ``NAME`` (case-insensitive)
-``phoenix``        topics come from the Phoenix channels frames (phoenix.py)
+PROTOCOL           a frame protocol (``phoenix``, ...): topics come from the
+                   WebSocket messages (:mod:`wsgauge_sidecar.protocols`)
 ``report``         the app reports its own counts; nothing is proxied
 =================  ==========================================================
 
@@ -28,36 +29,50 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import parse_qsl, unquote
 
 from wsgauge_sidecar.exceptions import InvalidTopicRule
+from wsgauge_sidecar.httpwire import split_target
+from wsgauge_sidecar.protocols.base import MAX_TOPIC_LENGTH, ProtocolSpec, normalize_topic
+from wsgauge_sidecar.protocols.registry import PROTOCOLS, protocol_spec
 
-TopicRuleKind = Literal["path", "path_regex", "query", "header", "phoenix", "report"]
-"""The kinds of topic rule; ``path_regex`` is written ``path:REGEX`` on the command line."""
+__all__ = [
+    "MAX_TOPIC_LENGTH",
+    "TopicRule",
+    "normalize_topic",
+    "parse_topic_rule",
+    "split_target",
+    "topic_from_request",
+]
 
-MAX_TOPIC_LENGTH = 200
-"""Topic names are cut to this many characters (keeps labels and documents bounded)."""
+REQUEST_KINDS = ("path", "path_regex", "query", "header", "report")
+"""The rule kinds that are not frame protocols; ``path_regex`` is written ``path:REGEX``."""
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 """An HTTP header field name (RFC 9110 ``token``)."""
 
-_RULES_HELP = "path | path:REGEX | query:NAME | header:NAME | phoenix | report"
+_RULES_HELP = " | ".join(["path", "path:REGEX", "query:NAME", "header:NAME", *PROTOCOLS, "report"])
 
 
 @dataclass(frozen=True)
 class TopicRule:
     """A parsed ``--topic`` rule."""
 
-    kind: TopicRuleKind
-    """Which rule: ``path``, ``path_regex``, ``query``, ``header``, ``phoenix`` or ``report``."""
+    kind: str
+    """Which rule: one of :data:`REQUEST_KINDS` or the name of a frame protocol
+    (:data:`wsgauge_sidecar.protocols.registry.PROTOCOLS`, e.g. ``phoenix``)."""
     argument: str | None = None
     """The regex (``path_regex``), parameter name (``query``) or header name (``header``)."""
 
     @property
+    def protocol(self) -> ProtocolSpec | None:
+        """The frame protocol whose messages give the topics, or ``None`` (request rules)."""
+        return protocol_spec(self.kind)
+
+    @property
     def needs_frames(self) -> bool:
-        """True when topics come from the WebSocket frames (``phoenix``), not the request."""
-        return self.kind == "phoenix"
+        """True when topics come from the WebSocket messages (a frame protocol)."""
+        return self.kind in PROTOCOLS
 
     def __str__(self) -> str:
         if self.kind == "path_regex":
@@ -70,10 +85,10 @@ class TopicRule:
 def parse_topic_rule(spec: str) -> TopicRule:
     """Parse a ``--topic`` value; raise :class:`InvalidTopicRule` with a clear message."""
     kind, separator, argument = spec.strip().partition(":")
-    if kind in ("phoenix", "report"):
+    if kind == "report" or kind in PROTOCOLS:
         if separator:
             raise InvalidTopicRule(f"topic rule {kind!r} takes no argument (got {spec!r})")
-        return TopicRule("phoenix") if kind == "phoenix" else TopicRule("report")
+        return TopicRule(kind)
     if kind == "path":
         if not separator:
             return TopicRule("path")
@@ -99,35 +114,12 @@ def parse_topic_rule(spec: str) -> TopicRule:
     raise InvalidTopicRule(f"unknown topic rule {spec!r}; expected one of: {_RULES_HELP}")
 
 
-def normalize_topic(name: str | None) -> str | None:
-    """Cut a topic name to :data:`MAX_TOPIC_LENGTH`; an empty name (or ``None``) is ``None``."""
-    if not name:
-        return None
-    return name[:MAX_TOPIC_LENGTH]
-
-
-def split_target(target: str) -> tuple[str, str]:
-    """Split a request target into (raw path, raw query); handles absolute-form targets."""
-    if "://" in target and not target.startswith("/"):
-        # absolute-form (``http://host:port/path?q``), as sent to proxies
-        after_scheme = target.split("://", 1)[1]
-        slash = after_scheme.find("/")
-        question = after_scheme.find("?")
-        if slash < 0 or (0 <= question < slash):
-            target = "/" + after_scheme[question:] if question >= 0 else "/"
-        else:
-            target = after_scheme[slash:]
-    target = target.split("#", 1)[0]
-    path, _, query = target.partition("?")
-    return path, query
-
-
 def topic_from_request(
     rule: TopicRule, target: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> str | None:
     """The topic of an upgrade request under ``rule`` (``None`` = in no topic).
 
-    ``phoenix`` and ``report`` rules never take a topic from the request: ``None``.
+    Frame protocols and ``report`` never take a topic from the request: ``None``.
     """
     if rule.kind == "path":
         path, _ = split_target(target)
