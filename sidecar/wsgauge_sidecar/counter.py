@@ -157,8 +157,7 @@ class ConnectionCounter(_Observable):
         ``,`` when sockets of several protocols share a topic); only topics with sockets
         opened with a ``protocol``."""
         return {
-            slot: ",".join(sorted(protocols))
-            for slot, protocols in self._slot_protocols.items()
+            slot: ",".join(sorted(protocols)) for slot, protocols in self._slot_protocols.items()
         }
 
     def closed_by_reason(self) -> dict[str, int]:

@@ -82,21 +82,3 @@ class PhoenixLimitError(PhoenixProtocolError):
 
 class CountError(SidecarError):
     """A count update is invalid: negative result, wrong type, unknown socket."""
-
-
-class TopicProtocolError(SidecarError):
-    """A message of a frame-reading topic rule (Socket.IO, Action Cable, Centrifugo) that
-    the rule must read is malformed: closed with ``close_code`` (1007 by default)."""
-
-    def __init__(self, message: str, close_code: int = 1007) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-        """WebSocket close code to end the socket with."""
-
-
-class TopicProtocolLimitError(TopicProtocolError):
-    """A socket of a frame-reading topic rule went past a per-socket bound (subscriptions
-    awaiting replies, topics held): closed with 1008 rather than counted wrong."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, close_code=1008)

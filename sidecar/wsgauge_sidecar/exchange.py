@@ -219,14 +219,15 @@ class HttpExchange:
         max_header_bytes: int,
         buffer_bytes: int,
         handshake_timeout: float,
-        strip_extensions: bool = False,
+        strip_extensions: Callable[[RequestHead], bool] = lambda head: False,
         upgrade_refusal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.buffer_bytes = buffer_bytes
         self.handshake_timeout = handshake_timeout
         self.strip_extensions = strip_extensions
-        """Drop ``Sec-WebSocket-Extensions`` from upgrades (frame protocols read all messages)."""
+        """Whether to drop ``Sec-WebSocket-Extensions`` from an upgrade request (a socket whose
+        messages a frame protocol reads must not negotiate permessage-deflate)."""
         self.upgrade_refusal = upgrade_refusal
         """Why a new upgrade must get 503 right now, or ``None``."""
         self._mode = _HEAD
@@ -439,7 +440,7 @@ class HttpExchange:
                 return
             self._upgrading = True
             self._emit(UpgradeStarted())
-            if self.strip_extensions:
+            if self.strip_extensions(head):
                 head_bytes = head.serialize(drop_headers=("sec-websocket-extensions",))
             self._emit(StartTimer("upgrade", self.handshake_timeout))
         self._send_head_upstream(head_bytes)

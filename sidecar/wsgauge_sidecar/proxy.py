@@ -161,12 +161,11 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: UpstreamSide | None = None
         self.relay: WebSocketRelay | None = None
         settings = self.settings
-        protocol = settings.topic_rule.protocol
         self.exchange = HttpExchange(
             max_header_bytes=settings.max_header_bytes,
             buffer_bytes=settings.socket_buffer_bytes,
             handshake_timeout=settings.handshake_timeout,
-            strip_extensions=protocol is not None and protocol.strip_extensions,
+            strip_extensions=settings.topic_rule.strips_extensions,
             upgrade_refusal=self.state.upgrade_refusal,
         )
         self._paused: set[str] = set()
@@ -344,12 +343,13 @@ class ClientConnection(asyncio.Protocol):
         assert transport is not None
         assert upstream is not None
         request = event.request
+        rule = self.settings.topic_rule.for_socket(request, event.response)
         topic = None
         if event.counted:
             self.state.pending_upgrades -= 1
-            topic = topic_from_request(self.settings.topic_rule, request.target, request.headers)
+            topic = topic_from_request(rule, request.target, request.headers)
         relay = WebSocketRelay(
-            self, upstream, request, event.response, counted=event.counted, topic=topic
+            self, upstream, request, event.response, counted=event.counted, topic=topic, rule=rule
         )
         self.relay = relay
         upstream.relay = relay

@@ -5,7 +5,8 @@
 answered 101, :class:`WebSocketRelay` takes over both connections:
 
 * the socket is counted on creation (``ConnectionCounter.open_socket``) and put
-  in its request topic, if any;
+  in its request topic, if any; ``rule`` is the topic rule of this socket (under
+  ``--topic auto`` the one chosen for it, which its topics then show in /stats);
 * bytes go through as they arrive, both ways; server-to-client frame headers are
   followed by a :class:`FrameBoundaryTracker`; under a frame protocol rule
   (``phoenix``, ...) both directions are also read as messages and fed to the
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, cast
 from wsgauge_sidecar.exceptions import ProtocolError, WebSocketProtocolError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolEvent, ProtocolSession
+from wsgauge_sidecar.topics import AUTO, TopicRule
 from wsgauge_sidecar.wsframes import (
     FrameBoundaryTracker,
     MessageReader,
@@ -151,6 +153,7 @@ class WebSocketRelay:
         *,
         counted: bool,
         topic: str | None,
+        rule: TopicRule,
     ) -> None:
         assert client.transport is not None
         assert upstream.transport is not None
@@ -179,12 +182,14 @@ class WebSocketRelay:
         if not counted:
             return  # a 101 to something other than a WebSocket: a plain tunnel
         counter = self.state.connection_counter
-        self.socket_id = counter.open_socket()
+        # under --topic auto, each socket's topics show the rule chosen for it
+        chosen = str(rule).split(":", 1)[0] if client.settings.topic_rule.kind == AUTO else None
+        self.socket_id = counter.open_socket(chosen)
         client.proxy.websockets[self.socket_id] = client
         if topic is not None:
             counter.join(self.socket_id, topic)
         self.tracker = FrameBoundaryTracker(masked=False)
-        protocol = client.settings.topic_rule.protocol
+        protocol = rule.protocol
         if protocol is not None:
             limit = client.settings.max_message_bytes
             self._client_reader = MessageReader(masked=True, max_message_bytes=limit)

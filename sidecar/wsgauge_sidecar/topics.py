@@ -11,6 +11,8 @@ A rule is given once on the command line (``--topic``) and parsed by
 ``header:NAME``    the value of request header ``NAME`` (case-insensitive)
 PROTOCOL           a frame protocol (``phoenix``, ...): topics come from the
                    WebSocket messages (:mod:`wsgauge_sidecar.protocols`)
+``auto[:RULE]``    per socket, a frame protocol recognised from its handshake,
+                   else ``RULE`` (``path``): :meth:`TopicRule.for_socket`
 ``report``         the app reports its own counts; nothing is proxied
 =================  ==========================================================
 
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 from wsgauge_sidecar.exceptions import InvalidTopicRule
-from wsgauge_sidecar.httpwire import split_target
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
+from wsgauge_sidecar.protocols.auto import candidate_protocols, choose_rule
 from wsgauge_sidecar.protocols.base import MAX_TOPIC_LENGTH, ProtocolSpec, normalize_topic
 from wsgauge_sidecar.protocols.registry import PROTOCOLS, protocol_spec
 
@@ -51,7 +54,12 @@ REQUEST_KINDS = ("path", "path_regex", "query", "header", "report")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 """An HTTP header field name (RFC 9110 ``token``)."""
 
-_RULES_HELP = " | ".join(["path", "path:REGEX", "query:NAME", "header:NAME", *PROTOCOLS, "report"])
+_RULES_HELP = " | ".join(
+    ["path", "path:REGEX", "query:NAME", "header:NAME", *PROTOCOLS, "auto", "auto:RULE", "report"]
+)
+
+AUTO = "auto"
+"""The rule kind that picks a rule per socket (:mod:`wsgauge_sidecar.protocols.auto`)."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +70,51 @@ class TopicRule:
     """Which rule: one of :data:`REQUEST_KINDS` or the name of a frame protocol
     (:data:`wsgauge_sidecar.protocols.registry.PROTOCOLS`, e.g. ``phoenix``)."""
     argument: str | None = None
-    """The regex (``path_regex``), parameter name (``query``) or header name (``header``)."""
+    """The regex (``path_regex``), parameter name (``query``), header name (``header``), or
+    the fallback rule of ``auto`` (a rule spec, ``path`` by default)."""
 
     @property
     def protocol(self) -> ProtocolSpec | None:
-        """The frame protocol whose messages give the topics, or ``None`` (request rules)."""
+        """The frame protocol whose messages give the topics, or ``None`` (request rules and
+        ``auto``, whose sockets each get theirs from :meth:`for_socket`)."""
         return protocol_spec(self.kind)
 
     @property
     def needs_frames(self) -> bool:
-        """True when topics come from the WebSocket messages (a frame protocol)."""
-        return self.kind in PROTOCOLS
+        """True when topics come (or, for ``auto``, may come) from the WebSocket messages."""
+        return self.kind in PROTOCOLS or self.kind == AUTO
+
+    @property
+    def fallback(self) -> TopicRule:
+        """``auto``: the rule of sockets no protocol is recognised for; else the rule itself."""
+        if self.kind != AUTO:
+            return self
+        return parse_topic_rule(self.argument or "path")
+
+    def for_socket(self, request: RequestHead, response: ResponseHead) -> TopicRule:
+        """The rule that counts one socket: ``auto`` chooses from its handshake (the accepted
+        subprotocol, the URL shape, else the fallback); any other rule is itself."""
+        if self.kind != AUTO:
+            return self
+        fallback = self.fallback
+        chosen = choose_rule(request, response, str(fallback), PROTOCOLS)
+        return fallback if chosen == str(fallback) else TopicRule(chosen)
+
+    def strips_extensions(self, request: RequestHead) -> bool:
+        """Whether ``Sec-WebSocket-Extensions`` is removed from this upgrade request, so that
+        permessage-deflate is never negotiated on a socket whose messages are read."""
+        if self.kind == AUTO:
+            names = candidate_protocols(request, PROTOCOLS)
+            names.add(self.fallback.kind)
+        else:
+            names = {self.kind}
+        return any(spec.strip_extensions for spec in map(protocol_spec, names) if spec)
 
     def __str__(self) -> str:
         if self.kind == "path_regex":
             return f"path:{self.argument}"
+        if self.kind == AUTO and self.argument == "path":
+            return AUTO
         if self.argument is None:
             return self.kind
         return f"{self.kind}:{self.argument}"
@@ -85,6 +123,11 @@ class TopicRule:
 def parse_topic_rule(spec: str) -> TopicRule:
     """Parse a ``--topic`` value; raise :class:`InvalidTopicRule` with a clear message."""
     kind, separator, argument = spec.strip().partition(":")
+    if kind == AUTO:
+        fallback = parse_topic_rule(argument) if separator else TopicRule("path")
+        if fallback.kind in (AUTO, "report"):
+            raise InvalidTopicRule(f"topic rule 'auto:RULE' cannot fall back to {argument!r}")
+        return TopicRule(AUTO, str(fallback))
     if kind == "report" or kind in PROTOCOLS:
         if separator:
             raise InvalidTopicRule(f"topic rule {kind!r} takes no argument (got {spec!r})")

@@ -42,9 +42,9 @@ message only when it contains ``_subscription`` or a ``\\u`` escape: JSON can
 spell those words only plainly or with ``\\u`` escapes, so no subscription
 change is missed. Performs, broadcasts and pings are relayed without being
 decoded. An inspected message that is not a JSON object raises
-:class:`TopicProtocolError` (close code 1007); more than ``max_identifiers``
+:class:`ProtocolError` (close code 1007); more than ``max_identifiers``
 identifiers held, or awaiting confirmation, raises
-:class:`TopicProtocolLimitError` (1008).
+:class:`ProtocolLimitError` (1008).
 
 What the wire cannot show: the streams a channel's ``stream_from`` adds on the
 server (only the subscription's identifier travels); MessagePack and Protobuf
@@ -60,12 +60,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 
-from wsgauge_sidecar.exceptions import TopicProtocolError, TopicProtocolLimitError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent
-from wsgauge_sidecar.topics import normalize_topic
+from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.base import (
+    MAX_TOPICS_PER_SOCKET,
+    NO_EVENTS,
+    Joined,
+    Left,
+    ProtocolEvent,
+    ProtocolSpec,
+    normalize_topic,
+)
 
-MAX_IDENTIFIERS = 1000
+MAX_IDENTIFIERS = MAX_TOPICS_PER_SOCKET
 """Identifiers held per socket (a confirmation of one more closes the socket with 1008)."""
 
 MAX_IDENTIFIER_LENGTH = 4096
@@ -123,9 +132,9 @@ def _decode(payload: bytes) -> dict[str, object]:
     try:
         message = json.loads(payload)
     except (ValueError, RecursionError):
-        raise TopicProtocolError("Action Cable message is not valid JSON") from None
+        raise ProtocolError("Action Cable message is not valid JSON") from None
     if not isinstance(message, dict):
-        raise TopicProtocolError("Action Cable message must be a JSON object")
+        raise ProtocolError("Action Cable message must be a JSON object")
     return message
 
 
@@ -144,75 +153,90 @@ class ActionCableSession:
         """The topics the socket is in now."""
         return frozenset(self._members)
 
-    def client_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message; decoded only if it can be a subscribe or unsubscribe."""
         if b"subscribe" not in payload and b"\\u" not in payload:
-            return []
+            return NO_EVENTS
         message = _decode(payload)
         command, identifier = message.get("command"), message.get("identifier")
         if not isinstance(identifier, str):
-            return []
+            return NO_EVENTS
         key = identifier[:MAX_IDENTIFIER_LENGTH]
         if command == "subscribe":
             if key not in self._pending and len(self._pending) >= self.max_identifiers:
-                raise TopicProtocolLimitError(
+                raise ProtocolLimitError(
                     f"more than {self.max_identifiers} subscribes awaiting confirmation"
                 )
             self._pending.add(key)
         elif command == "unsubscribe":
             self._pending.discard(key)
             return self._release(key, "leave")
-        return []
+        return NO_EVENTS
 
-    def server_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def server_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A server text message; decoded only if it can be a confirmation or rejection."""
         if b"_subscription" not in payload and b"\\u" not in payload:
-            return []
+            return NO_EVENTS
         message = _decode(payload)
         kind, identifier = message.get("type"), message.get("identifier")
         if not isinstance(identifier, str):
-            return []
+            return NO_EVENTS
         key = identifier[:MAX_IDENTIFIER_LENGTH]
         if kind == "confirm_subscription":
             if key not in self._pending:
-                return []  # unsubscribed before the confirmation, or never asked for
+                return NO_EVENTS  # unsubscribed before the confirmation, or never asked for
             self._pending.discard(key)
             return self._hold(key)
         if kind == "reject_subscription":
             self._pending.discard(key)
             return self._release(key, "error")
-        return []
+        return NO_EVENTS
 
-    def client_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def client_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A binary message (MessagePack/Protobuf encodings): not read."""
-        return []
+        return NO_EVENTS
 
-    def server_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def server_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A binary message (MessagePack/Protobuf encodings): not read."""
-        return []
+        return NO_EVENTS
 
-    def _hold(self, key: str) -> list[PhoenixEvent]:
+    def _hold(self, key: str) -> Sequence[ProtocolEvent]:
         if key in self._held:
-            return []
+            return NO_EVENTS
         if len(self._held) >= self.max_identifiers:
-            raise TopicProtocolLimitError(f"more than {self.max_identifiers} subscriptions")
+            raise ProtocolLimitError(f"more than {self.max_identifiers} subscriptions")
         topic = topic_of_identifier(key)
         self._held[key] = topic
         if topic is None:
-            return []
+            return NO_EVENTS
         count = self._members.get(topic, 0)
         self._members[topic] = count + 1
-        return [Joined(topic)] if count == 0 else []
+        return [Joined(topic)] if count == 0 else NO_EVENTS
 
-    def _release(self, key: str, reason: str) -> list[PhoenixEvent]:
+    def _release(self, key: str, reason: str) -> Sequence[ProtocolEvent]:
         if key not in self._held:
-            return []
+            return NO_EVENTS
         topic = self._held.pop(key)
         if topic is None:
-            return []
+            return NO_EVENTS
         count = self._members[topic] - 1
         if count:
             self._members[topic] = count
-            return []
+            return NO_EVENTS
         del self._members[topic]
         return [Left(topic, reason)]
+
+
+def _new_session(request: RequestHead, response: ResponseHead) -> ActionCableSession:
+    return ActionCableSession()
+
+
+SPEC = ProtocolSpec(
+    name="actioncable",
+    summary=(
+        "Rails Action Cable / AnyCable JSON: the channel of each confirmed\n"
+        "subscription (Turbo Streams: the stream name)"
+    ),
+    factory=_new_session,
+)
+"""The ``actioncable`` rule (permessage-deflate is kept from being negotiated)."""

@@ -9,12 +9,12 @@ and names the rule that counts that socket:
 3. else the fallback rule (``auto:RULE``; ``path`` by default).
 
 Only rules the sidecar knows are chosen (a protocol missing from the registry is
-skipped). :func:`may_read_frames` tells, from the request alone, whether the rule
-chosen later may read the socket's messages: its offered subprotocols or its URL
-shape name a frame protocol, or the fallback is one. The proxy then removes
-``Sec-WebSocket-Extensions`` from that request (the app can only accept a
-subprotocol the client offered, so the choice cannot surprise it), and leaves
-permessage-deflate alone for every other socket.
+skipped). :func:`candidate_protocols` tells, from the request alone, which frame
+protocols the rule chosen later may be: those its offered subprotocols name and
+the one its URL shape suggests (the app can only accept a subprotocol the client
+offered, so the choice cannot surprise it). When one of them, or the fallback,
+reads messages, the proxy removes ``Sec-WebSocket-Extensions`` from that request;
+permessage-deflate is left alone for every other socket.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def offered_protocols(request: RequestHead, known: Collection[str]) -> set[str]:
     offered: set[str] = set()
     for token in request.header_tokens(b"sec-websocket-protocol"):
         name = SUBPROTOCOLS.get(token.decode("latin-1").lower())
-        if name in known:
+        if name is not None and name in known:
             offered.add(name)
     return offered
 
@@ -92,10 +92,12 @@ def choose_rule(
     )
 
 
-def may_read_frames(request: RequestHead, fallback_reads: bool, known: Collection[str]) -> bool:
-    """Whether the rule chosen for this request's socket may read its messages."""
-    return (
-        fallback_reads
-        or bool(offered_protocols(request, known))
-        or protocol_from_url(request.target, known) is not None
-    )
+def candidate_protocols(request: RequestHead, known: Collection[str]) -> set[str]:
+    """The frame protocols :func:`choose_rule` may pick for this request's socket, before the
+    app answers: those its offered subprotocols name and the one its URL shape suggests (the
+    app can only accept a subprotocol the client offered). The fallback is not included."""
+    candidates = offered_protocols(request, known)
+    by_url = protocol_from_url(request.target, known)
+    if by_url is not None:
+        candidates.add(by_url)
+    return candidates

@@ -21,9 +21,10 @@ spoken by ``centrifuge-js`` 3+ and Centrifugo 4+ / the Go ``centrifuge`` library
   transports) carries ``subs`` like the connect reply. ``{}`` is a ping / pong.
 
 Counting rules: the socket is in topic C (the channel) from a successful reply
-to its ``subscribe`` command for C (not unsubscribed before the reply), a connect reply or push listing C in
-``subs``, or a ``subscribe`` push for C, until its ``unsubscribe`` command for C
-(at once), an ``unsubscribe`` push for C, or the socket's end. A subscribe
+to its ``subscribe`` command for C (not unsubscribed before the reply), a
+connect reply or push listing C in ``subs``, or a ``subscribe`` push for C,
+until its ``unsubscribe`` command for C (at once), an ``unsubscribe`` push for
+C, or the socket's end. A subscribe
 answered with an error, or never answered, is not counted; a subscription to a
 channel already held changes nothing.
 
@@ -32,9 +33,9 @@ Inspected messages: a client message is decoded only when it contains
 when it contains ``subscribe``, ``"subs"``, or ``"error"`` while a subscribe
 awaits its reply, or a ``\\u`` escape. Publications, RPC, presence, history and
 pings are relayed without being decoded. An inspected message whose lines are
-not JSON objects raises :class:`TopicProtocolError` (close code 1007); more than
+not JSON objects raises :class:`ProtocolError` (close code 1007); more than
 ``max_pending`` subscribes awaiting replies or ``max_channels`` channels raises
-:class:`TopicProtocolLimitError` (1008).
+:class:`ProtocolLimitError` (1008).
 
 What the wire cannot show: the Protobuf format (``centrifuge-protobuf``
 subprotocol, binary messages) is not read, so such sockets count in no topic;
@@ -48,15 +49,24 @@ request, so permessage-deflate is never negotiated and every message is plain.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from wsgauge_sidecar.exceptions import TopicProtocolError, TopicProtocolLimitError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent
-from wsgauge_sidecar.topics import normalize_topic
+from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.base import (
+    MAX_TOPICS_PER_SOCKET,
+    NO_EVENTS,
+    Joined,
+    Left,
+    ProtocolEvent,
+    ProtocolSpec,
+    normalize_topic,
+)
 
-MAX_PENDING = 1000
+MAX_PENDING = MAX_TOPICS_PER_SOCKET
 """Subscribe commands awaiting their replies per socket (one more closes it with 1008)."""
 
-MAX_CHANNELS = 1000
+MAX_CHANNELS = MAX_TOPICS_PER_SOCKET
 """Channels held per socket (one more closes it with 1008)."""
 
 
@@ -69,9 +79,9 @@ def decode_lines(payload: bytes) -> list[dict[str, object]]:
         try:
             value = json.loads(line)
         except (ValueError, RecursionError):
-            raise TopicProtocolError("Centrifugo message is not valid JSON") from None
+            raise ProtocolError("Centrifugo message is not valid JSON") from None
         if not isinstance(value, dict):
-            raise TopicProtocolError("Centrifugo command or reply must be a JSON object")
+            raise ProtocolError("Centrifugo command or reply must be a JSON object")
         objects.append(value)
     return objects
 
@@ -106,17 +116,17 @@ class CentrifugoSession:
         """The channels the socket is subscribed to now."""
         return frozenset(self._channels)
 
-    def client_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message (commands); decoded only if it can (un)subscribe."""
         if b"subscribe" not in payload and b"\\u" not in payload:
-            return []
-        events: list[PhoenixEvent] = []
+            return NO_EVENTS
+        events: list[ProtocolEvent] = []
         for command in decode_lines(payload):
             if "subscribe" in command:
                 channel, command_id = _channel(command["subscribe"]), _command_id(command.get("id"))
                 if channel is not None and command_id is not None:
                     if command_id not in self._pending and len(self._pending) >= self.max_pending:
-                        raise TopicProtocolLimitError(
+                        raise ProtocolLimitError(
                             f"more than {self.max_pending} subscribes awaiting replies"
                         )
                     self._pending[command_id] = channel
@@ -127,9 +137,9 @@ class CentrifugoSession:
                     for waiting in [key for key, sent in self._pending.items() if sent == channel]:
                         del self._pending[waiting]
                     events += self._leave(channel, "leave")
-        return events
+        return events or NO_EVENTS
 
-    def server_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def server_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A server text message (replies and pushes); decoded only if it can change channels."""
         if not (
             b"subscribe" in payload
@@ -137,8 +147,8 @@ class CentrifugoSession:
             or b"\\u" in payload
             or (self._pending and b'"error"' in payload)
         ):
-            return []
-        events: list[PhoenixEvent] = []
+            return NO_EVENTS
+        events: list[ProtocolEvent] = []
         for reply in decode_lines(payload):
             push = reply.get("push")
             if isinstance(push, dict):
@@ -153,48 +163,60 @@ class CentrifugoSession:
             channel = self._pending.pop(command_id, None)
             if channel is not None and "subscribe" in reply and "error" not in reply:
                 events += self._join(channel)
-        return events
+        return events or NO_EVENTS
 
-    def client_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def client_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A binary message (Protobuf format): not read."""
-        return []
+        return NO_EVENTS
 
-    def server_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def server_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A binary message (Protobuf format): not read."""
-        return []
+        return NO_EVENTS
 
-    def _push(self, push: dict[str, object]) -> list[PhoenixEvent]:
+    def _push(self, push: dict[str, object]) -> Sequence[ProtocolEvent]:
         if "connect" in push:
             return self._subs(push["connect"])
         channel = _channel(push)
         if channel is None:
-            return []
+            return NO_EVENTS
         if "subscribe" in push:
             return self._join(channel)
         if "unsubscribe" in push:
             return self._leave(channel, "close")
-        return []
+        return NO_EVENTS
 
-    def _subs(self, result: object) -> list[PhoenixEvent]:
+    def _subs(self, result: object) -> Sequence[ProtocolEvent]:
         subs = result.get("subs") if isinstance(result, dict) else None
-        events: list[PhoenixEvent] = []
+        events: list[ProtocolEvent] = []
         if isinstance(subs, dict):
             for name in subs:
                 channel = normalize_topic(name)
                 if channel is not None:
                     events += self._join(channel)
-        return events
+        return events or NO_EVENTS
 
-    def _join(self, channel: str) -> list[PhoenixEvent]:
+    def _join(self, channel: str) -> Sequence[ProtocolEvent]:
         if channel in self._channels:
-            return []
+            return NO_EVENTS
         if len(self._channels) >= self.max_channels:
-            raise TopicProtocolLimitError(f"more than {self.max_channels} channels")
+            raise ProtocolLimitError(f"more than {self.max_channels} channels")
         self._channels.add(channel)
         return [Joined(channel)]
 
-    def _leave(self, channel: str, reason: str) -> list[PhoenixEvent]:
+    def _leave(self, channel: str, reason: str) -> Sequence[ProtocolEvent]:
         if channel not in self._channels:
-            return []
+            return NO_EVENTS
         self._channels.discard(channel)
         return [Left(channel, reason)]
+
+
+def _new_session(request: RequestHead, response: ResponseHead) -> CentrifugoSession:
+    return CentrifugoSession()
+
+
+SPEC = ProtocolSpec(
+    name="centrifugo",
+    summary="Centrifugo JSON protocol: subscribed channels (client- and server-side)",
+    factory=_new_session,
+)
+"""The ``centrifugo`` rule (permessage-deflate is kept from being negotiated)."""

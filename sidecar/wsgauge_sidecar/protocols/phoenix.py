@@ -192,8 +192,8 @@ def decode_binary(data: bytes, *, from_client: bool) -> PhoenixMessage | None:
         # Supabase user broadcast (push): only its header's sizes are checked, since
         # realtime-js writes its fields one UTF-16 code unit per byte (not always UTF-8)
         count = 5 if kind == 3 else 3
-        sizes = data[1 : 1 + count]
-        if len(sizes) < count or len(data) < 2 + count + sum(sizes):
+        header = data[1 : 1 + count]
+        if len(header) < count or len(data) < 2 + count + sum(header):
             raise PhoenixProtocolError("truncated Supabase binary message header")
         return None
     if kind == 0 and from_client:

@@ -8,10 +8,18 @@ the sidecar names a protocol.
 
 from __future__ import annotations
 
-from wsgauge_sidecar.protocols import phoenix
+from wsgauge_sidecar.protocols import actioncable, centrifugo, phoenix, socketio
 from wsgauge_sidecar.protocols.base import ProtocolSpec
 
-PROTOCOLS: dict[str, ProtocolSpec] = {spec.name: spec for spec in (phoenix.SPEC,)}
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    spec.name: spec
+    for spec in (
+        phoenix.SPEC,
+        socketio.SPEC,
+        actioncable.SPEC,
+        centrifugo.SPEC,
+    )
+}
 """Rule name -> protocol, in ``--help`` order."""
 
 

@@ -37,8 +37,8 @@ DISCONNECT and CONNECT_ERROR packets are decoded (their namespace read, their
 JSON data validated); events, acks, pings and binary attachments are relayed
 without being decoded. An inspected packet that is malformed (an empty message,
 an unknown Engine.IO or Socket.IO packet type, data that is not JSON) raises
-:class:`TopicProtocolError` (close code 1007); a socket connected to more than
-``max_namespaces`` namespaces gets :class:`TopicProtocolLimitError` (1008).
+:class:`ProtocolError` (close code 1007); a socket connected to more than
+``max_namespaces`` namespaces gets :class:`ProtocolLimitError` (1008).
 
 What the wire cannot show: rooms; namespaces connected over HTTP long-polling
 before the transport was upgraded to WebSocket (the WebSocket then starts with
@@ -52,15 +52,24 @@ request, so permessage-deflate is never negotiated and every message is plain.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
-from wsgauge_sidecar.exceptions import TopicProtocolError, TopicProtocolLimitError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent
-from wsgauge_sidecar.topics import normalize_topic
+from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.base import (
+    MAX_TOPICS_PER_SOCKET,
+    NO_EVENTS,
+    Joined,
+    Left,
+    ProtocolEvent,
+    ProtocolSpec,
+    normalize_topic,
+)
 
 MAIN_NAMESPACE = "/"
 """The namespace of packets that name none."""
 
-MAX_NAMESPACES = 1000
+MAX_NAMESPACES = MAX_TOPICS_PER_SOCKET
 """Namespaces connected per socket (the server accepting one more closes it with 1008)."""
 
 _ENGINE_TYPES = b"0123456"
@@ -73,7 +82,7 @@ def parse_namespace_packet(payload: bytes) -> tuple[int, str, object]:
     """A Socket.IO CONNECT, DISCONNECT or CONNECT_ERROR packet (Engine.IO message included).
 
     Returns (Socket.IO type digit, namespace, data or ``None``). Raises
-    :class:`TopicProtocolError` for a malformed packet.
+    :class:`ProtocolError` for a malformed packet.
     """
     text = payload[2:].decode("utf-8", errors="replace")
     namespace = MAIN_NAMESPACE
@@ -90,7 +99,7 @@ def parse_namespace_packet(payload: bytes) -> tuple[int, str, object]:
         try:
             data = json.loads(rest[position:])
         except (ValueError, RecursionError):
-            raise TopicProtocolError("Socket.IO packet data is not valid JSON") from None
+            raise ProtocolError("Socket.IO packet data is not valid JSON") from None
     return payload[1], namespace, data
 
 
@@ -107,66 +116,78 @@ class SocketIoSession:
         """The namespaces the socket is connected to now."""
         return frozenset(self._namespaces)
 
-    def client_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message (one Engine.IO packet); returns the events it causes."""
         return self._packet(payload, from_client=True)
 
-    def server_text(self, payload: bytes) -> list[PhoenixEvent]:
+    def server_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A server text message (one Engine.IO packet); returns the events it causes."""
         return self._packet(payload, from_client=False)
 
-    def client_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def client_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A client binary message: an attachment, which never changes namespaces."""
-        return []
+        return NO_EVENTS
 
-    def server_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def server_binary(self, data: bytes) -> Sequence[ProtocolEvent]:
         """A server binary message: an attachment, which never changes namespaces."""
-        return []
+        return NO_EVENTS
 
-    def _packet(self, payload: bytes, *, from_client: bool) -> list[PhoenixEvent]:
+    def _packet(self, payload: bytes, *, from_client: bool) -> Sequence[ProtocolEvent]:
         if not payload:
-            raise TopicProtocolError("empty Engine.IO packet")
+            raise ProtocolError("empty Engine.IO packet")
         engine_type = payload[0]
         if engine_type == _MESSAGE:
             if len(payload) < 2:
-                raise TopicProtocolError("Engine.IO message without a Socket.IO packet")
+                raise ProtocolError("Engine.IO message without a Socket.IO packet")
             socket_type = payload[1]
             if socket_type not in _SOCKET_TYPES:
-                raise TopicProtocolError(f"unknown Socket.IO packet type {chr(socket_type)!r}")
+                raise ProtocolError(f"unknown Socket.IO packet type {chr(socket_type)!r}")
             if socket_type in (_CONNECT, _DISCONNECT, _CONNECT_ERROR):
                 return self._namespace_packet(payload, from_client=from_client)
-            return []
+            return NO_EVENTS
         if engine_type not in _ENGINE_TYPES:
-            raise TopicProtocolError(f"unknown Engine.IO packet type {chr(engine_type)!r}")
+            raise ProtocolError(f"unknown Engine.IO packet type {chr(engine_type)!r}")
         if engine_type == _CLOSE:
             return self._leave_all("close")
-        return []
+        return NO_EVENTS
 
-    def _namespace_packet(self, payload: bytes, *, from_client: bool) -> list[PhoenixEvent]:
+    def _namespace_packet(self, payload: bytes, *, from_client: bool) -> Sequence[ProtocolEvent]:
         kind, name, _ = parse_namespace_packet(payload)
         topic = normalize_topic(name)
         if topic is None:
-            return []
+            return NO_EVENTS
         if kind == _DISCONNECT:
             return self._leave(topic, "leave" if from_client else "close")
         if from_client:
-            return []  # a CONNECT request counts only once the server accepts it
+            return NO_EVENTS  # a CONNECT request counts only once the server accepts it
         if kind == _CONNECT_ERROR:
             return self._leave(topic, "error")
         if topic in self._namespaces:
-            return []
+            return NO_EVENTS
         if len(self._namespaces) >= self.max_namespaces:
-            raise TopicProtocolLimitError(f"more than {self.max_namespaces} namespaces")
+            raise ProtocolLimitError(f"more than {self.max_namespaces} namespaces")
         self._namespaces.add(topic)
         return [Joined(topic)]
 
-    def _leave(self, topic: str, reason: str) -> list[PhoenixEvent]:
+    def _leave(self, topic: str, reason: str) -> Sequence[ProtocolEvent]:
         if topic not in self._namespaces:
-            return []
+            return NO_EVENTS
         self._namespaces.discard(topic)
         return [Left(topic, reason)]
 
-    def _leave_all(self, reason: str) -> list[PhoenixEvent]:
-        events: list[PhoenixEvent] = [Left(topic, reason) for topic in sorted(self._namespaces)]
+    def _leave_all(self, reason: str) -> Sequence[ProtocolEvent]:
+        events: list[ProtocolEvent] = [Left(topic, reason) for topic in sorted(self._namespaces)]
         self._namespaces.clear()
-        return events
+        return events or NO_EVENTS
+
+
+def _new_session(request: RequestHead, response: ResponseHead) -> SocketIoSession:
+    return SocketIoSession()
+
+
+SPEC = ProtocolSpec(
+    name="socketio",
+    summary="Socket.IO v4 namespaces the app accepted (40/ns); rooms are not on the wire",
+    factory=_new_session,
+)
+"""The ``socketio`` rule (permessage-deflate is kept from being negotiated)."""

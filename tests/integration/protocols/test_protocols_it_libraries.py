@@ -75,39 +75,75 @@ class Case:
 
 CASES = {
     "socketio": Case(
-        rule="socketio", server="socketio", client="socketio", path="", http_scheme=True,
-        topics=("/chat", "/"), refused="/admin", topic_of=str,
-        raw_path="/socket.io/?EIO=4&transport=websocket", raw_headers=(),
+        rule="socketio",
+        server="socketio",
+        client="socketio",
+        path="",
+        http_scheme=True,
+        topics=("/chat", "/"),
+        refused="/admin",
+        topic_of=str,
+        raw_path="/socket.io/?EIO=4&transport=websocket",
+        raw_headers=(),
         malformed="40/chat,{not json",
     ),
     "socketio-demo": Case(
-        rule="socketio", server="demo", client="socketio", path="", http_scheme=True,
-        topics=("/chat", "/"), refused="/deny", topic_of=str,
-        raw_path="/socket.io/?EIO=4&transport=websocket", raw_headers=(),
-        malformed="44/x,{", server_leave=False,
+        rule="socketio",
+        server="demo",
+        client="socketio",
+        path="",
+        http_scheme=True,
+        topics=("/chat", "/"),
+        refused="/deny",
+        topic_of=str,
+        raw_path="/socket.io/?EIO=4&transport=websocket",
+        raw_headers=(),
+        malformed="44/x,{",
+        server_leave=False,
     ),
     "actioncable": Case(
-        rule="actioncable", server="actioncable", client="actioncable", path="/cable",
+        rule="actioncable",
+        server="actioncable",
+        client="actioncable",
+        path="/cable",
         topics=(
             {"channel": "ChatChannel", "room": "1"},
-            {"channel": "Turbo::StreamsChannel",
-             "signed_stream_name": signed_stream_name("gid://app/Room/1")},
+            {
+                "channel": "Turbo::StreamsChannel",
+                "signed_stream_name": signed_stream_name("gid://app/Room/1"),
+            },
         ),
-        refused={"channel": "RejectedChannel"}, topic_of=action_cable_topic,
-        raw_path="/cable", raw_headers=(("Sec-WebSocket-Protocol", "actioncable-v1-json"),),
-        malformed='{"command":"subscribe","identifier":', server_leave=False,
+        refused={"channel": "RejectedChannel"},
+        topic_of=action_cable_topic,
+        raw_path="/cable",
+        raw_headers=(("Sec-WebSocket-Protocol", "actioncable-v1-json"),),
+        malformed='{"command":"subscribe","identifier":',
+        server_leave=False,
     ),
     "centrifugo": Case(
-        rule="centrifugo", server="centrifugo", client="centrifugo",
-        path="/connection/websocket", topics=("news", "chat:1"), refused="private:x",
-        topic_of=str, raw_path="/connection/websocket", raw_headers=(),
+        rule="centrifugo",
+        server="centrifugo",
+        client="centrifugo",
+        path="/connection/websocket",
+        topics=("news", "chat:1"),
+        refused="private:x",
+        topic_of=str,
+        raw_path="/connection/websocket",
+        raw_headers=(),
         malformed='{"id":1,"subscribe":{"channel":',
     ),
     "supabase": Case(
-        rule="phoenix", server="supabase", client="supabase", path="/realtime/v1",
-        topics=("room1", "room2"), refused="private-room", topic_of=str,
-        raw_path="/realtime/v1/websocket?vsn=2.0.0", raw_headers=(),
-        malformed='["1","1","realtime:x","phx_join",', supabase=True,
+        rule="phoenix",
+        server="supabase",
+        client="supabase",
+        path="/realtime/v1",
+        topics=("room1", "room2"),
+        refused="private-room",
+        topic_of=str,
+        raw_path="/realtime/v1/websocket?vsn=2.0.0",
+        raw_headers=(),
+        malformed='["1","1","realtime:x","phx_join",',
+        supabase=True,
     ),
 }
 
@@ -129,9 +165,7 @@ def server(js_clients: Path, case: Case) -> Iterator[NodeServer | DemoAppProcess
 @pytest.fixture(params=["own", "auto"])
 def sidecar(
     request: pytest.FixtureRequest, case: Case, server: NodeServer | DemoAppProcess
-) -> Iterator[
-    SidecarProcess
-]:
+) -> Iterator[SidecarProcess]:
     rule = case.rule if request.param == "own" else "auto"
     process = SidecarProcess(server.port, "--topic", rule)
     try:
@@ -141,9 +175,9 @@ def sidecar(
 
 
 @pytest.fixture
-async def driver(js_clients: Path, case: Case, sidecar: SidecarProcess) -> AsyncIterator[
-    ClientDriver
-]:
+async def driver(
+    js_clients: Path, case: Case, sidecar: SidecarProcess
+) -> AsyncIterator[ClientDriver]:
     base = f"http://127.0.0.1:{sidecar.port}" if case.http_scheme else sidecar.ws_base
     process = await ClientDriver.start(js_clients, case.client, base + case.path)
     try:
@@ -235,8 +269,9 @@ async def test_python_socketio_client(js_clients: Path, rule: str) -> None:
             await client.connect(url, namespaces=["/", "/chat"], transports=["websocket"])
         await clients[2].connect(url, namespaces=["/news"], transports=["websocket"])
         await sidecar.wait_stats(
-            lambda stats: stats["connections"] == 3
-            and stats["topics"] == {"/": 2, "/chat": 2, "/news": 1}
+            lambda stats: (
+                stats["connections"] == 3 and stats["topics"] == {"/": 2, "/chat": 2, "/news": 1}
+            )
         )
         with pytest.raises(socketio.exceptions.ConnectionError):
             await socketio.AsyncClient(reconnection=False).connect(
@@ -244,8 +279,9 @@ async def test_python_socketio_client(js_clients: Path, rule: str) -> None:
             )
         await clients[0].disconnect()
         await sidecar.wait_stats(
-            lambda stats: stats["connections"] == 2
-            and stats["topics"] == {"/": 1, "/chat": 1, "/news": 1}
+            lambda stats: (
+                stats["connections"] == 2 and stats["topics"] == {"/": 1, "/chat": 1, "/news": 1}
+            )
         )
     finally:
         for client in clients:

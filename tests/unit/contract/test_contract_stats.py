@@ -165,8 +165,9 @@ def test_topic_protocols_are_optional_and_round_trip() -> None:
     plain = StatsDocument(topics={"/chat": 2})
     assert "topicProtocols" not in plain.to_json_dict()
     assert decode_stats_document(encode_stats_document(plain)).topic_protocols is None
-    auto = StatsDocument(topics={"/chat": 2, "x": 1}, topic_protocols={"/chat": "socketio",
-                                                                        "x": "centrifugo,path"})
+    auto = StatsDocument(
+        topics={"/chat": 2, "x": 1}, topic_protocols={"/chat": "socketio", "x": "centrifugo,path"}
+    )
     decoded = decode_stats_document(encode_stats_document(auto))
     assert decoded.to_json_dict()["topicProtocols"] == {"/chat": "socketio", "x": "centrifugo,path"}
     assert decoded == auto

@@ -6,8 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_sidecar.exceptions import InvalidTopicRule
-from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, parse_request_head, parse_response_head
-from wsgauge_sidecar.protocols.auto import choose_rule, may_read_frames
+from wsgauge_sidecar.httpwire import (
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    parse_response_head,
+)
+from wsgauge_sidecar.protocols.auto import candidate_protocols, choose_rule
 from wsgauge_sidecar.protocols.registry import PROTOCOLS
 from wsgauge_sidecar.topics import parse_topic_rule
 
@@ -15,16 +20,27 @@ KNOWN = frozenset(PROTOCOLS)
 
 
 def request(target: str, *headers: str) -> RequestHead:
-    lines = [f"GET {target} HTTP/1.1", "Host: x", "Upgrade: websocket", "Connection: Upgrade",
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13", *headers]
+    lines = [
+        f"GET {target} HTTP/1.1",
+        "Host: x",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
     parsed = parse_request_head(("\r\n".join(lines) + "\r\n\r\n").encode(), 65536)
     assert parsed is not None
     return parsed[0]
 
 
 def response(*headers: str) -> ResponseHead:
-    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
-             *headers]
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        *headers,
+    ]
     parsed = parse_response_head(("\r\n".join(lines) + "\r\n\r\n").encode(), 65536)
     assert parsed is not None
     return parsed[0]
@@ -33,10 +49,18 @@ def response(*headers: str) -> ResponseHead:
 @pytest.mark.parametrize(
     ("target", "headers", "accepted", "expected"),
     [
-        ("/cable", ["Sec-WebSocket-Protocol: actioncable-v1-json, actioncable-unsupported"],
-         ["Sec-WebSocket-Protocol: actioncable-v1-json"], "actioncable"),
-        ("/anything", ["Sec-WebSocket-Protocol: actioncable-v1-ext-json"],
-         ["Sec-WebSocket-Protocol: ActionCable-V1-Ext-Json"], "actioncable"),
+        (
+            "/cable",
+            ["Sec-WebSocket-Protocol: actioncable-v1-json, actioncable-unsupported"],
+            ["Sec-WebSocket-Protocol: actioncable-v1-json"],
+            "actioncable",
+        ),
+        (
+            "/anything",
+            ["Sec-WebSocket-Protocol: actioncable-v1-ext-json"],
+            ["Sec-WebSocket-Protocol: ActionCable-V1-Ext-Json"],
+            "actioncable",
+        ),
         ("/cable", [], [], "actioncable"),
         ("/socket.io/?EIO=4&transport=websocket", [], [], "socketio"),
         ("/custom/?EIO=4&transport=websocket", [], [], "socketio"),
@@ -60,12 +84,25 @@ def test_an_unknown_protocol_is_never_chosen() -> None:
     assert choose_rule(head, accepted, "path", frozenset({"socketio"})) == "socketio"
 
 
-def test_may_read_frames_from_the_request_alone() -> None:
-    assert may_read_frames(request("/ws"), fallback_reads=True, known=KNOWN)
-    assert not may_read_frames(request("/ws"), fallback_reads=False, known=KNOWN)
-    assert may_read_frames(request("/cable"), fallback_reads=False, known=KNOWN)
+def test_compression_is_refused_only_where_messages_may_be_read() -> None:
+    auto, auto_phoenix = parse_topic_rule("auto"), parse_topic_rule("auto:phoenix")
+    assert not auto.strips_extensions(request("/ws"))
+    assert auto_phoenix.strips_extensions(request("/ws"))
+    assert auto.strips_extensions(request("/cable"))
     offered = request("/ws", "Sec-WebSocket-Protocol: x, actioncable-v1-json")
-    assert may_read_frames(offered, fallback_reads=False, known=KNOWN)
+    assert auto.strips_extensions(offered)
+    assert candidate_protocols(offered, KNOWN) == {"actioncable"}
+    assert parse_topic_rule("socketio").strips_extensions(request("/ws"))
+    assert not parse_topic_rule("query:room").strips_extensions(request("/cable"))
+
+
+def test_for_socket_gives_the_chosen_rule() -> None:
+    rule = parse_topic_rule("auto:path:^/ws/([^/]+)")
+    fallback = rule.for_socket(request("/ws/room"), response())
+    assert (fallback.kind, fallback.argument) == ("path_regex", "^/ws/([^/]+)")
+    assert rule.for_socket(request("/socket.io/?EIO=4"), response()).kind == "socketio"
+    plain = parse_topic_rule("centrifugo")
+    assert plain.for_socket(request("/socket.io/?EIO=4"), response()) is plain
 
 
 def test_auto_rule_parsing() -> None:
@@ -83,8 +120,9 @@ def test_auto_rule_parsing() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     path=st.text(alphabet="/abcio.?=&EIOvsn", max_size=30),
-    offered=st.lists(st.sampled_from(["mqtt", "chat", "actioncable-v1-json", "v12.stomp"]),
-                     max_size=2),
+    offered=st.lists(
+        st.sampled_from(["mqtt", "chat", "actioncable-v1-json", "v12.stomp"]), max_size=2
+    ),
 )
 def test_the_chosen_protocol_was_foreseen_from_the_request(path: str, offered: list[str]) -> None:
     """Compression is only kept for sockets whose rule will not read frames."""
@@ -94,4 +132,5 @@ def test_the_chosen_protocol_was_foreseen_from_the_request(path: str, offered: l
         answer = response(f"Sec-WebSocket-Protocol: {accepted}") if accepted else response()
         chosen = choose_rule(head, answer, "path", KNOWN)
         if chosen in KNOWN:
-            assert may_read_frames(head, fallback_reads=False, known=KNOWN)
+            assert chosen in candidate_protocols(head, KNOWN)
+            assert parse_topic_rule("auto").strips_extensions(head)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_sidecar.exceptions import TopicProtocolError, TopicProtocolLimitError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent
+from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
+from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolEvent
 from wsgauge_sidecar.protocols.centrifugo import CentrifugoSession
 from wsgauge_sidecar.wsframes import MessageReader, Opcode, encode_frame
 
@@ -23,20 +23,24 @@ def lines(*objects: object) -> bytes:
 
 def test_subscribe_reply_counts_and_unsubscribe_leaves() -> None:
     session = CentrifugoSession()
-    assert session.client_text(lines({"id": 1, "connect": {"name": "js"}})) == []
-    assert session.server_text(lines({"id": 1, "connect": {"client": "c", "ping": 25}})) == []
-    batch = lines({"id": 2, "subscribe": {"channel": "news"}}, {"id": 3, "subscribe": {"channel": "x"}})
-    assert session.client_text(batch) == []
+    assert session.client_text(lines({"id": 1, "connect": {"name": "js"}})) == ()
+    assert session.server_text(lines({"id": 1, "connect": {"client": "c", "ping": 25}})) == ()
+    batch = lines(
+        {"id": 2, "subscribe": {"channel": "news"}}, {"id": 3, "subscribe": {"channel": "x"}}
+    )
+    assert session.client_text(batch) == ()
     assert session.topics == frozenset()
-    replies = lines({"id": 2, "subscribe": {}}, {"id": 3, "error": {"code": 103, "message": "denied"}})
+    replies = lines(
+        {"id": 2, "subscribe": {}}, {"id": 3, "error": {"code": 103, "message": "denied"}}
+    )
     assert session.server_text(replies) == [Joined("news")]
-    assert session.server_text(b"{}") == []
+    assert session.server_text(b"{}") == ()
     pub = {"push": {"channel": "news", "pub": {"data": {"text": "unsubscribe"}}}}
-    assert session.server_text(lines(pub)) == []
+    assert session.server_text(lines(pub)) == ()
     assert session.client_text(lines({"id": 4, "unsubscribe": {"channel": "news"}})) == [
         Left("news", "leave")
     ]
-    assert session.server_text(lines({"id": 4, "unsubscribe": {}})) == []
+    assert session.server_text(lines({"id": 4, "unsubscribe": {}})) == ()
     assert session.topics == frozenset()
 
 
@@ -49,7 +53,7 @@ def test_server_side_subscriptions_from_connect_and_pushes() -> None:
     ]
     unsub = {"push": {"channel": "global", "unsubscribe": {"code": 2000, "reason": "server"}}}
     assert session.server_text(lines(unsub)) == [Left("global", "close")]
-    uni = {"push": {"connect": {"subs": {"u": {}}}}}
+    uni: dict[str, object] = {"push": {"connect": {"subs": {"u": {}}}}}
     assert session.server_text(lines(uni)) == [Joined("u")]
     assert session.topics == frozenset({"personal:1", "extra", "u"})
 
@@ -58,17 +62,17 @@ def test_unanswered_and_unsubscribed_before_reply_are_not_counted() -> None:
     session = CentrifugoSession()
     session.client_text(lines({"id": 5, "subscribe": {"channel": "a"}}))
     session.client_text(lines({"id": 6, "unsubscribe": {"channel": "a"}}))
-    assert session.server_text(lines({"id": 5, "subscribe": {}})) == []
+    assert session.server_text(lines({"id": 5, "subscribe": {}})) == ()
     assert session.topics == frozenset()
 
 
 def test_replies_without_a_matching_subscribe_and_duplicates() -> None:
     session = CentrifugoSession()
-    assert session.server_text(lines({"id": 9, "subscribe": {}})) == []
+    assert session.server_text(lines({"id": 9, "subscribe": {}})) == ()
     session.client_text(lines({"id": 1, "subscribe": {"channel": "a"}}))
     session.client_text(lines({"id": 2, "subscribe": {"channel": "a"}}))
     assert session.server_text(lines({"id": 1, "subscribe": {}})) == [Joined("a")]
-    assert session.server_text(lines({"id": 2, "subscribe": {}})) == []
+    assert session.server_text(lines({"id": 2, "subscribe": {}})) == ()
 
 
 def test_escaped_commands_are_inspected() -> None:
@@ -80,7 +84,7 @@ def test_escaped_commands_are_inspected() -> None:
 
 @pytest.mark.parametrize("payload", [b"subscribe", b'["subscribe"]', b'{"subs"}\n', b"{}\n\\u"])
 def test_malformed_inspected_messages_raise_1007(payload: bytes) -> None:
-    with pytest.raises(TopicProtocolError) as raised:
+    with pytest.raises(ProtocolError) as raised:
         CentrifugoSession().server_text(payload)
     assert raised.value.close_code == 1007
 
@@ -88,10 +92,10 @@ def test_malformed_inspected_messages_raise_1007(payload: bytes) -> None:
 def test_bounds_close_with_1008() -> None:
     session = CentrifugoSession(max_pending=1)
     session.client_text(lines({"id": 1, "subscribe": {"channel": "a"}}))
-    with pytest.raises(TopicProtocolLimitError):
+    with pytest.raises(ProtocolLimitError):
         session.client_text(lines({"id": 2, "subscribe": {"channel": "b"}}))
     session = CentrifugoSession(max_channels=1)
-    with pytest.raises(TopicProtocolLimitError) as raised:
+    with pytest.raises(ProtocolLimitError) as raised:
         session.server_text(lines({"id": 1, "connect": {"subs": {"a": {}, "b": {}}}}))
     assert raised.value.close_code == 1008
 
@@ -106,7 +110,7 @@ def test_session_through_the_frame_reader_over_any_split(splitter: Splitter) -> 
     server_bytes = encode_frame(Opcode.TEXT, b"{}") + encode_frame(
         Opcode.TEXT, lines({"id": 1, "subscribe": {}}, {"push": {"channel": "chat", "pub": {}}})
     )
-    events: list[PhoenixEvent] = []
+    events: list[ProtocolEvent] = []
     for piece in splitter(client_bytes):
         for _, payload in client_reader.feed(piece):
             events += session.client_text(payload)
@@ -114,6 +118,17 @@ def test_session_through_the_frame_reader_over_any_split(splitter: Splitter) -> 
         for _, payload in server_reader.feed(piece):
             events += session.server_text(payload)
     assert events == [Joined("chat")]
+
+
+def check_events(events: Sequence[ProtocolEvent], joined: set[str]) -> None:
+    """The interface's promise: no topic reported twice, no leave of a topic not joined."""
+    for event in events:
+        if isinstance(event, Joined):
+            assert event.topic not in joined
+            joined.add(event.topic)
+        else:
+            assert event.topic in joined
+            joined.remove(event.topic)
 
 
 # -------------------------------------------------------------------- model-based
@@ -182,11 +197,16 @@ def test_session_follows_a_centrifugo_server(actions: list[tuple[str, str, bool]
         st.binary(max_size=10),
     ),
 )
-def test_fuzz_session_raises_only_topic_protocol_errors(payload: bytes) -> None:
+def test_fuzz_session_raises_only_protocol_errors(payload: bytes) -> None:
     session = CentrifugoSession(max_pending=3, max_channels=3)
+    joined: set[str] = set()
     for method in (session.client_text, session.server_text) * 2:
+        refused: ProtocolError | None = None
         try:
-            method(payload)
-        except TopicProtocolError as error:
-            assert error.close_code in (1007, 1008)
-    assert len(session.topics) <= 3
+            check_events(method(payload), joined)
+        except ProtocolError as error:
+            refused = error
+        if refused is not None:
+            assert refused.close_code == (1008 if isinstance(refused, ProtocolLimitError) else 1007)
+    assert session.topics == joined
+    assert len(joined) <= 3

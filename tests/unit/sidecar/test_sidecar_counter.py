@@ -321,7 +321,9 @@ def test_topic_protocols_follow_the_sockets_of_each_protocol() -> None:
     counter.join(second, "b")
     counter.join(second, "c")  # folded into _other
     assert counter.topic_protocols() == {
-        "a": "centrifugo,socketio", "b": "centrifugo", "_other": "centrifugo"
+        "a": "centrifugo,socketio",
+        "b": "centrifugo",
+        "_other": "centrifugo",
     }
     counter.leave(second, "a")
     assert counter.topic_protocols()["a"] == "socketio"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_sidecar.exceptions import TopicProtocolError, TopicProtocolLimitError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixEvent
+from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
+from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolEvent
 from wsgauge_sidecar.protocols.socketio import SocketIoSession, parse_namespace_packet
 from wsgauge_sidecar.wsframes import MessageReader, Opcode, encode_frame
 
@@ -18,15 +18,15 @@ Splitter = Callable[[bytes], Iterator[bytes]]
 
 def test_main_namespace_and_a_named_one() -> None:
     session = SocketIoSession()
-    assert session.server_text(b'0{"sid":"e1","upgrades":[],"pingInterval":25000}') == []
-    assert session.client_text(b"40") == []
+    assert session.server_text(b'0{"sid":"e1","upgrades":[],"pingInterval":25000}') == ()
+    assert session.client_text(b"40") == ()
     assert session.topics == frozenset()
     assert session.server_text(b'40{"sid":"s1"}') == [Joined("/")]
-    assert session.client_text(b'40/chat,{"token":"t"}') == []
+    assert session.client_text(b'40/chat,{"token":"t"}') == ()
     assert session.server_text(b'40/chat,{"sid":"s2"}') == [Joined("/chat")]
     assert session.topics == frozenset({"/", "/chat"})
-    assert session.client_text(b'42/chat,["msg","41/chat,"]') == []
-    assert session.server_text(b'42["news",{"a":1}]') == []
+    assert session.client_text(b'42/chat,["msg","41/chat,"]') == ()
+    assert session.server_text(b'42["news",{"a":1}]') == ()
     assert session.client_text(b"41/chat,") == [Left("/chat", "leave")]
     assert session.server_text(b"41") == [Left("/", "close")]
     assert session.topics == frozenset()
@@ -35,7 +35,7 @@ def test_main_namespace_and_a_named_one() -> None:
 def test_refused_namespace_is_not_counted() -> None:
     session = SocketIoSession()
     session.client_text(b"40/admin,")
-    assert session.server_text(b'44/admin,{"message":"Not authorized"}') == []
+    assert session.server_text(b'44/admin,{"message":"Not authorized"}') == ()
     assert session.topics == frozenset()
 
 
@@ -48,7 +48,7 @@ def test_connect_error_for_a_connected_namespace_leaves_it() -> None:
 def test_repeated_connect_counts_once_and_engine_close_leaves_all() -> None:
     session = SocketIoSession()
     assert session.server_text(b'40/a,{"sid":"1"}') == [Joined("/a")]
-    assert session.server_text(b'40/a,{"sid":"2"}') == []
+    assert session.server_text(b'40/a,{"sid":"2"}') == ()
     session.server_text(b'40{"sid":"3"}')
     assert session.client_text(b"1") == [Left("/", "close"), Left("/a", "close")]
     assert session.topics == frozenset()
@@ -56,8 +56,8 @@ def test_repeated_connect_counts_once_and_engine_close_leaves_all() -> None:
 
 def test_client_connect_requests_and_error_packets_never_count() -> None:
     session = SocketIoSession()
-    assert session.client_text(b"40/a,") == []
-    assert session.client_text(b'44/a,{"message":"x"}') == []
+    assert session.client_text(b"40/a,") == ()
+    assert session.client_text(b'44/a,{"message":"x"}') == ()
     assert session.topics == frozenset()
 
 
@@ -69,19 +69,19 @@ def test_v2_query_on_namespace_is_not_part_of_the_name() -> None:
 
 def test_binary_attachments_and_probes_pass() -> None:
     session = SocketIoSession()
-    assert session.client_text(b"2probe") == []
-    assert session.server_text(b"3probe") == []
-    assert session.client_text(b"5") == []
-    assert session.client_binary_message(b"\x04\x00\x01") == []
-    assert session.server_binary_message(b"") == []
-    assert session.server_text(b'451-["file",{"_placeholder":true,"num":0}]') == []
+    assert session.client_text(b"2probe") == ()
+    assert session.server_text(b"3probe") == ()
+    assert session.client_text(b"5") == ()
+    assert session.client_binary(b"\x04\x00\x01") == ()
+    assert session.server_binary(b"") == ()
+    assert session.server_text(b'451-["file",{"_placeholder":true,"num":0}]') == ()
 
 
 @pytest.mark.parametrize(
     "payload", [b"", b"7", b"x", b"4", b"49", b'40{"sid":', b"41/a,{nope", b"44/a,{"]
 )
 def test_malformed_inspected_packets_raise_1007(payload: bytes) -> None:
-    with pytest.raises(TopicProtocolError) as raised:
+    with pytest.raises(ProtocolError) as raised:
         SocketIoSession().server_text(payload)
     assert raised.value.close_code == 1007
 
@@ -90,20 +90,20 @@ def test_one_namespace_past_the_bound_closes_with_1008() -> None:
     session = SocketIoSession(max_namespaces=2)
     session.server_text(b"40/a,")
     session.server_text(b"40/b,")
-    with pytest.raises(TopicProtocolLimitError) as raised:
+    with pytest.raises(ProtocolLimitError) as raised:
         session.server_text(b"40/c,")
     assert raised.value.close_code == 1008
 
 
 def _feed(reader: MessageReader, session: SocketIoSession, data: bytes, *, client: bool,
-          splitter: Splitter) -> list[PhoenixEvent]:  # fmt: skip
-    events: list[PhoenixEvent] = []
+          splitter: Splitter) -> list[ProtocolEvent]:  # fmt: skip
+    events: list[ProtocolEvent] = []
     for piece in splitter(data):
         for opcode, payload in reader.feed(piece):
             if opcode == Opcode.TEXT:
                 events += session.client_text(payload) if client else session.server_text(payload)
             elif opcode == Opcode.BINARY:
-                events += session.client_binary_message(payload) if client else []
+                events += session.client_binary(payload) if client else []
     return events
 
 
@@ -126,9 +126,18 @@ def test_session_through_the_frame_reader_over_any_split(splitter: Splitter) -> 
         Joined("/chat")
     ]
     leave = encode_frame(Opcode.TEXT, b"41/chat,", mask=True)
-    assert _feed(client, session, leave, client=True, splitter=splitter) == [
-        Left("/chat", "leave")
-    ]
+    assert _feed(client, session, leave, client=True, splitter=splitter) == [Left("/chat", "leave")]
+
+
+def check_events(events: Sequence[ProtocolEvent], joined: set[str]) -> None:
+    """The interface's promise: no topic reported twice, no leave of a topic not joined."""
+    for event in events:
+        if isinstance(event, Joined):
+            assert event.topic not in joined
+            joined.add(event.topic)
+        else:
+            assert event.topic in joined
+            joined.remove(event.topic)
 
 
 # -------------------------------------------------------------------- model-based
@@ -151,7 +160,7 @@ def test_session_follows_a_socketio_server(actions: list[tuple[str, str]]) -> No
     session = SocketIoSession()
     held: set[str] = set()
     for action, namespace in actions:
-        events: list[PhoenixEvent] = []
+        events: list[ProtocolEvent] = []
         if action == "connect":
             events += session.client_text(f"40{_prefix(namespace)}".encode())
             events += session.server_text(f'40{_prefix(namespace)}{{"sid":"x"}}'.encode())
@@ -186,11 +195,17 @@ def test_session_follows_a_socketio_server(actions: list[tuple[str, str]]) -> No
     ),
     client=st.booleans(),
 )
-def test_fuzz_session_raises_only_topic_protocol_errors(payload: bytes, client: bool) -> None:
+def test_fuzz_session_raises_only_protocol_errors(payload: bytes, client: bool) -> None:
     session = SocketIoSession(max_namespaces=4)
+    joined: set[str] = set()
+    refused: ProtocolError | None = None
     try:
         for _ in range(2):
-            session.client_text(payload) if client else session.server_text(payload)
-    except TopicProtocolError as error:
-        assert error.close_code in (1007, 1008)
-    assert len(session.topics) <= 4
+            check_events(session.client_text(payload) if client else session.server_text(payload),
+                         joined)  # fmt: skip
+    except ProtocolError as error:
+        refused = error
+    if refused is not None:
+        assert refused.close_code == (1008 if isinstance(refused, ProtocolLimitError) else 1007)
+    assert session.topics == joined
+    assert len(joined) <= 4
