@@ -9,8 +9,8 @@
 //   {"op": "kill", "client": "c1"}                 abrupt close: the TCP connection is destroyed
 //                                                   without a close frame, reconnection off
 //   {"op": "close", "client": "c1"}                a normal close
-// Every answer carries "held": client -> topics the library says it is in now, which is what
-// the sidecar's counts must equal. Errors answer {"error": "..."}.
+// Every answer carries "held": open client -> topics the library says it is in now, which is
+// what the sidecar's counts must equal. Errors answer {"error": "..."}.
 "use strict";
 
 const readline = require("node:readline");
@@ -38,7 +38,11 @@ const protocol = require(`./clients/${protocolName}.js`)({ url, WebSocket: Track
 
 function held() {
   const result = {};
-  for (const client of protocol.clients()) result[client] = protocol.held(client).sort();
+  for (const client of protocol.clients()) {
+    // a library may close a connection on its own (socket.io-client closes it when its
+    // last namespace is refused): only open connections count
+    if (!protocol.isOpen || protocol.isOpen(client)) result[client] = protocol.held(client).sort();
+  }
   return result;
 }
 

@@ -56,6 +56,7 @@ module.exports = ({ url, WebSocket }) => {
       // the test server answers this RPC with an unsubscribe push for the channel
       const entry = clients.get(client);
       await entry.centrifuge.rpc("unsubscribe_me", { channel });
+      return "left";
     },
     stopReconnecting() {},
     forget(client) { clients.delete(client); },

@@ -8,6 +8,7 @@ module.exports = ({ url }) => {
   const clients = new Map(); // client -> {manager, sockets: Map(namespace -> Socket)}
   return {
     clients: () => [...clients.keys()],
+    isOpen: (client) => clients.get(client).manager._readyState === "open",
     held: (client) =>
       [...clients.get(client).sockets].filter(([, socket]) => socket.connected).map(([ns]) => ns),
     open(client) {
