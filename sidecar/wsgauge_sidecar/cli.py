@@ -45,6 +45,9 @@ topic rules:
   query:NAME      the value of query parameter NAME
   header:NAME     the value of request header NAME
 {rules_help()}
+  auto[:RULE]     per socket: the protocol of the subprotocol the app accepted, else
+                  of the URL shape (/socket.io/, /connection/websocket, /cable, ...),
+                  else RULE (default path); /stats shows it per topic
   report          the app reports its own counts (PUT/POST /report on the admin
                   port); the data port is not opened
 

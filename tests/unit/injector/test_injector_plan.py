@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_operator.exceptions import ConfigError
 from wsgauge_operator.injector import (
+    FRAME_PROTOCOLS,
     INJECTED_ANNOTATION,
     InjectorSettings,
     plan_injection,
@@ -20,6 +21,7 @@ from wsgauge_operator.injector import (
     review_response,
     settings_from_mapping,
 )
+from wsgauge_sidecar.protocols.registry import PROTOCOLS
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
 
@@ -142,6 +144,10 @@ def test_annotations_override_the_sidecar_settings() -> None:
         ("wsgauge.dev/max-connections", "lots"),
         ("wsgauge.dev/topic", "cookie:x"),
         ("wsgauge.dev/topic", "path:(unclosed"),
+        ("wsgauge.dev/topic", "auto:path:(unclosed"),
+        ("wsgauge.dev/topic", "auto:report"),
+        ("wsgauge.dev/topic", "auto:auto"),
+        ("wsgauge.dev/topic", "socket.io"),
         ("wsgauge.dev/drain-grace", "soon"),
         ("wsgauge.dev/drain-spread", "99999"),
         ("wsgauge.dev/port", "70000"),
@@ -154,6 +160,21 @@ def test_invalid_override_denies_the_pod_naming_the_annotation(annotation: str, 
     )
     assert plan.patch == []
     assert annotation in plan.denied
+
+
+@pytest.mark.parametrize(
+    "rule", ["socketio", "actioncable", "centrifugo", "auto", "auto:query:room", "auto:phoenix"]
+)
+def test_frame_protocol_and_auto_rules_are_accepted(rule: str) -> None:
+    plan = plan_injection(
+        make_pod({"wsgauge.dev/inject": "true", "wsgauge.dev/topic": rule}), InjectorSettings()
+    )
+    assert not plan.denied
+    assert plan.patch
+
+
+def test_every_sidecar_frame_protocol_is_known_to_the_injector() -> None:
+    assert set(PROTOCOLS) <= set(FRAME_PROTOCOLS)
 
 
 def test_app_port_clashing_with_the_sidecar_is_denied() -> None:
