@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import socketio
+import websockets
 from js_clients_harness import ClientDriver, NodeServer
 from sidecar_it_harness import DemoAppProcess, RawWebSocket, SidecarProcess
 
@@ -291,3 +292,30 @@ async def test_python_socketio_client(js_clients: Path, rule: str) -> None:
             await client.disconnect()
         sidecar.stop()
         server.stop()
+
+
+async def test_auto_keeps_compression_only_where_no_message_is_read() -> None:
+    """Under ``auto``, a Socket.IO socket never negotiates permessage-deflate (its messages are
+    read); a socket counted by its path keeps it. The client offers it both times."""
+    app = DemoAppProcess()
+    sidecar = SidecarProcess(app.port, "--topic", "auto")
+    try:
+        base = sidecar.ws_base
+        async with websockets.connect(f"{base}/socket.io/?EIO=4&transport=websocket") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.recv()  # the Engine.IO open packet
+            await ws.send("40/chat,")
+            assert str(await ws.recv()).startswith("40/chat,")
+            stats = await sidecar.wait_stats(lambda stats: stats["topics"] == {"/chat": 1})
+            assert stats["topicProtocols"] == {"/chat": "socketio"}
+        async with websockets.connect(f"{base}/ws/room") as ws:
+            assert ws.response is not None
+            assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+            await ws.send("x" * 2000)  # compressed both ways, relayed untouched
+            assert await ws.recv() == "x" * 2000
+            stats = await sidecar.wait_stats(lambda stats: stats["topics"] == {"/ws/room": 1})
+            assert stats["topicProtocols"] == {"/ws/room": "path"}
+    finally:
+        sidecar.stop()
+        app.stop()
