@@ -8,10 +8,19 @@ the sidecar names a protocol.
 
 from __future__ import annotations
 
-from wsgauge_sidecar.protocols import phoenix
+from wsgauge_sidecar.protocols import graphql, mqtt, phoenix, pusher, stomp
 from wsgauge_sidecar.protocols.base import ProtocolSpec
 
-PROTOCOLS: dict[str, ProtocolSpec] = {spec.name: spec for spec in (phoenix.SPEC,)}
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    spec.name: spec
+    for spec in (
+        phoenix.SPEC,
+        graphql.SPEC,
+        mqtt.SPEC,
+        stomp.SPEC,
+        pusher.SPEC,
+    )
+}
 """Rule name -> protocol, in ``--help`` order."""
 
 
