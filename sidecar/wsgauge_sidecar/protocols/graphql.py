@@ -63,8 +63,8 @@ SUBPROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 MAX_ID_LENGTH = 200
 """Longest operation id tracked; a subscription with a longer id closes the socket (1008)."""
 
-_CLIENT_WORDS = (b"subscribe", b"start", b"complete", b"stop", b"\\u")
-_SERVER_WORDS = (b"complete", b"error", b"\\u")
+_CLIENT_WORDS = re.compile(rb"subscribe|start|complete|stop|\\u")
+_SERVER_WORDS = re.compile(rb"complete|error|\\u")
 
 _TOKEN = re.compile(
     r"""
@@ -239,18 +239,14 @@ class GraphQLSession:
         return frozenset(self._refs)
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
-        for word in _CLIENT_WORDS:
-            if word in payload:
-                return self.client_message(payload)
-        return NO_EVENTS
+        if _CLIENT_WORDS.search(payload) is None:
+            return NO_EVENTS
+        return self.client_message(payload)
 
     def server_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
-        if not self._operations:
+        if not self._operations or _SERVER_WORDS.search(payload) is None:
             return NO_EVENTS
-        for word in _SERVER_WORDS:
-            if word in payload:
-                return self.server_message(payload)
-        return NO_EVENTS
+        return self.server_message(payload)
 
     def client_binary(self, payload: bytes) -> Sequence[ProtocolEvent]:
         return NO_EVENTS  # neither subprotocol uses binary messages

@@ -98,6 +98,15 @@ class PacketReader:
         packets: list[tuple[int, bytes]] = []
         position, size = 0, len(data)
         while position < size:
+            if position + 1 < size and not self._head and not self._skip and self._body is None:
+                # fast path: a packet whose 1-byte remaining length is in ``data``
+                first, length = data[position], data[position + 1]
+                kind = first >> 4
+                if length < 0x80 and kind and kind not in self.wanted:
+                    position += 2 + length
+                    if position > size:
+                        self._skip = position - size
+                    continue
             if self._skip:
                 step = min(self._skip, size - position)
                 self._skip -= step

@@ -102,7 +102,7 @@ class FrameReader:
                 break
             # the empty line ends the headers: LF LF, or LF CR LF (CRLF line endings)
             end = buffer.find(b"\n\n", position)
-            crlf = buffer.find(b"\n\r\n", position)
+            crlf = buffer.find(b"\n\r\n", position, end if end >= 0 else size)
             if crlf >= 0 and (end < 0 or crlf < end):
                 end, body = crlf, crlf + 3
             else:
