@@ -8,13 +8,26 @@ the sidecar names a protocol.
 
 from __future__ import annotations
 
-from wsgauge_sidecar.protocols import actioncable, centrifugo, phoenix, socketio
+from wsgauge_sidecar.protocols import (
+    actioncable,
+    centrifugo,
+    graphql,
+    mqtt,
+    phoenix,
+    pusher,
+    socketio,
+    stomp,
+)
 from wsgauge_sidecar.protocols.base import ProtocolSpec
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
         phoenix.SPEC,
+        graphql.SPEC,
+        mqtt.SPEC,
+        stomp.SPEC,
+        pusher.SPEC,
         socketio.SPEC,
         actioncable.SPEC,
         centrifugo.SPEC,

@@ -16,12 +16,12 @@ for helper_dir in (HERE, HERE.parent / "sidecar"):
         sys.path.insert(0, str(helper_dir))
 
 JS_DIR = HERE / "js"
-INSTALLER = HERE.parents[2] / "hack" / "install-protocol-clients.sh"
+INSTALLER = HERE.parents[2] / "hack" / "install-protocol-js.sh"
 
 
 @pytest.fixture(scope="session")
 def js_clients() -> Path:
-    """The ``js/`` directory with its npm packages installed (``make protocol-clients``)."""
+    """The ``js/`` directory with its npm packages installed (``make protocol-js``)."""
     subprocess.run([str(INSTALLER)], check=True)  # quick when nothing changed
     assert shutil.which("node") is not None
     return JS_DIR
