@@ -42,12 +42,14 @@ URL_SHAPES: tuple[tuple[re.Pattern[str], str | None, str], ...] = (
     (re.compile(r"/socket\.io/"), None, "socketio"),
     (re.compile(r"^/"), "EIO", "socketio"),
     (re.compile(r"/connection/websocket$"), None, "centrifugo"),
+    (re.compile(r"/[0-9]{3}/[^/]+/websocket$"), None, "stomp"),
     (re.compile(r"/websocket$"), "vsn", "phoenix"),
     (re.compile(r"/cable$"), None, "actioncable"),
     (re.compile(r"^/app/[^/]+$"), "protocol", "pusher"),
 )
 """(path pattern, query parameter that must be present or ``None``, protocol), in order:
-Socket.IO's ``/socket.io/?EIO=4``, Centrifugo's ``/connection/websocket``, Phoenix's and
+Socket.IO's ``/socket.io/?EIO=4``, Centrifugo's ``/connection/websocket``, SockJS's
+``/PREFIX/SERVER/SESSION/websocket`` (STOMP over SockJS), Phoenix's and
 Supabase's ``.../websocket?vsn=2.0.0``, Action Cable's ``/cable``, Pusher's
 ``/app/KEY?protocol=7``."""
 
