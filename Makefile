@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
-.PHONY: all venv lint typecheck unit test k8s-bins node-deps browser-deps cluster cluster-down deploy demo \
+.PHONY: all venv lint typecheck unit test k8s-bins node-deps browser-deps protocol-js cluster cluster-down deploy demo \
 	bench clean help images chart-test kind-e2e
 
 all: test
@@ -70,12 +70,16 @@ k8s-bins:
 node-deps:
 	@hack/install-node-deps.sh
 
+# The npm packages of the protocol integration tests (tests/integration/protocols/js).
+protocol-js:
+	@hack/install-protocol-js.sh
+
 # Debian's chromium for the live page's browser tests (Playwright drives it; no browser download).
 browser-deps:
 	@hack/install-browser-deps.sh >/dev/null
 
 # The images are built first, so the tests run the code of this tree.
-test: lint typecheck k8s-bins images browser-deps
+test: lint typecheck k8s-bins images browser-deps protocol-js
 	$(PY) -m pytest tests -q -ra
 
 cluster: $(STAMP) k8s-bins node-deps

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wsgauge_sidecar.phoenix import PhoenixSession
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.phoenix import PhoenixSession
+from wsgauge_sidecar.protocols.registry import PROTOCOLS
 from wsgauge_sidecar.wsframes import FrameBoundaryTracker, MessageReader, Opcode, encode_frame
 
-from benchmarks.loadgen import Workload
+from benchmarks.loadgen import ECHO_PROTOCOL_MODES, Workload
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,34 @@ def measure_core_costs(iterations: int = 50_000, payload_bytes: int = 64) -> lis
          lambda: phoenix_tracker.feed(server_frame)),
         ("json.loads(event) (for scale)", "-", lambda: json.loads(request_text)),
     ]  # fmt: skip
+    for mode in ECHO_PROTOCOL_MODES:
+        steps.extend(_protocol_steps(Workload(mode, payload_bytes)))
     return [CoreCost(step, mode, _measure(call, iterations)) for step, mode, call in steps]
+
+
+def _protocol_steps(workload: Workload) -> list[tuple[str, str, Callable[[], object]]]:
+    """The session calls of a frame protocol's relayed message (as the bench sends it, after
+    its subscription): the client's message and its echo as the server's."""
+    spec = PROTOCOLS[workload.mode]
+    request = RequestHead("GET", workload.target(0), "HTTP/1.1", [])
+    response = ResponseHead("HTTP/1.1", 101, "Switching Protocols", [])
+    session = spec.factory(request, response)
+    join, message = workload.join_message(0), workload.message(0)
+    client, server = (
+        (session.client_binary, session.server_binary)
+        if workload.binary
+        else (session.client_text, session.server_text)
+    )
+    if join is not None:
+        client(join)
+        server(join)
+    kind = "binary" if workload.binary else "text"
+    return [
+        (f"{type(session).__name__}.client_{kind}(data message)", workload.mode,
+         lambda: client(message)),
+        (f"{type(session).__name__}.server_{kind}(data message)", workload.mode,
+         lambda: server(message)),
+    ]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:

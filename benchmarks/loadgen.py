@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.loadgen --task throughput|latency|idle ...`` opens its
 sockets (in ``phoenix`` mode each socket also joins a channel and waits for the
-``phx_reply``), prints ``{"event": "ready", ...}`` as one JSON line on stdout,
+``phx_reply``; in the other frame protocol modes it subscribes, see ``Workload``),
+prints ``{"event": "ready", ...}`` as one JSON line on stdout,
 waits for the line ``go`` on stdin, does its task, prints ``{"event": "done",
 ...}``, and (task ``idle``) holds its sockets until the line ``close``.
 
@@ -50,6 +51,11 @@ HEAD_END = b"\r\n\r\n"
 """End of an HTTP head."""
 
 PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
+MODES = ("path", "phoenix", "graphql-ws", "mqtt", "stomp", "pusher")
+"""The topic rules a worker can load: ``path`` and the frame protocols."""
+ECHO_PROTOCOL_MODES = ("graphql-ws", "mqtt", "stomp", "pusher")
+"""Frame protocols measured against the echo server: the sidecar reads the protocol's data
+messages both ways (sent by the client, echoed as the server's)."""
 TOPICS = 10
 """Sockets are spread over this many topics (``/ws/room0`` ... or ``room:0`` ...)."""
 
@@ -74,9 +80,24 @@ def new_mask_key() -> bytes:
     return os.urandom(4)
 
 
-def text_frame(message: bytes, mask_key: bytes) -> bytes:
-    """One masked text frame (client to server)."""
-    return encode_frame(Opcode.TEXT, message, mask=True, mask_key=mask_key)
+def text_frame(message: bytes, mask_key: bytes, *, binary: bool = False) -> bytes:
+    """One masked text (or binary) frame (client to server)."""
+    return encode_frame(Opcode.BINARY if binary else Opcode.TEXT, message, mask=True,
+                        mask_key=mask_key)  # fmt: skip
+
+
+def _mqtt_packet(kind: int, body: bytes, flags: int = 0) -> bytes:
+    size, length = len(body), bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([kind << 4 | flags]) + bytes(length) + body
+
+
+def _mqtt_string(text: str) -> bytes:
+    return len(text).to_bytes(2, "big") + text.encode()
 
 
 @dataclass(frozen=True)
@@ -84,27 +105,70 @@ class Workload:
     """What each socket of a worker does."""
 
     mode: str = "path"
-    """``path`` (echo server, topic = request path) or ``phoenix`` (Phoenix v2 channels)."""
+    """``path`` (echo server, topic = request path), ``phoenix`` (Phoenix v2 channels) or a
+    protocol of :data:`ECHO_PROTOCOL_MODES` (echo server)."""
     payload_bytes: int = 64
-    """Size of the message body (path: the whole text message; phoenix: the ``body`` field)."""
+    """Size of the message body (path: the whole text message; others: the data field)."""
+
+    @property
+    def binary(self) -> bool:
+        """Messages go in binary frames (MQTT)."""
+        return self.mode == "mqtt"
 
     def target(self, index: int) -> str:
         """The request target of socket number ``index``."""
         if self.mode == "phoenix":
             return PHOENIX_PATH
+        if self.mode in ECHO_PROTOCOL_MODES:
+            return f"/{self.mode}"
         return f"/ws/room{index % TOPICS}"
 
     def join_message(self, index: int) -> bytes | None:
-        """The Phoenix ``phx_join`` of socket ``index`` (None in path mode)."""
-        if self.mode != "phoenix":
-            return None
-        return json.dumps(["1", "1", f"room:{index % TOPICS}", "phx_join", {}]).encode()
+        """What socket ``index`` sends first and waits for one frame back (None: nothing).
+
+        Phoenix: its ``phx_join``. Against the echo server the message is chosen so that
+        its echo completes the subscription (the socket is counted in a topic): MQTT
+        CONNECT + SUBSCRIBE + the SUBACK, a Pusher ``subscription_succeeded``, a GraphQL
+        ``subscribe``, a STOMP ``SUBSCRIBE``.
+        """
+        room = f"room{index % TOPICS}"
+        if self.mode == "phoenix":
+            return json.dumps(["1", "1", f"room:{index % TOPICS}", "phx_join", {}]).encode()
+        if self.mode == "graphql-ws":
+            query = f"subscription {{ {room} }}"
+            return json.dumps(
+                {"id": "1", "type": "subscribe", "payload": {"query": query}}
+            ).encode()
+        if self.mode == "mqtt":
+            connect = _mqtt_string("MQTT") + bytes([4, 2, 0, 60]) + _mqtt_string(f"c{index}")
+            subscribe = b"\x00\x01" + _mqtt_string(room) + b"\x00"
+            return (_mqtt_packet(1, connect) + _mqtt_packet(8, subscribe, 2)
+                    + _mqtt_packet(9, b"\x00\x01\x00"))  # fmt: skip
+        if self.mode == "stomp":
+            return f"SUBSCRIBE\nid:0\ndestination:/topic/{room}\n\n\0".encode()
+        if self.mode == "pusher":
+            event = "pusher_internal:subscription_succeeded"
+            return json.dumps({"event": event, "channel": room, "data": "{}"}).encode()
+        return None
 
     def message(self, index: int) -> bytes:
-        """The message socket ``index`` sends in every round trip."""
+        """The message socket ``index`` sends in every round trip (a data message)."""
         body = "x" * self.payload_bytes
+        room = f"room{index % TOPICS}"
         if self.mode == "phoenix":
             return json.dumps(["1", "2", f"room:{index % TOPICS}", "msg", {"body": body}]).encode()
+        if self.mode == "graphql-ws":
+            payload = {"data": {room: body}}
+            return json.dumps({"id": "1", "type": "next", "payload": payload}).encode()
+        if self.mode == "mqtt":
+            return _mqtt_packet(3, _mqtt_string(room) + body.encode())
+        if self.mode == "stomp":
+            head = f"SEND\ndestination:/topic/{room}\ncontent-length:{len(body)}\n\n"
+            return (head + body + "\0").encode()
+        if self.mode == "pusher":
+            return json.dumps(
+                {"event": "client-msg", "channel": room, "data": {"body": body}}
+            ).encode()
         return body.encode()
 
 
@@ -199,12 +263,12 @@ class BenchSocket(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def request_reply(self, message: bytes, mask_key: bytes) -> None:
-        """Send one text message and wait for one frame back (the Phoenix join)."""
+    async def request_reply(self, message: bytes, mask_key: bytes, *, binary: bool = False) -> None:
+        """Send one message and wait for one frame back (a join / subscription)."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self._wait_for_frames = self.counter.frames_completed + 1
-        self.transport.write(text_frame(message, mask_key))
+        self.transport.write(text_frame(message, mask_key, binary=binary))
         await self._waiter
 
     def round_trips(self, frame: bytes, count: int, *, timed: bool) -> asyncio.Future[None]:
@@ -276,8 +340,10 @@ async def open_sockets(
             mask_key = new_mask_key()
             join = workload.join_message(index)
             if join is not None:
-                await asyncio.wait_for(bench.request_reply(join, mask_key), timeout)
-            return bench, text_frame(workload.message(index), mask_key)
+                await asyncio.wait_for(
+                    bench.request_reply(join, mask_key, binary=workload.binary), timeout
+                )
+            return bench, text_frame(workload.message(index), mask_key, binary=workload.binary)
 
     tasks = [asyncio.ensure_future(one(first_index + number)) for number in range(count)]
     try:
@@ -430,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=("path", "phoenix"), default="path")
+    parser.add_argument("--mode", choices=MODES, default="path")
     parser.add_argument("--task", choices=("throughput", "latency", "idle"), required=True)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--first-index", type=int, default=0, help="number of the first socket")

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.loadgen import MODES
 from benchmarks.settings import QUICK
 from benchmarks.suite import run_round_trips, upstream_for
 from benchmarks.targets import SidecarProxy
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.profile_sidecar", description=__doc__
     )
-    parser.add_argument("--mode", choices=("path", "phoenix"), default="path")
+    parser.add_argument("--mode", choices=MODES, default="path")
     parser.add_argument("--round-trips", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--output", type=Path, help="keep the cProfile statistics here")

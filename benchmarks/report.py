@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loadgen import ECHO_PROTOCOL_MODES
 from benchmarks.suite import ModeResult, SuiteResult, TargetResult
 
 START = "<!-- sidecar-bench:start -->"
@@ -115,6 +116,18 @@ def aims(result: SuiteResult) -> list[Aim]:
                 "µs",
             )
         )
+    for protocol in ECHO_PROTOCOL_MODES:
+        measured = result.mode(protocol)
+        if measured is not None:
+            found.append(
+                _compare(
+                    f"{protocol}: CPU per relayed message ≤ 1.2x nginx",
+                    _cpu(measured.target("sidecar")),
+                    _cpu(measured.target("nginx")),
+                    1.2,
+                    "µs",
+                )
+            )
     held = [
         (mode.mode, target.idle)
         for mode in result.modes

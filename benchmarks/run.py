@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.exceptions import BenchmarkError
+from benchmarks.loadgen import MODES
 from benchmarks.report import aims, render, to_json, write_section
 from benchmarks.settings import FULL, QUICK, BenchSettings
 from benchmarks.suite import run_suite
@@ -42,9 +43,9 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
     parser.add_argument("--quick", action="store_true", help="small sizes (< 2 minutes)")
     parser.add_argument(
         "--mode",
-        choices=("path", "phoenix"),
+        choices=MODES,
         action="append",
-        help="topic rule to measure (repeatable; default both)",
+        help="topic rule to measure (repeatable; default all)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="do not measure nginx")
     parser.add_argument(
@@ -65,7 +66,7 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
         sizes = replace(sizes, idle_sockets=args.idle_sockets)
     settings = BenchSettings(
         sizes=sizes,
-        modes=tuple(args.mode or ("path", "phoenix")),
+        modes=tuple(args.mode or MODES),
         nginx=not args.no_nginx,
         install_nginx=not args.no_install,
         quick=args.quick,

@@ -61,8 +61,9 @@ class BenchSettings:
 
     sizes: LoadSizes = field(default_factory=LoadSizes)
     """The load of every measurement."""
-    modes: tuple[str, ...] = ("path", "phoenix")
-    """Topic rules to measure (``path``: echo server upstream; ``phoenix``: the demo app)."""
+    modes: tuple[str, ...] = ("path", "phoenix", "graphql-ws", "mqtt", "stomp", "pusher")
+    """Topic rules to measure (``phoenix``: the demo app upstream; the others: the echo
+    server)."""
     nginx: bool = True
     """Measure nginx too (skipped with a note when it is missing and cannot be installed)."""
     install_nginx: bool = True

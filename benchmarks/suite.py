@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 from benchmarks.core_costs import CoreCost, measure_core_costs
 from benchmarks.exceptions import BenchmarkError, LoadError, NginxUnavailable
+from benchmarks.loadgen import ECHO_PROTOCOL_MODES, MODES
 from benchmarks.nginx import NginxProxy, ensure_nginx
 from benchmarks.procstat import (
     Machine,
@@ -505,16 +506,21 @@ async def measure_cpu(
 
 
 def upstream_for(mode: str) -> ManagedProcess:
-    if mode == "path":
+    if mode == "path" or mode in ECHO_PROTOCOL_MODES:
         return EchoUpstream()
     if mode == "phoenix":
         return DemoAppUpstream()
-    raise BenchmarkError(f"unknown mode {mode!r} (path or phoenix)")
+    raise BenchmarkError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
 
 
+_ECHO = "benchmarks/echo_server.py (raw asyncio echo)"
 UPSTREAM_DESCRIPTIONS = {
-    "path": "benchmarks/echo_server.py (raw asyncio echo)",
+    "path": _ECHO,
     "phoenix": "wsgauge-demo-app /socket/websocket (Phoenix v2 JSON, aiohttp)",
+    "graphql-ws": f"{_ECHO}: graphql-transport-ws `next` messages both ways, 1 subscription",
+    "mqtt": f"{_ECHO}: MQTT 3.1.1 PUBLISH packets (binary) both ways, 1 granted filter",
+    "stomp": f"{_ECHO}: STOMP SEND frames with content-length both ways, 1 subscription",
+    "pusher": f"{_ECHO}: Pusher client events both ways, 1 subscribed channel",
 }
 
 

@@ -17,6 +17,10 @@ Shape (JSON, keys exactly as below)::
 reason (``draining``, ``capacity``, ``topic_capacity``, ``rate_limited``; only
 reasons that happened). Readers accept documents without ``capacity.topics``,
 ``capacity.upgradesPerSecond`` or ``refused`` (earlier sidecars).
+A sidecar run with ``--topic auto`` adds ``"topicProtocols": {"/chat": "socketio"}``:
+per topic, the protocol (topic rule) its sockets were counted by (several joined
+with ``,``, sorted, when sockets of different protocols share a topic). The key is
+absent otherwise; readers that do not know it ignore it.
 ``seq`` grows with every change; a restarted sidecar starts again from 0 with a
 new ``startedAt``, which is how a reader tells a restart from an old document.
 
@@ -95,10 +99,13 @@ class StatsDocument:
     """RFC 3339 UTC time the sidecar started (``2026-11-26T10:00:00Z``)."""
     seq: int = 0
     """Grows by at least one with every change."""
+    topic_protocols: Mapping[str, str] | None = None
+    """``--topic auto``: topic -> the protocol that counted its sockets; ``None`` otherwise
+    (the ``topicProtocols`` key is then absent)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The document as the JSON object of the contract."""
-        return {
+        document: dict[str, Any] = {
             "pod": self.pod,
             "namespace": self.namespace,
             "node": self.node,
@@ -118,6 +125,9 @@ class StatsDocument:
             "startedAt": self.started_at,
             "seq": self.seq,
         }
+        if self.topic_protocols is not None:
+            document["topicProtocols"] = dict(self.topic_protocols)
+        return document
 
     @classmethod
     def from_json_dict(
@@ -141,6 +151,21 @@ class StatsDocument:
         for name, count in topics_raw.items():
             _check_name(name, "topic name")
             topics[name] = _count(count, f"topics[{name!r}]")
+        protocols_raw = data.get("topicProtocols")
+        topic_protocols: dict[str, str] | None = None
+        if protocols_raw is not None:
+            if not isinstance(protocols_raw, dict):
+                raise InvalidStatsDocument("'topicProtocols' must be an object")
+            if len(protocols_raw) > max_topics:
+                raise InvalidStatsDocument(
+                    f"'topicProtocols' has {len(protocols_raw)} entries, limit {max_topics}"
+                )
+            topic_protocols = {
+                _check_name(name, "topicProtocols name"): _check_name(
+                    protocol, f"topicProtocols[{name!r}]"
+                )
+                for name, protocol in protocols_raw.items()
+            }
         capacity_raw = data.get("capacity", {})
         if capacity_raw is None:
             capacity_raw = {}
@@ -167,6 +192,7 @@ class StatsDocument:
             draining=_bool(data.get("draining", False), "draining"),
             started_at=_name(data, "startedAt", max_length=64),
             seq=_count(data.get("seq", 0), "seq"),
+            topic_protocols=topic_protocols,
         )
 
 

@@ -21,6 +21,7 @@ from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
 from wsgauge_sidecar.exceptions import ConfigError
+from wsgauge_sidecar.protocols.registry import rules_help
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
 
@@ -37,13 +38,16 @@ dashes as underscores, e.g. WSGAUGE_MAX_CONNECTIONS=5000); the flag wins.
 The pod identity comes from POD_NAME, POD_NAMESPACE and NODE_NAME.
 """
 
-EPILOG = """\
+EPILOG = f"""\
 topic rules:
   path            the request path is the topic (/ws/stream?x=1 -> /ws/stream)
   path:REGEX      group 1 of REGEX searched in the path (path:^/ws/([^/]+) -> stream)
   query:NAME      the value of query parameter NAME
   header:NAME     the value of request header NAME
-  phoenix         Phoenix channels (JSON v1/v2): topics joined with phx_join
+{rules_help()}
+  auto[:RULE]     per socket: the protocol of the subprotocol the app accepted, else
+                  of the URL shape (/socket.io/, /connection/websocket, /cable, ...),
+                  else RULE (default path); /stats shows it per topic
   report          the app reports its own counts (PUT/POST /report on the admin
                   port); the data port is not opened
 

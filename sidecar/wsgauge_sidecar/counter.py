@@ -129,6 +129,10 @@ class ConnectionCounter(_Observable):
         self._opened = 0
         self._closed = 0
         self._closed_by_reason: dict[str, int] = {}
+        # socket id -> the protocol (topic rule) that counts it, for sockets opened with one
+        self._protocols: dict[int, str] = {}
+        # counted name -> {protocol: sockets of that protocol counted under that name}
+        self._slot_protocols: dict[str, dict[str, int]] = {}
 
     @property
     def max_topics(self) -> int:
@@ -160,6 +164,14 @@ class ConnectionCounter(_Observable):
         name = normalize_topic(topic)
         return 0 if name is None else self._table.counts.get(escape_topic(name), 0)
 
+    def topic_protocols(self) -> dict[str, str]:
+        """Topic -> the protocol of the sockets counted in it (names sorted and joined with
+        ``,`` when sockets of several protocols share a topic); only topics with sockets
+        opened with a ``protocol``."""
+        return {
+            slot: ",".join(sorted(protocols)) for slot, protocols in self._slot_protocols.items()
+        }
+
     def closed_by_reason(self) -> dict[str, int]:
         """How many sockets were closed for each ``reason`` given to :meth:`close_socket`."""
         return dict(self._closed_by_reason)
@@ -172,10 +184,16 @@ class ConnectionCounter(_Observable):
         """The topics (as joined) ``socket_id`` is in; empty if it is unknown or closed."""
         return frozenset(self._sockets.get(socket_id, ()))
 
-    def open_socket(self) -> int:
-        """Count a new socket and return its id (ids are never reused)."""
+    def open_socket(self, protocol: str | None = None) -> int:
+        """Count a new socket and return its id (ids are never reused).
+
+        ``protocol``: the topic rule that counts this socket (``--topic auto`` picks one per
+        socket); its topics then show it in :meth:`topic_protocols`.
+        """
         socket_id = next(self._ids)
         self._sockets[socket_id] = {}
+        if protocol is not None:
+            self._protocols[socket_id] = protocol
         self._opened += 1
         self._changed()
         return socket_id
@@ -194,6 +212,7 @@ class ConnectionCounter(_Observable):
         slot = self._table.slot_for(escape_topic(name))
         memberships[name] = slot
         self._table.add(slot, 1)
+        self._move_protocol(socket_id, slot, 1)
         self._changed()
 
     def leave(self, socket_id: int, topic: str) -> None:
@@ -202,7 +221,9 @@ class ConnectionCounter(_Observable):
         name = normalize_topic(topic)
         if memberships is None or name is None or name not in memberships:
             return
-        self._table.add(memberships.pop(name), -1)
+        slot = memberships.pop(name)
+        self._table.add(slot, -1)
+        self._move_protocol(socket_id, slot, -1)
         self._changed()
 
     def close_socket(self, socket_id: int, reason: str) -> bool:
@@ -215,10 +236,25 @@ class ConnectionCounter(_Observable):
             return False
         for slot in memberships.values():
             self._table.add(slot, -1)
+            self._move_protocol(socket_id, slot, -1)
+        self._protocols.pop(socket_id, None)
         self._closed += 1
         self._closed_by_reason[reason] = self._closed_by_reason.get(reason, 0) + 1
         self._changed()
         return True
+
+    def _move_protocol(self, socket_id: int, slot: str, delta: int) -> None:
+        protocol = self._protocols.get(socket_id)
+        if protocol is None:
+            return
+        protocols = self._slot_protocols.setdefault(slot, {})
+        value = protocols.get(protocol, 0) + delta
+        if value > 0:
+            protocols[protocol] = value
+        else:
+            protocols.pop(protocol, None)
+            if not protocols:
+                del self._slot_protocols[slot]
 
     def _membership(self, socket_id: int) -> dict[str, str]:
         memberships = self._sockets.get(socket_id)

@@ -21,6 +21,11 @@ Endpoints (``--listen``, default ``127.0.0.1:8081``, env ``WSGAUGE_DEMO_LISTEN``
   ``phx_error``), event ``shout`` (broadcast to the topic, then reply ok), event ``flood``
   (payload ``{count, size}``: that many pushes of ``size`` characters), other events
   reply ok with their payload.
+* WebSocket ``/socket.io/?EIO=4&transport=websocket``: a small Socket.IO server (Engine.IO
+  4 over the WebSocket transport only): namespaces connect with ``40/ns,`` (those starting
+  with ``/deny`` are refused with CONNECT_ERROR ``44``), ``41/ns,`` leaves; the event
+  ``broadcast`` goes to every socket of the namespace, other events are echoed (with their
+  ack); the server pings every 25 s.
 * ``--report-to URL``: report mode; after every change the app PUTs its own counts
   (``{"connections": N, "topics": {...}}``) to URL: the sidecar's loopback report listener,
   ``http://127.0.0.1:9091/report`` (env ``WSGAUGE_DEMO_REPORT_TO``, else ``WSGAUGE_REPORT_URL``,
@@ -35,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
 from collections import defaultdict
@@ -84,6 +90,7 @@ class DemoApp:
     def __init__(self, report_to: str | None = None) -> None:
         self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
         self.phoenix_members: dict[str, set[_PhoenixSocket]] = defaultdict(set)
+        self.socketio_members: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
         self.report_to = report_to
         self._report_dirty = asyncio.Event()
         self._reporter: asyncio.Task[None] | None = None
@@ -260,6 +267,80 @@ class DemoApp:
                 del self.phoenix_members[topic]
         self._changed()
 
+    # -- Socket.IO -------------------------------------------------------------------------
+
+    async def socketio_socket(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("EIO") != "4" or request.query.get("transport") != "websocket":
+            return web.Response(status=400, text="only EIO=4 over the websocket transport\n")
+        ws = web.WebSocketResponse(heartbeat=None)
+        await ws.prepare(request)
+        sid = secrets.token_urlsafe(12)
+        namespaces: set[str] = set()
+        handshake = {"sid": sid, "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000,
+                     "maxPayload": 1000000}  # fmt: skip
+        await ws.send_str("0" + json.dumps(handshake))
+        pinger = asyncio.create_task(_ping_forever(ws))
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                text: str = message.data
+                if text == "1":
+                    break
+                if len(text) >= 2 and text[0] == "4":
+                    await self._socketio_packet(ws, sid, namespaces, text[1], text[2:])
+        finally:
+            pinger.cancel()
+            for namespace in list(namespaces):
+                self._socketio_leave(ws, namespaces, namespace)
+        return ws
+
+    async def _socketio_packet(
+        self, ws: web.WebSocketResponse, sid: str, namespaces: set[str], kind: str, body: str
+    ) -> None:
+        namespace, rest = "/", body
+        if body.startswith("/"):
+            namespace, _, rest = body.partition(",")
+        prefix = "" if namespace == "/" else namespace + ","
+        if kind == "0":
+            if namespace.startswith("/deny"):
+                await ws.send_str(f"44{prefix}" + json.dumps({"message": "not authorized"}))
+                return
+            namespaces.add(namespace)
+            self.socketio_members[namespace].add(ws)
+            self._changed()
+            await ws.send_str(f"40{prefix}" + json.dumps({"sid": f"{sid}{namespace}"}))
+        elif kind == "1":
+            self._socketio_leave(ws, namespaces, namespace)
+        elif kind == "2" and namespace in namespaces:
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            ack = rest[:digits]
+            try:
+                data = json.loads(rest[digits:] or "[]")
+            except ValueError:
+                data = None
+            if not isinstance(data, list) or not data:
+                return
+            if data[0] == "broadcast":
+                for member in list(self.socketio_members.get(namespace, ())):
+                    if not member.closed:
+                        await member.send_str(f"42{prefix}" + json.dumps(data))
+            else:
+                await ws.send_str(f"42{prefix}" + json.dumps(data))
+            if ack:
+                await ws.send_str(f"43{prefix}{ack}" + json.dumps(data[1:]))
+
+    def _socketio_leave(self, ws: web.WebSocketResponse, namespaces: set[str], name: str) -> None:
+        if name not in namespaces:
+            return
+        namespaces.discard(name)
+        members = self.socketio_members.get(name)
+        if members is not None:
+            members.discard(ws)
+            if not members:
+                del self.socketio_members[name]
+        self._changed()
+
     # -- report mode -----------------------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:
@@ -267,6 +348,8 @@ class DemoApp:
         topics = {topic: len(members) for topic, members in self.sockets.items() if members}
         for topic, phoenix_members in self.phoenix_members.items():
             topics[topic] = topics.get(topic, 0) + len(phoenix_members)
+        for topic, socketio_members in self.socketio_members.items():
+            topics[topic] = topics.get(topic, 0) + len(socketio_members)
         return {"connections": sum(topics.values()), "topics": topics}
 
     def _changed(self) -> None:
@@ -308,6 +391,7 @@ class DemoApp:
         app.router.add_route("*", "/status/{code:[1-5][0-9][0-9]}", self.status)
         app.router.add_get("/ws/{topic:.+}", self.topic_socket)
         app.router.add_get("/socket/websocket", self.phoenix_socket)
+        app.router.add_get("/socket.io/", self.socketio_socket)
         app.router.add_route("*", "/{tail:.*}", self.fallback)
         app.on_startup.append(self._start_reporter)
         app.on_cleanup.append(self._stop_reporter)
@@ -323,6 +407,14 @@ class _Message:
     topic: str
     event: str
     payload: object
+
+
+async def _ping_forever(ws: web.WebSocketResponse) -> None:
+    """Engine.IO pings (``2``) every 25 s; the client answers ``3``."""
+    while not ws.closed:
+        await asyncio.sleep(25)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str("2")
 
 
 def _decode_phoenix(text: str, v2: bool) -> _Message:

@@ -2,7 +2,7 @@
 
 Every error carries what the I/O layer needs to end the one affected exchange
 cleanly: an HTTP status for a malformed request head, a WebSocket close code for
-a malformed frame or Phoenix message, or for a Phoenix socket past its bounds.
+a malformed frame or protocol message, or for a socket past its protocol's bounds.
 None of them should ever end the process.
 """
 
@@ -46,13 +46,30 @@ class WebSocketProtocolError(SidecarError):
         """WebSocket close code (RFC 6455 section 7.4.1) to end the socket with."""
 
 
-class PhoenixProtocolError(SidecarError):
-    """A Phoenix channels message is not valid JSON or not of the serializer's shape."""
+class ProtocolError(SidecarError):
+    """A message breaks the socket's frame protocol (``--topic`` PROTOCOL): that one
+    socket is closed with ``close_code``.
+
+    1007 (invalid payload: not of the protocol's shape) by default; 1003 for a message
+    type the protocol forbids (a text message on MQTT); 1008 via :class:`ProtocolLimitError`.
+    """
 
     def __init__(self, message: str, close_code: int = 1007) -> None:
         super().__init__(message)
         self.close_code = close_code
         """WebSocket close code to end the socket with (1007 by default)."""
+
+
+class ProtocolLimitError(ProtocolError):
+    """A socket went past a per-socket bound of its frame protocol (topics, pending
+    subscriptions, id length): closed with 1008 (policy violation) rather than counted wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, close_code=1008)
+
+
+class PhoenixProtocolError(ProtocolError):
+    """A Phoenix channels message is not valid JSON or not of the serializer's shape."""
 
 
 class PhoenixLimitError(PhoenixProtocolError):

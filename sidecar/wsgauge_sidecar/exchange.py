@@ -225,14 +225,15 @@ class HttpExchange:
         max_header_bytes: int,
         buffer_bytes: int,
         handshake_timeout: float,
-        strip_extensions: bool = False,
+        strip_extensions: Callable[[RequestHead], bool] = lambda head: False,
         upgrade_refusal: Callable[[RequestHead], Refusal | None] = lambda request: None,
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.buffer_bytes = buffer_bytes
         self.handshake_timeout = handshake_timeout
         self.strip_extensions = strip_extensions
-        """Drop ``Sec-WebSocket-Extensions`` from upgrades (phoenix mode reads every message)."""
+        """Whether to drop ``Sec-WebSocket-Extensions`` from an upgrade request (a socket whose
+        messages a frame protocol reads must not negotiate permessage-deflate)."""
         self.upgrade_refusal = upgrade_refusal
         """Why a new upgrade (its request head) must get 503 right now, or ``None``."""
         self._mode = _HEAD
@@ -447,7 +448,7 @@ class HttpExchange:
                 return
             self._upgrading = True
             self._emit(UpgradeStarted(head))
-            if self.strip_extensions:
+            if self.strip_extensions(head):
                 head_bytes = head.serialize(drop_headers=("sec-websocket-extensions",))
             self._emit(StartTimer("upgrade", self.handshake_timeout))
         self._send_head_upstream(head_bytes)

@@ -468,3 +468,19 @@ def _lower_name(name: str | bytes) -> bytes:
     if isinstance(name, str):
         return name.lower().encode("latin-1", errors="replace")
     return name.lower()
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target into (raw path, raw query); handles absolute-form targets."""
+    if "://" in target and not target.startswith("/"):
+        # absolute-form (``http://host:port/path?q``), as sent to proxies
+        after_scheme = target.split("://", 1)[1]
+        slash = after_scheme.find("/")
+        question = after_scheme.find("?")
+        if slash < 0 or (0 <= question < slash):
+            target = "/" + after_scheme[question:] if question >= 0 else "/"
+        else:
+            target = after_scheme[slash:]
+    target = target.split("#", 1)[0]
+    path, _, query = target.partition("?")
+    return path, query

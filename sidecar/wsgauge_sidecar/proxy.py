@@ -14,8 +14,10 @@ counted). From then on a :class:`WebSocketRelay` owns both connections and bytes
 are relayed as they arrive. In the request-based topic rules only the
 server-to-client frame headers are followed (cheaply, by a
 :class:`FrameBoundaryTracker`), so that a drain can inject a close frame at a
-frame boundary; in ``phoenix`` mode both directions are read as messages and fed
-to a :class:`PhoenixSession` that says which channels the socket joins and leaves.
+frame boundary; under a frame protocol rule (``phoenix``, ...) both directions are
+read as messages and fed to that protocol's session
+(:mod:`wsgauge_sidecar.protocols`), which says which topics the socket joins and
+leaves.
 
 Backpressure: every transport has a write buffer high-water mark of
 ``--socket-buffer-bytes``; above it the sending peer's transport stops reading
@@ -56,6 +58,7 @@ from wsgauge_sidecar.exchange import (
 )
 from wsgauge_sidecar.relay import UpstreamSide, WebSocketRelay, close_transport
 from wsgauge_sidecar.state import SidecarState
+from wsgauge_sidecar.topics import topic_from_request
 
 log = logging.getLogger("wsgauge.sidecar.proxy")
 
@@ -162,7 +165,7 @@ class ClientConnection(asyncio.Protocol):
             max_header_bytes=settings.max_header_bytes,
             buffer_bytes=settings.socket_buffer_bytes,
             handshake_timeout=settings.handshake_timeout,
-            strip_extensions=settings.topic_rule.kind == "phoenix",
+            strip_extensions=settings.topic_rule.strips_extensions,
             upgrade_refusal=self.state.upgrade_refusal,
         )
         self._paused: set[str] = set()
@@ -342,11 +345,14 @@ class ClientConnection(asyncio.Protocol):
         assert transport is not None
         assert upstream is not None
         request = event.request
+        rule = self.settings.topic_rule.for_socket(request, event.response)
         topic = None
         if event.counted:
-            topic = self._upgrade_topic
-            self.state.upgrade_ended(topic)
-        relay = WebSocketRelay(self, upstream, request, counted=event.counted, topic=topic)
+            self.state.upgrade_ended(self._upgrade_topic)
+            topic = topic_from_request(rule, request.target, request.headers)
+        relay = WebSocketRelay(
+            self, upstream, request, event.response, counted=event.counted, topic=topic, rule=rule
+        )
         self.relay = relay
         upstream.relay = relay
         self._paused.discard("buffer")

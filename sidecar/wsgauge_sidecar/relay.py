@@ -5,15 +5,17 @@
 answered 101, :class:`WebSocketRelay` takes over both connections:
 
 * the socket is counted on creation (``ConnectionCounter.open_socket``) and put
-  in its request topic, if any;
+  in its request topic, if any; ``rule`` is the topic rule of this socket (under
+  ``--topic auto`` the one chosen for it, which its topics then show in /stats);
 * bytes go through as they arrive, both ways; server-to-client frame headers are
-  followed by a :class:`FrameBoundaryTracker`; in ``phoenix`` mode both
-  directions are also read as messages and fed to a :class:`PhoenixSession`,
-  whose Joined/Left events move the socket between topics;
+  followed by a :class:`FrameBoundaryTracker`; under a frame protocol rule
+  (``phoenix``, ...) both directions are also read as messages and fed to the
+  protocol's session (:mod:`wsgauge_sidecar.protocols`), whose Joined/Left
+  events move the socket between topics;
 * :meth:`WebSocketRelay.close_gracefully` sends the client a close frame (1001 on
   drain) at the next server-to-client frame boundary and then relays the
   client's close reply to the app, so the app sees a normal close;
-* a malformed frame or Phoenix message ends this socket with the error's close
+* a malformed frame or protocol message ends this socket with the error's close
   code (never anything else), in a lingering close toward the client (FIN, then
   its bytes dropped for a bounded time) so that a client still writing gets the
   close frame instead of a reset;
@@ -30,17 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from wsgauge_sidecar.exceptions import PhoenixProtocolError, WebSocketProtocolError
-from wsgauge_sidecar.httpwire import RequestHead
-from wsgauge_sidecar.phoenix import (
-    Joined,
-    Left,
-    PhoenixEvent,
-    PhoenixSession,
-    serializer_from_query,
-)
+from wsgauge_sidecar.exceptions import ProtocolError, WebSocketProtocolError
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolEvent, ProtocolSession
+from wsgauge_sidecar.topics import AUTO, TopicRule
 from wsgauge_sidecar.wsframes import (
     FrameBoundaryTracker,
     MessageReader,
@@ -151,9 +149,11 @@ class WebSocketRelay:
         client: ClientConnection,
         upstream: UpstreamSide,
         request: RequestHead,
+        response: ResponseHead,
         *,
         counted: bool,
         topic: str | None,
+        rule: TopicRule,
     ) -> None:
         assert client.transport is not None
         assert upstream.transport is not None
@@ -169,7 +169,7 @@ class WebSocketRelay:
         self.tracker: FrameBoundaryTracker | None = None
         self._client_reader: MessageReader | None = None
         self._server_reader: MessageReader | None = None
-        self._session: PhoenixSession | None = None
+        self._session: ProtocolSession | None = None
         self.ended = False
         self.end_reason: str | None = None
         self._close_pending: int | None = None
@@ -182,43 +182,46 @@ class WebSocketRelay:
         if not counted:
             return  # a 101 to something other than a WebSocket: a plain tunnel
         counter = self.state.connection_counter
-        self.socket_id = counter.open_socket()
+        # under --topic auto, each socket's topics show the rule chosen for it
+        chosen = str(rule).split(":", 1)[0] if client.settings.topic_rule.kind == AUTO else None
+        self.socket_id = counter.open_socket(chosen)
         client.proxy.websockets[self.socket_id] = client
         if topic is not None:
             counter.join(self.socket_id, topic)
         self.tracker = FrameBoundaryTracker(masked=False)
-        if client.settings.topic_rule.kind == "phoenix":
+        protocol = rule.protocol
+        if protocol is not None:
             limit = client.settings.max_message_bytes
             self._client_reader = MessageReader(masked=True, max_message_bytes=limit)
             self._server_reader = MessageReader(masked=False, max_message_bytes=limit)
-            self._session = PhoenixSession(serializer_from_query(request.target))
+            self._session = protocol.factory(request, response)
         log.debug("socket %s opened: %s topic=%s", self.socket_id, request.target, topic)
 
     # -- bytes -----------------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
-        """Client bytes: (phoenix: read them), then relay to the app."""
+        """Client bytes: (frame protocol: read them), then relay to the app."""
         if self._discard_client:
             return
         reader = self._client_reader
         if reader is not None:
             try:
                 self._on_messages(reader.feed(data), from_client=True)
-            except (WebSocketProtocolError, PhoenixProtocolError) as error:
+            except (WebSocketProtocolError, ProtocolError) as error:
                 self.protocol_error(error.close_code, "client", error)
                 return
         self._upstream_transport.write(data)
         self._bytes.to_upstream += len(data)
 
     def from_upstream(self, data: bytes) -> None:
-        """App bytes: (phoenix: read them), follow frame boundaries, relay to the client."""
+        """App bytes: (frame protocol: read them), follow frame boundaries, relay to the client."""
         if self._close_sent:
             return  # we already closed toward the client: nothing more may follow
         reader = self._server_reader
         if reader is not None:
             try:
                 self._on_messages(reader.feed(data), from_client=False)
-            except (WebSocketProtocolError, PhoenixProtocolError) as error:
+            except (WebSocketProtocolError, ProtocolError) as error:
                 self.protocol_error(error.close_code, "upstream", error)
                 return
         tracker = self.tracker
@@ -238,21 +241,21 @@ class WebSocketRelay:
         session = self._session
         if session is None or self.socket_id is None:
             return
+        if from_client:
+            text, binary = session.client_text, session.client_binary
+        else:
+            text, binary = session.server_text, session.server_binary
         for opcode, payload in messages:
             if opcode == _TEXT:
-                if from_client:
-                    events = session.client_text(payload)
-                else:
-                    events = session.server_text(payload)
-                if events:
-                    self._apply(events)
+                events = text(payload)
             elif opcode == _BINARY:
-                if from_client:
-                    self._apply(session.client_binary_message(payload))
-                else:
-                    self._apply(session.server_binary_message(payload))
+                events = binary(payload)
+            else:
+                continue
+            if events:
+                self._apply(events)
 
-    def _apply(self, events: list[PhoenixEvent]) -> None:
+    def _apply(self, events: Sequence[ProtocolEvent]) -> None:
         counter = self.state.connection_counter
         socket_id = self.socket_id
         if socket_id is None or self.ended:

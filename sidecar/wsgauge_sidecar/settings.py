@@ -33,8 +33,8 @@ class ProxySettings:
     max_header_bytes: int = 16384
     """``--max-header-bytes``: largest request or response head accepted."""
     max_message_bytes: int = 1048576
-    """``--max-message-bytes``: largest WebSocket message read in ``phoenix`` mode (close code
-    1009 above it)."""
+    """``--max-message-bytes``: largest WebSocket message read under a frame protocol rule
+    (close code 1009 above it)."""
     socket_buffer_bytes: int = 262144
     """``--socket-buffer-bytes``: per-direction relay buffer; reading from the sending peer
     pauses above it."""

@@ -208,7 +208,17 @@ class SidecarState:
             draining=self.draining,
             started_at=self.started_at,
             seq=self.seq,
+            topic_protocols=self._topic_protocols(),
         )
+
+    def _topic_protocols(self) -> dict[str, str] | None:
+        """``--topic auto``: topic -> the rule that counted its sockets; else ``None``."""
+        counter = self.counter
+        if self.settings.proxy.topic_rule.kind != "auto" or not isinstance(
+            counter, ConnectionCounter
+        ):
+            return None
+        return counter.topic_protocols()
 
     def live_view(self) -> LiveView:
         """The values the metrics collector exports at scrape time."""

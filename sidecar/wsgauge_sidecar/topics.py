@@ -9,7 +9,10 @@ A rule is given once on the command line (``--topic``) and parsed by
 ``path:REGEX``     group 1 of ``re.search(REGEX, path)``; no match = no topic
 ``query:NAME``     the first value of query parameter ``NAME``
 ``header:NAME``    the value of request header ``NAME`` (case-insensitive)
-``phoenix``        topics come from the Phoenix channels frames (phoenix.py)
+PROTOCOL           a frame protocol (``phoenix``, ...): topics come from the
+                   WebSocket messages (:mod:`wsgauge_sidecar.protocols`)
+``auto[:RULE]``    per socket, a frame protocol recognised from its handshake,
+                   else ``RULE`` (``path``): :meth:`TopicRule.for_socket`
 ``report``         the app reports its own counts; nothing is proxied
 =================  ==========================================================
 
@@ -28,40 +31,90 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import parse_qsl, unquote
 
 from wsgauge_sidecar.exceptions import InvalidTopicRule
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
+from wsgauge_sidecar.protocols.auto import candidate_protocols, choose_rule
+from wsgauge_sidecar.protocols.base import MAX_TOPIC_LENGTH, ProtocolSpec, normalize_topic
+from wsgauge_sidecar.protocols.registry import PROTOCOLS, protocol_spec
 
-TopicRuleKind = Literal["path", "path_regex", "query", "header", "phoenix", "report"]
-"""The kinds of topic rule; ``path_regex`` is written ``path:REGEX`` on the command line."""
+__all__ = [
+    "MAX_TOPIC_LENGTH",
+    "TopicRule",
+    "normalize_topic",
+    "parse_topic_rule",
+    "split_target",
+    "topic_from_request",
+]
 
-MAX_TOPIC_LENGTH = 200
-"""Topic names are cut to this many characters (keeps labels and documents bounded)."""
+REQUEST_KINDS = ("path", "path_regex", "query", "header", "report")
+"""The rule kinds that are not frame protocols; ``path_regex`` is written ``path:REGEX``."""
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 """An HTTP header field name (RFC 9110 ``token``)."""
 
-_RULES_HELP = "path | path:REGEX | query:NAME | header:NAME | phoenix | report"
+_RULES_HELP = " | ".join(
+    ["path", "path:REGEX", "query:NAME", "header:NAME", *PROTOCOLS, "auto", "auto:RULE", "report"]
+)
+
+AUTO = "auto"
+"""The rule kind that picks a rule per socket (:mod:`wsgauge_sidecar.protocols.auto`)."""
 
 
 @dataclass(frozen=True)
 class TopicRule:
     """A parsed ``--topic`` rule."""
 
-    kind: TopicRuleKind
-    """Which rule: ``path``, ``path_regex``, ``query``, ``header``, ``phoenix`` or ``report``."""
+    kind: str
+    """Which rule: one of :data:`REQUEST_KINDS` or the name of a frame protocol
+    (:data:`wsgauge_sidecar.protocols.registry.PROTOCOLS`, e.g. ``phoenix``)."""
     argument: str | None = None
-    """The regex (``path_regex``), parameter name (``query``) or header name (``header``)."""
+    """The regex (``path_regex``), parameter name (``query``), header name (``header``), or
+    the fallback rule of ``auto`` (a rule spec, ``path`` by default)."""
+
+    @property
+    def protocol(self) -> ProtocolSpec | None:
+        """The frame protocol whose messages give the topics, or ``None`` (request rules and
+        ``auto``, whose sockets each get theirs from :meth:`for_socket`)."""
+        return protocol_spec(self.kind)
 
     @property
     def needs_frames(self) -> bool:
-        """True when topics come from the WebSocket frames (``phoenix``), not the request."""
-        return self.kind == "phoenix"
+        """True when topics come (or, for ``auto``, may come) from the WebSocket messages."""
+        return self.kind in PROTOCOLS or self.kind == AUTO
+
+    @property
+    def fallback(self) -> TopicRule:
+        """``auto``: the rule of sockets no protocol is recognised for; else the rule itself."""
+        if self.kind != AUTO:
+            return self
+        return parse_topic_rule(self.argument or "path")
+
+    def for_socket(self, request: RequestHead, response: ResponseHead) -> TopicRule:
+        """The rule that counts one socket: ``auto`` chooses from its handshake (the accepted
+        subprotocol, the URL shape, else the fallback); any other rule is itself."""
+        if self.kind != AUTO:
+            return self
+        fallback = self.fallback
+        chosen = choose_rule(request, response, str(fallback), PROTOCOLS)
+        return fallback if chosen == str(fallback) else TopicRule(chosen)
+
+    def strips_extensions(self, request: RequestHead) -> bool:
+        """Whether ``Sec-WebSocket-Extensions`` is removed from this upgrade request, so that
+        permessage-deflate is never negotiated on a socket whose messages are read."""
+        if self.kind == AUTO:
+            names = candidate_protocols(request, PROTOCOLS)
+            names.add(self.fallback.kind)
+        else:
+            names = {self.kind}
+        return any(spec.strip_extensions for spec in map(protocol_spec, names) if spec)
 
     def __str__(self) -> str:
         if self.kind == "path_regex":
             return f"path:{self.argument}"
+        if self.kind == AUTO and self.argument == "path":
+            return AUTO
         if self.argument is None:
             return self.kind
         return f"{self.kind}:{self.argument}"
@@ -70,10 +123,15 @@ class TopicRule:
 def parse_topic_rule(spec: str) -> TopicRule:
     """Parse a ``--topic`` value; raise :class:`InvalidTopicRule` with a clear message."""
     kind, separator, argument = spec.strip().partition(":")
-    if kind in ("phoenix", "report"):
+    if kind == AUTO:
+        fallback = parse_topic_rule(argument) if separator else TopicRule("path")
+        if fallback.kind in (AUTO, "report"):
+            raise InvalidTopicRule(f"topic rule 'auto:RULE' cannot fall back to {argument!r}")
+        return TopicRule(AUTO, str(fallback))
+    if kind == "report" or kind in PROTOCOLS:
         if separator:
             raise InvalidTopicRule(f"topic rule {kind!r} takes no argument (got {spec!r})")
-        return TopicRule("phoenix") if kind == "phoenix" else TopicRule("report")
+        return TopicRule(kind)
     if kind == "path":
         if not separator:
             return TopicRule("path")
@@ -99,35 +157,12 @@ def parse_topic_rule(spec: str) -> TopicRule:
     raise InvalidTopicRule(f"unknown topic rule {spec!r}; expected one of: {_RULES_HELP}")
 
 
-def normalize_topic(name: str | None) -> str | None:
-    """Cut a topic name to :data:`MAX_TOPIC_LENGTH`; an empty name (or ``None``) is ``None``."""
-    if not name:
-        return None
-    return name[:MAX_TOPIC_LENGTH]
-
-
-def split_target(target: str) -> tuple[str, str]:
-    """Split a request target into (raw path, raw query); handles absolute-form targets."""
-    if "://" in target and not target.startswith("/"):
-        # absolute-form (``http://host:port/path?q``), as sent to proxies
-        after_scheme = target.split("://", 1)[1]
-        slash = after_scheme.find("/")
-        question = after_scheme.find("?")
-        if slash < 0 or (0 <= question < slash):
-            target = "/" + after_scheme[question:] if question >= 0 else "/"
-        else:
-            target = after_scheme[slash:]
-    target = target.split("#", 1)[0]
-    path, _, query = target.partition("?")
-    return path, query
-
-
 def topic_from_request(
     rule: TopicRule, target: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> str | None:
     """The topic of an upgrade request under ``rule`` (``None`` = in no topic).
 
-    ``phoenix`` and ``report`` rules never take a topic from the request: ``None``.
+    Frame protocols and ``report`` never take a topic from the request: ``None``.
     """
     if rule.kind == "path":
         path, _ = split_target(target)

@@ -8,11 +8,11 @@ The proxy relays WebSocket bytes unchanged; these objects only *watch* them:
   frames (``at_boundary``: where a close frame may be injected, e.g. on drain)
   and which close code a peer sent (``close_code_seen``). RSV bits are not
   checked there: in the byte-relay modes permessage-deflate (RSV1) passes through.
-* :class:`MessageReader` is the full reader used in ``phoenix`` mode: it unmasks,
-  reassembles fragmented text/binary messages, validates UTF-8 and returns the
-  messages and control frames.
+* :class:`MessageReader` is the full reader used under a frame protocol rule
+  (``phoenix``, ...): it unmasks, reassembles fragmented text/binary messages,
+  validates UTF-8 and returns the messages and control frames.
 
-Compression: in ``phoenix`` mode the proxy strips ``Sec-WebSocket-Extensions``
+Compression: under a frame protocol rule the proxy strips ``Sec-WebSocket-Extensions``
 from the upgrade request, so permessage-deflate (RFC 7692) is never negotiated
 and every frame must have its RSV bits clear; :class:`MessageReader` therefore
 treats any RSV bit as a protocol error (close code 1002) instead of inflating.
@@ -68,7 +68,7 @@ class WsMessage(NamedTuple):
     """A whole data message (reassembled, unmasked) or a control frame.
 
     A named tuple rather than a frozen dataclass: one is made per relayed message
-    in ``phoenix`` mode, and a tuple is several times cheaper to create.
+    under a frame protocol rule, and a tuple is several times cheaper to create.
     """
 
     opcode: Opcode
@@ -354,11 +354,11 @@ class FrameBoundaryTracker:
 
 
 class MessageReader:
-    """Reads whole messages from one direction of a WebSocket (used in ``phoenix`` mode).
+    """Reads whole messages from one direction of a WebSocket (used under a frame protocol rule).
 
     Frames are reassembled and unmasked; ``feed`` returns the messages and control
     frames completed by the bytes given. RSV bits must be clear: compression is
-    kept from being negotiated in phoenix mode (see the module docstring).
+    kept from being negotiated under a frame protocol rule (see the module docstring).
     """
 
     def __init__(self, masked: bool, max_message_bytes: int = 1048576) -> None:

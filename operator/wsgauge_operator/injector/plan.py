@@ -67,8 +67,20 @@ DATA_PORT_NAME = "wsgauge-http"
 ADMIN_PORT_NAME = "wsgauge-admin"
 """Name of the sidecar's admin port (use it as ConnectionStats ``sidecarPort``)."""
 
-TOPIC_RULE = re.compile(r"^(path|phoenix|report|path:.+|query:[^\s]+|header:[^\s]+)$")
+FRAME_PROTOCOLS = (
+    "phoenix", "socketio", "actioncable", "centrifugo", "graphql-ws", "mqtt", "stomp", "pusher",
+)  # fmt: skip
+"""The sidecar's frame protocol rules (``wsgauge_sidecar.protocols.registry``)."""
+
+_REQUEST_RULE = r"path|path:.+|query:[^\s]+|header:[^\s]+"
+TOPIC_RULE = re.compile(
+    rf"^({_REQUEST_RULE}|{'|'.join(FRAME_PROTOCOLS)}|report"
+    rf"|auto|auto:(?:{_REQUEST_RULE}|{'|'.join(FRAME_PROTOCOLS)}))$"
+)
 """Topic rules the sidecar understands (``--topic``)."""
+
+REQUEST_TOPIC_RULE = re.compile(rf"^({_REQUEST_RULE})$")
+"""Topic rules that take the topic from the upgrade request (per-topic limits need one)."""
 
 REPORT_URL_ENV = "WSGAUGE_REPORT_URL"
 """Environment variable that tells the app containers of a report-mode pod where to report."""
@@ -232,11 +244,12 @@ def _parse_topic(text: str, annotation: str) -> str:
     if not TOPIC_RULE.match(text):
         raise ValueError(
             f"{annotation}: {text!r} is not a topic rule "
-            "(path, path:REGEX, query:NAME, header:NAME, phoenix, report)"
+            f"(path, path:REGEX, query:NAME, header:NAME, {', '.join(FRAME_PROTOCOLS)}, "
+            "auto, auto:RULE, report)"
         )
-    if text.startswith("path:"):
+    if text.startswith(("path:", "auto:path:")):
         try:
-            re.compile(text[5:])
+            re.compile(text.split("path:", 1)[1])
         except re.error as error:
             raise ValueError(f"{annotation}: bad regular expression: {error}") from None
     return text
@@ -267,7 +280,7 @@ def _parse_rate(text: str, annotation: str) -> float:
 
 def _check_limits_fit_the_topic_rule(settings: InjectorSettings, source: str) -> None:
     """The sidecar refuses these combinations at start: deny them here instead."""
-    if settings.max_topic_connections and settings.topic in ("phoenix", "report"):
+    if settings.max_topic_connections and not REQUEST_TOPIC_RULE.match(settings.topic):
         raise ValueError(
             f"{source}: per-topic limits (max-topic-connections) need a topic rule that reads "
             f"the upgrade request (path, path:REGEX, query:NAME, header:NAME), not {settings.topic}"

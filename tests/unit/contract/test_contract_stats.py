@@ -195,3 +195,21 @@ def test_fuzz_json_shapes_raise_only_invalid_document(data: dict[str, object]) -
     assert doc.connections >= 0
     assert all(count >= 0 for count in doc.topics.values())
     assert decode_stats_document(encode_stats_document(doc)) == doc
+
+
+def test_topic_protocols_are_optional_and_round_trip() -> None:
+    plain = StatsDocument(topics={"/chat": 2})
+    assert "topicProtocols" not in plain.to_json_dict()
+    assert decode_stats_document(encode_stats_document(plain)).topic_protocols is None
+    auto = StatsDocument(
+        topics={"/chat": 2, "x": 1}, topic_protocols={"/chat": "socketio", "x": "centrifugo,path"}
+    )
+    decoded = decode_stats_document(encode_stats_document(auto))
+    assert decoded.to_json_dict()["topicProtocols"] == {"/chat": "socketio", "x": "centrifugo,path"}
+    assert decoded == auto
+
+
+@pytest.mark.parametrize("value", [[], {"t": 1}, {"t": None}, {"t": "x" * 300}])
+def test_bad_topic_protocols_are_refused(value: object) -> None:
+    with pytest.raises(InvalidStatsDocument):
+        StatsDocument.from_json_dict({"topicProtocols": value})

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_operator.injector.plan import (
+    FRAME_PROTOCOLS,
     INJECTED_ANNOTATION,
     InjectorSettings,
     plan_injection,
@@ -20,6 +21,7 @@ from wsgauge_operator.injector.plan import (
     settings_from_mapping,
 )
 from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_sidecar.protocols.registry import PROTOCOLS
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
 
@@ -151,6 +153,10 @@ def test_annotations_override_the_sidecar_settings() -> None:
         ("wsgauge.dev/max-upgrades-per-second", "inf"),
         ("wsgauge.dev/topic", "cookie:x"),
         ("wsgauge.dev/topic", "path:(unclosed"),
+        ("wsgauge.dev/topic", "auto:path:(unclosed"),
+        ("wsgauge.dev/topic", "auto:report"),
+        ("wsgauge.dev/topic", "auto:auto"),
+        ("wsgauge.dev/topic", "socket.io"),
         ("wsgauge.dev/drain-grace", "soon"),
         ("wsgauge.dev/drain-spread", "99999"),
         ("wsgauge.dev/port", "70000"),
@@ -186,6 +192,21 @@ def test_limits_the_topic_rule_cannot_serve_are_denied(
     plan = plan_injection(make_pod(annotations), InjectorSettings())
     assert plan.patch == []
     assert denied in plan.denied
+
+
+@pytest.mark.parametrize(
+    "rule", ["socketio", "actioncable", "centrifugo", "auto", "auto:query:room", "auto:phoenix"]
+)
+def test_frame_protocol_and_auto_rules_are_accepted(rule: str) -> None:
+    plan = plan_injection(
+        make_pod({"wsgauge.dev/inject": "true", "wsgauge.dev/topic": rule}), InjectorSettings()
+    )
+    assert not plan.denied
+    assert plan.patch
+
+
+def test_every_sidecar_frame_protocol_is_known_to_the_injector() -> None:
+    assert set(PROTOCOLS) <= set(FRAME_PROTOCOLS)
 
 
 def test_app_port_clashing_with_the_sidecar_is_denied() -> None:

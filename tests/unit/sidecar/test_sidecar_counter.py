@@ -307,3 +307,26 @@ def test_reported_counts_never_negative_and_bounded(
         assert counts.connections == counts.opened - counts.closed >= 0
         assert all(value > 0 for value in counts.topics().values())
         assert len(counts.topics()) <= max_topics + 1
+
+
+def test_topic_protocols_follow_the_sockets_of_each_protocol() -> None:
+    counter = ConnectionCounter(max_topics=2)
+    plain = counter.open_socket()
+    counter.join(plain, "a")
+    assert counter.topic_protocols() == {}
+    first = counter.open_socket("socketio")
+    counter.join(first, "a")
+    second = counter.open_socket("centrifugo")
+    counter.join(second, "a")
+    counter.join(second, "b")
+    counter.join(second, "c")  # folded into _other
+    assert counter.topic_protocols() == {
+        "a": "centrifugo,socketio",
+        "b": "centrifugo",
+        "_other": "centrifugo",
+    }
+    counter.leave(second, "a")
+    assert counter.topic_protocols()["a"] == "socketio"
+    counter.close_socket(second, "normal")
+    counter.close_socket(first, "normal")
+    assert counter.topic_protocols() == {}

@@ -231,7 +231,7 @@ def test_an_upgrade_switches_once_with_every_byte_on_its_side(
             max_header_bytes=16384,
             buffer_bytes=1 << 20,
             handshake_timeout=10,
-            strip_extensions=strip,
+            strip_extensions=lambda head: strip,
         )
     )
     wire.run(wire.exchange.start())

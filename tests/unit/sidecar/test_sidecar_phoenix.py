@@ -1,4 +1,4 @@
-"""Unit, model-based and fuzz tests of the Phoenix channels reader (wsgauge_sidecar.phoenix).
+"""Unit, model-based and fuzz tests of the Phoenix channels reader (protocols.phoenix).
 
 The model server below answers the way ``lib/phoenix/socket.ex`` does (reply to a
 join; on a duplicate join the new join's ok reply *before* the old channel's
@@ -22,7 +22,7 @@ from wsgauge_sidecar.exceptions import (
     PhoenixProtocolError,
     WebSocketProtocolError,
 )
-from wsgauge_sidecar.phoenix import (
+from wsgauge_sidecar.protocols.phoenix import (
     MAX_REF_LENGTH,
     Joined,
     Left,
@@ -266,23 +266,18 @@ def test_binary_v2_messages() -> None:
     def fields(kind: int, *parts: bytes, data: bytes = b"") -> bytes:
         return bytes([kind, *(len(part) for part in parts)]) + b"".join(parts) + data
 
-    assert (
-        session.client_binary_message(fields(0, b"4", b"4", b"bin", b"phx_join", data=b"\x00"))
-        == []
-    )
-    assert session.server_binary_message(fields(1, b"4", b"4", b"bin", b"ok", data=b"x")) == [
-        Joined("bin")
-    ]
-    assert session.server_binary_message(fields(2, b"bin", b"ev", data=b"x")) == []
-    assert session.server_binary_message(fields(0, b"4", b"bin", b"ev", data=b"x")) == []
+    assert session.client_binary(fields(0, b"4", b"4", b"bin", b"phx_join", data=b"\x00")) == []
+    assert session.server_binary(fields(1, b"4", b"4", b"bin", b"ok", data=b"x")) == [Joined("bin")]
+    assert session.server_binary(fields(2, b"bin", b"ev", data=b"x")) == []
+    assert session.server_binary(fields(0, b"4", b"bin", b"ev", data=b"x")) == []
     assert session.server_message(v2("4", "4", "bin", "phx_close")) == [Left("bin", "close")]
     with pytest.raises(PhoenixProtocolError):
-        session.server_binary_message(b"")
+        session.server_binary(b"")
     with pytest.raises(PhoenixProtocolError):
-        session.server_binary_message(bytes([1, 200, 0, 0, 0]))
+        session.server_binary(bytes([1, 200, 0, 0, 0]))
     with pytest.raises(PhoenixProtocolError):
-        session.client_binary_message(bytes([7]))
-    assert PhoenixSession("v1").server_binary_message(b"\x09garbage") == []
+        session.client_binary(bytes([7]))
+    assert PhoenixSession("v1").server_binary(b"\x09garbage") == []
 
 
 def test_encode_message_round_trips() -> None:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_sidecar.exceptions import PhoenixProtocolError
-from wsgauge_sidecar.phoenix import Joined, Left, PhoenixSession, Serializer
+from wsgauge_sidecar.protocols.phoenix import Joined, Left, PhoenixSession, Serializer
 
 
 def v2(join_ref: object, ref: object, topic: str, event: str, payload: object = None) -> bytes:

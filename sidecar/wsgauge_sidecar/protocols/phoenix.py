@@ -1,10 +1,10 @@
 """Phoenix channels protocol reader: which topics a proxied socket is in.
 
-Pure and sans-I/O: the proxy feeds every text message of a ``phoenix`` socket
-(reassembled by :class:`wsgauge_sidecar.wsframes.MessageReader`) to one
-:class:`PhoenixSession`, ``client_message`` for client-to-server and
-``server_message`` for server-to-client, and applies the returned events
-(:class:`Joined`, :class:`Left`) to the counter. Messages are relayed unchanged.
+Pure and sans-I/O, a :class:`wsgauge_sidecar.protocols.base.ProtocolSession`:
+the relay feeds every message of a ``phoenix`` socket (reassembled by
+:class:`wsgauge_sidecar.wsframes.MessageReader`) to one :class:`PhoenixSession`
+and applies the returned events (:class:`Joined`, :class:`Left`) to the
+counter. Messages are relayed unchanged.
 
 Protocol facts relied on (checked against the Phoenix source, phoenixframework/phoenix):
 
@@ -36,13 +36,20 @@ Protocol facts relied on (checked against the Phoenix source, phoenixframework/p
   ``<<1, join_ref_size, ref_size, topic_size, status_size, ...>>``, server push
   ``<<0, join_ref_size, topic_size, event_size, ...>>`` and broadcast ``<<2,
   topic_size, event_size, ...>>`` (``Phoenix.Socket.V2.JSONSerializer``).
+* Supabase Realtime (``@supabase/realtime-js`` ``serializer.ts``) adds two binary
+  kinds for user broadcasts: the client's ``<<3, join_ref_size, ref_size,
+  topic_size, event_size, metadata_size, encoding, join_ref, ref, topic, event,
+  metadata, payload>>`` and the server's ``<<4, topic_size, event_size,
+  metadata_size, encoding, topic, event, metadata, payload>>``. Neither changes
+  topics; both pass (their headers checked). Supabase topics are
+  ``realtime:NAME`` and count like any other.
 
 Counting rules: a topic is joined when the server's ``phx_reply`` with status
 ``ok`` answers a pending ``phx_join`` (same topic and ref); it is left on the
 client's ``phx_leave`` (at once: the server always honours it) and on a server
 ``phx_close`` or ``phx_error`` for the current join_ref. A rejoin of a joined
 topic is not counted twice. Topic names are cut to 200 characters
-(:func:`wsgauge_sidecar.topics.normalize_topic`); two topics equal in their
+(:func:`wsgauge_sidecar.protocols.base.normalize_topic`); two topics equal in their
 first 200 characters count as one.
 
 Inspected messages: the proxy feeds text messages through the pre-filters
@@ -82,7 +89,16 @@ from typing import Literal
 from urllib.parse import parse_qsl
 
 from wsgauge_sidecar.exceptions import PhoenixLimitError, PhoenixProtocolError
-from wsgauge_sidecar.topics import normalize_topic, split_target
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
+from wsgauge_sidecar.protocols.base import (
+    Joined,
+    Left,
+    ProtocolEvent,
+    ProtocolSpec,
+    normalize_topic,
+)
+
+__all__ = ["SPEC", "Joined", "Left", "PhoenixEvent", "PhoenixSession", "serializer_from_query"]
 
 Serializer = Literal["v1", "v2"]
 """The Phoenix JSON serializer in use: V1 objects or V2 arrays."""
@@ -103,23 +119,9 @@ MAX_STALE_CLOSES = 8
 """Outdated closes remembered per topic (see ``PhoenixSession._expect_stale_close``)."""
 
 
-@dataclass(frozen=True)
-class Joined:
-    """The socket joined ``topic`` (the server accepted the join)."""
-
-    topic: str
-
-
-@dataclass(frozen=True)
-class Left:
-    """The socket left ``topic``; ``reason`` is ``leave``, ``close`` or ``error``."""
-
-    topic: str
-    reason: str
-
-
-PhoenixEvent = Joined | Left
-"""What a message changed in the socket's topics."""
+PhoenixEvent = ProtocolEvent
+"""What a message changed in the socket's topics (``Left.reason``: ``leave``, ``close``,
+``error``)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,14 @@ def decode_binary(data: bytes, *, from_client: bool) -> PhoenixMessage | None:
         raise PhoenixProtocolError("empty Phoenix binary message")
     kind = data[0]
     if kind == 2 and not from_client:
+        return None
+    if (kind == 3 and from_client) or (kind == 4 and not from_client):
+        # Supabase user broadcast (push): only its header's sizes are checked, since
+        # realtime-js writes its fields one UTF-16 code unit per byte (not always UTF-8)
+        count = 5 if kind == 3 else 3
+        header = data[1 : 1 + count]
+        if len(header) < count or len(data) < 2 + count + sum(header):
+            raise PhoenixProtocolError("truncated Supabase binary message header")
         return None
     if kind == 0 and from_client:
         sizes, fields = _binary_fields(data, 4)
@@ -310,7 +320,7 @@ class PhoenixSession:
 
     # ------------------------------------------------------------ binary
 
-    def client_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def client_binary(self, data: bytes) -> list[PhoenixEvent]:
         """A binary message from the client (V2 binary push); ignored on V1 sockets."""
         if self.serializer == "v1":
             return []
@@ -318,7 +328,7 @@ class PhoenixSession:
         message = decode_binary(data, from_client=True)
         return [] if message is None else self._from_client(message)
 
-    def server_binary_message(self, data: bytes) -> list[PhoenixEvent]:
+    def server_binary(self, data: bytes) -> list[PhoenixEvent]:
         """A binary message from the server (V2 reply/push/broadcast); ignored on V1 sockets."""
         if self.serializer == "v1":
             return []
@@ -450,3 +460,15 @@ def _ref_key(value: object) -> str | None:
 
 def _reply_status(payload: object) -> object:
     return payload.get("status") if isinstance(payload, dict) else None
+
+
+def _new_session(request: RequestHead, response: ResponseHead) -> PhoenixSession:
+    return PhoenixSession(serializer_from_query(request.target))
+
+
+SPEC = ProtocolSpec(
+    name="phoenix",
+    summary="Phoenix channels (JSON v1/v2): topics joined with phx_join",
+    factory=_new_session,
+)
+"""The ``phoenix`` rule."""

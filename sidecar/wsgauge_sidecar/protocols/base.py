@@ -1,0 +1,123 @@
+"""The interface every frame protocol session implements, and its events.
+
+A session follows one WebSocket. It is pure and sans-I/O (no asyncio, no
+clock): the relay reassembles the messages of each direction with
+:class:`wsgauge_sidecar.wsframes.MessageReader` (control frames are not
+passed on; text payloads are valid UTF-8) and calls exactly one of
+
+* ``client_text(payload)`` / ``server_text(payload)`` for a text message,
+* ``client_binary(payload)`` / ``server_binary(payload)`` for a binary message,
+
+in the order the messages went through the proxy. Each call returns the
+events the message caused, in order: :class:`Joined` (the socket is now in
+``topic``) and :class:`Left` (it no longer is). A session never reports a
+topic twice without a :class:`Left` in between and never leaves a topic it is
+not in, so the relay applies events to the counter as they come. When the
+socket ends the counter drops all its topics at once: a session does not have
+to report them.
+
+Pre-filter: every call is made for every relayed message, so each method
+first decides cheaply, on the raw bytes, whether the message *can* change the
+socket's topics (a substring test such as ``b"phx_" in payload``) and returns
+:data:`NO_EVENTS` without decoding when it cannot. The filter must never miss
+a message that decoding would act on (the fuzz tests of each protocol check
+that the filtered and the fully decoding paths follow the same topics).
+
+Errors: the only exception a session raises is
+:class:`wsgauge_sidecar.exceptions.ProtocolError` (or a subclass); its
+``close_code`` ends that one socket (1007 for a malformed message of the
+protocol, 1003 for a message type the protocol forbids, 1008 when the socket
+goes past a per-socket bound, which is the only way to stay exact). Anything
+else escaping a session is a bug.
+
+Topic names are what the wire names, cut to :data:`MAX_TOPIC_LENGTH`
+characters by :func:`normalize_topic`; an empty name is no topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+
+MAX_TOPIC_LENGTH = 200
+"""Topic names are cut to this many characters (keeps labels and documents bounded)."""
+
+MAX_TOPICS_PER_SOCKET = 1000
+"""Default bound on the topics one socket may be in (and on its pending subscriptions)."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The socket is now in ``topic``."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class Left:
+    """The socket left ``topic``; ``reason`` says why (protocol-specific, e.g. ``leave``)."""
+
+    topic: str
+    reason: str
+
+
+ProtocolEvent = Joined | Left
+"""What a message changed in the socket's topics."""
+
+NO_EVENTS: Sequence[ProtocolEvent] = ()
+"""The answer for a message that changes nothing (shared, never mutated)."""
+
+
+class ProtocolSession(Protocol):
+    """Follows one WebSocket of a frame protocol (see the module docstring)."""
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics the socket is in now."""
+        ...
+
+    def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
+        """A client-to-server text message (valid UTF-8)."""
+        ...
+
+    def server_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
+        """A server-to-client text message (valid UTF-8)."""
+        ...
+
+    def client_binary(self, payload: bytes) -> Sequence[ProtocolEvent]:
+        """A client-to-server binary message."""
+        ...
+
+    def server_binary(self, payload: bytes) -> Sequence[ProtocolEvent]:
+        """A server-to-client binary message."""
+        ...
+
+
+def normalize_topic(name: str | None) -> str | None:
+    """Cut a topic name to :data:`MAX_TOPIC_LENGTH`; an empty name (or ``None``) is ``None``."""
+    if not name:
+        return None
+    return name[:MAX_TOPIC_LENGTH]
+
+
+SessionFactory = Callable[[RequestHead, ResponseHead], ProtocolSession]
+"""Creates the session of one socket from its upgrade request and the app's 101 answer
+(the request target, e.g. Phoenix's ``vsn``; the accepted ``Sec-WebSocket-Protocol``)."""
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A frame protocol as a ``--topic`` rule: its name, help line and session factory."""
+
+    name: str
+    """The ``--topic`` value (``phoenix``)."""
+    summary: str
+    """One line for ``--help`` (what counts as being in a topic)."""
+    factory: SessionFactory
+    """Creates the session of one socket."""
+    strip_extensions: bool = True
+    """Remove ``Sec-WebSocket-Extensions`` from upgrades, so that permessage-deflate is never
+    negotiated and every message reaches the session uncompressed."""
