@@ -47,6 +47,7 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
         help="topic rule to measure (repeatable; default both)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="do not measure nginx")
+    parser.add_argument("--no-haproxy", action="store_true", help="do not measure HAProxy")
     parser.add_argument(
         "--no-install", action="store_true", help="do not apt-get install nginx when it is missing"
     )
@@ -67,6 +68,7 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
         sizes=sizes,
         modes=tuple(args.mode or ("path", "phoenix")),
         nginx=not args.no_nginx,
+        haproxy=not args.no_haproxy,
         install_nginx=not args.no_install,
         quick=args.quick,
     )

@@ -21,6 +21,7 @@ from wsgauge_contract.flags import Flag, FlagSet
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
 from wsgauge_sidecar.exceptions import ConfigError
+from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
 
@@ -88,6 +89,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _relay(text: str) -> str:
+    choice = text.strip().lower()
+    if choice not in RELAY_CHOICES:
+        raise ValueError(f"expected one of {', '.join(RELAY_CHOICES)}, got {text!r}")
+    return choice
+
+
 FLAGS = FlagSet(
     SidecarSettings,
     (
@@ -109,6 +117,7 @@ FLAGS = FlagSet(
         Flag("max-message-bytes", "proxy.max_message_bytes", _non_negative_int, "N"),
         Flag("socket-buffer-bytes", "proxy.socket_buffer_bytes", _non_negative_int, "N"),
         Flag("upstream-check-interval", "admin.upstream_check_interval", _seconds, "SECONDS"),
+        Flag("relay", "proxy.relay", _relay, "auto|native|python"),
         Flag("log-level", "log_level", _log_level, "LEVEL"),
     ),
     ENV_PREFIX,
@@ -172,6 +181,10 @@ def check_settings(settings: SidecarSettings) -> None:
         raise ConfigError("--max-message-bytes must be at least 1024")
     if proxy.socket_buffer_bytes < 4096:
         raise ConfigError("--socket-buffer-bytes must be at least 4096")
+    if proxy.relay == "native":
+        extension, why = load_extension()
+        if extension is None:
+            raise ConfigError(f"--relay native: the native relay is {why}")
 
 
 def _same_port(first: Address, second: Address) -> bool:

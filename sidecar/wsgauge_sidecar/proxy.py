@@ -54,6 +54,7 @@ from wsgauge_sidecar.exchange import (
     TimerKind,
     UpgradeStarted,
 )
+from wsgauge_sidecar.native_relay import NativeRelay, NativeSocket, load_extension
 from wsgauge_sidecar.relay import UpstreamSide, WebSocketRelay, close_transport
 from wsgauge_sidecar.state import SidecarState
 from wsgauge_sidecar.topics import topic_from_request
@@ -114,10 +115,31 @@ class ProxyServer:
         self.websockets: dict[int, ClientConnection] = {}
         """Counted sockets by socket id (insertion order = opening order)."""
         self._server: asyncio.Server | None = None
+        self.native: NativeRelay | None = None
+        """The native relay of upgraded sockets (``None``: they are relayed in Python)."""
+        self.relay_description = "python (--relay python)"
+        """Who relays upgraded sockets, and why: for the start line."""
+
+    def _start_native(self, loop: asyncio.AbstractEventLoop) -> None:
+        choice = self.settings.relay
+        if self.settings.topic_rule.needs_frames:
+            self.relay_description = "python (the topic rule reads frames)"
+            return
+        if choice == "python":
+            return
+        extension, why = load_extension()
+        if extension is None:
+            self.relay_description = f"python (the native relay is {why})"
+            return
+        self.native = NativeRelay(self.state, extension)
+        self.native.start(loop)
+        self.state.metrics.relay.native = True
+        self.relay_description = "native"
 
     async def start(self) -> None:
         """Bind ``--listen`` and start accepting."""
         loop = asyncio.get_running_loop()
+        self._start_native(loop)
         listen = self.settings.listen
         self._server = await loop.create_server(
             lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True,
@@ -142,8 +164,17 @@ class ProxyServer:
 
     def abort_all(self, reason: str) -> None:
         """Cut every connection now (end of drain / shutdown); counted sockets uncounted."""
-        for connection in list(self.connections):
+        # natively relayed sockets are no longer in ``connections`` (their asyncio
+        # transports closed at the hand-off), but they are in ``websockets``
+        for connection in list({**dict.fromkeys(self.connections), **dict.fromkeys(
+                self.websockets.values())}):  # fmt: skip
             connection.abort(reason)
+
+    def release(self) -> None:
+        """Stop the native relay's thread (after :meth:`abort_all`)."""
+        if self.native is not None:
+            self.native.close()
+            self.native = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -157,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamSide | None = None
-        self.relay: WebSocketRelay | None = None
+        self.relay: WebSocketRelay | NativeSocket | None = None
         settings = self.settings
         self.exchange = HttpExchange(
             max_header_bytes=settings.max_header_bytes,
@@ -345,6 +376,11 @@ class ClientConnection(asyncio.Protocol):
         if event.counted:
             self.state.pending_upgrades -= 1
             topic = topic_from_request(self.settings.topic_rule, request.target, request.headers)
+            native = self.proxy.native
+            if native is not None:
+                self.relay = native.hand_off(self, upstream, event, topic)
+                if self.relay is not None:
+                    return
         relay = WebSocketRelay(self, upstream, request, counted=event.counted, topic=topic)
         self.relay = relay
         upstream.relay = relay
