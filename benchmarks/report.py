@@ -360,7 +360,12 @@ def render(result: SuiteResult) -> str:
         "its growth; kernel socket buffers are in neither.",
         "- Where the sidecar's time goes: `python -m benchmarks.profile_sidecar --mode phoenix` "
         "(cProfile of a sidecar under the same load), `python -m benchmarks.core_costs`, or "
-        "`perf record -g -p <sidecar pid>` during `make bench`.",
+        "`perf record -g -p <sidecar pid>` during `make bench`. What bounds a relay: "
+        "`python -m benchmarks.profile_relay` (each proxy's user and kernel CPU and its system "
+        "calls per relayed message, under the path load).",
+        "- *sidecar* is the sidecar as deployed (`--relay auto`: in the request-based rules the "
+        "native relay); *sidecar-python* the same sidecar with `--relay python` (the asyncio "
+        "relay, what runs where the native relay cannot be built).",
         "- The client is the benchmark's own raw asyncio WebSocket client "
         "(`benchmarks/loadgen.py`, uvloop, frames built and masked once, replies only counted), "
         "run as separate processes.",

@@ -2,10 +2,10 @@
 
 What test_image_filesystem.py cannot check without a container runtime is checked here on the
 images themselves: the sidecar image, run read-only as uid 65532, counts a WebSocket to the demo
-app run from the same image, relayed by its native relay; the operator image starts; the pause image stops at once on SIGTERM
-with exit code 0; nothing but runtime packages is in the Python images; a second build reuses
-everything (no debootstrap, same image ids); ``load_into`` puts the images into a containerd
-under their ``docker.io/...`` names and skips them the second time.
+app run from the same image, relayed by its native relay; the operator image starts; the pause
+image stops at once on SIGTERM with exit code 0; nothing but runtime packages is in the Python
+images; a second build reuses everything (no debootstrap, same image ids); ``load_into`` puts the
+images into a containerd under their ``docker.io/...`` names and skips them the second time.
 
 Skipped only when no Docker engine answers and none can be started here (no dockerd installed,
 or not root); otherwise the engine is started by docker_engine.py (and stopped again afterwards
