@@ -238,7 +238,7 @@ static void post(Relay *r, conn *c, int kind, int reason) {
     if (r->nevents == r->capevents) {
         size_t cap = r->capevents ? r->capevents * 2 : 64;
         event *grown = realloc(r->events, cap * sizeof(event));
-        if (grown == NULL) return; /* out of memory: the event is lost, Python's timers cut it */
+        if (grown == NULL) return; /* out of memory: the event is lost (and the count with it) */
         r->events = grown;
         r->capevents = cap;
     }

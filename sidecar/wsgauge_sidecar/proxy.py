@@ -111,7 +111,8 @@ class ProxyServer:
         self.settings = state.settings.proxy
         self.close_timeout = state.settings.drain.close_timeout
         self.connections: set[ClientConnection] = set()
-        """Every open client connection."""
+        """Every client connection with an open asyncio transport (a socket handed to the
+        native relay leaves it; it stays in :attr:`websockets`)."""
         self.websockets: dict[int, ClientConnection] = {}
         """Counted sockets by socket id (insertion order = opening order)."""
         self._server: asyncio.Server | None = None
