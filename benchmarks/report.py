@@ -297,9 +297,7 @@ def render(result: SuiteResult) -> str:
         f"{result.other_cpu_seconds:.0f} CPU seconds, {_other_share(result):.0%} of the "
         f"machine's {result.machine.cores} CPUs{_load_comment(result)}",
         "- **Proxies:** " + "; ".join(descriptions) + ". All on 127.0.0.1.",
-        "- **Upstreams (the same behind every target):** "
-        + "; ".join(upstreams)
-        + ".",
+        "- **Upstreams (the same behind every target):** " + "; ".join(upstreams) + ".",
         f"- **Load:** {sizes.throughput_round_trips:,} closed-loop round trips on "
         f"{sizes.throughput_connections} sockets ({sizes.workers} client processes) for the CPU "
         f"figure; {sizes.latency_round_trips:,} sequential round trips on one socket for the "
