@@ -30,7 +30,7 @@ help:
 # The three distributions (contract, sidecar, operator) editable, then the development project
 # (devcluster, dev tools); runtime dependencies pinned by constraints.txt.
 DISTRIBUTIONS := contract sidecar operator
-$(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt VERSION
+$(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt VERSION sidecar/native/native_relay.c
 	@echo ">>> creating virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

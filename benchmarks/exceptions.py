@@ -12,7 +12,8 @@ class ProcessStartError(BenchmarkError):
 
 
 class NginxUnavailable(BenchmarkError):
-    """nginx is not installed and cannot be installed here (the nginx runs are skipped)."""
+    """A reference proxy (nginx, HAProxy) is not installed and cannot be installed here (its
+    runs are skipped)."""
 
 
 class LoadError(BenchmarkError):

@@ -20,7 +20,7 @@ import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.exceptions import NginxUnavailable, ProcessStartError
@@ -100,23 +100,28 @@ def _apt(arguments: Sequence[str]) -> subprocess.CompletedProcess[str]:
         raise NginxUnavailable(f"apt-get {' '.join(arguments)} failed: {error}") from None
 
 
-def ensure_nginx(install: bool = True) -> str:
-    """The nginx binary; installs Debian's package if missing and ``install`` is true."""
-    found = find_nginx()
+def install_debian_package(
+    what: str, packages: Sequence[str], find: Callable[[], str | None], install: bool = True
+) -> str:
+    """The binary ``find`` locates; installs the first of Debian's ``packages`` that works if it
+    is missing and ``install`` is true (the package's own service kept from starting).
+    :class:`NginxUnavailable` (a proxy that cannot be had) otherwise."""
+    found = find()
     if found:
         return found
     if not install:
-        raise NginxUnavailable("nginx is not installed (and installing was not allowed)")
+        raise NginxUnavailable(f"{what} is not installed (and installing was not allowed)")
     if shutil.which("apt-get") is None:
-        raise NginxUnavailable("nginx is not installed and apt-get is not available")
+        raise NginxUnavailable(f"{what} is not installed and apt-get is not available")
     if os.geteuid() != 0:
-        raise NginxUnavailable("nginx is not installed and apt-get needs root")
+        raise NginxUnavailable(f"{what} is not installed and apt-get needs root")
     print(
-        "nginx not found: installing Debian's package (apt-get update, apt-get install)", flush=True
+        f"{what} not found: installing Debian's package (apt-get update, apt-get install)",
+        flush=True,
     )
     made_policy = False
     if not POLICY_RC.exists():
-        # keep the package's postinst from starting a system nginx on port 80
+        # keep the package's postinst from starting a system service
         POLICY_RC.write_text("#!/bin/sh\nexit 101\n")
         POLICY_RC.chmod(0o755)
         made_policy = True
@@ -125,9 +130,9 @@ def ensure_nginx(install: bool = True) -> str:
         if update.returncode != 0:
             raise NginxUnavailable(f"apt-get update failed: {update.stderr.strip()[-500:]}")
         errors: list[str] = []
-        for package in PACKAGES:
+        for package in packages:
             result = _apt(["install", "-y", "-q", "--no-install-recommends", package])
-            if result.returncode == 0 and find_nginx():
+            if result.returncode == 0 and find():
                 break
             errors.append(f"{package}: {result.stderr.strip()[-300:]}")
         else:
@@ -135,10 +140,15 @@ def ensure_nginx(install: bool = True) -> str:
     finally:
         if made_policy:
             POLICY_RC.unlink(missing_ok=True)
-    found = find_nginx()
+    found = find()
     if found is None:
-        raise NginxUnavailable("nginx still not found after installing it")
+        raise NginxUnavailable(f"{what} still not found after installing it")
     return found
+
+
+def ensure_nginx(install: bool = True) -> str:
+    """The nginx binary; installs Debian's package if missing and ``install`` is true."""
+    return install_debian_package("nginx", PACKAGES, find_nginx, install)
 
 
 def nginx_version(binary: str) -> str:

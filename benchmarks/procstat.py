@@ -38,6 +38,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by the processes ``pids`` (summed)."""
+    user = system = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident set size of the processes ``pids`` (summed), in bytes."""
     total = 0

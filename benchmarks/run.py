@@ -48,6 +48,7 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
         help="topic rule to measure (repeatable; default all)",
     )
     parser.add_argument("--no-nginx", action="store_true", help="do not measure nginx")
+    parser.add_argument("--no-haproxy", action="store_true", help="do not measure HAProxy")
     parser.add_argument(
         "--no-install", action="store_true", help="do not apt-get install nginx when it is missing"
     )
@@ -68,6 +69,7 @@ def parse(argv: Sequence[str] | None) -> tuple[BenchSettings, argparse.Namespace
         sizes=sizes,
         modes=tuple(args.mode or MODES),
         nginx=not args.no_nginx,
+        haproxy=not args.no_haproxy,
         install_nginx=not args.no_install,
         quick=args.quick,
     )

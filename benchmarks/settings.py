@@ -67,6 +67,8 @@ class BenchSettings:
     nginx: bool = True
     """Measure nginx too (skipped with a note when it is missing and cannot be installed)."""
     install_nginx: bool = True
-    """Install Debian's nginx package with apt-get when nginx is missing."""
+    """Install Debian's nginx (and haproxy) package with apt-get when it is missing."""
+    haproxy: bool = True
+    """Measure HAProxy too (skipped with a note when it is missing and cannot be installed)."""
     quick: bool = False
     """This is a ``--quick`` run (said so in the report)."""

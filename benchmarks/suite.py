@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 from benchmarks.core_costs import CoreCost, measure_core_costs
 from benchmarks.exceptions import BenchmarkError, LoadError, NginxUnavailable
+from benchmarks.haproxy import HaproxyProxy, ensure_haproxy
 from benchmarks.loadgen import ECHO_PROTOCOL_MODES, MODES
 from benchmarks.nginx import NginxProxy, ensure_nginx
 from benchmarks.procstat import (
@@ -525,19 +526,28 @@ UPSTREAM_DESCRIPTIONS = {
 
 
 async def run_mode(
-    mode: str, sizes: LoadSizes, nginx_binary: str | None, progress: Progress | None = None
+    mode: str,
+    sizes: LoadSizes,
+    nginx_binary: str | None,
+    progress: Progress | None = None,
+    haproxy_binary: str | None = None,
 ) -> ModeResult:
-    """Direct, sidecar and (when ``nginx_binary``) nginx in one mode, one shared upstream.
+    """Direct, sidecar, (path) the sidecar's Python relay, and (when given) nginx and HAProxy
+    in one mode, one shared upstream.
 
-    Both proxies run side by side (fresh processes); memory is measured one proxy
-    at a time, latency as direct/proxy pairs, CPU in alternating rounds.
+    The proxies run side by side (fresh processes); memory is measured one proxy
+    at a time, latency as direct/proxy pairs, CPU in rounds alternating between them.
     """
     say = progress or (lambda message: None)
     upstream = upstream_for(mode)
     await upstream.start()
     proxies: list[Proxy] = [SidecarProxy(upstream.port, mode)]
+    if mode != "phoenix":
+        proxies.append(SidecarProxy(upstream.port, mode, relay="python"))
     if nginx_binary is not None:
         proxies.append(NginxProxy(nginx_binary, upstream.port, sizes.idle_sockets))
+    if haproxy_binary is not None:
+        proxies.append(HaproxyProxy(haproxy_binary, upstream.port, sizes.idle_sockets))
     started: list[Proxy] = []
     try:
         await _warmup(upstream.port, mode, sizes)
@@ -662,8 +672,17 @@ async def run_suite(settings: BenchSettings, progress: Progress | None = None) -
             say(f"nginx skipped: {error}")
     else:
         result.notes.append("nginx not measured (--no-nginx)")
+    haproxy_binary: str | None = None
+    if settings.haproxy:
+        try:
+            haproxy_binary = ensure_haproxy(install=settings.install_nginx)
+        except NginxUnavailable as error:
+            result.notes.append(f"HAProxy skipped: {error}")
+            say(f"HAProxy skipped: {error}")
+    else:
+        result.notes.append("HAProxy not measured (--no-haproxy)")
     for mode in settings.modes:
-        result.modes.append(await run_mode(mode, sizes, nginx_binary, say))
+        result.modes.append(await run_mode(mode, sizes, nginx_binary, say, haproxy_binary))
     say("sidecar pure cores (no I/O)")
     result.core_costs = measure_core_costs(sizes.core_iterations, sizes.payload_bytes)
     result.seconds = time.perf_counter() - started

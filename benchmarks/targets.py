@@ -159,7 +159,13 @@ class SidecarProxy(ManagedProcess):
     name = "sidecar"
     stop_signal = signal.SIGINT  # drain at once, no grace, no spread
 
-    def __init__(self, upstream_port: int, rule: str, profile_to: Path | None = None) -> None:
+    def __init__(
+        self, upstream_port: int, rule: str, profile_to: Path | None = None, relay: str = "auto"
+    ) -> None:
+        self.relay = relay
+        """``--relay``: ``auto`` (the native relay where the rule allows it) or ``python``."""
+        if relay == "python":
+            self.name = "sidecar-python"
         super().__init__()
         self.upstream_port = upstream_port
         self.rule = rule
@@ -184,6 +190,8 @@ class SidecarProxy(ManagedProcess):
             self.rule,
             "--log-level",
             "warning",
+            "--relay",
+            self.relay,
         ]
 
     async def start(self, timeout: float = 20.0) -> None:
@@ -197,7 +205,9 @@ class SidecarProxy(ManagedProcess):
     def description(self) -> str:
         """Name and version for the report."""
         loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        return f"wsgauge-sidecar {__version__} ({loop}, one process, `--topic` = the mode)"
+        native = self.rule != "phoenix" and self.relay != "python"
+        relay = "native relay thread" if native else "Python relay"
+        return f"wsgauge-sidecar {__version__} ({loop}, {relay}, one process, `--topic` = the mode)"
 
     def counted_sockets(self) -> int:
         """``connections`` of the sidecar's ``/stats`` document."""

@@ -256,9 +256,28 @@ def wheel_platforms(glibc: tuple[int, int]) -> list[str]:
 
 
 def pip_wheel_argv(sources: Sequence[Path], dest: Path) -> list[str]:
-    """Build the wheels of the image's own distributions on the host (pure Python, no deps)."""
+    """Build the wheels of the image's own distributions on the host (no deps). The sidecar's is
+    platform-specific (its native relay, a C extension): built by the host's Python, whose
+    version the image's base must share (:func:`check_host_python`)."""
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
     return [*argv, "--no-deps", "--wheel-dir", str(dest), *map(str, sources)]
+
+
+HOST_WHEEL_PLATFORM = "linux_x86_64"
+"""The platform tag of a wheel built on the host (the sidecar's, with its C extension): named
+for ``pip download`` too, which otherwise refuses the own wheel it is given as a file."""
+
+
+def check_host_python(info: PythonInfo) -> None:
+    """The host's Python builds the sidecar's wheel (its C extension is built for that Python's
+    ABI): the image's base must run the same ``X.Y``, else :class:`ImageBuildError`."""
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if info.version != host:
+        raise ImageBuildError(
+            f"the base image runs Python {info.version} but the host's is {host}: the sidecar's "
+            "wheel (with its native relay) is built by the host's Python; build with a base "
+            f"image of Python {host} (PYTHON_IMAGE)"
+        )
 
 
 def pip_download_argv(
@@ -275,7 +294,7 @@ def pip_download_argv(
     """
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     argv += ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
-    for tag in wheel_platforms(glibc):
+    for tag in [*wheel_platforms(glibc), HOST_WHEEL_PLATFORM]:
         argv += ["--platform", tag]
     argv += ["-c", str(constraints), "-d", str(dest), *map(str, wheels)]
     return argv
@@ -530,7 +549,7 @@ def parse_python_info(out: str) -> PythonInfo:
 OWN_DISTRIBUTIONS = {"sidecar": ("contract", "sidecar"), "operator": ("contract", "operator")}
 """The repository folders (each a distribution with its pyproject.toml) an image installs."""
 CONSTRAINTS = REPO / "constraints.txt"
-SOURCE_IGNORE = ("__pycache__", "*.pyc", "build", "dist", "*.egg-info")
+SOURCE_IGNORE = ("__pycache__", "*.pyc", "*.so", "build", "dist", "*.egg-info")
 """What an in-tree build or a test run leaves in a distribution's folder: never copied."""
 WHEEL_EPOCH = "315532800"
 """SOURCE_DATE_EPOCH of the own wheels (1980-01-01): the same sources give the same bytes, so
@@ -623,6 +642,8 @@ def assemble_context(name: str, wheel_dirs: Sequence[Path]) -> Path:
 
 def build_python_image(log: Log, name: str, ref: str, python_image: str, info: PythonInfo) -> None:
     """Build images/Dockerfile.<name> on python_image from wheels made or fetched on the host."""
+    if name == "sidecar":
+        check_host_python(info)
     own = build_own_wheels(log, name)
     dependencies = ensure_dependency_wheels(log, name, own, info)
     context = assemble_context(name, [own, dependencies])

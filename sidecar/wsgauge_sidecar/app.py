@@ -70,7 +70,8 @@ class Sidecar:
         limits = settings.limits
         log.info(
             "wsgauge-sidecar %s: data %s, admin %s, report %s, upstream %s (%s), topic rule %s, "
-            "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s, loop %s",
+            "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s, loop %s, "
+            "relay %s",
             __version__,
             self.data_address(),
             self.admin_address(),
@@ -84,6 +85,7 @@ class Sidecar:
             settings.drain.grace,
             settings.drain.spread,
             self.loop_name,
+            "off (report mode)" if self.proxy is None else self.proxy.relay_description,
         )  # fmt: skip
 
     def data_address(self) -> str:
@@ -139,6 +141,7 @@ class Sidecar:
         if self.proxy is not None:
             self.proxy.stop_listening()
             self.proxy.abort_all("shutdown")
+            self.proxy.release()
         for task in self._tasks:
             task.cancel()
         if self._report is not None:

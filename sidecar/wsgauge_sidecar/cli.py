@@ -21,6 +21,7 @@ from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
 from wsgauge_sidecar.exceptions import ConfigError
+from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.protocols.registry import rules_help
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
@@ -105,6 +106,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _relay(text: str) -> str:
+    choice = text.strip().lower()
+    if choice not in RELAY_CHOICES:
+        raise ValueError(f"expected one of {', '.join(RELAY_CHOICES)}, got {text!r}")
+    return choice
+
+
 FLAGS = FlagSet(
     SidecarSettings,
     (
@@ -136,6 +144,7 @@ FLAGS = FlagSet(
         Flag("upstream-check-interval", "admin.upstream_check_interval", _seconds, "SECONDS"),
         Flag("live-send-timeout", "live.send_timeout", _seconds, "SECONDS"),
         Flag("live-max-clients", "live.max_clients", _non_negative_int, "N"),
+        Flag("relay", "proxy.relay", _relay, "auto|native|python"),
         Flag("log-level", "log_level", _log_level, "LEVEL"),
     ),
     ENV_PREFIX,
@@ -212,6 +221,10 @@ def check_settings(settings: SidecarSettings) -> None:
         )
     if limits.max_upgrades_per_second and settings.report_mode:
         raise ConfigError("--max-upgrades-per-second has no effect in report mode")
+    if proxy.relay == "native":
+        extension, why = load_extension()
+        if extension is None:
+            raise ConfigError(f"--relay native: the native relay is {why}")
 
 
 def _same_port(first: Address, second: Address) -> bool:

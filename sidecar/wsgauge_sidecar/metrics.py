@@ -61,6 +61,10 @@ class RelayBytes:
     """Bytes relayed from clients to the upstream."""
     to_client: int = 0
     """Bytes relayed from the upstream to clients."""
+    native: bool = False
+    """True when upgraded sockets are relayed by the native relay."""
+    native_bytes: Callable[[], tuple[int, int]] | None = None
+    """The native relay's (to_upstream, to_client) byte totals, read at scrape time."""
 
 
 class _LiveCollector(Collector):
@@ -129,9 +133,16 @@ class _LiveCollector(Collector):
             "Bytes relayed by the data port proxy, by direction.",
             labels=["direction"],
         )
-        relayed.add_metric(["to_upstream"], self._relay.to_upstream)
-        relayed.add_metric(["to_client"], self._relay.to_client)
+        relay = self._relay
+        native_up, native_down = relay.native_bytes() if relay.native_bytes else (0, 0)
+        relayed.add_metric(["to_upstream"], relay.to_upstream + native_up)
+        relayed.add_metric(["to_client"], relay.to_client + native_down)
         yield relayed
+        yield GaugeMetricFamily(
+            "wsgauge_native_relay",
+            "1 when upgraded WebSockets are relayed by the native relay, 0 when in Python.",
+            value=relay.native,
+        )
 
 
 class SidecarMetrics:

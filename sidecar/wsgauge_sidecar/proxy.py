@@ -56,6 +56,7 @@ from wsgauge_sidecar.exchange import (
     TimerKind,
     UpgradeStarted,
 )
+from wsgauge_sidecar.native_relay import NativeRelay, NativeSocket, load_extension
 from wsgauge_sidecar.relay import UpstreamSide, WebSocketRelay, close_transport
 from wsgauge_sidecar.state import SidecarState
 from wsgauge_sidecar.topics import topic_from_request
@@ -112,14 +113,36 @@ class ProxyServer:
         self.settings = state.settings.proxy
         self.close_timeout = state.settings.drain.close_timeout
         self.connections: set[ClientConnection] = set()
-        """Every open client connection."""
+        """Every client connection with an open asyncio transport (a socket handed to the
+        native relay leaves it; it stays in :attr:`websockets`)."""
         self.websockets: dict[int, ClientConnection] = {}
         """Counted sockets by socket id (insertion order = opening order)."""
         self._server: asyncio.Server | None = None
+        self.native: NativeRelay | None = None
+        """The native relay of upgraded sockets (``None``: they are relayed in Python)."""
+        self.relay_description = "python (--relay python)"
+        """Who relays upgraded sockets, and why: for the start line."""
+
+    def _start_native(self, loop: asyncio.AbstractEventLoop) -> None:
+        choice = self.settings.relay
+        if self.settings.topic_rule.needs_frames:
+            self.relay_description = "python (the topic rule reads frames)"
+            return
+        if choice == "python":
+            return
+        extension, why = load_extension()
+        if extension is None:
+            self.relay_description = f"python (the native relay is {why})"
+            return
+        self.native = NativeRelay(self.state, extension)
+        self.native.start(loop)
+        self.state.metrics.relay.native = True
+        self.relay_description = "native"
 
     async def start(self) -> None:
         """Bind ``--listen`` and start accepting."""
         loop = asyncio.get_running_loop()
+        self._start_native(loop)
         listen = self.settings.listen
         self._server = await loop.create_server(
             lambda: ClientConnection(self), listen.host, listen.port, reuse_address=True,
@@ -144,8 +167,17 @@ class ProxyServer:
 
     def abort_all(self, reason: str) -> None:
         """Cut every connection now (end of drain / shutdown); counted sockets uncounted."""
-        for connection in list(self.connections):
+        # natively relayed sockets are no longer in ``connections`` (their asyncio
+        # transports closed at the hand-off), but they are in ``websockets``
+        for connection in list({**dict.fromkeys(self.connections), **dict.fromkeys(
+                self.websockets.values())}):  # fmt: skip
             connection.abort(reason)
+
+    def release(self) -> None:
+        """Stop the native relay's thread (after :meth:`abort_all`)."""
+        if self.native is not None:
+            self.native.close()
+            self.native = None
 
 
 class ClientConnection(asyncio.Protocol):
@@ -159,7 +191,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamSide | None = None
-        self.relay: WebSocketRelay | None = None
+        self.relay: WebSocketRelay | NativeSocket | None = None
         settings = self.settings
         self.exchange = HttpExchange(
             max_header_bytes=settings.max_header_bytes,
@@ -350,6 +382,11 @@ class ClientConnection(asyncio.Protocol):
         if event.counted:
             self.state.upgrade_ended(self._upgrade_topic)
             topic = topic_from_request(rule, request.target, request.headers)
+            native = self.proxy.native
+            if native is not None:
+                self.relay = native.hand_off(self, upstream, event, topic)
+                if self.relay is not None:
+                    return
         relay = WebSocketRelay(
             self, upstream, request, event.response, counted=event.counted, topic=topic, rule=rule
         )

@@ -1,4 +1,5 @@
-"""Smoke test of the sidecar benchmark harness (``make bench``) at a tiny size, without nginx.
+"""Smoke test of the sidecar benchmark harness (``make bench``) at a tiny size, without nginx
+and HAProxy.
 
 Runs the real harness (echo server, demo app, sidecar, load worker processes)
 with 20 round trips and 20 idle sockets per measurement, and checks that the
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `benchmarks` lives at the repository root
     sys.path.insert(0, str(REPO))
 
-from benchmarks import nginx  # noqa: E402
+from benchmarks import haproxy, nginx  # noqa: E402
 from benchmarks.exceptions import NginxUnavailable  # noqa: E402
 from benchmarks.report import END, START, aims, render, to_json, write_section  # noqa: E402
 from benchmarks.settings import BenchSettings, LoadSizes  # noqa: E402
@@ -71,27 +72,38 @@ def _check_target(target: TargetResult, *, proxied: bool) -> None:
 
 
 async def test_harness_runs_path_and_phoenix_against_the_sidecar(tmp_path: Path) -> None:
-    settings = BenchSettings(sizes=TINY, modes=("path", "phoenix"), nginx=False)
+    settings = BenchSettings(sizes=TINY, modes=("path", "phoenix"), nginx=False, haproxy=False)
     result = await run_suite(settings)
     assert isinstance(result, SuiteResult)
     assert [mode.mode for mode in result.modes] == ["path", "phoenix"]
+    path, phoenix = result.modes
+    # path: the sidecar as deployed (native relay) and with --relay python
+    assert [target.name for target in path.targets] == ["direct", "sidecar", "sidecar-python"]
+    assert [target.name for target in phoenix.targets] == ["direct", "sidecar"]
     for mode in result.modes:
-        assert [target.name for target in mode.targets] == ["direct", "sidecar"]
-        direct, sidecar = mode.targets
+        direct, *proxies = mode.targets
         _check_target(direct, proxied=False)
-        _check_target(sidecar, proxied=True)
-        assert "wsgauge-sidecar" in sidecar.description
+        for proxy in proxies:
+            _check_target(proxy, proxied=True)
+            assert "wsgauge-sidecar" in proxy.description
+    assert "native relay" in path.targets[1].description
+    assert "Python relay" in path.targets[2].description
+    assert "Python relay" in phoenix.targets[1].description
     assert result.seconds > 0
     assert result.machine.cores >= 1
     assert len(result.core_costs) >= 6
     assert all(cost.us_per_call > 0 for cost in result.core_costs)
     assert any("nginx" in note for note in result.notes)
+    assert any("HAProxy" in note for note in result.notes)
 
     verdicts = {aim.text: aim.verdict for aim in aims(result)}
-    assert verdicts["path: CPU per relayed message ≤ nginx"].startswith("not judged")
+    assert verdicts["path: CPU per relayed message ≤ 0.8x nginx"].startswith("not judged")
+    assert verdicts["path: CPU per relayed message below HAProxy"].startswith("not judged")
     assert verdicts["10,000 idle sockets held by one sidecar"].startswith("not judged")
     body = render(result)
     assert "| path | sidecar |" in body
+    assert "| path | sidecar-python |" in body
+    assert "xychart-beta" in body  # the bar charts
     assert "| phoenix | sidecar |" in body
     assert to_json(result)["modes"][0]["targets"][1]["bytes_per_idle_socket"] is not None
 
@@ -117,3 +129,9 @@ def test_missing_nginx_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch)
     )
     with pytest.raises(NginxUnavailable, match="apt-get is not available"):
         nginx.ensure_nginx(install=True)
+
+
+def test_missing_haproxy_is_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(haproxy, "find_haproxy", lambda: None)
+    with pytest.raises(NginxUnavailable, match="haproxy is not installed"):
+        haproxy.ensure_haproxy(install=False)

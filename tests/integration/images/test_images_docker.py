@@ -2,10 +2,10 @@
 
 What test_image_filesystem.py cannot check without a container runtime is checked here on the
 images themselves: the sidecar image, run read-only as uid 65532, counts a WebSocket to the demo
-app run from the same image; the operator image starts; the pause image stops at once on SIGTERM
-with exit code 0; nothing but runtime packages is in the Python images; a second build reuses
-everything (no debootstrap, same image ids); ``load_into`` puts the images into a containerd
-under their ``docker.io/...`` names and skips them the second time.
+app run from the same image, relayed by its native relay; the operator image starts; the pause
+image stops at once on SIGTERM with exit code 0; nothing but runtime packages is in the Python
+images; a second build reuses everything (no debootstrap, same image ids); ``load_into`` puts the
+images into a containerd under their ``docker.io/...`` names and skips them the second time.
 
 Skipped only when no Docker engine answers and none can be started here (no dockerd installed,
 or not root); otherwise the engine is started by docker_engine.py (and stopped again afterwards
@@ -162,6 +162,7 @@ def test_sidecar_image_counts_a_websocket_read_only_as_non_root(
         f"--admin-listen=127.0.0.1:{admin_port}",
         f"--upstream=127.0.0.1:{app_port}",
         "--topic=path:^/ws/([^/]+)",
+        "--relay=native",  # the image carries the native relay (else: exit 2 at start)
     )
     wait_http(f"http://127.0.0.1:{admin_port}/readyz", containers, proxy)
     with connect(f"ws://127.0.0.1:{data_port}/ws/lobby", open_timeout=10) as client:
@@ -177,7 +178,9 @@ def test_sidecar_image_counts_a_websocket_read_only_as_non_root(
         assert stats["connections"] == 1
         assert stats["pod"] == "image-test"
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
-        assert b"wsgauge_connections_opened_total" in r.read()
+        text = r.read()
+        assert b"wsgauge_connections_opened_total" in text
+        assert b"wsgauge_native_relay 1.0" in text
 
 
 def test_operator_image_starts(refs: dict[str, str]) -> None:

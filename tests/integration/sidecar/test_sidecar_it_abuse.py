@@ -32,6 +32,9 @@ from sidecar_it_harness import (
     mask_frame,
 )
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 HEALTHY_TOPIC = "healthy"
 PATH_RULE = ("--topic", r"path:^/ws/(.+)")
 NAME_CHARACTERS = string.ascii_letters + string.digits + "-_.~"

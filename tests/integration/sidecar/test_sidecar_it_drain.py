@@ -13,6 +13,9 @@ import websockets
 from sidecar_it_harness import RawWebSocket, SidecarFactory
 from wsgauge_contract import StatsDocument, WatchStreamDecoder
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 
 async def _watch(url: str, documents: list[StatsDocument]) -> None:
     decoder = WatchStreamDecoder()

@@ -16,6 +16,9 @@ from sidecar_it_harness import (
     mask_frame,
 )
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 
 async def test_clean_close_from_client(sidecar: SidecarProcess) -> None:
     ws = await websockets.connect(f"{sidecar.ws_base}/ws/a")

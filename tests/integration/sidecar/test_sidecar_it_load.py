@@ -7,6 +7,9 @@ import random
 
 from sidecar_it_harness import RawWebSocket, SidecarFactory
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 
 async def test_slow_reader_costs_bounded_memory(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--socket-buffer-bytes", "65536")

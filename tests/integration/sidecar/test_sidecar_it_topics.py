@@ -8,6 +8,9 @@ import contextlib
 import websockets
 from sidecar_it_harness import SidecarFactory, SidecarProcess
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 
 async def _open(url: str, count: int, **kwargs: object) -> list[websockets.ClientConnection]:
     return [await websockets.connect(url, **kwargs) for _ in range(count)]  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -112,7 +113,16 @@ def test_pip_download_is_binary_only_for_the_base_python() -> None:
     assert argv[argv.index("--python-version") + 1] == "3.11"
     # the own wheels as files (never looked up in an index), the rest pinned by the constraints
     assert argv[-6:] == ["-c", "c.txt", "-d", "/w", *map(str, own)]
-    assert argv.count("--platform") == len(images.wheel_platforms((2, 36)))
+    # the manylinux tags of the base's glibc, and the host's own tag (the sidecar's wheel)
+    assert argv.count("--platform") == len(images.wheel_platforms((2, 36))) + 1
+    assert argv[argv.index(images.HOST_WHEEL_PLATFORM) - 1] == "--platform"
+
+
+def test_the_sidecar_wheel_needs_a_base_of_the_host_python() -> None:
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    images.check_host_python(images.PythonInfo(host, (2, 36)))
+    with pytest.raises(images.ImageBuildError, match="host's is"):
+        images.check_host_python(images.PythonInfo("3.9", (2, 36)))
 
 
 def test_own_wheels_are_built_without_their_dependencies() -> None:
