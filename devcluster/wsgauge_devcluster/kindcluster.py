@@ -1,0 +1,322 @@
+"""A kind cluster of one control plane and two workers on the local Docker engine.
+
+``up`` creates it from wsgauge's node image (:mod:`wsgauge_devcluster.kindnode`, built here) or
+from ``KIND_NODE_IMAGE``, with kind of ``hack/build-kind.sh``; ``load`` puts local images into
+every node (``kind load docker-image``); ``down`` deletes the cluster and what ``up`` set up.
+
+The machine's Docker engine runs without iptables and without a default bridge, so the nodes
+live on a Docker network of their own, ``--internal`` (no default route, nothing leaves the
+machine) with the bridge ``wsgkind0`` and a private subnet (``KIND_SUBNET``, default
+172.31.250.0/24; not 10.244/16, 10.96/16 or 127/8). An internal network publishes no ports, so
+the kubeconfig written here names the control plane by its address on that network (kubeadm's
+certificate carries it). The host routes the cluster's Service range (10.97.0.0/16) to the
+control plane and each node's pod subnet (10.245.N.0/24, see the node image's pod network) to
+that node, so tests reach Services and pods as they do on the devcluster's real node; ``down``
+removes those routes.
+
+CLI::
+
+    python -m wsgauge_devcluster.kindcluster up | load REF... | alias REF TAG | down | kubeconfig
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from wsgauge_devcluster.docker_engine import (
+    DockerEngineError,
+    Log,
+    docker,
+    docker_env,
+    ensure_docker_engine,
+)
+from wsgauge_devcluster.exceptions import DevClusterError
+from wsgauge_devcluster.images import containerd_ref
+from wsgauge_devcluster.kindnode import K8S_SCRIPT, KIND_SCRIPT, build_node_image, script_bin_dir
+
+__all__ = ["KindCluster", "KindError", "KindSettings"]
+
+POD_SUBNET = "10.245.0.0/16"
+"""The pod network of the node image: 10.245.N.0/24 on the node at <kind subnet>.N."""
+SERVICE_SUBNET = "10.97.0.0/16"
+"""Apart from the devcluster's 10.96.0.0/16, which the host routes to its real node."""
+
+
+UNPUBLISHED = "failed to get api server port"
+"""kind's error when the control plane has no published port (on an internal network)."""
+
+
+class KindError(DevClusterError):
+    """kind, Docker or the host's routes failed."""
+
+
+@dataclass(frozen=True)
+class KindSettings:
+    """Where and how the kind cluster runs."""
+
+    name: str = field(default_factory=lambda: os.environ.get("KIND_CLUSTER", "wsgauge-e2e"))
+    """kind's cluster name ($KIND_CLUSTER)."""
+    node_image: str = field(default_factory=lambda: os.environ.get("KIND_NODE_IMAGE", ""))
+    """A node image to use instead of building ours ($KIND_NODE_IMAGE, e.g. kindest/node)."""
+    network: str = "wsgauge-kind"
+    """The Docker network of the nodes (kind's KIND_EXPERIMENTAL_DOCKER_NETWORK)."""
+    subnet: str = field(default_factory=lambda: os.environ.get("KIND_SUBNET", "172.31.250.0/24"))
+    """Its subnet ($KIND_SUBNET): a /24, so node N's pod subnet is 10.245.N.0/24."""
+    bridge: str = "wsgkind0"
+    """The network's bridge on the host."""
+    workers: int = 2
+    """Worker nodes beside the control plane."""
+    kubeconfig: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("KIND_KUBECONFIG")
+            or Path(os.environ.get("TMPDIR", "/tmp")) / "wsgauge-kind.kubeconfig"
+        )
+    )
+    """The admin kubeconfig written for the host ($KIND_KUBECONFIG)."""
+    wait_seconds: int = 600
+    """kind create's --wait."""
+
+
+def cluster_config(settings: KindSettings) -> str:
+    """kind's Cluster document: the nodes and the cluster's address ranges."""
+    nodes = [{"role": "control-plane"}] + [{"role": "worker"}] * settings.workers
+    document = {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "networking": {"podSubnet": POD_SUBNET, "serviceSubnet": SERVICE_SUBNET},
+        "nodes": nodes,
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def internal_kubeconfig(text: str, address: str) -> str:
+    """kind's ``--internal`` kubeconfig with the control plane named by its address."""
+    document = yaml.safe_load(text)
+    for cluster in document.get("clusters", []):
+        cluster["cluster"]["server"] = f"https://{address}:6443"
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def pod_route(address: str) -> str:
+    """The pod subnet of the node at ``address`` (its last octet names it)."""
+    last = int(ipaddress.ip_address(address).packed[-1])
+    return f"10.245.{last}.0/24"
+
+
+class KindCluster:
+    """One kind cluster driven through kind's CLI and the Docker client."""
+
+    def __init__(self, settings: KindSettings, log: Log) -> None:
+        self.settings = settings
+        self.log = log
+        self.kind = script_bin_dir(KIND_SCRIPT) / "kind"
+        self.bin_dir = script_bin_dir(K8S_SCRIPT)
+
+    def _env(self) -> dict[str, str]:
+        env = docker_env()
+        env["KIND_EXPERIMENTAL_DOCKER_NETWORK"] = self.settings.network
+        env["PATH"] = f"{self.bin_dir}:{env['PATH']}"
+        return env
+
+    def _kind(self, *args: str, timeout: float = 900, stdin: str | None = None) -> str:
+        result = subprocess.run(
+            [str(self.kind), *args],
+            env=self._env(),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise KindError(f"kind {' '.join(args)}: {result.stderr.strip()[-2000:]}")
+        return result.stdout
+
+    def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            docker(*args),
+            env=docker_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise KindError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def exists(self) -> bool:
+        """kind lists the cluster."""
+        return self.settings.name in self._kind("get", "clusters").split()
+
+    def ensure_network(self) -> None:
+        """The internal Docker network of the nodes (made once, kept)."""
+        if self._docker("network", "inspect", self.settings.network, check=False).returncode == 0:
+            return
+        net = ipaddress.ip_network(self.settings.subnet)
+        if net.prefixlen != 24:
+            raise KindError(f"KIND_SUBNET must be a /24, not {net}")
+        gateway = str(next(net.hosts()))
+        self.log(f"creating the internal Docker network {self.settings.network} ({net})")
+        self._docker(
+            "network", "create", "--driver", "bridge", "--internal",
+            "--subnet", str(net), "--gateway", gateway,
+            "-o", f"com.docker.network.bridge.name={self.settings.bridge}",
+            "-o", "com.docker.network.bridge.enable_ip_masquerade=false",
+            self.settings.network,
+        )  # fmt: skip
+
+    def node_addresses(self) -> dict[str, str]:
+        """Each node container's address on the network."""
+        names = self._kind("get", "nodes", "--name", self.settings.name).split()
+        addresses = {}
+        for name in names:
+            found = self._docker("inspect", name).stdout
+            networks = json.loads(found)[0]["NetworkSettings"]["Networks"]
+            addresses[name] = networks[self.settings.network]["IPAddress"]
+        return addresses
+
+    def up(self) -> Path:
+        """Create the cluster (unless it exists), write the kubeconfig, set the host routes."""
+        try:
+            ensure_docker_engine(self.log)
+        except DockerEngineError as error:
+            raise KindError(str(error)) from error
+        self.ensure_network()
+        if not self.exists():
+            image = self.settings.node_image or build_node_image(self.log)
+            config = self.settings.kubeconfig.with_suffix(".cluster.yaml")
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(cluster_config(self.settings))
+            started = time.monotonic()
+            self.log(
+                f"kind create cluster --name {self.settings.name} --image {image} "
+                f"(1 control plane, {self.settings.workers} workers)"
+            )
+            try:
+                self._kind(
+                    "create", "cluster", "--name", self.settings.name, "--image", image,
+                    "--config", str(config), "--wait", f"{self.settings.wait_seconds}s",
+                    "--kubeconfig", str(self.settings.kubeconfig.with_suffix(".kind")),
+                    timeout=self.settings.wait_seconds + 600,
+                )  # fmt: skip
+            except KindError as error:
+                # kind's last step, the kubeconfig for the host, reads the API server's
+                # published port: an internal network publishes none. Everything before it
+                # (nodes, kubeadm, CNI, readiness) is done; the kubeconfig is written below.
+                if UNPUBLISHED not in str(error) or not self.exists():
+                    raise
+                self.log("kind: no published API server port (internal network), as expected")
+            self.log(f"cluster {self.settings.name} up in {time.monotonic() - started:.0f} s")
+        addresses = self.node_addresses()
+        control = addresses[f"{self.settings.name}-control-plane"]
+        text = self._kind("get", "kubeconfig", "--internal", "--name", self.settings.name)
+        self.settings.kubeconfig.write_text(internal_kubeconfig(text, control))
+        self.settings.kubeconfig.chmod(0o600)
+        self._routes("replace", addresses, control)
+        self.log(f"kubeconfig: {self.settings.kubeconfig}")
+        return self.settings.kubeconfig
+
+    def _routes(self, verb: str, addresses: dict[str, str], control: str) -> None:
+        wanted = [(SERVICE_SUBNET, control)]
+        wanted += [(pod_route(address), address) for address in addresses.values()]
+        for destination, via in wanted:
+            argv = ["ip", "route", verb, destination]
+            argv += ["via", via, "dev", self.settings.bridge] if verb == "replace" else []
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if result.returncode != 0 and verb == "replace":
+                raise KindError(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+    def load(self, refs: Sequence[str]) -> None:
+        """``kind load docker-image`` of local images into every node."""
+        started = time.monotonic()
+        self._kind("load", "docker-image", "--name", self.settings.name, *refs)
+        self.log(f"loaded {' '.join(refs)} in {time.monotonic() - started:.0f} s")
+
+    def alias(self, ref: str, tag: str) -> None:
+        """Name a loaded image also ``<name>:<tag>`` in every node's containerd (the examples
+        name ``wsgauge/sidecar:<version>``; a checkout builds under its own ``IMAGE_TAG``)."""
+        name = containerd_ref(ref)
+        alias = f"{name.rsplit(':', 1)[0]}:{tag}"
+        if alias == name:
+            return
+        for node in self.node_addresses():
+            self._docker(
+                "exec",
+                node,
+                "ctr",
+                "--namespace",
+                "k8s.io",
+                "images",
+                "tag",
+                "--force",
+                name,
+                alias,
+            )
+        self.log(f"{alias} names {name} on every node")
+
+    def down(self) -> None:
+        """Delete the cluster and the host routes (the Docker network is kept)."""
+        if self.exists():
+            try:
+                addresses = self.node_addresses()
+                control = addresses.get(f"{self.settings.name}-control-plane", "")
+                self._routes("del", addresses, control)
+            finally:
+                self._kind("delete", "cluster", "--name", self.settings.name)
+            self.log(f"deleted kind cluster {self.settings.name}")
+        for leftover in (self.settings.kubeconfig, self.settings.kubeconfig.with_suffix(".kind")):
+            leftover.unlink(missing_ok=True)
+
+
+def _stderr_log(message: str) -> None:
+    print(f"[kind {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``up`` / ``load REF...`` / ``down`` / ``kubeconfig``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m wsgauge_devcluster.kindcluster",
+        description="A kind cluster (1 control plane, 2 workers) from wsgauge's node image.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="create the cluster (node image built unless KIND_NODE_IMAGE)")
+    load = commands.add_parser("load", help="kind load docker-image into every node")
+    load.add_argument("refs", nargs="+")
+    alias = commands.add_parser("alias", help="name a loaded image also <name>:TAG in the nodes")
+    alias.add_argument("ref")
+    alias.add_argument("tag")
+    commands.add_parser("down", help="delete the cluster and its host routes")
+    commands.add_parser("kubeconfig", help="print the kubeconfig path")
+    args = parser.parse_args(argv)
+    cluster = KindCluster(KindSettings(), _stderr_log)
+    try:
+        if args.command == "up":
+            print(cluster.up())
+        elif args.command == "load":
+            cluster.load(args.refs)
+        elif args.command == "alias":
+            cluster.alias(args.ref, args.tag)
+        elif args.command == "down":
+            cluster.down()
+        else:
+            print(cluster.settings.kubeconfig)
+    except (KindError, DevClusterError, subprocess.TimeoutExpired) as error:
+        _stderr_log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
