@@ -90,7 +90,7 @@ class KindSettings:
 
 def cluster_config(settings: KindSettings) -> str:
     """kind's Cluster document: the nodes and the cluster's address ranges."""
-    nodes = [{"role": "control-plane"}] + [{"role": "worker"}] * settings.workers
+    nodes = [{"role": "control-plane"}] + [{"role": "worker"} for _ in range(settings.workers)]
     document = {
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
@@ -123,9 +123,12 @@ class KindCluster:
         self.kind = script_bin_dir(KIND_SCRIPT) / "kind"
         self.bin_dir = script_bin_dir(K8S_SCRIPT)
 
+    def kind_env(self) -> dict[str, str]:
+        """What kind needs in its environment here: the network of the nodes."""
+        return {"KIND_EXPERIMENTAL_DOCKER_NETWORK": self.settings.network}
+
     def _env(self) -> dict[str, str]:
-        env = docker_env()
-        env["KIND_EXPERIMENTAL_DOCKER_NETWORK"] = self.settings.network
+        env = {**docker_env(), **self.kind_env()}
         env["PATH"] = f"{self.bin_dir}:{env['PATH']}"
         return env
 
