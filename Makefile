@@ -156,6 +156,7 @@ kind-node-image: $(STAMP) k8s-bins kind-bins
 # deleted at the end unless KIND_KEEP=1.
 KIND_PY = KIND_CLUSTER=$(KIND_CLUSTER) KIND_KUBECONFIG=$(KIND_KUBECONFIG) $(PY) -m wsgauge_devcluster.kindcluster
 kind-e2e: $(STAMP) k8s-bins kind-bins images
+	hack/install-node-deps.sh --kind
 	$(KIND_PY) up
 	$(KIND_PY) load $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)
 	$(KIND_PY) alias $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) $$(cat VERSION)

@@ -1,18 +1,26 @@
-"""A kind cluster of one control plane and two workers on the local Docker engine.
+"""A kind cluster of one control plane and two workers, its nodes run by podman.
 
-``up`` creates it from wsgauge's node image (:mod:`wsgauge_devcluster.kindnode`, built here) or
-from ``KIND_NODE_IMAGE``, with kind of ``hack/build-kind.sh``; ``load`` puts local images into
-every node (``kind load docker-image``); ``down`` deletes the cluster and what ``up`` set up.
+``up`` creates it from wsgauge's node image (:mod:`wsgauge_devcluster.kindnode`, built here with
+the Docker engine) or from ``KIND_NODE_IMAGE``, with kind of ``hack/build-kind.sh``; ``load``
+puts local Docker images into every node (``kind load docker-image``); ``down`` deletes the
+cluster and what ``up`` set up.
 
-The machine's Docker engine runs without iptables and without a default bridge, so the nodes
-live on a Docker network of their own, ``--internal`` (no default route, nothing leaves the
-machine) with the bridge ``wsgkind0`` and a private subnet (``KIND_SUBNET``, default
-172.31.250.0/24; not 10.244/16, 10.96/16 or 127/8). An internal network publishes no ports, so
-the kubeconfig written here names the control plane by its address on that network (kubeadm's
-certificate carries it). The host routes the cluster's Service range (10.97.0.0/16) to the
-control plane and each node's pod subnet (10.245.N.0/24, see the node image's pod network) to
-that node, so tests reach Services and pods as they do on the devcluster's real node; ``down``
-removes those routes.
+kind's nodes are privileged containers. On the machines this project runs on, root's capability
+bounding set lacks CAP_SYS_RESOURCE and Debian's Docker 20.10 asks runc for every capability
+("unable to apply caps"), so the nodes run with kind's podman provider
+(``KIND_EXPERIMENTAL_PROVIDER=podman``): Debian's podman gives a privileged container the
+capabilities of the bounding set. Its configuration is the project's own
+(``CONTAINERS_CONF=~/.cache/wsgauge/kind/containers.conf``: runc, cgroupfs, netavark, and
+rlimits below the current hard limits); the node image is copied from Docker into podman
+(``docker save | podman load``, skipped when podman has the same image id).
+
+The nodes live on podman network ``wsgauge-kind``: ``--internal`` (no default route in the
+nodes, no masquerading: nothing leaves the machine), subnet ``KIND_SUBNET`` (default
+172.31.250.0/24; not 10.244/16, 10.96/16 or 127/8). The kubeconfig written here names the
+control plane by its address on that network (kubeadm's certificate carries it). The host routes
+the cluster's Service range (10.97.0.0/16) to the control plane and each node's pod subnet
+(10.245.N.0/24, see the node image's pod network) to that node, so tests reach Services and pods
+as they do on the devcluster's real node; ``down`` removes those routes.
 
 CLI::
 
@@ -25,6 +33,7 @@ import argparse
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,7 +51,7 @@ from wsgauge_devcluster.docker_engine import (
     ensure_docker_engine,
 )
 from wsgauge_devcluster.exceptions import DevClusterError
-from wsgauge_devcluster.images import containerd_ref
+from wsgauge_devcluster.images import containerd_ref, image_id
 from wsgauge_devcluster.kindnode import K8S_SCRIPT, KIND_SCRIPT, build_node_image, script_bin_dir
 
 __all__ = ["KindCluster", "KindError", "KindSettings"]
@@ -70,11 +79,9 @@ class KindSettings:
     node_image: str = field(default_factory=lambda: os.environ.get("KIND_NODE_IMAGE", ""))
     """A node image to use instead of building ours ($KIND_NODE_IMAGE, e.g. kindest/node)."""
     network: str = "wsgauge-kind"
-    """The Docker network of the nodes (kind's KIND_EXPERIMENTAL_DOCKER_NETWORK)."""
+    """The podman network of the nodes (kind's KIND_EXPERIMENTAL_PODMAN_NETWORK)."""
     subnet: str = field(default_factory=lambda: os.environ.get("KIND_SUBNET", "172.31.250.0/24"))
     """Its subnet ($KIND_SUBNET): a /24, so node N's pod subnet is 10.245.N.0/24."""
-    bridge: str = "wsgkind0"
-    """The network's bridge on the host."""
     workers: int = 2
     """Worker nodes beside the control plane."""
     kubeconfig: Path = field(
@@ -114,8 +121,31 @@ def pod_route(address: str) -> str:
     return f"10.245.{last}.0/24"
 
 
+PODMAN_CONF = """\
+# podman as wsgauge's kind cluster uses it (written by wsgauge_devcluster.kindcluster)
+[containers]
+# below the hard limits of root here: podman asks for these rlimits in every container
+default_ulimits = ["nofile=16384:16384", "nproc=4096:4096"]
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+[network]
+network_backend = "netavark"
+"""
+
+
+def podman_conf() -> Path:
+    """The project's containers.conf for podman (written when it differs)."""
+    path = Path.home() / ".cache" / "wsgauge" / "kind" / "containers.conf"
+    if not path.exists() or path.read_text() != PODMAN_CONF:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(PODMAN_CONF)
+    return path
+
+
 class KindCluster:
-    """One kind cluster driven through kind's CLI and the Docker client."""
+    """One kind cluster driven through kind's CLI, its nodes run by podman."""
 
     def __init__(self, settings: KindSettings, log: Log) -> None:
         self.settings = settings
@@ -124,8 +154,12 @@ class KindCluster:
         self.bin_dir = script_bin_dir(K8S_SCRIPT)
 
     def kind_env(self) -> dict[str, str]:
-        """What kind needs in its environment here: the network of the nodes."""
-        return {"KIND_EXPERIMENTAL_DOCKER_NETWORK": self.settings.network}
+        """What kind needs in its environment here: podman, its configuration, the network."""
+        return {
+            "KIND_EXPERIMENTAL_PROVIDER": "podman",
+            "KIND_EXPERIMENTAL_PODMAN_NETWORK": self.settings.network,
+            "CONTAINERS_CONF": str(podman_conf()),
+        }
 
     def _env(self) -> dict[str, str]:
         env = {**docker_env(), **self.kind_env()}
@@ -146,37 +180,67 @@ class KindCluster:
             raise KindError(f"kind {' '.join(args)}: {result.stderr.strip()[-2000:]}")
         return result.stdout
 
-    def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if shutil.which("podman") is None:
+            raise KindError("podman is missing: run hack/install-node-deps.sh --kind")
         result = subprocess.run(
-            docker(*args),
-            env=docker_env(),
+            ["podman", *args],
+            env=self._env(),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=300,
             check=False,
         )
         if check and result.returncode != 0:
-            raise KindError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+            raise KindError(f"podman {' '.join(args)}: {result.stderr.strip()}")
         return result
+
+    def node_image_in_podman(self, ref: str) -> str:
+        """The node image in podman's storage: copied from Docker unless podman has that id."""
+        wanted = image_id(ref)
+        if wanted is None:  # not a local Docker image: podman pulls it (kindest/node)
+            return ref
+        local = f"localhost/{ref}" if ref.count("/") == 1 else ref
+        found = self._podman("image", "inspect", "--format", "{{.Id}}", local, check=False)
+        if found.returncode == 0 and found.stdout.strip() == wanted.removeprefix("sha256:"):
+            return local
+        started = time.monotonic()
+        self.log(f"copying {ref} from Docker to podman (docker save | podman load)")
+        save = subprocess.Popen(docker("save", ref), stdout=subprocess.PIPE, env=docker_env())
+        try:
+            result = subprocess.run(
+                ["podman", "load"],
+                stdin=save.stdout,
+                env=self._env(),
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=False,
+            )
+        finally:
+            if save.stdout is not None:
+                save.stdout.close()
+            save.wait()
+        if save.returncode != 0 or result.returncode != 0:
+            raise KindError(f"docker save {ref} | podman load: {result.stderr.strip()[-800:]}")
+        self.log(f"{local} in podman after {time.monotonic() - started:.0f} s")
+        return local
 
     def exists(self) -> bool:
         """kind lists the cluster."""
         return self.settings.name in self._kind("get", "clusters").split()
 
     def ensure_network(self) -> None:
-        """The internal Docker network of the nodes (made once, kept)."""
-        if self._docker("network", "inspect", self.settings.network, check=False).returncode == 0:
+        """The internal podman network of the nodes (made once, kept)."""
+        if self._podman("network", "inspect", self.settings.network, check=False).returncode == 0:
             return
         net = ipaddress.ip_network(self.settings.subnet)
         if net.prefixlen != 24:
             raise KindError(f"KIND_SUBNET must be a /24, not {net}")
         gateway = str(next(net.hosts()))
-        self.log(f"creating the internal Docker network {self.settings.network} ({net})")
-        self._docker(
-            "network", "create", "--driver", "bridge", "--internal",
-            "--subnet", str(net), "--gateway", gateway,
-            "-o", f"com.docker.network.bridge.name={self.settings.bridge}",
-            "-o", "com.docker.network.bridge.enable_ip_masquerade=false",
+        self.log(f"creating the internal podman network {self.settings.network} ({net})")
+        self._podman(
+            "network", "create", "--internal", "--subnet", str(net), "--gateway", gateway,
             self.settings.network,
         )  # fmt: skip
 
@@ -185,7 +249,7 @@ class KindCluster:
         names = self._kind("get", "nodes", "--name", self.settings.name).split()
         addresses = {}
         for name in names:
-            found = self._docker("inspect", name).stdout
+            found = self._podman("inspect", "--type", "container", name).stdout
             networks = json.loads(found)[0]["NetworkSettings"]["Networks"]
             addresses[name] = networks[self.settings.network]["IPAddress"]
         return addresses
@@ -198,7 +262,9 @@ class KindCluster:
             raise KindError(str(error)) from error
         self.ensure_network()
         if not self.exists():
-            image = self.settings.node_image or build_node_image(self.log)
+            image = self.node_image_in_podman(
+                self.settings.node_image or build_node_image(self.log)
+            )
             config = self.settings.kubeconfig.with_suffix(".cluster.yaml")
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(cluster_config(self.settings))
@@ -236,7 +302,7 @@ class KindCluster:
         wanted += [(pod_route(address), address) for address in addresses.values()]
         for destination, via in wanted:
             argv = ["ip", "route", verb, destination]
-            argv += ["via", via, "dev", self.settings.bridge] if verb == "replace" else []
+            argv += ["via", via] if verb == "replace" else []
             result = subprocess.run(argv, capture_output=True, text=True, check=False)
             if result.returncode != 0 and verb == "replace":
                 raise KindError(f"{' '.join(argv)}: {result.stderr.strip()}")
@@ -255,7 +321,7 @@ class KindCluster:
         if alias == name:
             return
         for node in self.node_addresses():
-            self._docker(
+            self._podman(
                 "exec",
                 node,
                 "ctr",
@@ -270,7 +336,7 @@ class KindCluster:
         self.log(f"{alias} names {name} on every node")
 
     def down(self) -> None:
-        """Delete the cluster and the host routes (the Docker network is kept)."""
+        """Delete the cluster and the host routes (the podman network is kept)."""
         if self.exists():
             try:
                 addresses = self.node_addresses()
