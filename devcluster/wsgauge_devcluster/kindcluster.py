@@ -62,10 +62,6 @@ SERVICE_SUBNET = "10.97.0.0/16"
 """Apart from the devcluster's 10.96.0.0/16, which the host routes to its real node."""
 
 
-UNPUBLISHED = "failed to get api server port"
-"""kind's error when the control plane has no published port (on an internal network)."""
-
-
 class KindError(DevClusterError):
     """kind, Docker or the host's routes failed."""
 
@@ -273,20 +269,12 @@ class KindCluster:
                 f"kind create cluster --name {self.settings.name} --image {image} "
                 f"(1 control plane, {self.settings.workers} workers)"
             )
-            try:
-                self._kind(
-                    "create", "cluster", "--name", self.settings.name, "--image", image,
-                    "--config", str(config), "--wait", f"{self.settings.wait_seconds}s",
-                    "--kubeconfig", str(self.settings.kubeconfig.with_suffix(".kind")),
-                    timeout=self.settings.wait_seconds + 600,
-                )  # fmt: skip
-            except KindError as error:
-                # kind's last step, the kubeconfig for the host, reads the API server's
-                # published port: an internal network publishes none. Everything before it
-                # (nodes, kubeadm, CNI, readiness) is done; the kubeconfig is written below.
-                if UNPUBLISHED not in str(error) or not self.exists():
-                    raise
-                self.log("kind: no published API server port (internal network), as expected")
+            self._kind(
+                "create", "cluster", "--name", self.settings.name, "--image", image,
+                "--config", str(config), "--wait", f"{self.settings.wait_seconds}s",
+                "--kubeconfig", str(self.settings.kubeconfig.with_suffix(".kind")),
+                timeout=self.settings.wait_seconds + 600,
+            )  # fmt: skip
             self.log(f"cluster {self.settings.name} up in {time.monotonic() - started:.0f} s")
         addresses = self.node_addresses()
         control = addresses[f"{self.settings.name}-control-plane"]

@@ -54,6 +54,8 @@ def test_install_md_kind_quick_start(kube: KubeCluster, kind_cluster: KindCluste
         ]
         if words[:1] == ["kind"]:
             words[words.index("--name") + 1] = kind_cluster.settings.name
+        if words[:1] == ["helm"] and tag != project_version():
+            words += ["--set", f"image.tag={tag}"]  # the document's tag is the chart's default
         result = subprocess.run(
             words, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
         )
