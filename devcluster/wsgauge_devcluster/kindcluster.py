@@ -48,6 +48,7 @@ from wsgauge_devcluster.docker_engine import (
     Log,
     docker,
     docker_env,
+    engine_in_use,
     ensure_docker_engine,
 )
 from wsgauge_devcluster.exceptions import DevClusterError
@@ -252,15 +253,16 @@ class KindCluster:
 
     def up(self) -> Path:
         """Create the cluster (unless it exists), write the kubeconfig, set the host routes."""
-        try:
-            ensure_docker_engine(self.log)
-        except DockerEngineError as error:
-            raise KindError(str(error)) from error
         self.ensure_network()
         if not self.exists():
-            image = self.node_image_in_podman(
-                self.settings.node_image or build_node_image(self.log)
-            )
+            with engine_in_use():  # the node image is read from Docker
+                try:
+                    ensure_docker_engine(self.log)
+                except DockerEngineError as error:
+                    raise KindError(str(error)) from error
+                image = self.node_image_in_podman(
+                    self.settings.node_image or build_node_image(self.log)
+                )
             config = self.settings.kubeconfig.with_suffix(".cluster.yaml")
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(cluster_config(self.settings))
@@ -298,7 +300,12 @@ class KindCluster:
     def load(self, refs: Sequence[str]) -> None:
         """``kind load docker-image`` of local images into every node."""
         started = time.monotonic()
-        self._kind("load", "docker-image", "--name", self.settings.name, *refs)
+        with engine_in_use():  # the Docker engine is not stopped by another checkout meanwhile
+            try:
+                ensure_docker_engine(self.log)
+            except DockerEngineError as error:
+                raise KindError(str(error)) from error
+            self._kind("load", "docker-image", "--name", self.settings.name, *refs)
         self.log(f"loaded {' '.join(refs)} in {time.monotonic() - started:.0f} s")
 
     def alias(self, ref: str, tag: str) -> None:
