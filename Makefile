@@ -10,7 +10,9 @@
 #   make images   the operator, sidecar and pause images (Docker engine from Debian's packages)
 #   make deploy   helm install of charts/wsgauge on the local cluster with the local images
 #   make chart-test   helm lint + the chart tests (rendering, then on the local control plane)
-#   make kind-e2e the chart and e2e tests on a kind cluster (needs Docker and kind)
+#   make kind-node-image   the kind node image, built here (cached by version)
+#   make kind-e2e the kind tests and the chart tests on a 3-node kind cluster (KIND_KEEP=1 keeps it)
+#   make kind-down   delete that kind cluster
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +22,7 @@ LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
 .PHONY: all venv lint typecheck unit test k8s-bins node-deps browser-deps protocol-js cluster cluster-down deploy demo \
-	bench clean help images chart-test kind-e2e
+	bench clean help images chart-test kind-bins kind-node-image kind-e2e kind-down
 
 all: test
 
@@ -124,9 +126,9 @@ clean:
 IMAGE_REGISTRY ?= wsgauge
 IMAGE_TAG ?= $(shell cat VERSION)
 DOCKER ?= docker
-KIND ?= kind
 KIND_CLUSTER ?= wsgauge-e2e
 KIND_KUBECONFIG ?= $(or $(TMPDIR),/tmp)/wsgauge-$(KIND_CLUSTER).kubeconfig
+KIND_KEEP ?=
 
 define require_docker
 	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make $@: Docker is missing ('$(DOCKER)' not found): install Docker to build images" >&2; exit 1; }
@@ -147,13 +149,30 @@ chart-test: $(STAMP) k8s-bins
 	$(K8S_BIN_DIR)/helm lint --strict charts/wsgauge
 	$(PY) -m pytest -q tests/integration/chart_render tests/unit/injector tests/integration/chart
 
-# The same chart and e2e tests on a kind cluster, with the real images loaded into it.
-kind-e2e: $(STAMP) k8s-bins images
-	@command -v $(KIND) >/dev/null 2>&1 || { echo "make kind-e2e: kind is missing (https://kind.sigs.k8s.io)" >&2; exit 1; }
-	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || $(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
-	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)
-	KUBECONFIG=$(KIND_KUBECONFIG) WSGAUGE_IMAGE_REGISTRY=$(IMAGE_REGISTRY) \
-	  WSGAUGE_IMAGE_TAG=$(IMAGE_TAG) PATH=$(K8S_BIN_DIR):$$PATH \
-	  $(PY) -m pytest -q -m cluster tests/integration/chart tests/e2e
-	@echo ">>> kind cluster $(KIND_CLUSTER) kept; delete it with: $(KIND) delete cluster --name $(KIND_CLUSTER)"
+# kind, crictl and CoreDNS from their Go modules (cached by version beside the Kubernetes build).
+kind-bins:
+	@hack/build-kind.sh >/dev/null
+
+# wsgauge/kind-node:<k8s version>: the kind node image, built here from Debian's packages and our
+# builds (docs/kind.md); cached, a second run returns at once.
+kind-node-image: $(STAMP) k8s-bins kind-bins
+	hack/install-node-deps.sh
+	$(PY) -m wsgauge_devcluster.kindnode build
+
+# A kind cluster (1 control plane, 2 workers) from that image (or KIND_NODE_IMAGE), this
+# checkout's images loaded, then tests/kind and the chart tests against it; the cluster is
+# deleted at the end unless KIND_KEEP=1.
+KIND_PY = KIND_CLUSTER=$(KIND_CLUSTER) KIND_KUBECONFIG=$(KIND_KUBECONFIG) $(PY) -m wsgauge_devcluster.kindcluster
+kind-e2e: $(STAMP) k8s-bins kind-bins images
+	hack/install-node-deps.sh --kind
+	$(KIND_PY) up
+	$(KIND_PY) load $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)
+	$(KIND_PY) alias $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) $$(cat VERSION)
+	status=0; KUBECONFIG=$(KIND_KUBECONFIG) KIND_KUBECONFIG=$(KIND_KUBECONFIG) WSGAUGE_KIND=1 \
+	  WSGAUGE_IMAGE_REGISTRY=$(IMAGE_REGISTRY) WSGAUGE_IMAGE_TAG=$(IMAGE_TAG) PATH=$(K8S_BIN_DIR):$$PATH \
+	  $(PY) -m pytest -q -ra tests/kind tests/integration/chart || status=$$?; \
+	if [ "$(KIND_KEEP)" = 1 ]; then echo ">>> kind cluster $(KIND_CLUSTER) kept (KUBECONFIG=$(KIND_KUBECONFIG)); delete it with: make kind-down"; \
+	else $(KIND_PY) down; fi; exit $$status
+
+kind-down: $(STAMP)
+	$(KIND_PY) down

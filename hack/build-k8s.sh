@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the real Kubernetes control-plane binaries (and etcd, helm) from Go
+# Build the real Kubernetes control-plane binaries (and the node's kubelet,
+# kube-proxy, kubeadm, and etcd, helm) from Go
 # modules, for one pinned release, and cache them by version outside the repo.
 #
 #   hack/build-k8s.sh            build what is missing, print the bin directory
@@ -26,7 +27,7 @@ if [[ "${1:-}" == "--print-bin-dir" ]]; then
   exit 0
 fi
 
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd helm)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kubeadm etcd helm)
 missing=()
 for b in "${BINARIES[@]}"; do
   [[ -x "$BIN_DIR/$b" ]] || missing+=("$b")
@@ -76,6 +77,7 @@ package k8sbuild
 import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
@@ -123,6 +125,8 @@ build_one kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
 build_one kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 build_one kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
 build_one kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$k8s_ldflags"
+# kind's nodes run kubeadm (hack/build-kind.sh, the kind node image)
+build_one kubeadm k8s.io/kubernetes/cmd/kubeadm "$k8s_ldflags"
 
 # ---- helm in its own module ---------------------------------------------
 if [[ ! -x "$BIN_DIR/helm" ]]; then

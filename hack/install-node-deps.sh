@@ -4,7 +4,9 @@
 # the CNI plugins, iptables/conntrack (kube-proxy), debootstrap (the Python base
 # image), iproute2, and gcc with libc6-dev (the static pause program). Idempotent: returns at once when everything is there.
 #
-#   hack/install-node-deps.sh
+#   hack/install-node-deps.sh          the real node's packages
+#   hack/install-node-deps.sh --kind   and podman, netavark, aardvark-dns (kind's nodes: privileged
+#                                      containers, which Debian's Docker cannot run here; docs/kind.md)
 set -euo pipefail
 
 log() { echo "[node-deps $(date +%H:%M:%S)] $*" >&2; }
@@ -27,6 +29,11 @@ for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("${NEED[$cmd]}")
 done
 [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+if [[ "${1:-}" == "--kind" ]]; then
+  command -v podman >/dev/null 2>&1 || missing+=(podman)
+  [[ -x /usr/lib/podman/netavark ]] || missing+=(netavark)
+  [[ -x /usr/lib/podman/aardvark-dns ]] || missing+=(aardvark-dns)
+fi
 # the pause image is a static C program of ours
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
 if [[ ${#missing[@]} -eq 0 ]]; then

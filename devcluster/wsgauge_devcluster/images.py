@@ -95,6 +95,9 @@ class BaseRecipe:
     packages: tuple[str, ...] = ("python3", "python3-venv", "python-is-python3")
     recipe: int = 1
     """Bump when the slimming or import steps change (a new key, so a new base)."""
+    name: str = "python-base"
+    """The image name (``<registry>/<name>:<suite>-<content key>``); the kind node image's bases
+    (:mod:`wsgauge_devcluster.kindnode`) are made the same way under their own names."""
 
 
 BASE_RECIPE = BaseRecipe()
@@ -181,8 +184,8 @@ def content_key(recipe: BaseRecipe) -> str:
 
 
 def base_ref(registry: str, recipe: BaseRecipe = BASE_RECIPE) -> str:
-    """Tag of the Debian-made base: ``<registry>/python-base:<suite>-<content key>``."""
-    return f"{registry.rstrip('/')}/python-base:{recipe.suite}-{content_key(recipe)}"
+    """Tag of the Debian-made base: ``<registry>/<recipe.name>:<suite>-<content key>``."""
+    return f"{registry.rstrip('/')}/{recipe.name}:{recipe.suite}-{content_key(recipe)}"
 
 
 def debian_mirror(sources: str, suite: str) -> str | None:
@@ -419,13 +422,14 @@ def slim_rootfs(rootfs: Path) -> None:
 
 
 def ensure_base_image(log: Log, registry: str, recipe: BaseRecipe = BASE_RECIPE) -> str:
-    """The Debian-made Python base: reused when its content key's tag exists, else made."""
+    """A Debian-made base (the Python one by default): reused when its content key's tag
+    exists, else made."""
     ref = base_ref(registry, recipe)
     if image_id(ref) is not None:
         log(f"base {ref} is there (content key {content_key(recipe)}): no debootstrap")
         return ref
     if os.geteuid() != 0:
-        raise ImageBuildError("making the Python base with debootstrap needs root")
+        raise ImageBuildError(f"making the base {ref} with debootstrap needs root")
     if shutil.which("debootstrap", path=docker_env()["PATH"]) is None:
         raise ImageBuildError("debootstrap is missing: run hack/install-node-deps.sh")
     mirror = host_mirror(recipe.suite)
@@ -436,8 +440,8 @@ def ensure_base_image(log: Log, registry: str, recipe: BaseRecipe = BASE_RECIPE)
     debs.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     log(
-        f"making the Python base {ref}: debootstrap {recipe.suite} from {mirror} "
-        f"(about a minute; log: {logs / 'base.log'})"
+        f"making the base {ref}: debootstrap {recipe.suite} from {mirror} "
+        f"(a minute or two; log: {logs / 'base.log'})"
     )
     try:
         _run(debootstrap_argv(recipe, work, mirror, debs), logs / "base.log", "debootstrap")
