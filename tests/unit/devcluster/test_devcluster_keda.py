@@ -76,9 +76,7 @@ def test_render_runs_kustomize_over_a_tree_shaped_like_kedas(tmp_path: Path) -> 
         _deployment("keda-admission", "ghcr.io/kedacore/keda-admission-webhooks:latest", []),
     ]
     (default / "deployments.yaml").write_text(yaml.safe_dump_all(deployments))
-    (default / "kustomization.yaml").write_text(
-        yaml.safe_dump({"resources": ["deployments.yaml"]})
-    )
+    (default / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["deployments.yaml"]}))
     documents = keda.render(kubectl, directory, "wsgauge/keda:2.21.0", "10.96.0.20:9666")
     containers = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0] for d in documents
