@@ -13,6 +13,8 @@
 #   make kind-node-image   the kind node image, built here (cached by version)
 #   make kind-e2e the kind tests and the chart tests on a 3-node kind cluster (KIND_KEEP=1 keeps it)
 #   make kind-down   delete that kind cluster
+#   make keda     KEDA built from its Go module (cached), installed on the local cluster
+#   make keda-test   the KEDA e2e test (builds KEDA once; not part of make test: docs/keda.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +24,7 @@ LINT_DIRS := contract sidecar operator devcluster tests demo benchmarks
 K8S_BIN_DIR = $(shell hack/build-k8s.sh --print-bin-dir)
 
 .PHONY: all venv lint typecheck unit test k8s-bins node-deps browser-deps protocol-js cluster cluster-down deploy demo \
-	bench clean help images chart-test kind-bins kind-node-image kind-e2e kind-down
+	bench clean help images chart-test kind-bins kind-node-image kind-e2e kind-down keda-bins keda keda-test
 
 all: test
 
@@ -80,15 +82,29 @@ protocol-js:
 browser-deps:
 	@hack/install-browser-deps.sh >/dev/null
 
-# The images are built first, so the tests run the code of this tree.
+# The images are built first, so the tests run the code of this tree. The KEDA test is left to
+# `make keda-test`: KEDA's first build alone takes longer than make test may grow (README).
 test: lint typecheck k8s-bins images browser-deps protocol-js
-	$(PY) -m pytest tests -q -ra
+	$(PY) -m pytest tests -q -ra -m "not keda"
 
 cluster: $(STAMP) k8s-bins node-deps
 	@$(VENV)/bin/wsgauge-devcluster up
 
 cluster-down: $(STAMP)
 	@$(VENV)/bin/wsgauge-devcluster down
+
+# KEDA's operator, metrics server and admission webhooks from its Go module, cached by version
+# in ~/.cache/wsgauge/keda (the first build: tens of minutes on 2 cores, progress printed).
+keda-bins:
+	@hack/build-keda.sh >/dev/null
+
+# KEDA's image (on the Debian-made base) and its own manifests on the local cluster (docs/keda.md).
+keda: $(STAMP) keda-bins cluster
+	@$(VENV)/bin/wsgauge-devcluster keda
+
+# The KEDA end-to-end test on the real node (tests/e2e/test_e2e_keda.py).
+keda-test: $(STAMP) k8s-bins keda-bins images
+	$(PY) -m pytest tests/e2e/test_e2e_keda.py -q -ra -s -m keda
 
 # helm upgrade --install of charts/wsgauge into wsgauge-system with the local images.
 deploy: cluster

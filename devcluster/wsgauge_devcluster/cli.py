@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from wsgauge_devcluster import docker_engine, images
+from wsgauge_devcluster import docker_engine, images, keda
 from wsgauge_devcluster.binaries import locate
 from wsgauge_devcluster.controlplane import ControlPlane
 from wsgauge_devcluster.deploy import ChartInstall
@@ -62,6 +62,26 @@ def _image_loader(plane: ControlPlane) -> Callable[[], None] | None:
     return load
 
 
+def _keda(plane: ControlPlane, uninstall: bool) -> None:
+    """KEDA on the running cluster: binaries, image (loaded into the real node), manifests."""
+    directory = keda.ensure_built(_progress)
+    ref = keda.image_ref(directory)
+    if not uninstall:
+        ref = keda.build_image(_progress, directory)
+        if plane.node.enabled:
+            images.load_into(plane.real_node.containerd_socket, [ref], _progress)
+    install = keda.KedaInstall(
+        kubeconfig=plane.settings.kubeconfig_path,
+        bin_dir=plane.binaries.bin_dir,
+        directory=directory,
+        image=ref,
+    )
+    if uninstall:
+        install.uninstall(_progress)
+    else:
+        install.install(_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -87,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="values", action="append", default=[], metavar="KEY=VALUE",
         help="extra chart value (repeatable)",
     )  # fmt: skip
+    keda_command = commands.add_parser(
+        "keda",
+        help="build KEDA (cached) and its image, install it from its own manifests; wait until "
+        "available (docs/keda.md)",
+    )
+    keda_command.add_argument("--uninstall", action="store_true", help="remove it instead")
     commands.add_parser("status", help="print which components run")
     commands.add_parser("env", help="print the export lines only")
     options = parser.parse_args(argv)
@@ -109,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 namespace=options.namespace,
                 values=tuple(options.values),
             ).install(_progress)
+        elif options.command == "keda":
+            _keda(plane, uninstall=options.uninstall)
         elif options.command == "status":
             running = plane.running()
             print(f"state dir: {plane.settings.state_dir}")
