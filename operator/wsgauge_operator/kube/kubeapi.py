@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +145,12 @@ class KubeApi:
     loop that uses it; :meth:`close` releases its connections.
     """
 
-    def __init__(self, settings: KubeSettings) -> None:
+    def __init__(
+        self, settings: KubeSettings, *, trace_configs: Sequence[aiohttp.TraceConfig] = ()
+    ) -> None:
         self._settings = settings
+        self._trace_configs = list(trace_configs)
+        """aiohttp request tracing on the client's session (for tests and diagnostics)."""
         self._client: kube_client.ApiClient | None = None
         self._opening = asyncio.Lock()
 
@@ -155,6 +159,8 @@ class KubeApi:
         async with self._opening:
             if self._client is None:
                 configuration = await load_client_configuration(self._settings)
+                if self._trace_configs:
+                    configuration.trace_configs = self._trace_configs
                 self._client = kube_client.ApiClient(configuration)
 
     async def close(self) -> None:
