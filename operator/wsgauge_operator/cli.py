@@ -256,7 +256,7 @@ class Operator:
         await self.controller.stop()
         if not self._closed:
             self._closed = True
-            self.kube.close()
+            await self.kube.close()
 
 
 async def run(
@@ -271,6 +271,7 @@ async def run(
     election = settings.leader_election
     operator = Operator(settings)
     try:
+        await operator.kube.open()  # the credentials, checked before anything is served
         await operator.server.open(STANDBY if election.enabled else STARTING)
         await _lead_and_run(settings, operator, on_lost)
     finally:
@@ -288,14 +289,13 @@ async def _lead_and_run(
     lease_api = LeaseApi(settings.kube, lease_namespace(election), election.lease_name)
     elector = LeaderElector(election, holder_identity(election, settings.kube.instance), lease_api)
     try:
+        await lease_api.open()
         stop_on_signals(stop)
         leading = await wait_for_leadership(settings, elector, stop)
-    except BaseException:
-        lease_api.close()
-        raise
+    finally:
+        await lease_api.close()  # this loop's client: the renewal thread makes its own
     if not leading:
         logger.info("standby: stopped before leading")
-        lease_api.close()
         return
     operator.elector = elector
     renewal = RenewalThread(elector, on_lost)
@@ -306,8 +306,10 @@ async def _lead_and_run(
     finally:
         await operator.close()  # nothing acts any more when the Lease is released
         await asyncio.to_thread(renewal.stop)
-        await elector.release()
-        elector.close()
+        try:
+            await elector.release()
+        finally:
+            await elector.close()
 
 
 def configure_collector(collector: CollectorSettings) -> None:

@@ -48,17 +48,17 @@ def _event_parts(event: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any
     return (str(event_type) if event_type else None), body
 
 
-def connection_info(settings: KubeSettings) -> kopf.ConnectionInfo:
+async def connection_info(settings: KubeSettings) -> kopf.ConnectionInfo:
     """kopf credentials from the same source as :class:`~wsgauge_operator.kube.kubeapi.KubeApi`'s
     client.
     """
     try:
-        config = load_client_configuration(settings)
+        config = await load_client_configuration(settings)
     except ConfigError as error:
         raise kopf.LoginError(str(error)) from error
-    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
-        "authorization"
-    )
+    header = await config.get_api_key_with_prefix(
+        "BearerToken"
+    ) or await config.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None)
     if len(parts) == 1:
@@ -85,7 +85,7 @@ def build_registry(kube_settings: KubeSettings) -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
         # --kubeconfig if given, else in-cluster service account, else $KUBECONFIG.
-        return connection_info(kube_settings)
+        return await connection_info(kube_settings)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:

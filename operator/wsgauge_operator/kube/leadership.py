@@ -1,7 +1,8 @@
 """Leader election between operator replicas: the I/O loop around :mod:`.leader_lease`.
 
 A :class:`LeaderElector` reads and writes one ``coordination.k8s.io/v1`` Lease (the only API
-calls the operator makes outside :mod:`.kubeapi`, through the same client and credentials):
+calls the operator makes outside :mod:`.kubeapi`, through the same asyncio client,
+``kubernetes.aio``, and credentials):
 
 - :meth:`LeaderElector.acquire` looks at the Lease every ``retry_period`` (jittered, see
   :mod:`wsgauge_operator.model.backoff`: standbys started together do not look in lockstep) until
@@ -9,8 +10,9 @@ calls the operator makes outside :mod:`.kubeapi`, through the same client and cr
 - :meth:`LeaderElector.hold` renews it every ``retry_period`` and calls ``on_lost`` as soon as
   the Lease is held by someone else or could not be renewed for ``renew_deadline``; the caller
   then stops the process at once rather than risk two writers;
-- :class:`RenewalThread` runs :meth:`LeaderElector.hold` in a thread with its own event loop,
-  so that a busy operator (kopf starting, thousands of pods) never delays a renewal;
+- :class:`RenewalThread` runs :meth:`LeaderElector.hold` in a thread with its own event loop
+  (and its own connection to the API server), so that a busy operator (kopf starting,
+  thousands of pods) never delays a renewal;
 - :meth:`LeaderElector.release` clears the holder on a graceful stop, so that a standby takes
   over within its next look instead of waiting for the Lease to expire.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 import os
 import secrets
@@ -31,10 +32,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-import urllib3
+from kubernetes.aio import client as kube_client
 
-from wsgauge_operator.kube.kubeapi import load_client_configuration
+from wsgauge_operator.kube.kubeapi import json_call, load_client_configuration
 from wsgauge_operator.kube.leader_lease import (
     Action,
     Candidacy,
@@ -82,16 +82,6 @@ def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _json_answer(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a client call without its deserialisation and decode the body (worker thread)."""
-    response = function(*args, _preload_content=False, **kwargs)
-    try:
-        body = response.read()
-    finally:
-        response.release_conn()
-    return json.loads(body) if body else None
-
-
 def _lease_body(answer: Any, what: str) -> dict[str, Any]:
     """The Lease object of an answer; anything else is an API error (never trusted as a write)."""
     if not isinstance(answer, dict):
@@ -100,49 +90,67 @@ def _lease_body(answer: Any, what: str) -> dict[str, Any]:
 
 
 class LeaseApi:
-    """Read, create and replace one Lease (the official client, in worker threads)."""
+    """Read, create and replace one Lease.
+
+    One client per event loop (an aiohttp session belongs to the loop it runs on): the
+    operator's loop looks at the Lease as a standby, the renewal thread's loop renews it.
+    """
 
     def __init__(self, kube: KubeSettings, namespace: str, name: str) -> None:
         self.namespace = namespace
         self.name = name
+        self._kube = kube
         self._timeout = kube.request_timeout
         self._field_manager = kube.field_manager
-        self._client = kubernetes.client.ApiClient(load_client_configuration(kube))
-        self._custom = kubernetes.client.CustomObjectsApi(self._client)
+        self._configuration: kube_client.Configuration | None = None
+        self._clients: dict[asyncio.AbstractEventLoop, kube_client.ApiClient] = {}
+        self._lock = threading.Lock()
 
-    def close(self) -> None:
-        """Release the connection pool."""
-        self._client.close()  # type: ignore[no-untyped-call]
+    async def open(self) -> None:
+        """Load the credentials (ConfigError when they cannot be loaded)."""
+        if self._configuration is None:
+            self._configuration = await load_client_configuration(self._kube)
 
-    async def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call ``function`` in a worker thread; its JSON answer, decoded here.
+    async def _custom(self) -> Any:
+        """The CustomObjectsApi on this loop's client."""
+        await self.open()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = kube_client.ApiClient(self._configuration)
+        return kube_client.CustomObjectsApi(client)
 
-        The raw body is read (``_preload_content=False``) rather than left to the generated
+    async def close(self) -> None:
+        """Release the connections of the running loop's client."""
+        with self._lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, what: str, request: Callable[[Any], Any]) -> Any:
+        """One request on this loop's client; its JSON answer, decoded here.
+
+        The raw body is read (``*_without_preload_content``) rather than left to the generated
         client, whose response-type maps drop some successful answers (a replace that re-creates
-        a deleted Lease answers 201, which it turns into None).
+        a deleted Lease answers 201).
         """
-        kwargs.setdefault("_request_timeout", self._timeout)
-        try:
-            return await asyncio.to_thread(_json_answer, function, *args, **kwargs)
-        except kubernetes.client.exceptions.ApiException as error:
-            status = int(error.status or 0)
-            raise KubeApiError(f"{what}: HTTP {status} {error.reason}", status) from None
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise KubeApiError(f"{what}: {error}", 0) from None
-        except ValueError as error:
-            raise KubeApiError(f"{what}: undecodable answer: {error}", 0) from None
+        custom = await self._custom()
+        return await json_call(what, lambda: request(custom))
 
     async def read(self) -> dict[str, Any] | None:
         """The Lease, or None when it does not exist."""
         try:
             lease = await self._call(
                 f"get lease {self.namespace}/{self.name}",
-                self._custom.get_namespaced_custom_object,
-                LEASE_GROUP,
-                LEASE_VERSION,
-                self.namespace,
-                LEASE_PLURAL,
-                self.name,
+                lambda custom: custom.get_namespaced_custom_object_without_preload_content(
+                    LEASE_GROUP,
+                    LEASE_VERSION,
+                    self.namespace,
+                    LEASE_PLURAL,
+                    self.name,
+                    _request_timeout=self._timeout,
+                ),
             )
         except KubeApiError as error:
             if error.not_found:
@@ -155,13 +163,15 @@ class LeaseApi:
         body = lease_object(self.namespace, self.name, spec)
         lease = await self._call(
             f"create lease {self.namespace}/{self.name}",
-            self._custom.create_namespaced_custom_object,
-            LEASE_GROUP,
-            LEASE_VERSION,
-            self.namespace,
-            LEASE_PLURAL,
-            body,
-            field_manager=self._field_manager,
+            lambda custom: custom.create_namespaced_custom_object_without_preload_content(
+                LEASE_GROUP,
+                LEASE_VERSION,
+                self.namespace,
+                LEASE_PLURAL,
+                body,
+                field_manager=self._field_manager,
+                _request_timeout=self._timeout,
+            ),
         )
         return _lease_body(lease, "write")
 
@@ -170,14 +180,16 @@ class LeaseApi:
         body = lease_object(self.namespace, self.name, spec, resource_version)
         lease = await self._call(
             f"update lease {self.namespace}/{self.name}",
-            self._custom.replace_namespaced_custom_object,
-            LEASE_GROUP,
-            LEASE_VERSION,
-            self.namespace,
-            LEASE_PLURAL,
-            self.name,
-            body,
-            field_manager=self._field_manager,
+            lambda custom: custom.replace_namespaced_custom_object_without_preload_content(
+                LEASE_GROUP,
+                LEASE_VERSION,
+                self.namespace,
+                LEASE_PLURAL,
+                self.name,
+                body,
+                field_manager=self._field_manager,
+                _request_timeout=self._timeout,
+            ),
         )
         return _lease_body(lease, "write")
 
@@ -199,9 +211,9 @@ class LeaderElector:
         self._clock = clock
         self._last_waiting_for: str | None = None
 
-    def close(self) -> None:
-        """Release the API client's connection pool."""
-        self._api.close()
+    async def close(self) -> None:
+        """Release the connections of the running loop's API client."""
+        await self._api.close()
 
     @property
     def leading(self) -> bool:
@@ -366,7 +378,7 @@ class RenewalThread:
         loop = asyncio.new_event_loop()
         try:
             self._loop = loop
-            self._task = loop.create_task(self._elector.hold(self._on_lost))
+            self._task = loop.create_task(self._hold())
             self._started.set()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(self._task)
@@ -378,6 +390,12 @@ class RenewalThread:
             self._started.set()
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
+
+    async def _hold(self) -> None:
+        try:
+            await self._elector.hold(self._on_lost)
+        finally:
+            await self._elector.close()  # this loop's client
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop renewing and wait for the thread (blocking: call it from a worker thread)."""

@@ -1,4 +1,4 @@
-"""The operator's own pod watch: list, then watch, read in a thread, handed to the controller.
+"""The operator's own pod watch: list, then watch, handed to the controller in batches.
 
 Why not kopf's ``@kopf.on.event`` on pods (as before): kopf runs one task per pod ("worker"),
 and starting one costs a full turn of the event loop (its scheduler yields with
@@ -11,8 +11,8 @@ unresponsiveness"), which makes kopf re-list again: a restart on 100 ConnectionS
 pods did not converge in 12 minutes. kopf also diffed every pod body against its last
 state, work the controller does not need (it compares the few fields it uses).
 
-Here one thread per watched namespace (or one for the cluster) reads the watch stream and
-parses it; events go to the event loop in batches (``call_soon_threadsafe``), where
+Here one task per watched namespace (or one for the cluster) reads the watch stream through
+:meth:`~.kubeapi.KubeApi.watch_pods` and parses it; the events of each chunk read go to
 :meth:`~wsgauge_operator.control.controller.Controller.pod_event` handles each in about 0.1 ms. A
 listing (at start, after ``410 Gone`` or an error) is handed over in slices, and pods the controller
 knew before the listing that it no longer contains are handed over as deleted (a watch gap loses
@@ -22,15 +22,13 @@ knew before the listing that it no longer contains are handed over as deleted (a
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-import urllib3
+import aiohttp
 
 from wsgauge_operator.model.backoff import jittered
 from wsgauge_operator.model.exceptions import KubeApiError, OperatorError
@@ -75,14 +73,15 @@ class PodWatchApi(Protocol):
     async def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         """Every pod (raw JSON) and the list's resourceVersion."""
 
-    def open_pod_watch(
+    def watch_pods(
         self,
         namespace: str | None,
         resource_version: str,
         timeout_seconds: int,
         read_timeout: float,
-    ) -> Any:
-        """Blocking: the raw watch response (``stream()``, ``shutdown()``, ``release_conn()``)."""
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """A watch request: opening raises ``KubeApiError``; the body comes chunk by chunk
+        (``TimeoutError`` after ``read_timeout`` seconds without a byte)."""
 
 
 class WatchGone(OperatorError):
@@ -156,47 +155,33 @@ class PodWatch:
         self._namespaces: tuple[str | None, ...] = tuple(namespaces) or (None,)
         self._on_error = on_error
         self._tasks: list[asyncio.Task[None]] = []
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._responses: set[Any] = set()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = False
         self.listings = 0
         """Listings done so far (start, and after each ``410 Gone`` or failure)."""
 
     async def start(self) -> None:
-        """Start one list-and-watch task (and reader thread) per namespace."""
+        """Start one list-and-watch task per namespace."""
         if self._tasks:
             return
-        self._stopping.clear()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(self._namespaces), thread_name_prefix="pod-watch"
-        )
+        self._stopping = False
         for namespace in self._namespaces:
             task = asyncio.create_task(self._run(namespace), name=f"pod watch {namespace or '*'}")
             task.add_done_callback(_log_unexpected_end)
             self._tasks.append(task)
 
     async def stop(self) -> None:
-        """Stop the tasks; interrupt the reads in progress."""
-        self._stopping.set()
-        with self._lock:
-            responses = list(self._responses)
-        for response in responses:
-            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
-                response.shutdown()
+        """Stop the tasks (a read in progress is cancelled with its task)."""
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         # their ends are logged by _log_unexpected_end; stopping does not raise them again
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
 
     async def _run(self, namespace: str | None) -> None:
         version: str | None = None
         failures = 0
-        while not self._stopping.is_set():
+        while not self._stopping:
             try:
                 if version is None:
                     version = await self._relist(namespace)
@@ -257,41 +242,17 @@ class PodWatch:
 
     async def _watch(self, namespace: str | None, version: str) -> str:
         """Watch from ``version`` until the request ends; return the last version seen."""
-        loop = asyncio.get_running_loop()
-        assert self._executor is not None
-        return await loop.run_in_executor(
-            self._executor, self._read_stream, loop, namespace, version
-        )
-
-    def _read_stream(
-        self, loop: asyncio.AbstractEventLoop, namespace: str | None, version: str
-    ) -> str:
-        """In the reader thread: one watch request, its events handed to the loop in batches."""
-        response = self._api.open_pod_watch(namespace, version, WATCH_SECONDS, READ_TIMEOUT_SECONDS)
-        with self._lock:
-            self._responses.add(response)
         splitter = LineSplitter()
-        try:
-            if self._stopping.is_set():  # stop() ran before the response was registered
-                return version
-            for chunk in response.stream(65536, decode_content=True):
-                if self._stopping.is_set():
-                    break
-                events, newer = watch_events(splitter.feed(chunk))
-                if events:
-                    try:
-                        loop.call_soon_threadsafe(self._handle_batch, events)
-                    except RuntimeError:  # the event loop is closed: nobody to hand them to
-                        break
-                version = newer or version
-        except (OSError, urllib3.exceptions.HTTPError) as error:  # read timeout, reset, shutdown
-            if not self._stopping.is_set():
-                logger.info("pod watch of %s ended: %s", namespace or "*", error)
-        finally:
-            with self._lock:
-                self._responses.discard(response)
-            with contextlib.suppress(OSError, urllib3.exceptions.HTTPError):
-                response.release_conn()
+        async with self._api.watch_pods(
+            namespace, version, WATCH_SECONDS, READ_TIMEOUT_SECONDS
+        ) as chunks:
+            try:
+                async for chunk in chunks:
+                    events, newer = watch_events(splitter.feed(chunk))
+                    self._handle_batch(events)
+                    version = newer or version
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:  # silence, reset
+                logger.info("pod watch of %s ended: %s", namespace or "*", error or "timed out")
         return version
 
     def _handle_batch(self, events: list[PodEvent]) -> None:

@@ -71,7 +71,7 @@ class MetricsApiSettings:
     client_ca_file: str | None = None
     """Request-header client CA bundle (PEM file); see also ``client_ca_pem``."""
     client_ca_pem: str | None = None
-    """Request-header client CA bundle (PEM text), e.g. from ``load_request_header_auth``."""
+    """Request-header client CA bundle (PEM text), e.g. from ``KubeApi.request_header_auth``."""
     allowed_names: tuple[str, ...] = ()
     """Client certificate common names accepted; empty: any the CA signed."""
     allow_unauthenticated: bool = False
@@ -218,7 +218,7 @@ async def start_metrics_api(
     if client_ca is None and not settings.allow_unauthenticated:
         raise ConfigError(
             "no request-header client CA configured (client_ca_file / client_ca_pem); "
-            "load it with load_request_header_auth() or set allow_unauthenticated"
+            "load it with KubeApi.request_header_auth() or set allow_unauthenticated"
         )
     pair = serving_certificate_pair(
         settings.cert_file, settings.key_file, settings.self_signed_hosts

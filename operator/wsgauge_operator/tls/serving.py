@@ -13,7 +13,8 @@ This module:
 - builds the server :class:`ssl.SSLContext` that asks for a client
   certificate and verifies it against the request-header CA (a certificate
   from another CA fails the handshake);
-- reads the ConfigMap with the ``kubernetes`` client (:func:`load_request_header_auth`);
+- parses that ConfigMap's data (:func:`request_header_auth_from_data`; read by
+  :meth:`~wsgauge_operator.kube.kubeapi.KubeApi.request_header_auth`);
 - extracts the verified client certificate's common name for the allowed-names check.
 """
 
@@ -26,7 +27,6 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -50,25 +50,8 @@ class RequestHeaderAuth:
     """Common names allowed on the client certificate; empty: any name the CA signed."""
 
 
-def load_request_header_auth(core_v1_api: Any) -> RequestHeaderAuth:
-    """Read ``kube-system/extension-apiserver-authentication`` (blocking call).
-
-    ``core_v1_api`` is a ``kubernetes.client.CoreV1Api``; the caller needs RBAC
-    ``get`` on that ConfigMap (the built-in role
-    ``extension-apiserver-authentication-reader`` in kube-system grants it).
-    Raises :class:`~wsgauge_operator.model.exceptions.ConfigError` when the
-    request-header CA is missing (the API server runs without
-    ``--requestheader-client-ca-file``: the aggregation layer is not configured).
-    """
-    config_map = core_v1_api.read_namespaced_config_map(
-        AUTH_CONFIGMAP_NAME, AUTH_CONFIGMAP_NAMESPACE
-    )
-    data: dict[str, str] = dict(getattr(config_map, "data", None) or {})
-    return request_header_auth_from_data(data)
-
-
 def request_header_auth_from_data(data: dict[str, str]) -> RequestHeaderAuth:
-    """Parse the ConfigMap's ``data`` (separated from the API call for tests)."""
+    """Parse the ConfigMap's ``data``: the CA (ConfigError when missing) and the allowed names."""
     ca = data.get("requestheader-client-ca-file", "").strip()
     if not ca:
         raise ConfigError(

@@ -4,7 +4,7 @@ The manifests of ``deploy/local/metrics-api.yaml`` are applied with three change
 the Service lives in the test's namespace, the port is a free one, and instead of
 ``insecureSkipTLSVerify`` the APIService carries our self-signed certificate as ``caBundle``
 (so the aggregator really verifies the serving certificate). The request-header CA is read
-from ``kube-system/extension-apiserver-authentication`` with ``load_request_header_auth``.
+from ``kube-system/extension-apiserver-authentication`` with ``KubeApi.request_header_auth``.
 The second test lets the real HPA controller (kube-controller-manager) scale a Deployment of
 simulated pods on the served Pods metric, with the HPA manifest from ``hpa.build_hpa``.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 from apiservice_lock import custom_metrics_apiservice_lock
-from kubernetes import client, config
 from wsgauge_devcluster.testing import KubeCluster
 from wsgauge_operator.autoscaling.hpa import build_hpa
+from wsgauge_operator.kube.kubeapi import KubeApi
 from wsgauge_operator.metrics_api.server import (
     MetricsApiServer,
     MetricsApiSettings,
@@ -38,7 +38,7 @@ from wsgauge_operator.model.metrics_source import (
     PodMetrics,
     StaticMetricsSource,
 )
-from wsgauge_operator.tls.serving import load_request_header_auth
+from wsgauge_operator.model.settings import KubeSettings
 
 MANIFEST = Path(__file__).resolve().parents[3] / "deploy" / "local" / "metrics-api.yaml"
 
@@ -98,13 +98,11 @@ def apiservice_lock() -> Iterator[None]:
 async def served(
     kube: KubeCluster, namespace: str, apiservice_lock: None
 ) -> AsyncIterator[tuple[MetricsApiServer, StaticMetricsSource]]:
-    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kube.kubeconfig)
-    )
+    api = KubeApi(KubeSettings(kubeconfig=str(kube.kubeconfig)))
     try:
-        auth = await asyncio.to_thread(load_request_header_auth, client.CoreV1Api(api_client))
+        auth = await api.request_header_auth()
     finally:
-        api_client.close()
+        await api.close()
     now = datetime.now(UTC).replace(microsecond=0)
     source = StaticMetricsSource(
         pods=[

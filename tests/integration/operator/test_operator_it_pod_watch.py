@@ -1,10 +1,12 @@
-"""The operator's own pod watch (pod_watch.py) against the real API server.
+"""The operator's own pod watch (kube/pod_watch.py) and its client (kube/kubeapi.py) against the
+real API server.
 
 The unit tests (tests/unit/operator/test_operator_pod_watch.py) script the API; these check the
 assumptions they rest on with the real kube-apiserver: a listing reaches the controller, then
 ADDED / MODIFIED / DELETED from the watch that continues at the listing's resourceVersion, and
 the real server's answer to a resourceVersion it no longer serves is what the watch treats as
-"list again" (``410 Gone``: an ERROR event in the stream or a refused request).
+"list again" (``410 Gone``: an ERROR event in the stream or a refused request). The client's
+writes are concurrent up to its connection pool's size.
 
 The pods are bound to a node that no pod runner serves, so nothing starts containers for them.
 """
@@ -16,9 +18,10 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 from wsgauge_devcluster.testing import KubeCluster
 from wsgauge_operator.control.controller import Controller
-from wsgauge_operator.kube.kubeapi import KubeApi
+from wsgauge_operator.kube.kubeapi import CONNECTION_POOL_SIZE, KubeApi
 from wsgauge_operator.kube.pod_watch import LineSplitter, PodWatch, WatchGone, watch_events
 from wsgauge_operator.model.exceptions import KubeApiError
 from wsgauge_operator.model.settings import KubeSettings, OperatorSettings
@@ -57,7 +60,7 @@ async def watching(kube: KubeCluster, namespace: str) -> AsyncIterator[tuple[Con
     finally:
         await watch.stop()
         await controller.stop()
-        api.close()
+        await api.close()
 
 
 async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
@@ -97,32 +100,24 @@ async def test_an_expired_resource_version_is_gone_as_the_watch_expects(
 ) -> None:
     api = KubeApi(kube_settings(kube, namespace))
 
-    def read_stream() -> str:
-        try:
-            response = api.open_pod_watch(namespace, "1", 10, 15.0)
-        except KubeApiError as error:
-            refused: KubeApiError | None = error
-        else:
-            refused = None
-        if refused is not None:
-            assert refused.status == 410, refused
-            return "request refused with 410"
+    async def read_stream() -> str:
         splitter = LineSplitter()
         try:
-            for chunk in response.stream(65536, decode_content=True):
-                watch_events(splitter.feed(chunk))
+            async with api.watch_pods(namespace, "1", 10, 15.0) as chunks:
+                async for chunk in chunks:
+                    watch_events(splitter.feed(chunk))
+        except KubeApiError as error:
+            return "request refused with 410" if error.status == 410 else f"refused: {error}"
         except WatchGone:
             return "ERROR 410 in the stream"
-        finally:
-            response.release_conn()
         return "the stream ended without 410"
 
     try:
-        outcome = await asyncio.to_thread(read_stream)
+        outcome = await read_stream()
     finally:
-        api.close()
+        await api.close()
     print(f"expired resourceVersion: {outcome}")
-    assert outcome != "the stream ended without 410"
+    assert outcome in ("request refused with 410", "ERROR 410 in the stream")
 
 
 async def test_stop_interrupts_an_idle_watch(kube: KubeCluster, namespace: str) -> None:
@@ -133,3 +128,38 @@ async def test_stop_interrupts_an_idle_watch(kube: KubeCluster, namespace: str) 
             await until(lambda: watch.listings == 1, "first listing")
             await asyncio.sleep(0.5)  # the reader thread is now blocked in the idle stream
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("pod watch")]
+
+
+async def test_writes_are_concurrent_up_to_the_connection_pool_size(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """More writes at once than the pool holds: exactly the pool's size of connections is opened
+    (every write of the first wave in flight together), the rest wait for a free one."""
+    opened: list[int] = []
+    queued: list[int] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_opened(*_: object) -> None:
+        opened.append(1)
+
+    async def on_queued(*_: object) -> None:
+        queued.append(1)
+
+    trace.on_connection_create_end.append(on_opened)
+    trace.on_connection_queued_start.append(on_queued)
+    api = KubeApi(kube_settings(kube, namespace), trace_configs=[trace])
+    writes = CONNECTION_POOL_SIZE + 8
+    try:
+        await api.open()
+        results = await asyncio.gather(
+            *(
+                api.patch_pod_annotations(namespace, f"absent-{i}", "no-uid", {"k": "v"})
+                for i in range(writes)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await api.close()
+    assert all(isinstance(r, KubeApiError) and r.not_found for r in results), results
+    assert len(opened) == CONNECTION_POOL_SIZE
+    assert len(queued) == writes - CONNECTION_POOL_SIZE

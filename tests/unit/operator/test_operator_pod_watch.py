@@ -1,15 +1,14 @@
-"""The operator's own pod watch (pod_watch.py, issue #7: restart on 100 ConnectionStats x 100
-pods): stream parsing, ``410 Gone`` and errors, listing then watching, deletions found by a new
-listing, and a listing handed to the controller in a few turns of the event loop (kopf's
-per-object workers took one turn per pod). No I/O: a scripted fake of the two API calls and
-recording fake followers."""
+"""The operator's own pod watch (kube/pod_watch.py): stream parsing, ``410 Gone`` and errors,
+listing then watching, deletions found by a new listing, and a listing handed to the controller
+in a few turns of the event loop (kopf's per-object workers took one turn per pod). No I/O: a
+scripted fake of the two API calls and recording fake followers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,23 +35,18 @@ def with_version(body: dict[str, Any], version: str) -> dict[str, Any]:
 
 
 class FakeResponse:
-    """A watch response: scripted chunks, then (``hold``) blocks until ``shutdown``."""
+    """A watch response: scripted chunks, then (``hold``) waits until its request is closed."""
 
     def __init__(self, chunks: list[bytes], hold: bool) -> None:
         self.chunks = chunks
         self.hold = hold
-        self.closed = threading.Event()
+        self.closed = False
 
-    def stream(self, amt: int, decode_content: bool) -> Iterator[bytes]:
-        yield from self.chunks
+    async def stream(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
         if self.hold:
-            self.closed.wait(30)
-
-    def shutdown(self) -> None:
-        self.closed.set()
-
-    def release_conn(self) -> None:
-        self.closed.set()
+            await asyncio.Event().wait()  # until the watch task is cancelled
 
 
 class FakeApi:
@@ -72,20 +66,24 @@ class FakeApi:
         self.list_calls += 1
         return items, f"list-{self.list_calls}"
 
-    def open_pod_watch(
+    @contextlib.asynccontextmanager
+    async def watch_pods(
         self,
         namespace: str | None,
         resource_version: str,
         timeout_seconds: int,
         read_timeout: float,
-    ) -> FakeResponse:
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         self.watched_from.append(resource_version)
         chunks = self.streams.pop(0) if self.streams else []
         if isinstance(chunks, KubeApiError):
             raise chunks
         response = FakeResponse(chunks, hold=not self.streams)
         self.responses.append(response)
-        return response
+        try:
+            yield response.stream()
+        finally:
+            response.closed = True
 
 
 async def until(condition: Any, turns: int = 2000) -> None:
@@ -143,7 +141,7 @@ async def test_list_then_watch_then_410_lists_again_and_forgets_pods_gone_meanwh
     finally:
         await watch.stop()
         await controller.stop()
-    assert all(r.closed.is_set() for r in api.responses)
+    assert all(r.closed for r in api.responses)
 
 
 async def test_a_listing_reaches_the_controller_in_a_few_loop_turns_not_one_per_pod() -> None:

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from cryptography import x509
 from wsgauge_operator.model.exceptions import ConfigError
 from wsgauge_operator.tls.certificates import self_signed
 from wsgauge_operator.tls.serving import (
-    AUTH_CONFIGMAP_NAME,
-    AUTH_CONFIGMAP_NAMESPACE,
-    load_request_header_auth,
     peer_common_name,
     request_header_auth_from_data,
     server_ssl_context,
@@ -48,19 +43,6 @@ def test_configmap_data_parsed() -> None:
 def test_bad_configmap_data(data: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         request_header_auth_from_data(data)
-
-
-def test_loader_reads_the_configmap() -> None:
-    calls: list[tuple[str, str]] = []
-
-    class FakeCoreApi:
-        def read_namespaced_config_map(self, name: str, namespace: str) -> Any:
-            calls.append((name, namespace))
-            return SimpleNamespace(data={"requestheader-client-ca-file": CA})
-
-    auth = load_request_header_auth(FakeCoreApi())
-    assert calls == [(AUTH_CONFIGMAP_NAME, AUTH_CONFIGMAP_NAMESPACE)]
-    assert auth.client_ca_pem.strip() == CA
 
 
 def test_self_signed_certificate_names() -> None:
