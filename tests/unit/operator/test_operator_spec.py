@@ -17,7 +17,6 @@ from wsgauge_operator.model.label_selector import (
 )
 from wsgauge_operator.model.spec import OtherWriters, parse_duration, parse_spec
 
-
 SCALING = {"maxReplicas": 4, "targetConnectionsPerPod": 10}
 
 

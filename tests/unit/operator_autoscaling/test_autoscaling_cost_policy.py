@@ -85,7 +85,8 @@ def test_condition_says_what_wsgauge_does() -> None:
     karpenter = other_writers([CostWriter.KARPENTER, CostWriter.NONE])
     status, reason, message = conflict_condition(karpenter, OtherWriters.YIELD)
     assert (status, reason) == ("True", "KarpenterManaged")
-    assert "1 of 2 pods" in message and "yields" in message
+    assert "1 of 2 pods" in message
+    assert "yields" in message
     assert "keeps writing" in conflict_condition(karpenter, OtherWriters.OVERWRITE)[2]
 
 
@@ -96,14 +97,17 @@ def test_events_on_transitions_only() -> None:
     reason, event = conflict_event(None, clean, OtherWriters.YIELD)
     assert (reason, event) == ("NoOtherWriter", None)  # a clean start says nothing
     reason, event = conflict_event(reason, karpenter, OtherWriters.YIELD)
-    assert event is not None and (event.warning, event.reason) == (True, "DeletionCostConflict")
+    assert event is not None
+    assert (event.warning, event.reason) == (True, "DeletionCostConflict")
     assert "yields" in event.note
     reason, event = conflict_event(reason, karpenter, OtherWriters.YIELD)
     assert event is None  # the same finding again: no second Event
     reason, event = conflict_event(reason, changed, OtherWriters.OVERWRITE)
-    assert event is not None and "changed" in event.note
+    assert event is not None
+    assert "changed" in event.note
     reason, event = conflict_event(reason, clean, OtherWriters.OVERWRITE)
-    assert event is not None and (event.warning, event.reason) == (
+    assert event is not None
+    assert (event.warning, event.reason) == (
         False,
         "DeletionCostConflictResolved",
     )

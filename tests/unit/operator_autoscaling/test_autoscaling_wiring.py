@@ -324,7 +324,8 @@ async def test_other_writer_yield_then_overwrite(extra: dict[str, str], reason: 
     assert (status, found) == ("True", reason)
     assert "yields" in message
     conflicts = [e for e in kube.events if e["reason"] == "DeletionCostConflict"]
-    assert len(conflicts) == 1 and conflicts[0]["type"] == "Warning"
+    assert len(conflicts) == 1
+    assert conflicts[0]["type"] == "Warning"
 
     overwrite = cs_body(autoscaling=dict(AUTOSCALING, deletionCost={"otherWriters": "Overwrite"}))
     overwrite["metadata"]["generation"] = 2
