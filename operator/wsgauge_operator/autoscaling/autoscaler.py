@@ -67,6 +67,7 @@ from wsgauge_operator.model.deletion_cost_policy import (
     ScaleDownOutlook,
     conflict_condition,
     conflict_event,
+    hpa_replicas,
     other_writers,
     writes_allowed,
 )
@@ -531,13 +532,13 @@ class Autoscaler:
         if state.record.spec.autoscaling is None:
             urgent, reason = False, "bands"
         else:
-            hpa_status = (state.hpa or {}).get("status") or {}
+            hpa_current, hpa_desired = hpa_replicas((state.hpa or {}).get("status"))
             near = state.outlook.observe(
                 now,
                 current=current,
                 desired=desired,
-                hpa_current=_int_or_none(hpa_status.get("currentReplicas")),
-                hpa_desired=_int_or_none(hpa_status.get("desiredReplicas")),
+                hpa_current=hpa_current,
+                hpa_desired=hpa_desired,
             )
             if not near:
                 return COST_PERIOD_SECONDS
@@ -645,10 +646,6 @@ class Autoscaler:
     ) -> None:
         logger.info("%s/%s: %s: %s", record.namespace, record.name, reason, note)
         await self._controller.record_event(record.ref, warning, reason, note)
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _target_text(hpa: Mapping[str, Any]) -> str:

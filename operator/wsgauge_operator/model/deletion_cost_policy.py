@@ -10,7 +10,10 @@ scale-down, not to track a metric with it: every write is a pod update). With
 
 1. the replica count the served metric implies (``status.desiredReplicas``, computed like the HPA
    with the spec's per-direction tolerances) is below the target's current replicas, or
-2. the owned HPA's own ``status.desiredReplicas`` is below its ``status.currentReplicas``, or
+2. the owned HPA's own ``status.desiredReplicas`` is below its ``status.currentReplicas``
+   (only a decision: its ``ScalingActive`` condition True and ``desiredReplicas`` at least 1; an
+   HPA that has not read the metric yet reports ``desiredReplicas: 0``, see :func:`hpa_replicas`),
+   or
 3. 1. or 2. held at some moment in the last :data:`NEAR_HOLD_SECONDS` (the HPA samples the
    metric at other moments than the operator: two sync periods of the default 15 s).
 
@@ -34,8 +37,9 @@ the target while another writer is seen; ``Overwrite`` keeps writing. Either way
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from wsgauge_operator.model.event_policy import PlannedEvent
 from wsgauge_operator.model.fleet import CostWriter
@@ -173,6 +177,30 @@ def conflict_event(
         return reason, PlannedEvent(True, "DeletionCostConflict", note)
     note = "no other writer of the deletion cost is seen any more"
     return reason, PlannedEvent(False, "DeletionCostConflictResolved", note)
+
+
+def hpa_replicas(status: Mapping[str, Any] | None) -> tuple[int | None, int | None]:
+    """(``currentReplicas``, ``desiredReplicas``) of an HPA status when they are a decision of the
+    HPA controller: its ``ScalingActive`` condition is True and ``desiredReplicas`` is at least 1
+    (before its first reading of the metric, or when the reading fails, the HPA reports 0)."""
+    status = status or {}
+    active = any(
+        isinstance(item, Mapping)
+        and item.get("type") == "ScalingActive"
+        and item.get("status") == "True"
+        for item in status.get("conditions") or []
+    )
+    current, desired = status.get("currentReplicas"), status.get("desiredReplicas")
+    if (
+        not active
+        or not isinstance(current, int)
+        or not isinstance(desired, int)
+        or isinstance(current, bool)
+        or isinstance(desired, bool)
+        or desired < 1
+    ):
+        return None, None
+    return current, desired
 
 
 class ScaleDownOutlook:

@@ -52,23 +52,28 @@ async def test_other_writers_yield_overwrite_and_changes_under_us(
     clients = Clients()
     try:
         kube.apply(chat_deployment(namespace, 2))
-        pods = ready_pods(kube, namespace, 2)
+        autoscaling = {"minReplicas": 1, "maxReplicas": 4, "targetConnectionsPerPod": 20}
+        kube.apply(connection_stats(namespace, autoscaling=autoscaling))
+        pods = ready_pods(kube, namespace, 2)  # the gates open once the operator sees them
         a, b = (p["metadata"]["name"] for p in pods)
         ip = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
         kube.kubectl("annotate", "pod", a, "-n", namespace, f"{KARPENTER}=true", f"{COST}=-1000")
-        await clients.open(ip[a], 8080, "room", 3)
-        await clients.open(ip[b], 8080, "room", 1)
-        autoscaling = {"minReplicas": 1, "maxReplicas": 4, "targetConnectionsPerPod": 20}
-        kube.apply(connection_stats(namespace, autoscaling=autoscaling))
 
         # 1. Karpenter's marker: reported, and wsgauge yields
+        await asyncio.to_thread(
+            wait_status, kube, namespace,
+            lambda s: condition_of(s, "DeletionCostConflict") == ("True", "KarpenterManaged"),
+            "DeletionCostConflict True KarpenterManaged", 60.0,
+        )  # fmt: skip
+        await clients.open(ip[a], 8080, "room", 3)  # the order of the costs is now wrong
+        await clients.open(ip[b], 8080, "room", 1)
         status = await asyncio.to_thread(
             wait_status, kube, namespace,
             lambda s: (
                 s.get("connections") == 4 and s.get("desiredReplicas") == 1
                 and condition_of(s, "DeletionCostConflict") == ("True", "KarpenterManaged")
             ),
-            "DeletionCostConflict True KarpenterManaged with 4 connections", 60.0,
+            "4 connections, desiredReplicas 1, still KarpenterManaged", 60.0,
         )  # fmt: skip
         (message,) = [
             c["message"] for c in status["conditions"] if c["type"] == "DeletionCostConflict"

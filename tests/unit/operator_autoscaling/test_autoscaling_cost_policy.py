@@ -13,6 +13,7 @@ from wsgauge_operator.model.deletion_cost_policy import (
     ScaleDownOutlook,
     conflict_condition,
     conflict_event,
+    hpa_replicas,
     other_writers,
     writes_allowed,
 )
@@ -159,3 +160,28 @@ def test_near_from_the_hpa_and_never_without_a_sign() -> None:
     assert outlook.observe(3.0, current=4, desired=4, hpa_current=4, hpa_desired=2)
     assert outlook.observe(33.0, current=4, desired=4)
     assert not outlook.observe(33.5, current=4, desired=4)
+
+
+ACTIVE = [{"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"}]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (None, (None, None)),
+        ({"currentReplicas": 2, "desiredReplicas": 0}, (None, None)),  # before its first reading
+        ({"currentReplicas": 2, "desiredReplicas": 0, "conditions": ACTIVE}, (None, None)),
+        ({"currentReplicas": 3, "desiredReplicas": 2}, (None, None)),  # no ScalingActive True
+        (
+            {"currentReplicas": 3, "desiredReplicas": 2,
+             "conditions": [{"type": "ScalingActive", "status": "False"}]},
+            (None, None),
+        ),
+        ({"currentReplicas": 3, "desiredReplicas": 2, "conditions": ACTIVE}, (3, 2)),
+        ({"currentReplicas": True, "desiredReplicas": 2, "conditions": ACTIVE}, (None, None)),
+    ],
+)  # fmt: skip
+def test_hpa_replicas_only_from_a_decision(
+    status: dict[str, object] | None, expected: tuple[int | None, int | None]
+) -> None:
+    assert hpa_replicas(status) == expected
