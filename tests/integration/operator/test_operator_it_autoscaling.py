@@ -3,7 +3,8 @@
 - With ``--metrics-api``: the aggregation layer reaches the operator's metrics API (APIService
   from ``deploy/local/metrics-api.yaml``), the owned HPA follows ``spec.autoscaling`` (created
   with an owner reference, updated, deleted when the section goes), ``status.desiredReplicas``
-  and ``AutoscalingActive`` follow, and the pod deletion cost follows the real sockets.
+  and ``AutoscalingActive`` follow. The deletion cost, written only while a scale-down is near,
+  is tested in test_operator_it_hpa_behavior.py and test_operator_it_deletion_cost.py.
 - Without it: the condition says why autoscaling is not active (missing target, metrics API not
   served), the KEDA endpoint on the stats server answers, and the HPA goes with its owner.
 """
