@@ -17,9 +17,15 @@ listener, status contributor, fleet listener, service) and keeps, per Connection
 - **Events** on the ConnectionStats: ``HPACreated``/``HPAUpdated``/``HPADeleted`` and
   ``ReplicasRecommended`` when the metric implies another replica count than the target has;
 - **``controller.kubernetes.io/pod-deletion-cost``** on the target's pods, through one
-  :class:`~.deletion_cost.DeletionCostPlanner` (bands, token bucket), woken by every change of
-  the fleet; the urgent (exact-order) pass runs as soon as the metric implies fewer replicas
-  than the target has, so the order is right before the HPA acts.
+  :class:`~.deletion_cost.DeletionCostPlanner` (exact order, token bucket), woken by every
+  change of the fleet. With ``spec.autoscaling`` it writes only while a scale-down is near
+  (:class:`~wsgauge_operator.model.deletion_cost_policy.ScaleDownOutlook`: the metric implies
+  fewer replicas than the target has, or the HPA decided so, within the last 30 s), so the
+  order is right before the HPA acts and nothing is written in between; without it, within
+  bands. Every write also sets ``wsgauge.dev/deletion-cost`` (the value written), which tells
+  another writer's changes apart; another writer (that, or Karpenter's marker) is reported in
+  the ``DeletionCostConflict`` condition and an Event, and with
+  ``deletionCost.otherWriters: Yield`` (the default) nothing is written on that target.
 
 Per ConnectionStats, a :class:`TargetState` holds what is known and the two
 :class:`~wsgauge_operator.control.object_loop.ObjectLoop` s: the HPA loop and the deletion-cost
@@ -54,11 +60,23 @@ from wsgauge_operator.control.controller import Controller
 from wsgauge_operator.control.object_loop import LoopTiming, ObjectLoop
 from wsgauge_operator.kube.kubeapi import ScaleInfo
 from wsgauge_operator.metrics_api.core import servable_pods
+from wsgauge_operator.model import deletion_cost_policy as cost_policy
+from wsgauge_operator.model.deletion_cost_policy import (
+    OtherWriterMemory,
+    OtherWriterReport,
+    ScaleDownOutlook,
+    conflict_condition,
+    conflict_event,
+    hpa_replicas,
+    other_writers,
+    writes_allowed,
+)
 from wsgauge_operator.model.event_policy import replica_recommendation
 from wsgauge_operator.model.exceptions import KubeApiError
-from wsgauge_operator.model.fleet import DELETION_COST_ANNOTATION
+from wsgauge_operator.model.fleet import DELETION_COST_ANNOTATION, WSGAUGE_COST_ANNOTATION
 from wsgauge_operator.model.label_selector import LabelSelectorError, parse_label_selector
 from wsgauge_operator.model.settings import AutoscalingSettings
+from wsgauge_operator.model.spec import OtherWriters
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +151,14 @@ class TargetState:
     """The desired count an Event was last recorded for."""
     written: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     """Costs just written: pod -> (uid, cost, monotonic time)."""
+    outlook: ScaleDownOutlook = field(default_factory=ScaleDownOutlook)
+    """Whether a scale-down of the target is near."""
+    writers: OtherWriterMemory = field(default_factory=OtherWriterMemory)
+    """Other writers of the deletion cost seen on the target's pods."""
+    conflict: OtherWriterReport = field(default_factory=OtherWriterReport)
+    """The finding the last deletion-cost round acted on."""
+    conflict_reason: str | None = None
+    """The finding's reason an Event was last decided for (None: none yet)."""
     hpa_loop: ObjectLoop | None = field(default=None, repr=False, compare=False)
     """The loop that reconciles the owned HPA (None: the autoscaler has not started)."""
     cost_loop: ObjectLoop | None = field(default=None, repr=False, compare=False)
@@ -432,6 +458,8 @@ class Autoscaler:
             topic=auto.topic,
             now=self._clock(),
             max_age_seconds=self._settings.max_metric_age,
+            scale_up_tolerance=auto.scale_up_tolerance,
+            scale_down_tolerance=auto.scale_down_tolerance,
         )
 
     def condition(self, state: TargetState) -> tuple[str, str, str]:
@@ -469,12 +497,20 @@ class Autoscaler:
         if totals is not None and totals.desired_replicas != desired:
             self._controller.fleet.set_aggregate(replace(totals, desired_replicas=desired))
         status, reason, message = self.condition(state)
-        return StatusContribution(
-            fields={"desiredReplicas": desired},
-            conditions=[
-                {"type": CONDITION, "status": status, "reason": reason, "message": message}
-            ],
-        )
+        conditions = [{"type": CONDITION, "status": status, "reason": reason, "message": message}]
+        if self._settings.deletion_cost and record.spec.target_ref is not None:
+            status, reason, message = conflict_condition(state.conflict, self._cost_mode(state))
+            conditions.append(
+                {"type": cost_policy.CONDITION, "status": status, "reason": reason,
+                 "message": message}
+            )  # fmt: skip
+        return StatusContribution(fields={"desiredReplicas": desired}, conditions=conditions)
+
+    @staticmethod
+    def _cost_mode(state: TargetState) -> OtherWriters:
+        spec = state.record.spec
+        auto = spec.autoscaling if spec is not None else None
+        return auto.deletion_cost.other_writers if auto is not None else OtherWriters.YIELD
 
     # -- deletion cost and recommendations -------------------------------------------------
     async def cost_round(self, key: Key) -> float:
@@ -487,8 +523,26 @@ class Autoscaler:
         await self._recommend(state, desired, current)
         if not self._settings.deletion_cost or self._kube is None:
             return COST_PERIOD_SECONDS
-        urgent = desired is not None and current is not None and desired < current
+        now = self._monotonic()
         pods = [p for p in self._target_pods(state) if not p.terminating and p.uid]
+        mode = self._cost_mode(state)
+        await self._other_writers(key, state, pods, now, mode)
+        if not writes_allowed(state.conflict, mode):
+            return COST_PERIOD_SECONDS
+        if state.record.spec.autoscaling is None:
+            urgent, reason = False, "bands"
+        else:
+            hpa_current, hpa_desired = hpa_replicas((state.hpa or {}).get("status"))
+            near = state.outlook.observe(
+                now,
+                current=current,
+                desired=desired,
+                hpa_current=hpa_current,
+                hpa_desired=hpa_desired,
+            )
+            if not near:
+                return COST_PERIOD_SECONDS
+            urgent, reason = True, "scale_down_near"
         inputs = self._cost_inputs(state, pods)
         patches = self._planner.plan(inputs, urgent=urgent)
         if not patches:
@@ -496,6 +550,7 @@ class Autoscaler:
         uids = {pod.name: pod.uid for pod in pods}
         semaphore = asyncio.Semaphore(PARALLEL_POD_WRITES)
         kube = self._kube
+        writes = self._controller.telemetry.deletion_cost_writes
 
         async def write(pod: str, cost: int) -> None:
             async with semaphore:
@@ -504,22 +559,38 @@ class Autoscaler:
                         state.record.namespace,
                         pod,
                         uids[pod],
-                        {DELETION_COST_ANNOTATION: str(cost)},
+                        {DELETION_COST_ANNOTATION: str(cost), WSGAUGE_COST_ANNOTATION: str(cost)},
                     )
                 except KubeApiError as error:
+                    writes.labels(reason, "error").inc()
                     if not error.not_found:
                         logger.warning("deletion cost of pod %s: %s", pod, error)
                     return
+            writes.labels(reason, "ok").inc()
             state.written[pod] = (uids[pod], cost, self._monotonic())
 
         await asyncio.gather(*(write(patch.pod, patch.cost) for patch in patches))
         logger.info(
-            "%s/%s: deletion cost%s %s",
+            "%s/%s: deletion cost (%s) %s",
             *key,
-            " (urgent)" if urgent else "",
+            reason.replace("_", " "),
             ", ".join(f"{patch.pod}={patch.cost}" for patch in patches),
         )
         return max(self._planner.retry_after(), COST_DEBOUNCE_SECONDS)
+
+    async def _other_writers(
+        self, key: Key, state: TargetState, pods: list[Any], now: float, mode: OtherWriters
+    ) -> None:
+        """Update the finding about other writers; record its Event; rewrite the status when
+        the condition changes."""
+        found = state.writers.observe(other_writers(pod.cost_writer for pod in pods), now)
+        before = conflict_condition(state.conflict, mode)
+        state.conflict = found
+        state.conflict_reason, event = conflict_event(state.conflict_reason, found, mode)
+        if conflict_condition(found, mode) != before:
+            self._controller.touch(key)
+        if event is not None:
+            await self._event(state.record, event.warning, event.reason, event.note)
 
     def _cost_inputs(self, state: TargetState, pods: list[Any]) -> list[PodCostInput]:
         namespace = state.record.namespace

@@ -10,8 +10,10 @@ When a ReplicaSet scales down it sorts its pods with ``ActivePodsWithRanks``
 4. **lower pod-deletion-cost before higher** (missing or unparsable annotation = 0);
 5. then more co-located pods, shorter Ready time, more restarts, newer pods.
 
-So among Ready pods the cost decides, and this module keeps it equal to the
-pod's connection count, written sparingly:
+So among Ready pods the cost decides, and this module plans writes that keep it
+equal to the pod's connection count, sparingly. *When* to write at all is
+:mod:`wsgauge_operator.model.deletion_cost_policy`'s decision: the urgent pass
+while a scale-down is near (with ``spec.autoscaling``), the bands otherwise:
 
 - **Bands, not every change.** A pod's cost is rewritten only when its count
   left a log-scale band around the value last written: more than
@@ -23,8 +25,7 @@ pod's connection count, written sparingly:
   exact count at that moment, so costs stay comparable with counts: two pods
   are always in the right order once ``b + 1 > band_ratio**2 * (a + 1 + min_change)``
   (by default: one holds more than four times the other's count plus a few).
-- **Urgent pass.** When the served metric implies a scale-down
-  (``desired_replicas < current replicas``), the band is ignored: if the
+- **Urgent pass.** While a scale-down is near, the band is ignored: if the
   current costs are not strictly ordered like the counts, every pod whose cost
   is not its exact count is rewritten, emptiest first (they are the ones the
   ReplicaSet will pick), so the order is exact before the HPA acts.

@@ -20,16 +20,20 @@ Pure functions, no I/O:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from wsgauge_operator.metrics_api.core import servable_pods
 from wsgauge_operator.model.exceptions import SpecError
 from wsgauge_operator.model.metrics_source import MetricsSource
-from wsgauge_operator.model.spec import AutoscalingSpec, TargetRef, parse_scaling
+from wsgauge_operator.model.spec import (
+    DEFAULT_TOLERANCE,
+    AutoscalingSpec,
+    TargetRef,
+    parse_quantity,
+    parse_scaling,
+)
 
 METRIC_NAME = "wsgauge_connections"
 """Name of the metric served by the custom metrics API."""
@@ -51,9 +55,6 @@ MANAGED_BY_VALUE = "wsgauge-operator"
 
 OWNER_LABEL = "wsgauge.dev/connectionstats"
 """Label naming the owning ConnectionStats on the HPA."""
-
-DEFAULT_TOLERANCE = 0.1
-"""The HPA controller's default ``--horizontal-pod-autoscaler-tolerance``."""
 
 _OWNED_SPEC_FIELDS = ("scaleTargetRef", "minReplicas", "maxReplicas", "metrics", "behavior")
 
@@ -151,45 +152,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_QUANTITY_RE = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
-_SUFFIX_FACTORS: dict[str, Decimal] = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-    "Pi": Decimal(2**50),
-    "Ei": Decimal(2**60),
-}
-
-
-def parse_quantity(text: str) -> Decimal:
-    """The value of a Kubernetes quantity string (``1k``, ``1000``, ``1500m``, ``1Ki``, ``1e3``).
-
-    Raises ValueError for anything else.
-    """
-    match = _QUANTITY_RE.match(text.strip())
-    if not match:
-        raise ValueError(f"not a quantity: {text!r}")
-    number, suffix = match.groups()
-    try:
-        base = Decimal(number)
-    except InvalidOperation as error:
-        raise ValueError(f"not a quantity: {text!r}") from error
-    if suffix and suffix[0] in "eE":
-        return base * (Decimal(10) ** int(suffix[1:]))
-    return base * _SUFFIX_FACTORS[suffix or ""]
-
-
 def _same_quantity(desired: object, existing: object) -> bool:
     if isinstance(desired, str | int) and isinstance(existing, str | int):
         try:
@@ -213,7 +175,7 @@ def _covers(existing: object, desired: object, path: str) -> bool:
         return all(
             _covers(old, new, f"{path}[]") for old, new in zip(existing, desired, strict=True)
         )
-    if path.endswith((".averageValue", ".value")):
+    if path.endswith((".averageValue", ".value", ".tolerance")):
         return _same_quantity(desired, existing)
     return bool(existing == desired)
 
@@ -286,6 +248,10 @@ def desired_replicas(
     0 means autoscaling is disabled and 0 is returned. Without any value the HPA
     cannot compute and keeps the current count (clamped to min/max, as it does).
 
+    ``scale_up_tolerance`` / ``scale_down_tolerance``: the per-direction tolerances
+    (``behavior.scaleUp.tolerance`` / ``scaleDown.tolerance``, GA in Kubernetes 1.37): the count
+    stays while ``1 - scale_down_tolerance <= ratio <= 1 + scale_up_tolerance``.
+
     Not modelled: ``behavior`` policies, the stabilization window and the
     default scale-up limit; this is what the metric *implies*, before them.
     """
@@ -337,13 +303,16 @@ def desired_replicas_from_source(
     topic: str | None = None,
     now: datetime,
     max_age_seconds: float,
+    scale_up_tolerance: float = DEFAULT_TOLERANCE,
+    scale_down_tolerance: float = DEFAULT_TOLERANCE,
 ) -> int:
     """:func:`desired_replicas` fed exactly what the HPA gets from our metrics API.
 
     ``running_pods``: names of the target's pods in phase Running and not being
     deleted (what the HPA lists with the target's selector). Their served values
     (reachable, fresh; one topic's count when ``topic`` is set) are the metrics;
-    running pods without a served value are the HPA's "missing" pods.
+    running pods without a served value are the HPA's "missing" pods. The tolerances are the
+    spec's per-direction ``behavior.scaleUp.tolerance`` / ``scaleDown.tolerance``.
     """
     served = {pod.name: pod for pod in servable_pods(source, namespace, now, max_age_seconds)}
     values: list[int] = []
@@ -361,4 +330,6 @@ def desired_replicas_from_source(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         missing_pods=missing,
+        scale_up_tolerance=scale_up_tolerance,
+        scale_down_tolerance=scale_down_tolerance,
     )

@@ -10,6 +10,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 POD_STATES = ("matched", "reporting", "unreachable", "ready", "terminating")
 """Values of the ``state`` label of ``wsgauge_connectionstats_pods``."""
+COST_WRITE_REASONS = ("scale_down_near", "bands")
+"""Values of the ``reason`` label of ``wsgauge_operator_deletion_cost_writes_total``:
+exact order before a scale-down (``spec.autoscaling``), or the banded schedule (without it)."""
+WRITE_RESULTS = ("ok", "error")
+"""Values of the ``result`` label of the write counters."""
 
 
 class Telemetry:
@@ -64,6 +69,15 @@ class Telemetry:
             ["status", "result"],
             registry=self.registry,
         )
+        self.deletion_cost_writes = Counter(
+            "wsgauge_operator_deletion_cost_writes_total",
+            "Pod deletion-cost annotation writes",
+            ["reason", "result"],
+            registry=self.registry,
+        )
+        for reason in COST_WRITE_REASONS:  # every series exists from the start (at 0)
+            for result in WRITE_RESULTS:
+                self.deletion_cost_writes.labels(reason, result)
         self.events = Counter(
             "wsgauge_operator_events_total",
             "Kubernetes Events recorded",

@@ -15,6 +15,8 @@ other subpackage may import from here, and nothing here imports from them (the u
   scratch and incrementally.
 - :mod:`.readiness`: the readiness-gate policy (``wsgauge.dev/connections-ok``).
 - :mod:`.event_policy`: which Events a change of a ConnectionStats calls for.
+- :mod:`.deletion_cost_policy`: when the deletion cost is written (a scale-down near) and other
+  writers of it (detection, yield or overwrite, condition and Events).
 - :mod:`.recent_events`: the Events recorded lately per ConnectionStats (for the live view).
 - :mod:`.status_writer`: when a status is worth writing (coalescing, injected clock).
 - :mod:`.metrics_source`: what the metrics API and the autoscaler read (a protocol over the fleet).

@@ -27,6 +27,13 @@ from wsgauge_operator.model.metrics_source import ConnectionStatsMetrics, PodMet
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 """The annotation the ReplicaSet controller reads."""
 
+WSGAUGE_COST_ANNOTATION = "wsgauge.dev/deletion-cost"
+"""The value wsgauge last wrote to :data:`DELETION_COST_ANNOTATION`, written in the same patch:
+a pod whose cost differs from it was changed by someone else."""
+
+KARPENTER_COST_ANNOTATION = "karpenter.sh/managed-deletion-cost"
+"""Karpenter's marker (PodDeletionCostManagement): Karpenter manages this pod's deletion cost."""
+
 MIN_COST = -(2**31)
 """Smallest value the annotation accepts (int32)."""
 
@@ -51,6 +58,38 @@ def parse_deletion_cost(annotations: Mapping[str, str] | None) -> int | None:
     if not MIN_COST <= value <= MAX_COST:
         return None
     return value
+
+
+class CostWriter(enum.Enum):
+    """Who wrote a pod's ``controller.kubernetes.io/pod-deletion-cost``, as its annotations tell."""
+
+    NONE = "none"
+    """No cost and no marker: nobody (the ReplicaSet reads 0)."""
+    WSGAUGE = "wsgauge"
+    """The cost is what :data:`WSGAUGE_COST_ANNOTATION` says wsgauge wrote."""
+    KARPENTER = "karpenter"
+    """Karpenter's :data:`KARPENTER_COST_ANNOTATION` marker is on the pod."""
+    CHANGED = "changed"
+    """wsgauge wrote a cost, and the cost is now another value (or gone): changed under us."""
+    OTHER = "other"
+    """A cost without wsgauge's marker: set by someone else (a person, a pod template, a tool)."""
+
+
+def cost_writer(annotations: Mapping[str, str] | None) -> CostWriter:
+    """Who wrote the pod's deletion cost (see :class:`CostWriter`); Karpenter's marker wins."""
+    annotations = annotations or {}
+    karpenter = annotations.get(KARPENTER_COST_ANNOTATION)
+    if karpenter is not None and karpenter.strip().lower() != "false":
+        return CostWriter.KARPENTER
+    cost = annotations.get(DELETION_COST_ANNOTATION)
+    ours = annotations.get(WSGAUGE_COST_ANNOTATION)
+    if ours is not None:
+        return (
+            CostWriter.WSGAUGE
+            if cost is not None and cost.strip() == ours.strip()
+            else (CostWriter.CHANGED)
+        )
+    return CostWriter.NONE if cost is None else CostWriter.OTHER
 
 
 class SidecarState(enum.Enum):
@@ -90,6 +129,8 @@ class PodRecord:
     """Named container ports of all containers."""
     deletion_cost: int | None = None
     """The ``controller.kubernetes.io/pod-deletion-cost`` annotation (None: absent/invalid)."""
+    cost_writer: CostWriter = CostWriter.NONE
+    """Who wrote that annotation, as the pod's markers tell (:func:`cost_writer`)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], condition_type: str) -> PodRecord:
@@ -131,6 +172,7 @@ class PodRecord:
             containers_ready=conditions.get("ContainersReady", containers_ready_default) == "True",
             container_ports=ports,
             deletion_cost=parse_deletion_cost(metadata.get("annotations") or None),
+            cost_writer=cost_writer(metadata.get("annotations") or None),
         )
 
     @property

@@ -8,14 +8,20 @@ The selector becomes the operator's one selector model,
 :class:`~.label_selector.LabelSelector`, and the other parts plain
 dataclasses that every consumer reads (the controller, the readiness and deletion cost
 policies, the owned HPA's manifest in :mod:`wsgauge_operator.autoscaling.hpa`): nothing parses a
-ConnectionStats spec again. It also holds the duration parser.
+ConnectionStats spec again. It also holds the duration and quantity parsers.
+
+From ``spec.autoscaling.behavior`` (passed to the HPA as is) it reads what the operator's own
+arithmetic needs: the per-direction tolerances (``scaleUp.tolerance``, ``scaleDown.tolerance``,
+Kubernetes quantities such as ``"0.05"`` or ``"50m"``) and the scale-down stabilization window.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from wsgauge_operator.model.exceptions import SpecError
@@ -25,6 +31,13 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SELECTOR_OPERATORS = tuple(STRUCTURED_OPERATORS)
+
+DEFAULT_TOLERANCE = 0.1
+"""The HPA controller's default ``--horizontal-pod-autoscaler-tolerance`` (both directions)."""
+DEFAULT_SCALE_DOWN_WINDOW_SECONDS = 300
+"""The HPA's default ``behavior.scaleDown.stabilizationWindowSeconds``."""
+MAX_STABILIZATION_WINDOW_SECONDS = 3600
+"""The largest stabilization window the API server accepts."""
 
 
 def parse_duration(text: str) -> float:
@@ -41,6 +54,63 @@ def parse_duration(text: str) -> float:
     if position != len(text):
         raise ValueError(f"invalid duration {text!r} (use e.g. '2s', '500ms', '1m')")
     return total
+
+
+_QUANTITY_RE = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+_SUFFIX_FACTORS: dict[str, Decimal] = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity string (``1k``, ``1000``, ``1500m``, ``1Ki``, ``1e3``).
+
+    Raises ValueError for anything else.
+    """
+    match = _QUANTITY_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"not a quantity: {text!r}")
+    number, suffix = match.groups()
+    try:
+        base = Decimal(number)
+    except InvalidOperation as error:
+        raise ValueError(f"not a quantity: {text!r}") from error
+    if suffix and suffix[0] in "eE":
+        return base * (Decimal(10) ** int(suffix[1:]))
+    return base * _SUFFIX_FACTORS[suffix or ""]
+
+
+class OtherWriters(enum.Enum):
+    """``spec.autoscaling.deletionCost.otherWriters``: what wsgauge does when something else
+    writes ``controller.kubernetes.io/pod-deletion-cost`` on the target's pods."""
+
+    YIELD = "Yield"
+    """Write no deletion cost on the target while another writer is seen (the default)."""
+    OVERWRITE = "Overwrite"
+    """Keep writing (report the other writer all the same)."""
+
+
+@dataclass(frozen=True)
+class DeletionCostSpec:
+    """``spec.autoscaling.deletionCost``."""
+
+    other_writers: OtherWriters = OtherWriters.YIELD
+    """What to do when another writer of the annotation is seen on the target's pods."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +141,15 @@ class AutoscalingSpec:
     target_connections_per_pod: int
     topic: str | None = None
     behavior: Mapping[str, Any] = field(default_factory=dict)
+    """Passed to the HPA as is."""
+    scale_up_tolerance: float = DEFAULT_TOLERANCE
+    """``behavior.scaleUp.tolerance`` (default: the controller's 10 %)."""
+    scale_down_tolerance: float = DEFAULT_TOLERANCE
+    """``behavior.scaleDown.tolerance`` (default: the controller's 10 %)."""
+    scale_down_window_seconds: int = DEFAULT_SCALE_DOWN_WINDOW_SECONDS
+    """``behavior.scaleDown.stabilizationWindowSeconds`` (default 300)."""
+    deletion_cost: DeletionCostSpec = field(default_factory=DeletionCostSpec)
+    """``deletionCost``: cooperation with other writers of the deletion cost."""
 
 
 @dataclass(frozen=True)
@@ -236,4 +315,62 @@ def _parse_autoscaling(raw: object) -> AutoscalingSpec | None:
     behavior = raw.get("behavior") or {}
     if not isinstance(behavior, Mapping):
         raise SpecError("autoscaling.behavior", "must be an object")
-    return AutoscalingSpec(minimum, maximum, target, topic, dict(behavior))
+    up = _direction(behavior, "scaleUp")
+    down = _direction(behavior, "scaleDown")
+    window = _int_field(down, "stabilizationWindowSeconds", "autoscaling.behavior.scaleDown", 0)
+    if window is not None and window > MAX_STABILIZATION_WINDOW_SECONDS:
+        raise SpecError(
+            "autoscaling.behavior.scaleDown.stabilizationWindowSeconds",
+            f"must be at most {MAX_STABILIZATION_WINDOW_SECONDS}",
+        )
+    return AutoscalingSpec(
+        minimum,
+        maximum,
+        target,
+        topic,
+        dict(behavior),
+        scale_up_tolerance=_tolerance(up, "scaleUp"),
+        scale_down_tolerance=_tolerance(down, "scaleDown"),
+        scale_down_window_seconds=(DEFAULT_SCALE_DOWN_WINDOW_SECONDS if window is None else window),
+        deletion_cost=_parse_deletion_cost(raw.get("deletionCost")),
+    )
+
+
+def _direction(behavior: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    rules = behavior.get(key)
+    if rules is None:
+        return {}
+    if not isinstance(rules, Mapping):
+        raise SpecError(f"autoscaling.behavior.{key}", "must be an object")
+    return rules
+
+
+def _tolerance(rules: Mapping[str, Any], direction: str) -> float:
+    """A direction's ``tolerance``: a non-negative quantity (string or number)."""
+    raw = rules.get("tolerance")
+    where = f"autoscaling.behavior.{direction}.tolerance"
+    if raw is None:
+        return DEFAULT_TOLERANCE
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise SpecError(where, "must be a quantity such as '0.05' or '50m'")
+    try:
+        value = parse_quantity(str(raw))
+    except ValueError:
+        raise SpecError(where, "must be a quantity such as '0.05' or '50m'") from None
+    if value < 0:
+        raise SpecError(where, "must not be negative")
+    return float(value)
+
+
+def _parse_deletion_cost(raw: object) -> DeletionCostSpec:
+    if raw is None:
+        return DeletionCostSpec()
+    if not isinstance(raw, Mapping):
+        raise SpecError("autoscaling.deletionCost", "must be an object")
+    mode = raw.get("otherWriters", OtherWriters.YIELD.value)
+    choices = [item.value for item in OtherWriters]
+    if mode not in choices:
+        raise SpecError(
+            "autoscaling.deletionCost.otherWriters", f"must be one of {', '.join(choices)}"
+        )
+    return DeletionCostSpec(other_writers=OtherWriters(mode))

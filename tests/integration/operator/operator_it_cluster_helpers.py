@@ -94,6 +94,38 @@ class OperatorProcess:
         return self._log.read_text(errors="replace")
 
 
+MANIFEST = REPO / "deploy" / "local" / "metrics-api.yaml"
+"""Registers a metrics API running on the host (a Service of type ExternalName)."""
+COST = "controller.kubernetes.io/pod-deletion-cost"
+APISERVICES = ("v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io")
+
+
+def apiservice_documents(namespace: str, port: int) -> list[dict[str, Any]]:
+    """deploy/local/metrics-api.yaml with the Service in ``namespace`` on ``port``."""
+    documents = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
+    service, *api_services = documents[1:]
+    service["metadata"]["namespace"] = namespace
+    service["spec"]["ports"][0]["port"] = port
+    for api_service in api_services:
+        api_service["spec"]["service"].update(namespace=namespace, port=port)
+    return [service, *api_services]
+
+
+def hpa_of(kube: KubeCluster, namespace: str, name: str = "chat") -> dict[str, Any] | None:
+    result = kube.kubectl("get", "hpa", name, "-n", namespace, "-o", "json", check=False)
+    return dict(json.loads(result.stdout)) if result.returncode == 0 else None
+
+
+def event_reasons(kube: KubeCluster, namespace: str) -> list[str]:
+    events = kube.get_json("events.v1.events.k8s.io", "-n", namespace)["items"]
+    return [str(e.get("reason")) for e in events]
+
+
+def costs(kube: KubeCluster, namespace: str) -> dict[str, str | None]:
+    pods = kube.get_json("pods", "-n", namespace, "-l", "app=chat")["items"]
+    return {p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(COST) for p in pods}
+
+
 def chat_deployment(
     namespace: str, replicas: int, name: str = "chat", liveness_failures: int | None = None
 ) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from wsgauge_operator.model.label_selector import (
     Requirement,
     parse_label_selector,
 )
-from wsgauge_operator.model.spec import parse_duration, parse_spec
+from wsgauge_operator.model.spec import OtherWriters, parse_duration, parse_spec
+
+SCALING = {"maxReplicas": 4, "targetConnectionsPerPod": 10}
 
 
 def valid_spec(**overrides: Any) -> dict[str, Any]:
@@ -81,13 +83,59 @@ def test_minimal_spec_gets_defaults() -> None:
         ({"targetRef": {"kind": "Deployment", "name": "x"}}, "targetRef.apiVersion"),
         ({"statusInterval": "2 seconds"}, "statusInterval"),
         ({"statusInterval": "0s"}, "statusInterval"),
+        (
+            {"autoscaling": dict(SCALING, behavior={"scaleUp": {"tolerance": "ten"}})},
+            "autoscaling.behavior.scaleUp.tolerance",
+        ),
+        (
+            {"autoscaling": dict(SCALING, behavior={"scaleDown": {"tolerance": "-1"}})},
+            "autoscaling.behavior.scaleDown.tolerance",
+        ),
+        (
+            {"autoscaling": dict(SCALING, behavior={"scaleDown": {"tolerance": True}})},
+            "autoscaling.behavior.scaleDown.tolerance",
+        ),
+        (
+            {"autoscaling": dict(SCALING, behavior={"scaleDown": []})},
+            "autoscaling.behavior.scaleDown",
+        ),
+        (
+            {"autoscaling": dict(
+                SCALING, behavior={"scaleDown": {"stabilizationWindowSeconds": 3601}}
+            )},
+            "autoscaling.behavior.scaleDown.stabilizationWindowSeconds",
+        ),
+        (
+            {"autoscaling": dict(SCALING, deletionCost={"otherWriters": "Fight"})},
+            "autoscaling.deletionCost.otherWriters",
+        ),
+        ({"autoscaling": dict(SCALING, deletionCost="Yield")}, "autoscaling.deletionCost"),
     ],
-)
+)  # fmt: skip
 def test_invalid_specs_name_the_field(override: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec(valid_spec(**override))
     assert caught.value.field == field
     assert f"spec.{field}" in str(caught.value)
+
+
+def test_behavior_tolerances_window_and_deletion_cost_mode() -> None:
+    defaults = parse_spec(valid_spec()).autoscaling
+    assert defaults is not None
+    assert (defaults.scale_up_tolerance, defaults.scale_down_tolerance) == (0.1, 0.1)
+    assert defaults.scale_down_window_seconds == 300
+    assert defaults.deletion_cost.other_writers is OtherWriters.YIELD
+    behavior = {
+        "scaleUp": {"tolerance": "500m"},
+        "scaleDown": {"tolerance": 0.25, "stabilizationWindowSeconds": 20},
+    }
+    autoscaling = dict(SCALING, behavior=behavior, deletionCost={"otherWriters": "Overwrite"})
+    parsed = parse_spec(valid_spec(autoscaling=autoscaling)).autoscaling
+    assert parsed is not None
+    assert (parsed.scale_up_tolerance, parsed.scale_down_tolerance) == (0.5, 0.25)
+    assert parsed.scale_down_window_seconds == 20
+    assert parsed.deletion_cost.other_writers is OtherWriters.OVERWRITE
+    assert parsed.behavior == behavior  # the HPA still gets it as written
 
 
 def test_spec_must_be_an_object() -> None:

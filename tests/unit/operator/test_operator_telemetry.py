@@ -24,3 +24,18 @@ def test_forgetting_a_connectionstats_drops_every_pod_state_series() -> None:
     assert "terminating" in POD_STATES
     telemetry.forget("prod", "chat")
     assert _pod_series(telemetry) == {("prod", "other", state) for state in POD_STATES}
+
+
+def test_deletion_cost_write_series_exist_from_the_start() -> None:
+    """Prometheus (and the e2e test of every documented metric) sees them before any write."""
+    samples = {
+        (sample.labels["reason"], sample.labels["result"]): sample.value
+        for metric in Telemetry().registry.collect()
+        for sample in metric.samples
+        if sample.name == "wsgauge_operator_deletion_cost_writes_total"
+    }
+    assert samples == {
+        (reason, result): 0.0
+        for reason in ("scale_down_near", "bands")
+        for result in ("ok", "error")
+    }

@@ -16,10 +16,10 @@ from wsgauge_operator.autoscaling.hpa import (
     desired_replicas_from_source,
     hpa_is_owned_by,
     hpa_needs_update,
-    parse_quantity,
 )
 from wsgauge_operator.model.exceptions import SpecError
 from wsgauge_operator.model.metrics_source import PodMetrics, StaticMetricsSource
+from wsgauge_operator.model.spec import parse_quantity
 
 
 def connection_stats(**autoscaling: Any) -> dict[str, Any]:
@@ -314,3 +314,50 @@ def test_desired_replicas_from_source_sees_what_the_hpa_sees() -> None:
     assert run(["a", "b", "down", "old"]) == calc(4, [60, 60], 20, 1, 10, missing_pods=2)
     assert run(["a", "b", "down", "old"]) == 6
     assert run([]) == 0  # replicas 0: the HPA treats autoscaling as disabled
+
+
+def test_per_direction_tolerances_pass_through_and_compare_by_value() -> None:
+    behavior = {
+        "scaleUp": {"tolerance": "0.5"},
+        "scaleDown": {"tolerance": "0.25", "stabilizationWindowSeconds": 20},
+    }
+    hpa = build_hpa(connection_stats(maxReplicas=3, targetConnectionsPerPod=10, behavior=behavior))
+    assert hpa is not None
+    assert hpa["spec"]["behavior"] == behavior  # as written
+    existing = server_view(hpa)
+    existing["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = "10"
+    existing["spec"]["behavior"]["scaleUp"]["tolerance"] = "500m"  # the server's canonical form
+    existing["spec"]["behavior"]["scaleDown"]["tolerance"] = "250m"
+    assert not hpa_needs_update(existing, hpa)
+    existing["spec"]["behavior"]["scaleUp"]["tolerance"] = "400m"
+    assert hpa_needs_update(existing, hpa)
+
+
+def test_desired_replicas_from_source_uses_the_spec_tolerances() -> None:
+    now = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    pods = [PodMetrics("prod", n, {}, 14, {}, now, True) for n in ("a", "b")]
+
+    def run(up: float, down: float, value: int) -> int:
+        source = StaticMetricsSource(
+            pods=[PodMetrics("prod", p.name, {}, value, {}, now, True) for p in pods]
+        )
+        return desired_replicas_from_source(
+            source,
+            namespace="prod",
+            running_pods=["a", "b"],
+            current_replicas=2,
+            target_per_pod=10,
+            min_replicas=1,
+            max_replicas=10,
+            now=now,
+            max_age_seconds=30,
+            scale_up_tolerance=up,
+            scale_down_tolerance=down,
+        )
+
+    assert run(0.1, 0.1, 14) == 3  # ratio 1.4: beyond the default 10 %
+    assert run(0.5, 0.1, 14) == 2  # within a 50 % scale-up tolerance
+    assert run(0.5, 0.1, 16) == 4  # 1.6: beyond it
+    assert run(0.1, 0.1, 7) == 2  # 0.7 -> ceil(1.4) = 2 either way
+    assert run(0.1, 0.1, 4) == 1  # 0.4
+    assert run(0.1, 0.7, 4) == 2  # within a 70 % scale-down tolerance

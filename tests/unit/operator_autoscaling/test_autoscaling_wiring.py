@@ -18,6 +18,8 @@ from wsgauge_operator.model.fleet import EndpointKey
 from wsgauge_operator.model.settings import AutoscalingSettings, OperatorSettings
 
 COST = "controller.kubernetes.io/pod-deletion-cost"
+OURS = "wsgauge.dev/deletion-cost"
+KARPENTER = "karpenter.sh/managed-deletion-cost"
 WALL = 1_700_000_000.0
 AUTOSCALING = {"minReplicas": 1, "maxReplicas": 10, "targetConnectionsPerPod": 20}
 
@@ -58,6 +60,7 @@ class FakeKube:
     async def patch_pod_annotations(
         self, namespace: str, name: str, uid: str, annotations: Mapping[str, str]
     ) -> None:
+        assert annotations[OURS] == annotations[COST]  # one patch: the cost and its marker
         self.patches.append((name, annotations[COST]))
 
     async def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
@@ -87,8 +90,10 @@ def cs_body(**spec: Any) -> dict[str, Any]:
     }
 
 
-def pod_body(name: str, cost: int | None = None) -> dict[str, Any]:
-    annotations = {COST: str(cost)} if cost is not None else {}
+def pod_body(name: str, cost: int | None = None, **extra: str) -> dict[str, Any]:
+    """A Running pod of the target; ``cost``: as wsgauge wrote it (with its marker)."""
+    annotations = {COST: str(cost), OURS: str(cost)} if cost is not None else {}
+    annotations.update({key.replace("_", "/"): value for key, value in extra.items()})
     return {
         "metadata": {
             "name": name,
@@ -246,26 +251,89 @@ def test_merged_hpa_keeps_foreign_fields_and_drops_removed_behavior() -> None:
     assert "status" not in merged
 
 
-async def test_deletion_costs_banded_then_exact_before_a_scale_down() -> None:
+def writes(controller: Controller, reason: str) -> float:
+    value = controller.telemetry.deletion_cost_writes.labels(reason, "ok")._value.get()
+    return float(value)
+
+
+def cost_condition(autoscaler: Autoscaler, controller: Controller) -> tuple[str, str, str]:
+    contribution = autoscaler.contribute(controller.records()[0], None)
+    (found,) = [c for c in contribution.conditions if c["type"] == "DeletionCostConflict"]
+    return found["status"], found["reason"], found["message"]
+
+
+async def test_deletion_costs_only_when_a_scale_down_is_near() -> None:
     controller, autoscaler, kube = setup()
     controller.connectionstats_event("ADDED", cs_body(autoscaling=AUTOSCALING))
-    for name, count, cost in (("pod-a", 30, None), ("pod-b", 10, 9), ("pod-c", 20, 20)):
+    for name, count, cost in (("pod-a", 30, 30), ("pod-b", 10, 9), ("pod-c", 20, None)):
         controller.pod_event("ADDED", pod_body(name, cost))
         report(controller, name, count)
     await autoscaler.sync_hpa(("ns", "chat"))  # scale: 3 replicas; 60 / 20 -> 3, no scale-down
     await autoscaler.cost_round(("ns", "chat"))
-    assert kube.patches == [("pod-a", "30")]  # only pod-a left its band
-    assert [e["reason"] for e in kube.events] == ["HPACreated"]
+    assert kube.patches == []  # no scale-down near: nothing written, whatever the counts
+    assert cost_condition(autoscaler, controller)[:2] == ("False", "NoOtherWriter")
 
     report(controller, "pod-a", 3)  # 33 sockets: 2 replicas; pod-b (9) must go before pod-a
     await autoscaler.cost_round(("ns", "chat"))
-    assert ("pod-a", "3") in kube.patches[1:]
+    assert sorted(kube.patches) == [("pod-a", "3"), ("pod-b", "10"), ("pod-c", "20")]
+    assert writes(controller, "scale_down_near") == 3
     assert "ReplicasRecommended" in [e["reason"] for e in kube.events]
     note = kube.events[-1]["note"]
     assert "imply 2 replicas (the target has 3)" in note
     kube.patches.clear()
     await autoscaler.cost_round(("ns", "chat"))  # written costs remembered: no rewrite
     assert kube.patches == []
+
+
+async def test_bands_without_autoscaling() -> None:
+    controller, autoscaler, kube = setup()
+    controller.connectionstats_event("ADDED", cs_body())
+    for name, count, cost in (("pod-a", 30, None), ("pod-b", 10, 9)):
+        controller.pod_event("ADDED", pod_body(name, cost))
+        report(controller, name, count)
+    await autoscaler.sync_hpa(("ns", "chat"))
+    await autoscaler.cost_round(("ns", "chat"))
+    assert kube.patches == [("pod-a", "30")]  # only pod-a left its band
+    assert (writes(controller, "bands"), writes(controller, "scale_down_near")) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"karpenter.sh_managed-deletion-cost": "true"}, "KarpenterManaged"),
+        ({"wsgauge.dev_deletion-cost": "15"}, "ChangedByOtherWriter"),  # cost 20, we wrote 15
+        ({}, "SetByOtherWriter"),  # a cost without our marker
+    ],
+)
+async def test_other_writer_yield_then_overwrite(extra: dict[str, str], reason: str) -> None:
+    controller, autoscaler, kube = setup()
+    controller.connectionstats_event("ADDED", cs_body(autoscaling=AUTOSCALING))
+    controller.pod_event("ADDED", pod_body("pod-a", 30))
+    foreign = pod_body("pod-c")
+    foreign["metadata"]["annotations"] = {COST: "20"} | {
+        key.replace("_", "/"): value for key, value in extra.items()
+    }
+    controller.pod_event("ADDED", foreign)
+    for name, count in (("pod-a", 3), ("pod-c", 20)):  # 23 sockets: 2 -> 2, and 3 is not 2
+        report(controller, name, count)
+    kube.scale = ScaleInfo(replicas=3, status_replicas=3, selector="app=chat")  # a scale-down
+    await autoscaler.sync_hpa(("ns", "chat"))
+    await autoscaler.cost_round(("ns", "chat"))
+    assert kube.patches == []  # Yield (the default): nothing written on the target
+    status, found, message = cost_condition(autoscaler, controller)
+    assert (status, found) == ("True", reason)
+    assert "yields" in message
+    conflicts = [e for e in kube.events if e["reason"] == "DeletionCostConflict"]
+    assert len(conflicts) == 1
+    assert conflicts[0]["type"] == "Warning"
+
+    overwrite = cs_body(autoscaling=dict(AUTOSCALING, deletionCost={"otherWriters": "Overwrite"}))
+    overwrite["metadata"]["generation"] = 2
+    controller.connectionstats_event("MODIFIED", overwrite)
+    await autoscaler.cost_round(("ns", "chat"))
+    assert ("pod-a", "3") in kube.patches
+    assert "keeps writing" in cost_condition(autoscaler, controller)[2]
+    assert len([e for e in kube.events if e["reason"] == "DeletionCostConflict"]) == 1
 
 
 def test_cli_flags_and_environment() -> None:
