@@ -16,11 +16,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from wsgauge_contract import Address, FlagError
-from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
+from wsgauge_contract.flags import (
+    Flag,
+    FlagSet,
+    parse_drain_close_code,
+    parse_drain_mode,
+    parse_topic_limit,
+)
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
-from wsgauge_sidecar.drain_schedule import CLOSE_CODES, DRAIN_MODES
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.protocols.registry import rules_help
@@ -96,24 +101,6 @@ def _rate(text: str) -> float:
     return _finite_non_negative(text, "a number per second")
 
 
-def _close_code(text: str) -> int:
-    try:
-        code = int(text)
-    except ValueError:
-        code = 0
-    if code not in CLOSE_CODES:
-        choices = ", ".join(f"{c} ({meaning})" for c, meaning in CLOSE_CODES.items())
-        raise ValueError(f"expected {choices}, got {text!r}")
-    return code
-
-
-def _drain_mode(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in DRAIN_MODES:
-        raise ValueError(f"expected one of {', '.join(DRAIN_MODES)}, got {text!r}")
-    return mode
-
-
 def _positive_int(text: str) -> int:
     value = _non_negative_int(text)
     if value < 1:
@@ -163,8 +150,8 @@ FLAGS = FlagSet(
         Flag("max-upgrades-per-second", "limits.max_upgrades_per_second", _rate, "RATE"),
         Flag("drain-grace", "drain.grace", _seconds, "SECONDS"),
         Flag("drain-spread", "drain.spread", _seconds, "SECONDS"),
-        Flag("drain-close-code", "drain.close_code", _close_code, "1001|1012"),
-        Flag("drain-mode", "drain.mode", _drain_mode, "spread|batches"),
+        Flag("drain-close-code", "drain.close_code", parse_drain_close_code, "1001|1012"),
+        Flag("drain-mode", "drain.mode", parse_drain_mode, "spread|batches"),
         Flag("drain-batches", "drain.batches", _positive_int, "N"),
         Flag("handshake-timeout", "proxy.handshake_timeout", _seconds, "SECONDS"),
         Flag("tcp-keepalive", "proxy.tcp_keepalive", _seconds, "SECONDS"),

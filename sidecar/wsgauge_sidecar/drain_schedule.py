@@ -37,11 +37,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-DRAIN_MODES = ("spread", "batches")
-"""The values of ``--drain-mode``."""
-
-CLOSE_CODES: dict[int, str] = {1001: "going away", 1012: "service restart"}
-"""The close codes ``--drain-close-code`` accepts, with their RFC 6455 / IANA meaning."""
+from wsgauge_contract.flags import DRAIN_MODES
 
 
 @dataclass(frozen=True)

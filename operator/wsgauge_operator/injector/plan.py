@@ -48,7 +48,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from wsgauge_contract import Address, AddressError
-from wsgauge_contract.flags import parse_topic_limit
+from wsgauge_contract.flags import (
+    DRAIN_CLOSE_CODES,
+    DRAIN_MODES,
+    parse_drain_close_code,
+    parse_drain_mode,
+    parse_topic_limit,
+)
 
 from wsgauge_operator import __version__
 from wsgauge_operator.model.exceptions import ConfigError
@@ -290,25 +296,18 @@ def _parse_rate(text: str, annotation: str) -> float:
     return value
 
 
-DRAIN_CLOSE_CODES = (1001, 1012)
-"""The close codes the sidecar's drain can send."""
-
-DRAIN_MODES = ("spread", "batches")
-"""The sidecar's drain modes."""
-
-
 def _parse_close_code(text: str, annotation: str) -> int:
-    if text not in ("1001", "1012"):
-        raise ValueError(
-            f"{annotation}: {text!r} is not 1001 (Going Away) or 1012 (Service Restart)"
-        )
-    return int(text)
+    try:
+        return parse_drain_close_code(text)
+    except ValueError as error:
+        raise ValueError(f"{annotation}: {error}") from None
 
 
 def _parse_drain_mode(text: str, annotation: str) -> str:
-    if text not in DRAIN_MODES:
-        raise ValueError(f"{annotation}: {text!r} is not one of {', '.join(DRAIN_MODES)}")
-    return text
+    try:
+        return parse_drain_mode(text)
+    except ValueError as error:
+        raise ValueError(f"{annotation}: {error}") from None
 
 
 def _parse_batches(text: str, annotation: str) -> int:
