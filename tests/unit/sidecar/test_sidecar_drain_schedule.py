@@ -7,7 +7,8 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wsgauge_sidecar.drain_schedule import DRAIN_MODES, DrainSchedule, plan_drain
+from wsgauge_contract.flags import DRAIN_MODES
+from wsgauge_sidecar.drain_schedule import DrainSchedule, plan_drain
 
 counts = st.integers(min_value=0, max_value=3000)
 spreads = st.floats(min_value=0, max_value=3600, allow_nan=False, allow_infinity=False)
