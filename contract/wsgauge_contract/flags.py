@@ -70,6 +70,31 @@ def parse_topic_limit(text: str) -> tuple[str, int]:
     return topic, int(count)
 
 
+DRAIN_CLOSE_CODES: Mapping[int, str] = {1001: "going away", 1012: "service restart"}
+"""The close codes the sidecar's drain can send, with their RFC 6455 / IANA meaning."""
+
+DRAIN_MODES = ("spread", "batches")
+"""How the sidecar's drain spaces its closes (``--drain-mode``)."""
+
+
+def parse_drain_close_code(text: str) -> int:
+    """The sidecar's ``--drain-close-code`` (and the injector's ``wsgauge.dev/drain-close-code``):
+    1001 or 1012."""
+    code = int(text) if re.fullmatch(r"\s*[0-9]+\s*", text) else 0
+    if code not in DRAIN_CLOSE_CODES:
+        choices = ", ".join(f"{c} ({meaning})" for c, meaning in DRAIN_CLOSE_CODES.items())
+        raise ValueError(f"expected {choices}, got {text!r}")
+    return code
+
+
+def parse_drain_mode(text: str) -> str:
+    """The sidecar's ``--drain-mode`` (and the injector's ``wsgauge.dev/drain-mode``)."""
+    mode = text.strip().lower()
+    if mode not in DRAIN_MODES:
+        raise ValueError(f"expected one of {', '.join(DRAIN_MODES)}, got {text!r}")
+    return mode
+
+
 _DOCSTRINGS: dict[type, Mapping[str, str]] = {}
 
 

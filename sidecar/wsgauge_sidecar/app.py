@@ -70,8 +70,8 @@ class Sidecar:
         limits = settings.limits
         log.info(
             "wsgauge-sidecar %s: data %s, admin %s, report %s, upstream %s (%s), topic rule %s, "
-            "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s, loop %s, "
-            "relay %s",
+            "max-connections %s, ready-below %s, max-topics %d, drain %.1f+%.1f s (%s, code %d), "
+            "loop %s, relay %s",
             __version__,
             self.data_address(),
             self.admin_address(),
@@ -84,6 +84,10 @@ class Sidecar:
             limits.max_topics,
             settings.drain.grace,
             settings.drain.spread,
+            settings.drain.mode
+            if settings.drain.mode == "spread"
+            else f"{settings.drain.batches} batches",
+            settings.drain.close_code,
             self.loop_name,
             "off (report mode)" if self.proxy is None else self.proxy.relay_description,
         )  # fmt: skip

@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from wsgauge_contract import Address, FlagError
-from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
+from wsgauge_contract.flags import (
+    Flag,
+    FlagSet,
+    parse_drain_close_code,
+    parse_drain_mode,
+    parse_topic_limit,
+)
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
@@ -57,10 +63,13 @@ limits (HTTP 503 before the app sees the upgrade; open sockets are untouched):
   --max-topic-connections T=N     per topic (repeatable; request-based rules only)
   --max-upgrades-per-second R     upgrade rate; refusals carry a jittered Retry-After
 
-on SIGTERM: /readyz fails at once; after --drain-grace seconds new upgrades are
-refused; the remaining sockets get close code 1001 spread over --drain-spread
-seconds; then the process exits 0. Give the app container a preStop wait of at
-least drain-grace + drain-spread (+ a few seconds) so it keeps its sockets open.
+on SIGTERM (scale-down, rollout, eviction, kubectl drain): /readyz fails at once;
+after --drain-grace seconds new upgrades are refused; the remaining sockets get
+close code --drain-close-code (1001 Going Away, or 1012 Service Restart), each
+exactly once, within --drain-spread seconds: one at a time evenly (--drain-mode
+spread) or in --drain-batches batches at jittered moments (--drain-mode batches);
+then the process exits 0. Give the app container a preStop wait of at least
+drain-grace + drain-spread (+ a few seconds) so it keeps its sockets open.
 """
 
 
@@ -90,6 +99,13 @@ def _seconds(text: str) -> float:
 
 def _rate(text: str) -> float:
     return _finite_non_negative(text, "a number per second")
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
 
 
 def _topic_rule(text: str) -> TopicRule:
@@ -134,6 +150,9 @@ FLAGS = FlagSet(
         Flag("max-upgrades-per-second", "limits.max_upgrades_per_second", _rate, "RATE"),
         Flag("drain-grace", "drain.grace", _seconds, "SECONDS"),
         Flag("drain-spread", "drain.spread", _seconds, "SECONDS"),
+        Flag("drain-close-code", "drain.close_code", parse_drain_close_code, "1001|1012"),
+        Flag("drain-mode", "drain.mode", parse_drain_mode, "spread|batches"),
+        Flag("drain-batches", "drain.batches", _positive_int, "N"),
         Flag("handshake-timeout", "proxy.handshake_timeout", _seconds, "SECONDS"),
         Flag("tcp-keepalive", "proxy.tcp_keepalive", _seconds, "SECONDS"),
         Flag("watch-heartbeat", "admin.watch_heartbeat", _seconds, "SECONDS"),

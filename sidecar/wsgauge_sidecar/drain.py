@@ -7,11 +7,13 @@ Timeline after SIGTERM (``t = 0``):
    New upgrades are still proxied and counted, because endpoints take a moment
    to stop sending traffic here.
 2. ``t = grace``: new upgrades get HTTP 503 (plain HTTP still passes through).
-   The sockets open at that moment are closed one by one with close code 1001
-   (going away), evenly spread over ``spread`` seconds: socket ``i`` of ``n`` at
-   ``grace + i * spread / n``, oldest first, so that clients reconnect elsewhere
-   in a trickle instead of a stampede. Each close is injected at a frame boundary
-   and the client's close reply is relayed to the app.
+   The sockets open at that moment get a close frame with ``--drain-close-code``
+   (1001 going away by default, or 1012 service restart), oldest first, at the
+   moments :func:`wsgauge_sidecar.drain_schedule.plan_drain` gives: in ``spread``
+   mode socket ``i`` of ``n`` at ``grace + i * spread / n``; in ``batches`` mode in
+   ``--drain-batches`` batches, each at a jittered moment of its own slot. Either way
+   clients reconnect elsewhere in a trickle instead of a stampede. Each close is
+   injected at a frame boundary and the client's close reply is relayed to the app.
 3. Sockets that appear meanwhile (an upgrade the app answered late) are closed
    at the end of the spread; then every socket has ``close_timeout`` seconds to
    finish its close handshake before it is cut. The process then exits 0.
@@ -27,23 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
+from wsgauge_sidecar.drain_schedule import plan_drain
 from wsgauge_sidecar.proxy import ClientConnection, ProxyServer
 from wsgauge_sidecar.state import SidecarState
 
 log = logging.getLogger("wsgauge.sidecar.drain")
 
-GOING_AWAY = 1001
-"""Close code sent to every socket on drain."""
-
 
 class DrainController:
     """Runs the drain once; :meth:`hurry` shortens the waits."""
 
-    def __init__(self, state: SidecarState, proxy: ProxyServer | None) -> None:
+    def __init__(
+        self,
+        state: SidecarState,
+        proxy: ProxyServer | None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.state = state
         self.proxy = proxy
         self.settings = state.settings.drain
+        self._rng = rng if rng is not None else random.Random()
         self._hurry = asyncio.Event()
         self.started = False
         """True once :meth:`run` began."""
@@ -87,30 +94,36 @@ class DrainController:
     async def _close_spread(self, proxy: ProxyServer) -> None:
         sockets = proxy.counted()
         total = len(sockets)
-        log.info("drain: grace over; refusing upgrades; closing %d sockets with 1001", total)
+        settings = self.settings
+        code = settings.close_code
+        log.info(
+            "drain: grace over; refusing upgrades; closing %d sockets with %d (%s)",
+            total, code, settings.mode,
+        )  # fmt: skip
         if total == 0:
             return
+        schedule = plan_drain(total, settings.spread, settings.mode, settings.batches, self._rng)
         loop = asyncio.get_running_loop()
-        interval = self.settings.spread / total
         start = loop.time()
         next_report = 0.0
-        for index, connection in enumerate(sockets):
-            await self._sleep(start + index * interval - loop.time())
-            self._close(connection)
-            done = (index + 1) / total
-            if done >= next_report or index + 1 == total:
+        for batch in schedule:
+            await self._sleep(start + batch.at - loop.time())
+            for index in batch.indexes:
+                self._close(sockets[index])
+            done = (batch.first + batch.size) / total
+            if done >= next_report or done == 1:
                 log.info(
-                    "drain: %d/%d sockets sent 1001, %d still open",
-                    index + 1, total, self.state.counter.connections,
+                    "drain: %d/%d sockets sent %d, %d still open",
+                    batch.first + batch.size, total, code, self.state.counter.connections,
                 )  # fmt: skip
                 next_report = done + 0.25
         for connection in proxy.counted():  # upgrades answered during the spread
             self._close(connection)
 
     def _close(self, connection: ClientConnection) -> None:
-        """Send ``connection`` its 1001, counting it once (not again if it is closing)."""
+        """Send ``connection`` its close frame, counting it once (not again if it is closing)."""
         relay = connection.relay
-        if relay is not None and relay.close_gracefully(GOING_AWAY, "drain"):
+        if relay is not None and relay.close_gracefully(self.settings.close_code, "drain"):
             self.closed_by_drain += 1
 
     async def _wait_closed(self, proxy: ProxyServer) -> None:

@@ -51,6 +51,14 @@ class LiveView:
     """``--max-topic-connections``: topic -> cap."""
     max_upgrades_per_second: float = 0.0
     """``--max-upgrades-per-second`` (0 = none)."""
+    drain_close_code: int = 1001
+    """``--drain-close-code``."""
+    drain_grace: float = 5.0
+    """``--drain-grace``."""
+    drain_spread: float = 10.0
+    """``--drain-spread``."""
+    drain_batches: int = 0
+    """``--drain-batches`` in ``batches`` mode; 0 in ``spread`` mode."""
 
 
 @dataclass
@@ -127,6 +135,26 @@ class _LiveCollector(Collector):
             "wsgauge_max_upgrades_per_second",
             "Configured --max-upgrades-per-second (0 = unlimited).",
             value=view.max_upgrades_per_second,
+        )
+        yield GaugeMetricFamily(
+            "wsgauge_drain_close_code",
+            "Close code the drain sends on SIGTERM (--drain-close-code: 1001 or 1012).",
+            value=view.drain_close_code,
+        )
+        yield GaugeMetricFamily(
+            "wsgauge_drain_grace_seconds",
+            "Configured --drain-grace: seconds from SIGTERM to refusing upgrades.",
+            value=view.drain_grace,
+        )
+        yield GaugeMetricFamily(
+            "wsgauge_drain_spread_seconds",
+            "Configured --drain-spread: the window in which every socket gets its close frame.",
+            value=view.drain_spread,
+        )
+        yield GaugeMetricFamily(
+            "wsgauge_drain_batches",
+            "Batches of --drain-mode batches (0 = --drain-mode spread, one socket at a time).",
+            value=view.drain_batches,
         )
         relayed = CounterMetricFamily(
             "wsgauge_relayed_bytes",

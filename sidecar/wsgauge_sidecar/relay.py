@@ -55,7 +55,8 @@ log = logging.getLogger("wsgauge.sidecar.relay")
 _TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 
 CLOSE_REASONS = {1001: "going away", 1002: "protocol error", 1007: "invalid payload",
-                 1009: "message too big", 1011: "internal error"}  # fmt: skip
+                 1009: "message too big", 1011: "internal error",
+                 1012: "service restart"}  # fmt: skip
 
 
 def close_transport(transport: asyncio.Transport, *, abort: bool, timeout: float) -> None:

@@ -97,7 +97,15 @@ class DrainSettings:
     grace: float = 5.0
     """``--drain-grace``: seconds between SIGTERM (not ready at once) and refusing upgrades."""
     spread: float = 10.0
-    """``--drain-spread``: seconds over which the remaining sockets get close code 1001."""
+    """``--drain-spread``: seconds over which the remaining sockets get their close frame."""
+    close_code: int = 1001
+    """``--drain-close-code``: the close code the drain sends, 1001 (Going Away) or 1012
+    (Service Restart)."""
+    mode: str = "spread"
+    """``--drain-mode``: ``spread`` closes one socket at a time, evenly over the spread;
+    ``batches`` closes --drain-batches batches, each at a jittered moment of its own slot."""
+    batches: int = 10
+    """``--drain-batches``: how many batches the ``batches`` mode cuts the sockets into."""
     close_timeout: float = 5.0
     """Seconds a socket may take to finish its close handshake before it is cut."""
 

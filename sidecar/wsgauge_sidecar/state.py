@@ -227,6 +227,7 @@ class SidecarState:
             closed_by_reason = counter.closed_by_reason()
         else:
             closed_by_reason = {"reported": counter.closed} if counter.closed else {}
+        drain = self.settings.drain
         return LiveView(
             connections=counter.connections,
             topics=counter.topics(),
@@ -239,6 +240,10 @@ class SidecarState:
             ready_below=self.settings.limits.ready_below,
             topic_limits=self.admission.topic_limits,
             max_upgrades_per_second=self.settings.limits.max_upgrades_per_second,
+            drain_close_code=drain.close_code,
+            drain_grace=drain.grace,
+            drain_spread=drain.spread,
+            drain_batches=drain.batches if drain.mode == "batches" else 0,
         )
 
 

@@ -28,7 +28,9 @@ patch adds:
 Per-pod overrides (annotations, all optional): ``wsgauge.dev/topic``,
 ``wsgauge.dev/max-connections``, ``wsgauge.dev/ready-below``,
 ``wsgauge.dev/max-topics``, ``wsgauge.dev/drain-grace``,
-``wsgauge.dev/drain-spread``, ``wsgauge.dev/upstream`` (``PORT`` or
+``wsgauge.dev/drain-spread``, ``wsgauge.dev/drain-close-code`` (``1001`` or ``1012``),
+``wsgauge.dev/drain-mode`` (``spread`` or ``batches``), ``wsgauge.dev/drain-batches``,
+``wsgauge.dev/upstream`` (``PORT`` or
 ``HOST:PORT`` of the app), ``wsgauge.dev/port`` (data port),
 ``wsgauge.dev/admin-port``, ``wsgauge.dev/report-port``. An invalid value denies
 the pod with a message that names the annotation: the pod asked for the sidecar,
@@ -46,7 +48,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from wsgauge_contract import Address, AddressError
-from wsgauge_contract.flags import parse_topic_limit
+from wsgauge_contract.flags import (
+    DRAIN_CLOSE_CODES,
+    DRAIN_MODES,
+    parse_drain_close_code,
+    parse_drain_mode,
+    parse_topic_limit,
+)
 
 from wsgauge_operator import __version__
 from wsgauge_operator.model.exceptions import ConfigError
@@ -128,6 +136,12 @@ class InjectorSettings:
     """Seconds after SIGTERM before new upgrades are refused."""
     drain_spread: float = 10.0
     """Seconds over which the remaining sockets are closed."""
+    drain_close_code: int = 1001
+    """Close code of the drain: 1001 (Going Away) or 1012 (Service Restart)."""
+    drain_mode: str = "spread"
+    """``spread`` (one socket at a time, evenly) or ``batches`` (jittered batches)."""
+    drain_batches: int = 10
+    """Batches of the ``batches`` drain mode."""
     prestop_margin: int = 2
     """Seconds added to the drain for the app's preStop wait."""
     termination_margin: int = 10
@@ -197,6 +211,10 @@ def settings_from_mapping(data: Mapping[str, Any]) -> InjectorSettings:
             )
     try:
         _check_limits_fit_the_topic_rule(settings, "injector config")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        _check_drain(settings, "injector config")
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if settings.prestop_mode not in ("sleep", "exec"):
@@ -278,6 +296,36 @@ def _parse_rate(text: str, annotation: str) -> float:
     return value
 
 
+def _parse_close_code(text: str, annotation: str) -> int:
+    try:
+        return parse_drain_close_code(text)
+    except ValueError as error:
+        raise ValueError(f"{annotation}: {error}") from None
+
+
+def _parse_drain_mode(text: str, annotation: str) -> str:
+    try:
+        return parse_drain_mode(text)
+    except ValueError as error:
+        raise ValueError(f"{annotation}: {error}") from None
+
+
+def _parse_batches(text: str, annotation: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{annotation}: {text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def _check_drain(settings: InjectorSettings, source: str) -> None:
+    """The drain settings the sidecar accepts (it exits 2 on others): deny the rest here."""
+    if settings.drain_close_code not in DRAIN_CLOSE_CODES:
+        raise ValueError(f"{source}: drainCloseCode must be 1001 or 1012")
+    if settings.drain_mode not in DRAIN_MODES:
+        raise ValueError(f"{source}: drainMode must be one of {', '.join(DRAIN_MODES)}")
+    if settings.drain_batches < 1:
+        raise ValueError(f"{source}: drainBatches must be at least 1")
+
+
 def _check_limits_fit_the_topic_rule(settings: InjectorSettings, source: str) -> None:
     """The sidecar refuses these combinations at start: deny them here instead."""
     if settings.max_topic_connections and not REQUEST_TOPIC_RULE.match(settings.topic):
@@ -298,6 +346,9 @@ _OVERRIDES: dict[str, tuple[str, Any]] = {
     "max-upgrades-per-second": ("max_upgrades_per_second", _parse_rate),
     "drain-grace": ("drain_grace", _parse_seconds),
     "drain-spread": ("drain_spread", _parse_seconds),
+    "drain-close-code": ("drain_close_code", _parse_close_code),
+    "drain-mode": ("drain_mode", _parse_drain_mode),
+    "drain-batches": ("drain_batches", _parse_batches),
     "upstream": ("upstream", _parse_upstream),
     "port": ("data_port", _parse_port),
     "admin-port": ("admin_port", _parse_port),
@@ -359,6 +410,9 @@ def sidecar_container(settings: InjectorSettings) -> dict[str, Any]:
         "WSGAUGE_MAX_UPGRADES_PER_SECOND": _format_number(settings.max_upgrades_per_second),
         "WSGAUGE_DRAIN_GRACE": _format_number(settings.drain_grace),
         "WSGAUGE_DRAIN_SPREAD": _format_number(settings.drain_spread),
+        "WSGAUGE_DRAIN_CLOSE_CODE": str(settings.drain_close_code),
+        "WSGAUGE_DRAIN_MODE": settings.drain_mode,
+        "WSGAUGE_DRAIN_BATCHES": str(settings.drain_batches),
         "WSGAUGE_LOG_LEVEL": settings.log_level,
     }
     if settings.max_topic_connections:

@@ -84,6 +84,39 @@ async def test_drain_closes_every_socket_with_1001_spread_out(
     assert documents[-1].ready is False
 
 
+async def test_drain_in_jittered_batches_with_1012(start_sidecar: SidecarFactory) -> None:
+    """--drain-mode batches: each socket gets one 1012; the closes come in at most 3 batches."""
+    sidecar = start_sidecar(
+        "--drain-grace", "0.2", "--drain-spread", "3", "--drain-mode", "batches",
+        "--drain-batches", "3", "--drain-close-code", "1012",
+    )  # fmt: skip
+    status, metrics = await asyncio.to_thread(sidecar.get, "/metrics")
+    assert status == 200
+    assert "wsgauge_drain_close_code 1012.0" in metrics
+    assert "wsgauge_drain_batches 3.0" in metrics
+    count = 9
+    sockets = [await websockets.connect(f"{sidecar.ws_base}/ws/b{i % 2}") for i in range(count)]
+    await sidecar.wait_stats(lambda d: d["connections"] == count)
+    closed_at: list[float] = []
+
+    async def wait_close(ws: websockets.ClientConnection) -> None:
+        await asyncio.wait_for(ws.wait_closed(), 60)
+        closed_at.append(time.monotonic())
+
+    waiters = [asyncio.create_task(wait_close(ws)) for ws in sockets]
+    sidecar.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(sidecar.wait, 60) == 0
+    await asyncio.gather(*waiters)
+    assert [ws.close_code for ws in sockets] == [1012] * count
+    assert [ws.close_reason for ws in sockets] == ["service restart"] * count
+    # batches 0 and 2 lie in slots [0, 1) and [2, 3): more than a slot apart
+    times = sorted(closed_at)
+    assert times[-1] - times[0] > 1.0, times
+    output = sidecar.output()
+    assert "closing 9 sockets with 1012 (batches)" in output
+    assert "9/9 sockets sent 1012" in output
+
+
 async def test_drain_without_sockets_exits_after_grace(start_sidecar: SidecarFactory) -> None:
     sidecar = start_sidecar("--drain-grace", "0.2", "--drain-spread", "5")
     sidecar.signal(signal.SIGTERM)

@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 from wsgauge_contract import FlagError
-from wsgauge_contract.flags import Flag, FlagSet, field_docstrings, help_from_docstring
+from wsgauge_contract.flags import (
+    Flag,
+    FlagSet,
+    field_docstrings,
+    help_from_docstring,
+    parse_drain_close_code,
+    parse_drain_mode,
+)
 from wsgauge_operator import cli as operator_cli
 from wsgauge_operator.model.exceptions import ConfigError
 from wsgauge_operator.model.settings import OperatorSettings
@@ -172,3 +179,14 @@ def test_a_bad_value_names_its_source() -> None:
         _parse([], {"EX_COUNT": "many"})
     with pytest.raises(FlagError, match="EX_COUNT"):  # checked even when the flag is given
         _parse(["--count", "5"], {"EX_COUNT": "many"})
+
+
+def test_drain_parsers_shared_by_the_sidecar_and_the_injector() -> None:
+    assert parse_drain_close_code(" 1012 ") == 1012
+    assert parse_drain_close_code("1001") == 1001
+    for bad in ("1000", "1012.0", "", "restart", "-1001"):
+        with pytest.raises(ValueError, match="1001"):
+            parse_drain_close_code(bad)
+    assert parse_drain_mode(" Batches ") == "batches"
+    with pytest.raises(ValueError, match="spread, batches"):
+        parse_drain_mode("burst")

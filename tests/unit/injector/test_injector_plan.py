@@ -116,6 +116,9 @@ def test_annotations_override_the_sidecar_settings() -> None:
             "wsgauge.dev/max-upgrades-per-second": "12.5",
             "wsgauge.dev/drain-grace": "2.5",
             "wsgauge.dev/drain-spread": "30s",
+            "wsgauge.dev/drain-close-code": "1012",
+            "wsgauge.dev/drain-mode": "batches",
+            "wsgauge.dev/drain-batches": "6",
             "wsgauge.dev/upstream": "3000",
             "wsgauge.dev/port": "8000",
             "wsgauge.dev/admin-port": "9191",
@@ -133,6 +136,9 @@ def test_annotations_override_the_sidecar_settings() -> None:
     assert env["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "12.5"
     assert env["WSGAUGE_DRAIN_GRACE"] == "2.5"
     assert env["WSGAUGE_DRAIN_SPREAD"] == "30"
+    assert env["WSGAUGE_DRAIN_CLOSE_CODE"] == "1012"
+    assert env["WSGAUGE_DRAIN_MODE"] == "batches"
+    assert env["WSGAUGE_DRAIN_BATCHES"] == "6"
     assert env["WSGAUGE_UPSTREAM"] == "127.0.0.1:3000"
     assert env["WSGAUGE_LISTEN"] == "0.0.0.0:8000"
     assert [p["containerPort"] for p in sidecar["ports"]] == [8000, 9191]
@@ -159,6 +165,10 @@ def test_annotations_override_the_sidecar_settings() -> None:
         ("wsgauge.dev/topic", "socket.io"),
         ("wsgauge.dev/drain-grace", "soon"),
         ("wsgauge.dev/drain-spread", "99999"),
+        ("wsgauge.dev/drain-close-code", "1000"),
+        ("wsgauge.dev/drain-close-code", "restart"),
+        ("wsgauge.dev/drain-mode", "burst"),
+        ("wsgauge.dev/drain-batches", "0"),
         ("wsgauge.dev/port", "70000"),
         ("wsgauge.dev/upstream", "app:http"),
     ],
@@ -175,6 +185,8 @@ def test_defaults_set_no_topic_limits_and_no_rate() -> None:
     env = env_of(container(injected(make_pod({"wsgauge.dev/inject": "true"})), "wsgauge-sidecar"))
     assert "WSGAUGE_MAX_TOPIC_CONNECTIONS" not in env
     assert env["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "0"
+    assert env["WSGAUGE_DRAIN_CLOSE_CODE"] == "1001"
+    assert env["WSGAUGE_DRAIN_MODE"] == "spread"
 
 
 @pytest.mark.parametrize(
@@ -401,6 +413,9 @@ def test_settings_from_the_chart_config() -> None:
             "prestopMode": "exec",
             "maxTopicConnections": {"lobby": 7},
             "maxUpgradesPerSecond": 20,
+            "drainCloseCode": 1012,
+            "drainMode": "batches",
+            "drainBatches": 4,
         }
     )
     assert settings.image == "r/s:1"
@@ -414,6 +429,9 @@ def test_settings_from_the_chart_config() -> None:
     assert env_of(sidecar)["WSGAUGE_WATCH_HEARTBEAT"] == "2"
     assert env_of(sidecar)["WSGAUGE_MAX_TOPIC_CONNECTIONS"] == "lobby=7"
     assert env_of(sidecar)["WSGAUGE_MAX_UPGRADES_PER_SECOND"] == "20"
+    assert env_of(sidecar)["WSGAUGE_DRAIN_CLOSE_CODE"] == "1012"
+    assert env_of(sidecar)["WSGAUGE_DRAIN_MODE"] == "batches"
+    assert env_of(sidecar)["WSGAUGE_DRAIN_BATCHES"] == "4"
     assert sidecar["resources"] == {"requests": {"cpu": "1"}}
 
 
@@ -428,6 +446,9 @@ def test_settings_from_the_chart_config() -> None:
         {"maxConnections": True},
         {"maxTopicConnections": {"lobby": "7"}},
         {"maxTopicConnections": {"a,b": 7}},
+        {"drainCloseCode": 1000},
+        {"drainMode": "burst"},
+        {"drainBatches": 0},
         {"maxTopicConnections": {"lobby": -1}},
         {"maxTopicConnections": {"lobby": 7}, "topic": "phoenix"},
         {"maxUpgradesPerSecond": "5"},
