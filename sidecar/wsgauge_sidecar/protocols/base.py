@@ -71,6 +71,56 @@ NO_EVENTS: Sequence[ProtocolEvent] = ()
 """The answer for a message that changes nothing (shared, never mutated)."""
 
 
+class SubscriptionTable:
+    """A socket's subscriptions by key (an id or a filter) and the topics they put it in: a
+    topic is joined with its first subscription and left with its last. The sessions whose
+    protocols name subscriptions by key (GraphQL operations, STOMP ids, MQTT filters) keep one;
+    limits stay with the session (their messages name the protocol)."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, str] = {}  # key -> topic
+        self._refs: dict[str, int] = {}  # topic -> subscriptions in it
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._topics
+
+    def key_list(self) -> list[str]:
+        """The subscription keys, oldest first (a copy: safe to remove while iterating)."""
+        return list(self._topics)
+
+    def items(self) -> list[tuple[str, str]]:
+        """``(key, topic)`` pairs, oldest first (a copy)."""
+        return list(self._topics.items())
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics the socket is in now."""
+        return frozenset(self._refs)
+
+    def add(self, key: str, topic: str, events: list[ProtocolEvent]) -> None:
+        """Subscribe ``key`` to ``topic`` (``key`` must be new); :class:`Joined` on the first."""
+        self._topics[key] = topic
+        count = self._refs.get(topic, 0)
+        self._refs[topic] = count + 1
+        if not count:
+            events.append(Joined(topic))
+
+    def remove(self, key: str, reason: str, events: list[ProtocolEvent]) -> None:
+        """End ``key``'s subscription, if any; :class:`Left` with ``reason`` on the last."""
+        topic = self._topics.pop(key, None)
+        if topic is None:
+            return
+        count = self._refs[topic] - 1
+        if count:
+            self._refs[topic] = count
+        else:
+            del self._refs[topic]
+            events.append(Left(topic, reason))
+
+
 class ProtocolSession(Protocol):
     """Follows one WebSocket of a frame protocol (see the module docstring)."""
 

@@ -50,10 +50,9 @@ from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    Joined,
-    Left,
     ProtocolEvent,
     ProtocolSpec,
+    SubscriptionTable,
     normalize_topic,
 )
 
@@ -230,13 +229,12 @@ class GraphQLSession:
         """The subprotocol the app accepted (``graphql-transport-ws``, ``graphql-ws``, None)."""
         self.max_operations = max_operations
         """Running subscriptions; one more raises ``ProtocolLimitError``."""
-        self._operations: dict[str, str] = {}  # id -> topic of a running subscription
-        self._refs: dict[str, int] = {}  # topic -> running subscriptions in it
+        self._operations = SubscriptionTable()  # id -> topic of a running subscription
 
     @property
     def topics(self) -> frozenset[str]:
         """The topics the socket is subscribed to now."""
-        return frozenset(self._refs)
+        return self._operations.topics
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if _CLIENT_WORDS.search(payload) is None:
@@ -296,22 +294,10 @@ class GraphQLSession:
             raise ProtocolLimitError(f"GraphQL operation id over {MAX_ID_LENGTH} characters")
         if len(self._operations) >= self.max_operations:
             raise ProtocolLimitError(f"more than {self.max_operations} GraphQL subscriptions")
-        self._operations[ident] = topic
-        count = self._refs.get(topic, 0)
-        self._refs[topic] = count + 1
-        if not count:
-            events.append(Joined(topic))
+        self._operations.add(ident, topic, events)
 
     def _end(self, ident: str, reason: str, events: list[ProtocolEvent]) -> None:
-        topic = self._operations.pop(ident, None)
-        if topic is None:
-            return
-        count = self._refs[topic] - 1
-        if count:
-            self._refs[topic] = count
-        else:
-            del self._refs[topic]
-            events.append(Left(topic, reason))
+        self._operations.remove(ident, reason, events)
 
 
 def _decode(payload: bytes) -> dict[str, object]:

@@ -52,10 +52,9 @@ from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    Joined,
-    Left,
     ProtocolEvent,
     ProtocolSpec,
+    SubscriptionTable,
     normalize_topic,
 )
 
@@ -223,13 +222,12 @@ class MqttSession:
         self._server = PacketReader(_SERVER_TYPES, max_packet_bytes)
         self._subscribes: dict[int, list[str]] = {}  # packet id -> filters awaiting SUBACK
         self._unsubscribes: dict[int, list[str]] = {}  # packet id -> filters awaiting UNSUBACK
-        self._filters: dict[str, str] = {}  # subscribed filter -> its topic
-        self._refs: dict[str, int] = {}  # topic -> subscribed filters with that topic
+        self._filters = SubscriptionTable()  # subscribed filter -> its topic
 
     @property
     def topics(self) -> frozenset[str]:
         """The topics (filters) the socket is subscribed to now."""
-        return frozenset(self._refs)
+        return self._filters.topics
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         raise ProtocolError("MQTT over WebSocket allows only binary messages", close_code=1003)
@@ -314,22 +312,10 @@ class MqttSession:
             return
         if len(self._filters) >= self.max_topics:
             raise ProtocolLimitError(f"more than {self.max_topics} MQTT subscriptions")
-        self._filters[name] = topic
-        count = self._refs.get(topic, 0)
-        self._refs[topic] = count + 1
-        if not count:
-            events.append(Joined(topic))
+        self._filters.add(name, topic, events)
 
     def _unsubscribe(self, name: str, events: list[ProtocolEvent]) -> None:
-        topic = self._filters.pop(name, None)
-        if topic is None:
-            return
-        count = self._refs[topic] - 1
-        if count:
-            self._refs[topic] = count
-        else:
-            del self._refs[topic]
-            events.append(Left(topic, "unsubscribe"))
+        self._filters.remove(name, "unsubscribe", events)
 
 
 def _new_session(request: RequestHead, response: ResponseHead) -> MqttSession:

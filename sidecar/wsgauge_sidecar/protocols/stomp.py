@@ -57,10 +57,9 @@ from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
 from wsgauge_sidecar.protocols.base import (
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    Joined,
-    Left,
     ProtocolEvent,
     ProtocolSpec,
+    SubscriptionTable,
     normalize_topic,
 )
 
@@ -186,13 +185,12 @@ class StompSession:
         """Subscriptions; one more raises ``ProtocolLimitError``."""
         self._client = FrameReader(frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE"}), max_frame_bytes)
         self._server = FrameReader(frozenset({b"CONNECTED", b"ERROR"}), max_frame_bytes)
-        self._subscriptions: dict[str, str] = {}  # id -> topic
-        self._refs: dict[str, int] = {}  # topic -> subscriptions in it
+        self._subscriptions = SubscriptionTable()  # id -> topic
 
     @property
     def topics(self) -> frozenset[str]:
         """The destinations the socket is subscribed to now."""
-        return frozenset(self._refs)
+        return self._subscriptions.topics
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if self.sockjs is None:
@@ -240,7 +238,7 @@ class StompSession:
             elif ident is not None:
                 self._end(ident, "unsubscribe", events)
             elif destination is not None:
-                for key, topic in list(self._subscriptions.items()):
+                for key, topic in self._subscriptions.items():
                     if topic == normalize_topic(destination):
                         self._end(key, "unsubscribe", events)
         return events
@@ -256,7 +254,7 @@ class StompSession:
                 escapes = version != "1.0"
                 self._client.escapes = self._server.escapes = escapes
             else:
-                for key in list(self._subscriptions):
+                for key in self._subscriptions.key_list():
                     self._end(key, "error", events)
         return events
 
@@ -265,22 +263,10 @@ class StompSession:
             raise ProtocolLimitError(f"STOMP subscription id over {MAX_ID_LENGTH} characters")
         if len(self._subscriptions) >= self.max_subscriptions:
             raise ProtocolLimitError(f"more than {self.max_subscriptions} STOMP subscriptions")
-        self._subscriptions[key] = topic
-        count = self._refs.get(topic, 0)
-        self._refs[topic] = count + 1
-        if not count:
-            events.append(Joined(topic))
+        self._subscriptions.add(key, topic, events)
 
     def _end(self, key: str, reason: str, events: list[ProtocolEvent]) -> None:
-        topic = self._subscriptions.pop(key, None)
-        if topic is None:
-            return
-        count = self._refs[topic] - 1
-        if count:
-            self._refs[topic] = count
-        else:
-            del self._refs[topic]
-            events.append(Left(topic, reason))
+        self._subscriptions.remove(key, reason, events)
 
 
 def _sockjs_strings(text: bytes) -> list[bytes]:
