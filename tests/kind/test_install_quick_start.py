@@ -1,6 +1,7 @@
 """The kind quick start of docs/install.md, run against the kind cluster of the session:
 ``kind load`` and ``helm install`` as written, with this checkout's cluster name, image registry
-and tag put in (tests/unit/devcluster/test_devcluster_kind.py checks its cluster config and node image)."""
+and tag put in (tests/unit/devcluster/test_devcluster_kind.py checks its cluster config and node
+image)."""
 
 from __future__ import annotations
 
