@@ -129,6 +129,10 @@ class ShedLedger:
         if count > 0:
             self._records.append(ShedRecord(pod, count, now, now + spread + SETTLE))
 
+    def pods(self) -> set[str]:
+        """The pods with a record."""
+        return {r.pod for r in self._records}
+
     def forget(self, pod: str) -> None:
         """The pod is gone."""
         self._records = deque(r for r in self._records if r.pod != pod)

@@ -247,3 +247,21 @@ def test_invalid_rebalance_names_the_field(rebalance: Any, field: str) -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec(spec_with(rebalance))
     assert caught.value.field == field
+
+
+def test_holds_overlay_only_pods_that_would_be_ready() -> None:
+    from wsgauge_operator.control.rebalancer import HOLD_REASON, Rebalancer
+    from wsgauge_operator.model.readiness import ReadinessDecision
+    from wsgauge_operator.model.rebalance import RebalancePlan
+
+    decisions = {
+        "busy": ReadinessDecision("busy", True, "ConnectionsOk", "100 connections"),
+        "full": ReadinessDecision("full", False, "OverCapacity", "over"),
+        "new": ReadinessDecision("new", True, "ConnectionsOk", "0 connections"),
+    }
+    plan = RebalancePlan(active=True, average=50, band=10, hold=frozenset({"busy", "full"}))
+    overlaid = Rebalancer.overlay(plan, decisions)
+    assert (overlaid["busy"].ok, overlaid["busy"].reason) == (False, HOLD_REASON)
+    assert overlaid["full"] == decisions["full"]
+    assert overlaid["new"] == decisions["new"]
+    assert Rebalancer.overlay(RebalancePlan(), decisions) is decisions
