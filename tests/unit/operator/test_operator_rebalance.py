@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wsgauge_operator.control.rebalancer import HOLD_REASON, Rebalancer
 from wsgauge_operator.model.exceptions import SpecError
+from wsgauge_operator.model.readiness import ReadinessDecision
 from wsgauge_operator.model.rebalance import (
     WINDOW,
+    RebalancePlan,
     RebalancePod,
     ShedLedger,
     decide_rebalance,
@@ -250,10 +253,6 @@ def test_invalid_rebalance_names_the_field(rebalance: Any, field: str) -> None:
 
 
 def test_holds_overlay_only_pods_that_would_be_ready() -> None:
-    from wsgauge_operator.control.rebalancer import HOLD_REASON, Rebalancer
-    from wsgauge_operator.model.readiness import ReadinessDecision
-    from wsgauge_operator.model.rebalance import RebalancePlan
-
     decisions = {
         "busy": ReadinessDecision("busy", True, "ConnectionsOk", "100 connections"),
         "full": ReadinessDecision("full", False, "OverCapacity", "over"),
