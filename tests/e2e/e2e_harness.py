@@ -25,6 +25,8 @@ VENV_BIN = Path(sys.executable).parent
 DATA_PORT = 8080
 """The sidecar's data port in the chat pods (the pod runner binds it to the pod IP)."""
 GOING_AWAY = 1001
+SERVICE_RESTART = 1012
+"""The rebalance's close code (by default): the client reconnects, as after a 1001."""
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -133,8 +135,8 @@ class PodPool:
 
 
 class HeldSocket:
-    """One client WebSocket held open; records the server's closes and, after a 1001, connects
-    again (where to is the subclass's ``reconnect``)."""
+    """One client WebSocket held open; records the server's closes and, after a 1001 or a 1012,
+    connects again (where to is the subclass's ``reconnect``)."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
@@ -150,7 +152,7 @@ class HeldSocket:
         self._task = asyncio.create_task(self._read())
 
     async def reconnect(self, gone: str) -> None:
-        """Connect again after the server closed with 1001 on pod ``gone``."""
+        """Connect again after the server closed with 1001 or 1012 on pod ``gone``."""
         raise NotImplementedError
 
     async def _read(self) -> None:
@@ -163,7 +165,7 @@ class HeldSocket:
         gone = self.pod or ""
         self.closes.append(Close(gone, code, time.monotonic()))
         self.pod = None
-        if code == GOING_AWAY:
+        if code in (GOING_AWAY, SERVICE_RESTART):
             await self.reconnect(gone)
 
     async def close(self) -> None:

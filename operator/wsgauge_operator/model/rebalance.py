@@ -16,11 +16,12 @@ tolerance allows, says
 
 As soon as every pod is within the tolerance, the plan is inactive: no hold, no shed.
 
-The bound: in any window of :data:`WINDOW` seconds a pod is asked to shed at most
-``max(1, floor(maxShedPerMinute * reference))`` sockets, where ``reference`` is what it held
-before that window's sheds (its count now plus what it was asked to shed in the window). The
-sidecar closes a batch gently (close code 1012 or 1001, spread over ``spread`` seconds with
-jitter; see ``wsgauge_sidecar.shed``).
+The bound: a pod is asked to shed at most ``max(1, floor(maxShedPerMinute * reference))``
+sockets per window, where ``reference`` is what it held before the window's sheds (its count
+now plus what it was asked to shed in the window), and a batch counts until :data:`WINDOW`
+seconds after its last close (the sidecar closes a batch gently over ``spread`` seconds, with
+jitter, close code 1012 or 1001; see ``wsgauge_sidecar.shed``). So the closes of a pod seen in
+any window of :data:`WINDOW` seconds, wherever it starts, never exceed the bound.
 
 No I/O and no clock of its own: the caller passes ``now`` (monotonic seconds).
 """
@@ -91,6 +92,8 @@ class ShedRecord:
     pod: str
     count: int
     at: float
+    done: float
+    """When the pod's last close of the batch is due (``at + spread``)."""
     until: float
     """When the pod's batch is done and its clients have had time to reconnect."""
 
@@ -102,22 +105,18 @@ class ShedLedger:
         self._records: deque[ShedRecord] = deque()
 
     def _expire(self, now: float) -> None:
-        while (
-            self._records
-            and now - self._records[0].at >= WINDOW
-            and (now >= self._records[0].until)
-        ):
-            self._records.popleft()
+        if any(now - r.done >= WINDOW for r in self._records):
+            self._records = deque(r for r in self._records if now - r.done < WINDOW)
 
     def shed_in_window(self, pod: str, now: float) -> int:
-        """Sockets ``pod`` was asked to shed in ``(now - WINDOW, now]``."""
+        """Sockets of ``pod`` in batches whose last close is less than WINDOW seconds ago."""
         self._expire(now)
-        return sum(r.count for r in self._records if r.pod == pod and now - r.at < WINDOW)
+        return sum(r.count for r in self._records if r.pod == pod)
 
     def total_in_window(self, now: float) -> int:
-        """Sockets asked of every pod in the window."""
+        """The same over every pod."""
         self._expire(now)
-        return sum(r.count for r in self._records if now - r.at < WINDOW)
+        return sum(r.count for r in self._records)
 
     def in_flight(self, pod: str, now: float) -> bool:
         """Whether a batch of ``pod`` may still be closing or reconnecting."""
@@ -127,7 +126,7 @@ class ShedLedger:
     def record(self, pod: str, count: int, now: float, spread: float) -> None:
         """``pod`` was asked to shed ``count`` sockets at ``now`` (spread over ``spread`` s)."""
         if count > 0:
-            self._records.append(ShedRecord(pod, count, now, now + spread + SETTLE))
+            self._records.append(ShedRecord(pod, count, now, now + spread, now + spread + SETTLE))
 
     def pods(self) -> set[str]:
         """The pods with a record."""
