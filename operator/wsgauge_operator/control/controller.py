@@ -441,7 +441,8 @@ class Controller:
             spec = record.spec
             observed, restarts, checks = self._observe(state, spec)
             warming = observed.totals.warming
-            plan, notes = self.rebalancer.plan(key, spec, observed, observed.readiness.decisions())
+            decisions = observed.readiness.decisions()
+            plan, notes = self.rebalancer.plan(key, spec, observed, decisions, warming=warming)
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
                 busiest_pods=self.settings.status.busiest_pods,

@@ -116,10 +116,16 @@ class Rebalancer:
         spec: ConnectionStatsSpec,
         observed: ObservedPods,
         decisions: Mapping[str, ReadinessDecision],
+        *,
+        warming: bool = False,
     ) -> tuple[RebalancePlan, list[Note]]:
-        """This round's plan, and the Events a change of it calls for."""
+        """This round's plan, and the Events a change of it calls for. While ``warming`` (some
+        sidecars have not answered since the operator started) nothing is done: the average of
+        the pods heard so far would be wrong."""
         if spec.rebalance is None:
             self.forget(key)
+            return RebalancePlan(), []
+        if warming:
             return RebalancePlan(), []
         memory = self._memory.setdefault(key, RebalanceMemory())
         pods: list[RebalancePod] = []
