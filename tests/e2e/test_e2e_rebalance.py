@@ -62,7 +62,7 @@ async def apply_rebalancing(kube: KubeCluster, namespace: str, enabled: bool) ->
     await kubectl(kube, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(document))
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900, func_only=True)  # the node wait and install come before
 async def test_scale_out_from_two_to_four_pods_rebalances_the_sockets(
     kube: KubeCluster, release: ChartInstall, namespace: str
 ) -> None:
