@@ -16,7 +16,7 @@ issued for the metrics API), and sends
 The sidecar accepts it only when the certificate was issued by the CA it was given
 (``--control-ca``), is valid now, and the signature, pod, namespace, time and nonce check out.
 This module is the wire format only (no cryptography, no I/O): the signing is
-``wsgauge_operator.tls.signing``, the verification ``wsgauge_sidecar.control_auth``.
+``wsgauge_operator.tls.signing``, the verification ``wsgauge_sidecar.shed``.
 """
 
 from __future__ import annotations

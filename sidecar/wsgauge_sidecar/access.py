@@ -10,7 +10,7 @@ served only for a loopback peer; :func:`refusal` says why it is not. Read-only r
 served to anyone who can reach the port. The one exception are the operator's control orders
 (:data:`SIGNED_PATHS`: ``POST /control/shed``): they come from the operator's pod, so they are
 served to any peer, but only with a valid signature of the operator's certificate
-(:mod:`.control_auth`), checked by their handler; from the loopback they need it just the same.
+(:mod:`.shed`), checked by their handler; from the loopback they need it just the same.
 """
 
 from __future__ import annotations

@@ -38,13 +38,12 @@ from wsgauge_contract.control import (
 from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_sidecar.access import LogThrottle, peer_host, refusal
-from wsgauge_sidecar.control_auth import OrderVerifier, load_ca_bundle
 from wsgauge_sidecar.counter import ReportedCounts
 from wsgauge_sidecar.exceptions import ControlAuthError, CountError
 from wsgauge_sidecar.live import LocalLiveSource
 from wsgauge_sidecar.live_socket import handle_live
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from wsgauge_sidecar.shed import OrderGate
+from wsgauge_sidecar.shed import OrderGate, OrderVerifier, load_ca_bundle
 from wsgauge_sidecar.shedder import Shedder
 from wsgauge_sidecar.state import SidecarState
 

@@ -21,11 +21,11 @@ from wsgauge_contract.flags import Flag, FlagSet, parse_topic_limit
 
 from wsgauge_sidecar import __version__
 from wsgauge_sidecar.access import is_loopback_host
-from wsgauge_sidecar.control_auth import load_ca_bundle
 from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.protocols.registry import rules_help
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
+from wsgauge_sidecar.shed import load_ca_bundle
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
 
 ENV_PREFIX = "WSGAUGE_"

@@ -1,5 +1,5 @@
 """Unit tests of shedding for a rebalance: the jittered schedule, the order gate, the signature
-check against the operator's CA (wsgauge_sidecar.shed, .control_auth, wsgauge_contract.control)."""
+check against the operator's CA (wsgauge_sidecar.shed, wsgauge_contract.control)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ from wsgauge_operator.tls.certificates import CertificatePair, issue, make_ca, s
 from wsgauge_operator.tls.signing import OrderSigner
 from wsgauge_sidecar.access import refusal
 from wsgauge_sidecar.cli import parse_settings
-from wsgauge_sidecar.control_auth import OrderVerifier, load_ca_bundle
 from wsgauge_sidecar.exceptions import ControlAuthError
-from wsgauge_sidecar.shed import OrderGate, jittered_offsets
+from wsgauge_sidecar.shed import OrderGate, OrderVerifier, jittered_offsets, load_ca_bundle
 
 NOW = datetime.now(UTC)
 Pair = tuple[CertificatePair, CertificatePair]
