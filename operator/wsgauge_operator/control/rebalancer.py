@@ -234,7 +234,7 @@ class Rebalancer:
                 notes.append((True, "RebalanceRefused", f"sidecar of {name}: {error}"))
                 continue
             # the bound counts what was asked (the sidecar closes at most that many)
-            memory.ledger.record(name, count, now, rebalance.spread)
+            memory.ledger.record(name, count, now, rebalance.spread, plan.references.get(name))
             memory.shed_total += closing
             done.append(f"{name} {closing}")
         if done:

@@ -17,11 +17,12 @@ tolerance allows, says
 As soon as every pod is within the tolerance, the plan is inactive: no hold, no shed.
 
 The bound: a pod is asked to shed at most ``max(1, floor(maxShedPerMinute * reference))``
-sockets per window, where ``reference`` is what it held before the window's sheds (its count
-now plus what it was asked to shed in the window), and a batch counts until :data:`WINDOW`
-seconds after its last close (the sidecar closes a batch gently over ``spread`` seconds, with
-jitter, close code 1012 or 1001; see ``wsgauge_sidecar.shed``). So the closes of a pod seen in
-any window of :data:`WINDOW` seconds, wherever it starts, never exceed the bound.
+sockets per window, where ``reference`` is what it held when the window's first batch was
+asked (fixed for the window: sockets it gains meanwhile do not raise it), and a batch counts
+until :data:`WINDOW` seconds after its last close (the sidecar closes a batch gently over
+``spread`` seconds, with jitter, close code 1012 or 1001; see ``wsgauge_sidecar.shed``). So the
+closes of a pod seen in any window of :data:`WINDOW` seconds, wherever it starts, never exceed
+the bound.
 
 No I/O and no clock of its own: the caller passes ``now`` (monotonic seconds).
 """
@@ -70,6 +71,8 @@ class RebalancePlan:
     """Pods to take out of service (readiness condition False, reason ``Rebalancing``)."""
     shed: Mapping[str, int] = field(default_factory=dict)
     """Sockets each pod closes now (pods with 0 left out)."""
+    references: Mapping[str, int] = field(default_factory=dict)
+    """The bound's base of each pod in ``shed`` (record it with the shed)."""
     spread: float = 0.0
     """Largest ``connections - average`` over the pods (0 when inactive)."""
 
@@ -96,6 +99,8 @@ class ShedRecord:
     """When the pod's last close of the batch is due (``at + spread``)."""
     until: float
     """When the pod's batch is done and its clients have had time to reconnect."""
+    reference: int
+    """What the pod held when the window's first batch was asked (the bound's base)."""
 
 
 class ShedLedger:
@@ -118,15 +123,28 @@ class ShedLedger:
         self._expire(now)
         return sum(r.count for r in self._records)
 
+    def window_reference(self, pod: str, now: float) -> int | None:
+        """The bound's base of ``pod``'s current window (``None``: no batch in the window)."""
+        self._expire(now)
+        return next((r.reference for r in self._records if r.pod == pod), None)
+
     def in_flight(self, pod: str, now: float) -> bool:
         """Whether a batch of ``pod`` may still be closing or reconnecting."""
         self._expire(now)
         return any(r.pod == pod and now < r.until for r in self._records)
 
-    def record(self, pod: str, count: int, now: float, spread: float) -> None:
-        """``pod`` was asked to shed ``count`` sockets at ``now`` (spread over ``spread`` s)."""
+    def record(
+        self, pod: str, count: int, now: float, spread: float, reference: int | None = None
+    ) -> None:
+        """``pod`` was asked to shed ``count`` sockets at ``now`` (spread over ``spread`` s);
+        ``reference``: the plan's base of the bound (default: the window's, else ``count``)."""
         if count > 0:
-            self._records.append(ShedRecord(pod, count, now, now + spread, now + spread + SETTLE))
+            base = self.window_reference(pod, now)
+            if base is None:
+                base = reference if reference is not None else count
+            self._records.append(
+                ShedRecord(pod, count, now, now + spread, now + spread + SETTLE, base)
+            )
 
     def pods(self) -> set[str]:
         """The pods with a record."""
@@ -177,20 +195,26 @@ def decide_rebalance(
             ready -= 1
     target = math.ceil(average)
     shed: dict[str, int] = {}
+    references: dict[str, int] = {}
     for pod in above:
         excess = pod.connections - target
         if excess <= 0 or ledger.in_flight(pod.name, now):
             continue
         done = ledger.shed_in_window(pod.name, now)
-        budget = shed_bound(pod.connections + done, spec.max_shed_per_minute) - done
+        reference = ledger.window_reference(pod.name, now)
+        if reference is None:
+            reference = pod.connections
+        budget = shed_bound(reference, spec.max_shed_per_minute) - done
         count = min(excess, budget)
         if count > 0:
             shed[pod.name] = count
+            references[pod.name] = reference
     return RebalancePlan(
         active=True,
         average=average,
         band=band,
         hold=frozenset(hold),
         shed=shed,
+        references=references,
         spread=spread,
     )

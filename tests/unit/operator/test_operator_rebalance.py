@@ -91,7 +91,7 @@ def test_a_batch_in_flight_is_not_asked_again_and_the_window_bounds_the_rest() -
     ledger = ShedLedger()
     plan = decide_rebalance(pods(100, 0), SPEC, min_ready_pods=1, ledger=ledger, now=0)
     assert plan.shed == {"p0": 20}
-    ledger.record("p0", 20, 0, SPEC.spread)
+    ledger.record("p0", 20, 0, SPEC.spread, plan.references["p0"])
     plan = decide_rebalance(pods(80, 20), SPEC, min_ready_pods=1, ledger=ledger, now=3)
     assert plan.shed == {}  # closing and reconnecting
     plan = decide_rebalance(pods(80, 20), SPEC, min_ready_pods=1, ledger=ledger, now=20)
@@ -106,6 +106,20 @@ def test_a_batch_in_flight_is_not_asked_again_and_the_window_bounds_the_rest() -
     assert ledger.pods() == {"p0"}
     ledger.forget("p0")
     assert ledger.total_in_window(later) == 0
+
+
+def test_sockets_gained_during_the_window_do_not_raise_the_bound() -> None:
+    # measured on the real node: a held pod still got a few reconnects (kube-proxy follows a
+    # moment later); with the count now as the base it was asked 2 more than 30 % of its peak
+    ledger = ShedLedger()
+    plan = decide_rebalance(pods(100, 0, 0), SPEC, min_ready_pods=1, ledger=ledger, now=0)
+    assert plan.shed == {"p0": 20}
+    ledger.record("p0", 20, 0, SPEC.spread, plan.references["p0"])
+    assert ledger.window_reference("p0", 1) == 100
+    plan = decide_rebalance(pods(95, 5, 0), SPEC, min_ready_pods=1, ledger=ledger, now=20)
+    assert plan.shed == {}  # 95 + 20 would allow 23; the window's base 100 allows 20
+    plan = decide_rebalance(pods(95, 5, 0), SPEC, min_ready_pods=1, ledger=ledger, now=70)
+    assert plan.shed == {"p0": 19}  # a new window, based on 95
 
 
 def test_never_below_the_average() -> None:
@@ -178,7 +192,7 @@ def _simulate(
         if not plan.active:
             break
         for name, count in sorted(plan.shed.items()):
-            ledger.record(name, count, now, spec.spread)
+            ledger.record(name, count, now, spec.spread, plan.references[name])
             asked.append((now, name, count))
             members[name] -= count
             open_pods = [n for n in members if n not in plan.hold] or list(members)
