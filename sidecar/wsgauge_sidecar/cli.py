@@ -14,6 +14,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from wsgauge_contract import Address, FlagError
 from wsgauge_contract.flags import (
@@ -30,6 +31,7 @@ from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.protocols.registry import rules_help
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
+from wsgauge_sidecar.shed import load_ca_bundle
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
 
 ENV_PREFIX = "WSGAUGE_"
@@ -108,6 +110,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _control_ca(text: str) -> str:
+    """PEM text, or a file holding it, that holds at least one certificate."""
+    pem = text
+    if text and "-----BEGIN" not in text:
+        try:
+            pem = Path(text).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read {text}: {error.strerror}") from None
+    if pem:
+        try:
+            load_ca_bundle(pem)
+        except ValueError as error:
+            raise ValueError(f"not a PEM CA certificate: {error}") from None
+    return pem
+
+
 def _topic_rule(text: str) -> TopicRule:
     try:
         return parse_topic_rule(text)
@@ -135,6 +153,7 @@ FLAGS = FlagSet(
         Flag("listen", "proxy.listen", Address.parse_listen, "HOST:PORT"),
         Flag("admin-listen", "admin.listen", Address.parse_listen, "HOST:PORT"),
         Flag("report-listen", "admin.report_listen", Address.parse_listen, "HOST:PORT"),
+        Flag("control-ca", "admin.control_ca", _control_ca, "PEM|FILE"),
         Flag("upstream", "proxy.upstream", Address.parse_connect, "HOST:PORT"),
         Flag("topic", "proxy.topic_rule", _topic_rule, "RULE"),
         Flag("max-connections", "limits.max_connections", _non_negative_int, "N"),
