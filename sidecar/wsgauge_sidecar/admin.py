@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 from wsgauge_contract import (
@@ -43,7 +44,7 @@ from wsgauge_sidecar.exceptions import ControlAuthError, CountError
 from wsgauge_sidecar.live import LocalLiveSource
 from wsgauge_sidecar.live_socket import handle_live
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from wsgauge_sidecar.shed import OrderGate, OrderVerifier, load_ca_bundle
+from wsgauge_sidecar.shed import OrderGate
 from wsgauge_sidecar.shedder import Shedder
 from wsgauge_sidecar.state import SidecarState
 
@@ -52,7 +53,18 @@ log = logging.getLogger("wsgauge.sidecar.admin")
 STATE_KEY = web.AppKey("state", SidecarState)
 SHEDDER_KEY = web.AppKey("shedder", Shedder)
 GATE_KEY = web.AppKey("order_gate", OrderGate)
-VERIFIER_KEY = web.AppKey("order_verifier", OrderVerifier)
+
+
+class Verifier(Protocol):
+    """What checks a control order's signature (:class:`.order_auth.OrderVerifier`)."""
+
+    def verify(
+        self, body: bytes, certificate: str | None, signature: str | None, now: datetime
+    ) -> str: ...
+
+
+VERIFIER_KEY = web.AppKey("order_verifier", Verifier)
+NO_VERIFIER_KEY = web.AppKey("no_verifier_reason", str)
 THROTTLE_KEY = web.AppKey("refusal_log", LogThrottle)
 LIVE_CLIENTS_KEY = web.AppKey("live_clients", LiveClients)
 
@@ -240,7 +252,7 @@ async def _shed(request: web.Request) -> web.Response:
     body = await request.read()
     try:
         if verifier is None:
-            raise ControlAuthError("this sidecar has no --control-ca: it takes no control orders")
+            raise ControlAuthError(app[NO_VERIFIER_KEY])
         signer = verifier.verify(
             body,
             request.headers.get(CERTIFICATE_HEADER),
@@ -295,13 +307,40 @@ def build_report_app(state: SidecarState) -> web.Application:
     return app
 
 
+def order_verifier(control_ca: str) -> tuple[Verifier | None, str]:
+    """The verifier of control orders for ``--control-ca``, or None and why orders are refused.
+
+    Without the ``control`` extra (``cryptography``) or with a CA that does not load, the
+    sidecar still runs and counts; it logs why once here and refuses every control order.
+    """
+    if not control_ca:
+        return None, "this sidecar has no --control-ca: it takes no control orders"
+    try:
+        from wsgauge_sidecar import order_auth  # noqa: PLC0415 (needs the `control` extra)
+    except ImportError as error:
+        reason = (
+            f"this sidecar cannot verify control orders ({error}): install the `control` "
+            "extra, pip install 'wsgauge-sidecar[control]' (the sidecar image has it)"
+        )
+        log.error("--control-ca is set but %s; every control order is refused", reason)
+        return None, reason
+    try:
+        return order_auth.OrderVerifier(order_auth.load_ca_bundle(control_ca)), ""
+    except ValueError as error:
+        reason = f"the --control-ca certificate does not load ({error})"
+        log.error("%s; every control order is refused", reason)
+        return None, reason
+
+
 def build_admin_app(state: SidecarState, shedder: Shedder | None = None) -> web.Application:
     """The aiohttp application of the admin port (``shedder``: who runs shed orders)."""
     app = _base_app(state)
     if shedder is not None:
         app[SHEDDER_KEY] = shedder
-    if state.settings.admin.control_ca:
-        app[VERIFIER_KEY] = OrderVerifier(load_ca_bundle(state.settings.admin.control_ca))
+    verifier, reason = order_verifier(state.settings.admin.control_ca)
+    if verifier is not None:
+        app[VERIFIER_KEY] = verifier
+    app[NO_VERIFIER_KEY] = reason
     identity = state.settings.pod
     app[GATE_KEY] = OrderGate(identity.namespace, identity.pod)
     app.router.add_post(SHED_PATH, _shed)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +33,6 @@ from wsgauge_sidecar.exceptions import ConfigError
 from wsgauge_sidecar.native_relay import RELAY_CHOICES, load_extension
 from wsgauge_sidecar.protocols.registry import rules_help
 from wsgauge_sidecar.settings import PodIdentity, SidecarSettings
-from wsgauge_sidecar.shed import load_ca_bundle
 from wsgauge_sidecar.topics import TopicRule, parse_topic_rule
 
 ENV_PREFIX = "WSGAUGE_"
@@ -119,11 +120,20 @@ def _control_ca(text: str) -> str:
         except OSError as error:
             raise ValueError(f"cannot read {text}: {error.strerror}") from None
     if pem:
-        try:
-            load_ca_bundle(pem)
-        except ValueError as error:
-            raise ValueError(f"not a PEM CA certificate: {error}") from None
+        blocks = _PEM_CERTIFICATE.findall(pem)
+        if not blocks:
+            raise ValueError("not a PEM CA certificate: no PEM certificate found")
+        for block in blocks:
+            # the structure only (stdlib); the certificate itself is read where orders are
+            # verified (wsgauge_sidecar.order_auth, with the `control` extra)
+            try:
+                ssl.PEM_cert_to_DER_cert(block)
+            except ValueError as error:
+                raise ValueError(f"not a PEM CA certificate: {error}") from None
     return pem
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def _topic_rule(text: str) -> TopicRule:

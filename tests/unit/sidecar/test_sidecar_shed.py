@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +26,15 @@ from wsgauge_contract.control import (
 from wsgauge_operator.tls.certificates import CertificatePair, issue, make_ca, self_signed
 from wsgauge_operator.tls.signing import OrderSigner
 from wsgauge_sidecar.access import refusal
+from wsgauge_sidecar.admin import order_verifier
 from wsgauge_sidecar.cli import parse_settings
 from wsgauge_sidecar.exceptions import ControlAuthError
-from wsgauge_sidecar.shed import OrderGate, OrderVerifier, jittered_offsets, load_ca_bundle
+from wsgauge_sidecar.order_auth import OrderVerifier, load_ca_bundle
+from wsgauge_sidecar.shed import OrderGate, jittered_offsets
 
 NOW = datetime.now(UTC)
+"""The gate tests' clock; the signature tests read the clock when they run (their certificates
+are issued when their fixture runs, in a long session well after this module is imported)."""
 Pair = tuple[CertificatePair, CertificatePair]
 ORDER = ShedOrder("prod", "chat-1", 5, 1012, 10.0, NOW.timestamp(), "ab" * 16)
 
@@ -107,27 +113,30 @@ def operator_ca() -> tuple[CertificatePair, CertificatePair]:
 
 
 def test_a_signed_order_of_the_operators_ca_verifies(operator_ca: Pair) -> None:
+    now = datetime.now(UTC)
     ca, pair = operator_ca
     verifier = OrderVerifier(load_ca_bundle(ca.cert_pem.decode()))
     signer = OrderSigner(pair)
     body, headers = signer.shed_request(
         namespace="prod", pod="chat-1", count=3, close_code=1012, spread_seconds=5,
-        issued_at=NOW.timestamp(),
+        issued_at=now.timestamp(),
     )  # fmt: skip
-    name = verifier.verify(body, headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], NOW)
+    name = verifier.verify(body, headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], now)
     assert name == "wsgauge-metrics-api"
     assert decode_shed_order(body).count == 3
 
 
 def test_rsa_keys_sign_too() -> None:
+    now = datetime.now(UTC)
     ca = make_ca("wsgauge-ca", key_type="rsa")
     pair = issue(ca, "op", dns_names=["op"], key_type="rsa")
     headers = OrderSigner(pair).sign(b"body")
     verifier = OrderVerifier(load_ca_bundle(ca.cert_pem.decode()))
-    assert verifier.verify(b"body", headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], NOW)
+    assert verifier.verify(b"body", headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], now)
 
 
 def test_forged_orders_are_refused(operator_ca: Pair) -> None:
+    now = datetime.now(UTC)
     ca, pair = operator_ca
     verifier = OrderVerifier(load_ca_bundle(ca.cert_pem.decode()))
     headers = OrderSigner(pair).sign(b"original")
@@ -136,18 +145,18 @@ def test_forged_orders_are_refused(operator_ca: Pair) -> None:
     foreign = OrderSigner(issue(other_ca, "x", dns_names=["x"])).sign(b"original")
     own_ca_self_signed = OrderSigner(self_signed(["x"], common_name="x")).sign(b"original")
     cases = [
-        ((b"changed", cert, signature, NOW), "does not match"),
-        ((b"original", None, signature, NOW), "no certificate"),
-        ((b"original", cert, None, NOW), "no signature"),
-        ((b"original", "%%%", signature, NOW), "not base64"),
-        ((b"original", base64.b64encode(b"junk").decode(), signature, NOW), "not a PEM"),
-        ((b"original", foreign[CERTIFICATE_HEADER], foreign[SIGNATURE_HEADER], NOW), "not issued"),
+        ((b"changed", cert, signature, now), "does not match"),
+        ((b"original", None, signature, now), "no certificate"),
+        ((b"original", cert, None, now), "no signature"),
+        ((b"original", "%%%", signature, now), "not base64"),
+        ((b"original", base64.b64encode(b"junk").decode(), signature, now), "not a PEM"),
+        ((b"original", foreign[CERTIFICATE_HEADER], foreign[SIGNATURE_HEADER], now), "not issued"),
         (
-            (b"original", own_ca_self_signed[CERTIFICATE_HEADER], signature, NOW),
+            (b"original", own_ca_self_signed[CERTIFICATE_HEADER], signature, now),
             "not issued",
         ),
-        ((b"original", cert, signature, NOW + timedelta(days=400)), "not valid now"),
-        ((b"original", cert, foreign[SIGNATURE_HEADER], NOW), "does not match"),
+        ((b"original", cert, signature, now + timedelta(days=400)), "not valid now"),
+        ((b"original", cert, foreign[SIGNATURE_HEADER], now), "does not match"),
     ]
     for arguments, message in cases:
         with pytest.raises(ControlAuthError, match=message):
@@ -155,11 +164,12 @@ def test_forged_orders_are_refused(operator_ca: Pair) -> None:
 
 
 def test_a_server_only_certificate_may_not_sign() -> None:
+    now = datetime.now(UTC)
     server_only = self_signed(["x"], common_name="x")  # serverAuth only
     verifier = OrderVerifier(load_ca_bundle(server_only.cert_pem.decode()))
     headers = OrderSigner(server_only).sign(b"b")
     with pytest.raises(ControlAuthError, match="may not authenticate a client"):
-        verifier.verify(b"b", headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], NOW)
+        verifier.verify(b"b", headers[CERTIFICATE_HEADER], headers[SIGNATURE_HEADER], now)
 
 
 def test_control_ca_flag_takes_pem_text_or_a_file(tmp_path: Path, operator_ca: Pair) -> None:
@@ -178,3 +188,46 @@ def test_control_ca_flag_takes_pem_text_or_a_file(tmp_path: Path, operator_ca: P
         with pytest.raises(SystemExit) as exited:
             parse_settings(["--control-ca", bad], environ={})
         assert exited.value.code == 2
+
+
+def test_without_the_control_extra_the_sidecar_runs_and_refuses_orders(operator_ca: Pair) -> None:
+    """Every sidecar module but order_auth imports without cryptography (the `control` extra)."""
+    ca, _ = operator_ca
+    script = (
+        "import sys\n"
+        "sys.modules['cryptography'] = None  # as if the extra were not installed\n"
+        "import pkgutil, importlib, wsgauge_sidecar\n"
+        "from wsgauge_sidecar.admin import order_verifier\n"
+        "from wsgauge_sidecar.cli import parse_settings\n"
+        "walk = pkgutil.walk_packages(wsgauge_sidecar.__path__, 'wsgauge_sidecar.')\n"
+        "names = [m.name for m in walk if not m.name.endswith('__main__')]\n"
+        "failed = []\n"
+        "for name in names:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError:\n"
+        "        failed.append(name)\n"
+        "print(failed)\n"
+        "pem = parse_settings(['--control-ca', sys.argv[1]], environ={}).admin.control_ca\n"
+        "verifier, reason = order_verifier(pem)\n"
+        "print(verifier, reason)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, ca.cert_pem.decode()],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    failed, refused = done.stdout.splitlines()
+    assert failed == "['wsgauge_sidecar.order_auth']"
+    assert refused.startswith("None this sidecar cannot verify control orders")
+    assert "wsgauge-sidecar[control]" in refused
+    assert "every control order is refused" in done.stderr
+
+
+def test_a_control_ca_that_does_not_load_refuses_orders_and_keeps_running() -> None:
+    verifier, reason = order_verifier(
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    assert verifier is None
+    assert "does not load" in reason
+    no_ca = "this sidecar has no --control-ca: it takes no control orders"
+    assert order_verifier("") == (None, no_ca)
