@@ -11,7 +11,7 @@
 #   make deploy   helm install of charts/wsgauge on the local cluster with the local images
 #   make chart-test   helm lint + the chart tests (rendering, then on the local control plane)
 #   make kind-node-image   the kind node image, built here (cached by version)
-#   make kind-e2e the kind tests and the chart tests on a 3-node kind cluster (KIND_KEEP=1 keeps it)
+#   make kind-e2e the kind, chart and e2e tests on a 3-node kind cluster (KIND_KEEP=1 keeps it)
 #   make kind-down   delete that kind cluster
 #   make keda     KEDA built from its Go module (cached), installed on the local cluster
 #   make keda-test   the KEDA e2e test (builds KEDA once; not part of make test: docs/keda.md)
@@ -176,17 +176,18 @@ kind-node-image: $(STAMP) k8s-bins kind-bins
 	$(PY) -m wsgauge_devcluster.kindnode build
 
 # A kind cluster (1 control plane, 2 workers) from that image (or KIND_NODE_IMAGE), this
-# checkout's images loaded, then tests/kind and the chart tests against it; the cluster is
-# deleted at the end unless KIND_KEEP=1.
+# checkout's images loaded, then tests/kind, the chart tests and the e2e tests against it (the
+# e2e tests that need the devcluster skip, saying why; KEDA's is left to make keda-test); the
+# cluster is deleted at the end unless KIND_KEEP=1.
 KIND_PY = KIND_CLUSTER=$(KIND_CLUSTER) KIND_KUBECONFIG=$(KIND_KUBECONFIG) $(PY) -m wsgauge_devcluster.kindcluster
-kind-e2e: $(STAMP) k8s-bins kind-bins images
+kind-e2e: $(STAMP) k8s-bins kind-bins images browser-deps
 	hack/install-node-deps.sh --kind
 	$(KIND_PY) up
 	$(KIND_PY) load $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG)
 	$(KIND_PY) alias $(IMAGE_REGISTRY)/sidecar:$(IMAGE_TAG) $$(cat VERSION)
 	status=0; KUBECONFIG=$(KIND_KUBECONFIG) KIND_KUBECONFIG=$(KIND_KUBECONFIG) WSGAUGE_KIND=1 \
 	  WSGAUGE_IMAGE_REGISTRY=$(IMAGE_REGISTRY) WSGAUGE_IMAGE_TAG=$(IMAGE_TAG) PATH=$(K8S_BIN_DIR):$$PATH \
-	  $(PY) -m pytest -q -ra tests/kind tests/integration/chart || status=$$?; \
+	  $(PY) -m pytest -q -ra -m "not keda" tests/kind tests/integration/chart tests/e2e || status=$$?; \
 	if [ "$(KIND_KEEP)" = 1 ]; then echo ">>> kind cluster $(KIND_CLUSTER) kept (KUBECONFIG=$(KIND_KUBECONFIG)); delete it with: make kind-down"; \
 	else $(KIND_PY) down; fi; exit $$status
 

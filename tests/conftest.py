@@ -7,6 +7,8 @@ and, if it had to start the cluster, stops it again at the end of the session (e
 so the next start is warm) unless WSGAUGE_KEEP_CLUSTER=1 or another pytest session still uses it
 (sessions register their pid under <state_dir>/sessions/).
 Tests that use `kube` automatically get the `cluster` marker (deselect with -m "not cluster").
+A test marked `@pytest.mark.devcluster_only("why")` needs our devcluster (its real node, its
+host processes): on another cluster it is skipped with that reason, before its fixtures run.
 
 On our devcluster, a wsgauge release that `make demo` or `make deploy` left installed is
 uninstalled first (said on the terminal): its cluster-wide operator would act on the test
@@ -39,6 +41,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def devcluster_state_dir(kubeconfig: Path) -> Path | None:
+    """The devcluster's state directory when ``kubeconfig`` is one our devcluster wrote."""
+    return kubeconfig.parent if (kubeconfig.parent / "run").is_dir() else None
+
+
+def on_devcluster() -> bool:
+    """Whether `kube` is our devcluster: no $KUBECONFIG (the fixture starts it) or one of its."""
+    given = os.environ.get("KUBECONFIG")
+    return not given or devcluster_state_dir(Path(given).resolve()) is not None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("devcluster_only")
+    if marker is not None and not on_devcluster():
+        reason = marker.args[0] if marker.args else "needs the local devcluster"
+        pytest.skip(f"devcluster only ($KUBECONFIG names another cluster): {reason}")
+
+
 def _exports(output: str) -> dict[str, str]:
     found = dict(re.findall(r"^export (\w+)=(.*)$", output, flags=re.MULTILINE))
     return found
@@ -51,7 +71,7 @@ def kube() -> Iterator[KubeCluster]:
     given = os.environ.get("KUBECONFIG")
     if given:
         kubeconfig = Path(given).resolve()
-        state_dir = kubeconfig.parent if (kubeconfig.parent / "run").is_dir() else None
+        state_dir = devcluster_state_dir(kubeconfig)
         yield KubeCluster(kubeconfig, binaries.bin_dir, state_dir, binaries.kubernetes_version)
         return
     missing = binaries.missing()

@@ -1,6 +1,8 @@
-"""Helpers of the end-to-end tests on the real node: wsgauge installed by its chart, the chat
-example injected by the chart's webhook, and clients that connect through the chat Service
-(kube-proxy picks the pod) and learn which pod they landed on from the demo app (``whoami``).
+"""Helpers of the end-to-end tests on a real cluster (the devcluster's real node, or any cluster
+``KUBECONFIG`` names whose pod and Service IPs the host can route to, such as ``make
+kind-e2e``'s): wsgauge installed by its chart, the chat example injected by the chart's webhook,
+and clients that connect through the chat Service (kube-proxy picks the pod) and learn which pod
+they landed on from the demo app (``whoami``).
 
 :func:`assert_counts_agree` is the claim checked at every checkpoint: each sidecar's ``/stats``,
 the ConnectionStats status and the custom metrics API (through the aggregation layer) equal what
@@ -83,10 +85,29 @@ async def endpoint_readiness(kube: KubeCluster, namespace: str) -> dict[str, boo
     return found
 
 
-async def kube_proxy_destinations(namespace: str, service: str) -> set[str]:
-    """Pod IPs kube-proxy sends new connections to for ``namespace/service`` right now: the
-    KUBE-SEP chains its KUBE-SVC chain jumps to, read from the node's nat table (iptables mode).
-    The EndpointSlice says what should be routed; this says what kube-proxy has programmed."""
+async def kube_proxy_destinations(
+    kube: KubeCluster, namespace: str, service: str
+) -> dict[str, set[str]]:
+    """Pod IPs each kube-proxy sends new connections to for ``namespace/service`` right now, by
+    where it runs: the KUBE-SEP chains its KUBE-SVC chain jumps to, read from the nat table
+    (iptables mode). On the devcluster that is the real node's own table (kube-proxy is a host
+    process); on another cluster each kube-proxy pod's (``k8s-app=kube-proxy``, host network,
+    ``kubectl exec ... iptables-save``). The EndpointSlice says what should be routed; this says
+    what kube-proxy has programmed."""
+    if kube.state_dir is not None:
+        return {NODE: _nat_destinations(await _host_nat_table(), namespace, service)}
+    proxies = await get_json(kube, "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy")
+    found: dict[str, set[str]] = {}
+    for pod in proxies["items"]:
+        table = await kubectl(kube, "exec", "-n", "kube-system", pod["metadata"]["name"], "--",
+                              "iptables-save", "-t", "nat")  # fmt: skip
+        found[pod["spec"]["nodeName"]] = _nat_destinations(table, namespace, service)
+    if not found:
+        raise AssertionError("no kube-proxy pod (k8s-app=kube-proxy in kube-system) to read")
+    return found
+
+
+async def _host_nat_table() -> str:
     process = await asyncio.create_subprocess_exec(
         "iptables-save", "-t", "nat",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -94,7 +115,12 @@ async def kube_proxy_destinations(namespace: str, service: str) -> set[str]:
     out, err = await process.communicate()
     if process.returncode != 0:
         raise AssertionError(f"iptables-save failed: {err.decode(errors='replace')}")
-    rules = [line.split() for line in out.decode().splitlines() if line.startswith("-A ")]
+    return out.decode()
+
+
+def _nat_destinations(table: str, namespace: str, service: str) -> set[str]:
+    """The ``--to-destination`` IPs of ``namespace/service`` in an ``iptables-save`` nat table."""
+    rules = [line.split() for line in table.splitlines() if line.startswith("-A ")]
     label = f'"{namespace}/{service}:'
     service_chains = {
         words[words.index("-j") + 1]
@@ -113,6 +139,13 @@ async def kube_proxy_destinations(namespace: str, service: str) -> set[str]:
         for words in rules
         if words[1] in endpoint_chains and "--to-destination" in words
     }
+
+
+async def cluster_nodes(kube: KubeCluster) -> set[str]:
+    """The nodes pods may land on: the real node on the devcluster, else every node."""
+    if kube.state_dir is not None:
+        return {NODE}
+    return {item["metadata"]["name"] for item in (await get_json(kube, "nodes"))["items"]}
 
 
 async def service_url(kube: KubeCluster, namespace: str) -> str:

@@ -1,4 +1,5 @@
-"""End to end on the real node: an evicted pod drains like a scaled-down one.
+"""End to end on the real node (or any cluster ``KUBECONFIG`` names, e.g. kind's): an evicted pod
+drains like a scaled-down one.
 
 An eviction (the Eviction API, and ``kubectl drain``, which uses it) ends in the same SIGTERM as
 a scale-down, so the sidecar runs the same drain. The chat example is injected with
@@ -10,7 +11,7 @@ a scale-down, so the sidecar runs the same drain. The chat example is injected w
    one): every socket it held gets close code 1012 exactly once, in at most 3 jittered batches
    spread over the drain window, and comes back through the Service; every source agrees with
    the clients (nothing lost, nothing counted twice).
-3. The busier pod is then evicted by ``kubectl drain`` of the node with a pod selector
+3. The busier pod is then evicted by ``kubectl drain`` of its node with a pod selector
    (uncordoned afterwards, whatever happens): the same again.
 """
 
@@ -28,7 +29,6 @@ from e2e_harness import SERVICE_RESTART, Close, client_session, eventually, get_
 from real_node_harness import (
     ADMIN_PORT,
     EXAMPLE,
-    NODE,
     ServiceClient,
     apply_connection_stats,
     assert_counts_agree,
@@ -173,17 +173,18 @@ async def test_evicted_pods_drain_like_scale_down(
         victim = busiest(clients)
         earlier = {id(c): len(c.closes) for c in clients if c.pod == victim}
         await kubectl(kube, "label", "pod", victim, "-n", namespace, "wsgauge-e2e/drain=this")
+        node = (await get_json(kube, "pod", victim, "-n", namespace))["spec"]["nodeName"]
         try:
             drained = await asyncio.to_thread(
                 kube.kubectl,
-                "drain", NODE, "--pod-selector", "wsgauge-e2e/drain=this",
+                "drain", node, "--pod-selector", "wsgauge-e2e/drain=this",
                 "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=150s",
                 check=False, timeout=180,
             )  # fmt: skip
             assert drained.returncode == 0, drained.stderr
             await assert_drained_in_batches(clients, victim, earlier)
         finally:
-            await asyncio.to_thread(kube.kubectl, "uncordon", NODE, check=False)
+            await asyncio.to_thread(kube.kubectl, "uncordon", node, check=False)
         assert await pod_gone(kube, namespace, victim)
         await eventually(lambda: ready_pods(kube, namespace, 2), 180, "a replacement Ready")
         final = await assert_counts_agree(kube, namespace, session, clients)

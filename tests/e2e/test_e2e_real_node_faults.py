@@ -1,6 +1,8 @@
-"""Faults on the real node, with wsgauge installed by its chart and the injected chat example.
+"""Faults on the real node (or any cluster ``KUBECONFIG`` names, e.g. kind's), with wsgauge
+installed by its chart and the injected chat example.
 
-- the kubelet restarted: the pods keep running (same container ids), the counts do not move;
+- the kubelet restarted (devcluster only: it restarts the real node's kubelet process): the pods
+  keep running (same container ids), the counts do not move;
 - the operator pod deleted: the Deployment makes a new one, it takes the leader Lease and the same
   counts come back in the status and the metrics API;
 - a chat pod evicted through the Eviction API: the PodDisruptionBudget refuses the eviction that
@@ -72,12 +74,12 @@ def container_ids(pods: dict[str, dict[str, object]]) -> dict[str, list[str]]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.devcluster_only("restarts the real node's kubelet, a process of the devcluster")
 async def test_kubelet_restart_leaves_pods_and_counts_alone(
     kube: KubeCluster, namespace: str, chat: tuple[aiohttp.ClientSession, list[ServiceClient]]
 ) -> None:
     session, clients = chat
-    if kube.state_dir is None:
-        pytest.skip("restarts the local devcluster's kubelet")
+    assert kube.state_dir is not None
     before = container_ids(await chat_pods(kube, namespace))
     kubelet = ManagedProcess("kubelet", kube.state_dir / "run", "kubelet")
     pid = kubelet.pid()
