@@ -125,9 +125,6 @@ class ProxyServer:
 
     def _start_native(self, loop: asyncio.AbstractEventLoop) -> None:
         choice = self.settings.relay
-        if self.settings.topic_rule.needs_frames:
-            self.relay_description = "python (the topic rule reads frames)"
-            return
         if choice == "python":
             return
         extension, why = load_extension()
@@ -384,7 +381,7 @@ class ClientConnection(asyncio.Protocol):
             topic = topic_from_request(rule, request.target, request.headers)
             native = self.proxy.native
             if native is not None:
-                self.relay = native.hand_off(self, upstream, event, topic)
+                self.relay = native.hand_off(self, upstream, event, topic, rule)
                 if self.relay is not None:
                     return
         relay = WebSocketRelay(
