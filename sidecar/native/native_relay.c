@@ -1110,6 +1110,8 @@ static PyObject *Relay_add(Relay *self, PyObject *args) {
             pthread_mutex_unlock(&self->lock);
             free(c->pr);
             free(c);
+            close(client_fd); /* the fds were given to the relay: it closes them */
+            close(upstream_fd);
             if (wide == NULL || narrow == NULL)
                 PyErr_SetString(PyExc_ValueError, "unknown filter id");
             else
