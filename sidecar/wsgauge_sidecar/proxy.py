@@ -10,8 +10,10 @@ out the events it returns. Plain HTTP is relayed byte for byte.
 
 A WebSocket upgrade is forwarded to the app and the socket is *counted when the
 app answers 101* (never before: a refused or timed-out handshake is not
-counted). From then on a :class:`WebSocketRelay` owns both connections and bytes
-are relayed as they arrive. In the request-based topic rules only the
+counted). From then on the native relay (:mod:`wsgauge_sidecar.native_relay`, when it is
+available; it pre-filters the messages of a frame protocol rule in C) or a
+:class:`WebSocketRelay` owns both connections and bytes
+are relayed as they arrive. In the Python relay, under the request-based topic rules only the
 server-to-client frame headers are followed (cheaply, by a
 :class:`FrameBoundaryTracker`), so that a drain can inject a close frame at a
 frame boundary; under a frame protocol rule (``phoenix``, ...) both directions are
