@@ -90,7 +90,8 @@ def kube() -> Iterator[KubeCluster]:
 
 def _uninstall_left_releases(cluster: KubeCluster) -> None:
     """Uninstall every release of the wsgauge chart found on the cluster (see the docstring)."""
-    helm = [str(cluster.helm_path), "list", "--all-namespaces", "--output", "json"]
+    # --all: also releases left pending (an install cut off by a timeout blocks the next one)
+    helm = [str(cluster.helm_path), "list", "--all", "--all-namespaces", "--output", "json"]
     listing = subprocess.run(helm, capture_output=True, text=True, env=cluster.env, check=False)
     if listing.returncode != 0:
         pytest.fail(f"helm list failed: {listing.stderr}", pytrace=False)

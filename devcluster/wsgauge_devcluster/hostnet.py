@@ -236,11 +236,12 @@ def _remove_cgroups(name: str) -> None:
         top = controller / name
         if not top.is_dir():
             continue
-        for directory in sorted(
-            (d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        # bottom-up; os.walk skips directories that vanish meanwhile (the kubelet of the
+        # checkout whose node starts next may be creating and removing pod cgroups already)
+        for parent, directories, _ in os.walk(top, topdown=False):
+            for directory in directories:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(parent, directory))
         with contextlib.suppress(OSError):
             top.rmdir()
 

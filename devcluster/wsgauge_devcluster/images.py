@@ -294,13 +294,25 @@ def pip_download_argv(
 
     The own wheels are named as files, so pip takes them (and the dependency of one on another,
     ``wsgauge-contract``) from here, never from an index; the rest is pinned by ``constraints``.
+    A wheel whose distribution the image installs with an extra (:data:`IMAGE_EXTRAS`) is named
+    with it, so the extra's dependencies are downloaded too.
     """
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
     argv += ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
     for tag in [*wheel_platforms(glibc), HOST_WHEEL_PLATFORM]:
         argv += ["--platform", tag]
-    argv += ["-c", str(constraints), "-d", str(dest), *map(str, wheels)]
+    argv += ["-c", str(constraints), "-d", str(dest), *map(_with_extra, wheels)]
     return argv
+
+
+IMAGE_EXTRAS = {"wsgauge_sidecar": "control"}
+"""Own distribution (as in its wheel's name) -> the extra its image installs it with (the
+Dockerfile says the same: ``wsgauge-sidecar[control]``, cryptography for the control orders)."""
+
+
+def _with_extra(wheel: Path) -> str:
+    extra = IMAGE_EXTRAS.get(wheel.name.split("-")[0])
+    return f"{wheel}[{extra}]" if extra else str(wheel)
 
 
 def build_argv(dockerfile: Path, context: Path, ref: str, python_image: str | None) -> list[str]:

@@ -7,7 +7,10 @@ same pod. Peer addresses come from the kernel (the TCP connection's far end), ne
 
 Rule: a request that may change state (any method but ``GET``, ``HEAD`` and ``OPTIONS``) is
 served only for a loopback peer; :func:`refusal` says why it is not. Read-only requests are
-served to anyone who can reach the port.
+served to anyone who can reach the port. The one exception are the operator's control orders
+(:data:`SIGNED_PATHS`: ``POST /control/shed``): they come from the operator's pod, so they are
+served to any peer, but only with a valid signature of the operator's certificate
+(:mod:`.shed`), checked by their handler; from the loopback they need it just the same.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import ipaddress
 import math
 from dataclasses import dataclass
 
+from wsgauge_contract.control import SHED_PATH
+
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that never change the sidecar's state; every other method is state-changing."""
+
+SIGNED_PATHS = frozenset({SHED_PATH})
+"""State-changing paths served to any peer, but only with the operator's signature."""
 
 
 def is_loopback_host(host: str) -> bool:
@@ -45,13 +53,14 @@ def peer_host(peername: object) -> str | None:
     return None
 
 
-def refusal(method: str, peer: str | None) -> str | None:
-    """Why a request must be refused (403), or None to serve it.
+def refusal(method: str, peer: str | None, path: str = "") -> str | None:
+    """Why a request must be refused (403), or None to serve it (or, for a path of
+    :data:`SIGNED_PATHS`, to let its handler check the signature).
 
     ``peer`` is the connection's remote host as the kernel reports it (None when unknown,
     which is refused for state-changing methods: unknown is not loopback).
     """
-    if method.upper() in READ_ONLY_METHODS:
+    if method.upper() in READ_ONLY_METHODS or path in SIGNED_PATHS:
         return None
     if peer is not None and is_loopback_host(peer):
         return None

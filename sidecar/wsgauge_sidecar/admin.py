@@ -18,6 +18,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 from wsgauge_contract import (
@@ -28,19 +30,41 @@ from wsgauge_contract import (
     encode_watch_heartbeat,
     encode_watch_line,
 )
+from wsgauge_contract.control import (
+    CERTIFICATE_HEADER,
+    SHED_PATH,
+    SIGNATURE_HEADER,
+    decode_shed_order,
+)
 from wsgauge_contract.live_session import LiveClients
 
 from wsgauge_sidecar.access import LogThrottle, peer_host, refusal
 from wsgauge_sidecar.counter import ReportedCounts
-from wsgauge_sidecar.exceptions import CountError
+from wsgauge_sidecar.exceptions import ControlAuthError, CountError
 from wsgauge_sidecar.live import LocalLiveSource
 from wsgauge_sidecar.live_socket import handle_live
 from wsgauge_sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from wsgauge_sidecar.shed import OrderGate
+from wsgauge_sidecar.shedder import Shedder
 from wsgauge_sidecar.state import SidecarState
 
 log = logging.getLogger("wsgauge.sidecar.admin")
 
 STATE_KEY = web.AppKey("state", SidecarState)
+SHEDDER_KEY = web.AppKey("shedder", Shedder)
+GATE_KEY = web.AppKey("order_gate", OrderGate)
+
+
+class Verifier(Protocol):
+    """What checks a control order's signature (:class:`.order_auth.OrderVerifier`)."""
+
+    def verify(
+        self, body: bytes, certificate: str | None, signature: str | None, now: datetime
+    ) -> str: ...
+
+
+VERIFIER_KEY = web.AppKey("order_verifier", Verifier)
+NO_VERIFIER_KEY = web.AppKey("no_verifier_reason", str)
 THROTTLE_KEY = web.AppKey("refusal_log", LogThrottle)
 LIVE_CLIENTS_KEY = web.AppKey("live_clients", LiveClients)
 
@@ -53,6 +77,7 @@ GET /healthz       liveness
 GET /readyz        readiness (200 ready / 503 reason)
 PUT /report        report mode, loopback only: full snapshot {"connections": N, "topics": {...}}
 POST /report       report mode, loopback only: deltas {"connections": +d, "topics": {"t": +d}}
+POST /control/shed the operator only (signed with its certificate): close N sockets gently
 """
 
 
@@ -82,7 +107,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 async def _loopback_only_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
     """403 (and a throttled log line) for a state-changing request from outside the pod."""
     peer = peer_host(request.transport.get_extra_info("peername") if request.transport else None)
-    reason = refusal(request.method, peer)
+    reason = refusal(request.method, peer, request.rel_url.path)
     if reason is None:
         return await handler(request)
     held_back = request.app[THROTTLE_KEY].admit(time.monotonic())
@@ -218,6 +243,52 @@ async def _report(request: web.Request) -> web.Response:
     )
 
 
+async def _shed(request: web.Request) -> web.Response:
+    """``POST /control/shed``: an order of the operator (signed) to close sockets gently."""
+    app = request.app
+    state, shedder = app[STATE_KEY], app.get(SHEDDER_KEY)
+    verifier = app.get(VERIFIER_KEY)
+    peer = peer_host(request.transport.get_extra_info("peername") if request.transport else None)
+    body = await request.read()
+    try:
+        if verifier is None:
+            raise ControlAuthError(app[NO_VERIFIER_KEY])
+        signer = verifier.verify(
+            body,
+            request.headers.get(CERTIFICATE_HEADER),
+            request.headers.get(SIGNATURE_HEADER),
+            datetime.now(UTC),
+        )
+    except ControlAuthError as error:
+        _log_refusal(app, "refused POST %s from %s: %s (403, nothing changed)", peer, error)
+        return _json_error(403, str(error))
+    try:
+        order = decode_shed_order(body)
+    except ValueError as error:
+        return _json_error(400, f"invalid order: {error}")
+    if shedder is None or shedder.proxy is None:
+        return _json_error(409, "this sidecar holds no sockets (report mode)")
+    refused = app[GATE_KEY].check(order, time.time(), busy=shedder.busy)
+    if refused is not None:
+        _log_refusal(app, "refused POST %s from %s: %s", peer, refused.reason)
+        return _json_error(refused.status, refused.reason)
+    closing = shedder.start(order)
+    log.info(
+        "shed order from %s (%s): close %d sockets with %d over %.1f s; closing %d",
+        signer, peer, order.count, order.close_code, order.spread_seconds, closing,
+    )  # fmt: skip
+    return web.json_response(
+        {"closing": closing, "connections": state.counter.connections}, status=202
+    )
+
+
+def _log_refusal(app: web.Application, message: str, peer: str | None, reason: object) -> None:
+    held_back = app[THROTTLE_KEY].admit(time.monotonic())
+    if held_back is not None:
+        suffix = f"; {held_back} more refused since the last line" if held_back else ""
+        log.warning(message + "%s", SHED_PATH, peer or "an unknown peer", reason, suffix)
+
+
 def _base_app(state: SidecarState) -> web.Application:
     app = web.Application(
         middlewares=[_json_errors, _loopback_only_changes],
@@ -236,9 +307,43 @@ def build_report_app(state: SidecarState) -> web.Application:
     return app
 
 
-def build_admin_app(state: SidecarState) -> web.Application:
-    """The aiohttp application of the admin port."""
+def order_verifier(control_ca: str) -> tuple[Verifier | None, str]:
+    """The verifier of control orders for ``--control-ca``, or None and why orders are refused.
+
+    Without the ``control`` extra (``cryptography``) or with a CA that does not load, the
+    sidecar still runs and counts; it logs why once here and refuses every control order.
+    """
+    if not control_ca:
+        return None, "this sidecar has no --control-ca: it takes no control orders"
+    try:
+        from wsgauge_sidecar import order_auth  # noqa: PLC0415 (needs the `control` extra)
+    except ImportError as error:
+        reason = (
+            f"this sidecar cannot verify control orders ({error}): install the `control` "
+            "extra, pip install 'wsgauge-sidecar[control]' (the sidecar image has it)"
+        )
+        log.error("--control-ca is set but %s; every control order is refused", reason)
+        return None, reason
+    try:
+        return order_auth.OrderVerifier(order_auth.load_ca_bundle(control_ca)), ""
+    except ValueError as error:
+        reason = f"the --control-ca certificate does not load ({error})"
+        log.error("%s; every control order is refused", reason)
+        return None, reason
+
+
+def build_admin_app(state: SidecarState, shedder: Shedder | None = None) -> web.Application:
+    """The aiohttp application of the admin port (``shedder``: who runs shed orders)."""
     app = _base_app(state)
+    if shedder is not None:
+        app[SHEDDER_KEY] = shedder
+    verifier, reason = order_verifier(state.settings.admin.control_ca)
+    if verifier is not None:
+        app[VERIFIER_KEY] = verifier
+    app[NO_VERIFIER_KEY] = reason
+    identity = state.settings.pod
+    app[GATE_KEY] = OrderGate(identity.namespace, identity.pod)
+    app.router.add_post(SHED_PATH, _shed)
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/stats", _stats)
@@ -271,9 +376,9 @@ async def _serve(state: SidecarState, app: web.Application, listen: Address) -> 
     return runner
 
 
-async def start_admin_server(state: SidecarState) -> web.AppRunner:
+async def start_admin_server(state: SidecarState, shedder: Shedder | None = None) -> web.AppRunner:
     """Bind the admin port and serve it; the caller cleans the runner up on exit."""
-    return await _serve(state, build_admin_app(state), state.settings.admin.listen)
+    return await _serve(state, build_admin_app(state, shedder), state.settings.admin.listen)
 
 
 async def start_report_server(state: SidecarState) -> web.AppRunner:

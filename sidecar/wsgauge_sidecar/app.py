@@ -26,6 +26,7 @@ from wsgauge_sidecar.cli import parse_settings
 from wsgauge_sidecar.drain import DrainController
 from wsgauge_sidecar.proxy import ProxyServer
 from wsgauge_sidecar.settings import SidecarSettings
+from wsgauge_sidecar.shedder import Shedder
 from wsgauge_sidecar.state import SidecarState, check_upstream_forever, probe_tcp
 
 log = logging.getLogger("wsgauge.sidecar")
@@ -49,6 +50,7 @@ class Sidecar:
         self.state = SidecarState(settings)
         self.proxy: ProxyServer | None = None if settings.report_mode else ProxyServer(self.state)
         self.drain = DrainController(self.state, self.proxy)
+        self.shedder = Shedder(self.state, self.proxy)
         self._admin: web.AppRunner | None = None
         self._report: web.AppRunner | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -61,7 +63,7 @@ class Sidecar:
         upstream = settings.proxy.upstream
         interval = settings.admin.upstream_check_interval
         self.state.set_upstream_reachable(await probe_tcp(upstream.host, upstream.port, interval))
-        self._admin = await start_admin_server(self.state)
+        self._admin = await start_admin_server(self.state, self.shedder)
         if settings.report_mode:
             self._report = await start_report_server(self.state)
         if self.proxy is not None:

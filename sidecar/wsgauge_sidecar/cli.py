@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from wsgauge_contract import Address, FlagError
 from wsgauge_contract.flags import (
@@ -108,6 +111,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _control_ca(text: str) -> str:
+    """PEM text, or a file holding it, that holds at least one certificate."""
+    pem = text
+    if text and "-----BEGIN" not in text:
+        try:
+            pem = Path(text).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read {text}: {error.strerror}") from None
+    if pem:
+        blocks = _PEM_CERTIFICATE.findall(pem)
+        if not blocks:
+            raise ValueError("not a PEM CA certificate: no PEM certificate found")
+        for block in blocks:
+            # the structure only (stdlib); the certificate itself is read where orders are
+            # verified (wsgauge_sidecar.order_auth, with the `control` extra)
+            try:
+                ssl.PEM_cert_to_DER_cert(block)
+            except ValueError as error:
+                raise ValueError(f"not a PEM CA certificate: {error}") from None
+    return pem
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def _topic_rule(text: str) -> TopicRule:
     try:
         return parse_topic_rule(text)
@@ -135,6 +163,7 @@ FLAGS = FlagSet(
         Flag("listen", "proxy.listen", Address.parse_listen, "HOST:PORT"),
         Flag("admin-listen", "admin.listen", Address.parse_listen, "HOST:PORT"),
         Flag("report-listen", "admin.report_listen", Address.parse_listen, "HOST:PORT"),
+        Flag("control-ca", "admin.control_ca", _control_ca, "PEM|FILE"),
         Flag("upstream", "proxy.upstream", Address.parse_connect, "HOST:PORT"),
         Flag("topic", "proxy.topic_rule", _topic_rule, "RULE"),
         Flag("max-connections", "limits.max_connections", _non_negative_int, "N"),

@@ -82,3 +82,7 @@ class PhoenixLimitError(PhoenixProtocolError):
 
 class CountError(SidecarError):
     """A count update is invalid: negative result, wrong type, unknown socket."""
+
+
+class ControlAuthError(SidecarError):
+    """A control request (``/control/...``) is not authenticated: 403, nothing changes."""

@@ -88,6 +88,10 @@ class AdminSettings:
     """``--upstream-check-interval``: seconds between TCP connect checks of the upstream."""
     max_report_bytes: int = 1048576
     """Largest body accepted by ``PUT``/``POST /report``."""
+    control_ca: str = ""
+    """``--control-ca``: the CA certificate (PEM text, or the path of a PEM file) whose
+    certificates may send control orders (``POST /control/shed``: close sockets for a
+    rebalance); the injector sets it from wsgauge's CA. Empty: every control order is refused."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import yaml
@@ -182,7 +183,14 @@ class Pending(dict[str, Any]):
         return False
 
 
-def held(clients: list[ServiceClient]) -> dict[str, int]:
+class HoldsSocket(Protocol):
+    """A client that knows which pod its socket is on (None: it holds none right now)."""
+
+    @property
+    def pod(self) -> str | None: ...
+
+
+def held(clients: Sequence[HoldsSocket]) -> dict[str, int]:
     """Open sockets per pod as the clients hold them."""
     counts: dict[str, int] = {}
     for client in clients:
@@ -197,6 +205,8 @@ async def sidecar_counts(
     """Each pod's sidecar ``/stats`` connections (pods with no socket left out)."""
     counts: dict[str, int] = {}
     for name, pod in pods.items():
+        if not pod["status"].get("podIP"):
+            continue  # not started yet: it holds no socket
         url = f"http://{pod['status']['podIP']}:{ADMIN_PORT}/stats"
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as reply:
             document = json.loads(await reply.text())
@@ -223,27 +233,32 @@ async def assert_counts_agree(
     kube: KubeCluster,
     namespace: str,
     session: aiohttp.ClientSession,
-    clients: list[ServiceClient],
+    clients: Sequence[HoldsSocket],
     timeout: float = 60,
 ) -> dict[str, int]:
-    """Every source equals what the clients hold (bounded wait for the sources to catch up)."""
-    wanted = held(clients)
-    total = sum(wanted.values())
+    """Every source equals what the clients hold (bounded wait for the sources to catch up).
+
+    What the clients hold is read again at every try, after the sources: a socket that moves
+    meanwhile (a reconnect after a close ordered earlier) is a new state both sides must reach,
+    not a difference. Returns the clients' counts the sources agreed with.
+    """
 
     async def agree() -> dict[str, Any]:
         pods = await chat_pods(kube, namespace)
-        sources = {
+        sources: dict[str, Any] = {
             "sidecars": await sidecar_counts(session, pods),
             "metrics API": await served_per_pod(kube, namespace),
         }
         status = (await get_json(kube, "connectionstats", "chat", "-n", namespace))["status"]
         sources["status"] = {"total": int(status.get("connections", -1))}
+        wanted = held(clients)
+        sources["clients"] = wanted
         ok = (
             sources["sidecars"] == wanted
             and sources["metrics API"] == wanted
-            and sources["status"]["total"] == total
+            and sources["status"]["total"] == sum(wanted.values())
         )
         return sources if ok else Pending(sources)
 
-    await eventually(agree, timeout, f"every source equals the clients' {wanted} (total {total})")
-    return wanted
+    agreed = await eventually(agree, timeout, "every source equals what the clients hold")
+    return dict(agreed["clients"])

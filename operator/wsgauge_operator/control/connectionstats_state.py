@@ -4,7 +4,8 @@
   spec, or why it is invalid), handed to the record listeners and status contributors;
 - :class:`StatusContribution`: extra status fields and conditions from another part of the
   operator (autoscaling), written in the same status patch; :data:`StatusContributor` and
-  :data:`RecordListener` are the shapes of the controller's extension points;
+  :data:`RecordListener` are the shapes of the controller's extension points, and
+  :class:`KubeWriter` the API calls it makes;
 - :class:`ConnectionStatsState`: everything the :class:`~.controller.Controller` keeps for one
   ConnectionStats (the record, the status coalescer, the Event memory, the worker loop and the
   bookkeeping of incremental rounds), so that adding or forgetting one is one dict entry.
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from wsgauge_operator.control.object_loop import ObjectLoop
-from wsgauge_operator.kube.events import ObjectRef
+from wsgauge_operator.kube.events import EventSink, ObjectRef
 from wsgauge_operator.model.aggregation import Aggregate
 from wsgauge_operator.model.event_policy import TransitionMemory
 from wsgauge_operator.model.observation import ObservedPods
@@ -53,6 +54,22 @@ class StatusContribution:
     """Top-level status fields (e.g. ``desiredReplicas``)."""
     conditions: Sequence[Mapping[str, str]] = ()
     """Conditions without times (type, status, reason, message)."""
+
+
+class KubeWriter(EventSink, Protocol):
+    """The API calls the controller makes (implemented by
+    :class:`~wsgauge_operator.kube.kubeapi.KubeApi`).
+    """
+
+    async def patch_connectionstats_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch a ConnectionStats status."""
+
+    async def patch_pod_condition(
+        self, namespace: str, name: str, uid: str, condition: Mapping[str, Any]
+    ) -> None:
+        """Set one pod condition."""
 
 
 Key = tuple[str, str]

@@ -31,7 +31,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
@@ -39,14 +39,16 @@ from wsgauge_operator.control.connectionstats_state import (
     ConnectionStatsRecord,
     ConnectionStatsState,
     Key,
+    KubeWriter,
     RecordListener,
     StatusContributor,
 )
 from wsgauge_operator.control.follower import SidecarFollower
 from wsgauge_operator.control.follower_set import FollowerFactory, FollowerSet
 from wsgauge_operator.control.object_loop import LoopTiming, ObjectLoop
+from wsgauge_operator.control.rebalancer import Note, Rebalancer, order_signer
 from wsgauge_operator.control.telemetry import POD_STATES, Telemetry
-from wsgauge_operator.kube.events import EventRecorder, EventSink, ObjectRef
+from wsgauge_operator.kube.events import EventRecorder, ObjectRef
 from wsgauge_operator.model.aggregation import (
     Aggregate,
     AggregationLimits,
@@ -61,6 +63,7 @@ from wsgauge_operator.model.fleet import EndpointKey, FleetState, PodRecord
 from wsgauge_operator.model.metrics_source import ConnectionStatsMetrics
 from wsgauge_operator.model.observation import ObservedPods
 from wsgauge_operator.model.readiness import ConditionWrites, ReadinessDecision
+from wsgauge_operator.model.rebalance import RebalancePlan as Plan
 from wsgauge_operator.model.recent_events import RecentEvents
 from wsgauge_operator.model.selection import SelectionIndex
 from wsgauge_operator.model.settings import OperatorSettings
@@ -88,22 +91,6 @@ WORKER_TIMING = LoopTiming(
 )
 """The worker loop of a ConnectionStats; a failed round (e.g. a status write the API server
 refused) is retried after 1-2 s, then up to 10 s, sooner when a change wakes the worker."""
-
-
-class KubeWriter(EventSink, Protocol):
-    """The API calls the controller makes (implemented by
-    :class:`~wsgauge_operator.kube.kubeapi.KubeApi`).
-    """
-
-    async def patch_connectionstats_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """Merge-patch a ConnectionStats status."""
-
-    async def patch_pod_condition(
-        self, namespace: str, name: str, uid: str, condition: Mapping[str, Any]
-    ) -> None:
-        """Set one pod condition."""
 
 
 Service = tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
@@ -148,6 +135,8 @@ class Controller:
             settings.follower.max_followed_pods,
         )
         self._condition_writes = ConditionWrites(settings.readiness.repatch_after, monotonic)
+        self.rebalancer = Rebalancer(order_signer(settings), self.fleet, monotonic)
+        """``spec.rebalance``: holds and shed orders (see :mod:`.rebalancer`)."""
         self._events = EventRecorder(kube, settings.events, monotonic, settings.kube.instance)
         self._contributors: list[StatusContributor] = []
         self._record_listeners: list[RecordListener] = []
@@ -334,6 +323,7 @@ class Controller:
             listener(key, record)
 
     def _forget(self, key: Key) -> None:
+        self.rebalancer.forget(key)
         state = self._states.pop(key, None)
         if state is not None and state.worker is not None:
             state.worker.cancel()
@@ -445,10 +435,14 @@ class Controller:
             restarts: dict[str, int | None] = dict.fromkeys(state.memory.restarts)
             checks: tuple[ObservedPods, set[str] | None] | None = None
             warming = False
+            self.rebalancer.forget(key)
+            plan, notes = Plan(), list[Note]()
         else:
             spec = record.spec
             observed, restarts, checks = self._observe(state, spec)
             warming = observed.totals.warming
+            decisions = observed.readiness.decisions()
+            plan, notes = self.rebalancer.plan(key, spec, observed, decisions, warming=warming)
             limits = AggregationLimits(
                 top_topics=self.settings.status.top_topics,
                 busiest_pods=self.settings.status.busiest_pods,
@@ -479,6 +473,8 @@ class Controller:
             contribution = contributor(record, result)
             status.update(contribution.fields)
             conditions.extend(contribution.conditions)
+        if (rebalance_status := self.rebalancer.status(key)) is not None:
+            status["rebalance"] = rebalance_status
         status["observedGeneration"] = record.generation
         status["conditions"] = merge_conditions(
             record.status.get("conditions") or [],
@@ -490,8 +486,14 @@ class Controller:
         computed = time.perf_counter() - computing_since
         self.telemetry.round_seconds.observe(computed)
         state.round_due = self._monotonic() + ROUND_GAP_FACTOR * computed
-        if checks is not None:
-            await self._apply_readiness(state, *checks)
+        if checks is not None and record.spec is not None:
+            observed, candidates = checks
+            if plan.active or self.rebalancer.active(key) or notes:  # holds change: check all
+                candidates = None
+            await self._apply_readiness(state, observed, candidates, plan)
+            notes += await self.rebalancer.shed(key, record.spec, plan, observed, self._session)
+            for warning, reason, note in notes:
+                await self._event(record.ref, warning, reason, note)
         await self._record_events(state, result, status["conditions"], restarts)
         if warming and self._monotonic() - record.first_seen < self.settings.follower.startup_grace:
             # Just started (or just created): some sidecars have not answered yet. Writing now
@@ -575,15 +577,20 @@ class Controller:
         return None
 
     async def _apply_readiness(
-        self, state: ConnectionStatsState, observed: ObservedPods, candidates: set[str] | None
+        self,
+        state: ConnectionStatsState,
+        observed: ObservedPods,
+        cands: set[str] | None,
+        plan: Plan,
     ) -> None:
-        """Write the pod conditions that differ from the decisions, among ``candidates``
-        (``None``: every pod): the pods that changed and those unsettled at the last check."""
+        """Write the pod conditions that differ from the decisions (with the rebalance's
+        holds), among ``candidates`` (``None``: every pod): the pods that changed and those
+        unsettled at the last check."""
         if not self.settings.readiness.enabled or self._kube is None:
             return
         record = state.record
-        all_decisions = observed.readiness.decisions()
-        names = observed.entries.keys() if candidates is None else candidates
+        all_decisions = Rebalancer.overlay(plan, observed.readiness.decisions())
+        names = observed.entries.keys() if cands is None else cands
         decisions: dict[str, ReadinessDecision] = {}
         current: dict[str, tuple[str, bool | None, str]] = {}
         unsettled: set[str] = set()

@@ -161,6 +161,11 @@ class InjectorSettings:
     """Add the ``wsgauge.dev/connections-ok`` readiness gate."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """More environment variables for the sidecar (e.g. ``WSGAUGE_WATCH_HEARTBEAT``)."""
+    control_ca: str = ""
+    """PEM of wsgauge's CA, given to the sidecar as ``WSGAUGE_CONTROL_CA``: the sidecar takes
+    rebalance shed orders signed by a certificate of this CA (the operator's) and no others.
+    The stand-alone injector reads it from ``--control-ca-file`` (the chart: its TLS Secret's
+    ``ca.crt``); empty: the sidecar takes no shed orders."""
 
 
 @dataclass(frozen=True)
@@ -421,6 +426,8 @@ def sidecar_container(settings: InjectorSettings) -> dict[str, Any]:
         )
     if settings.topic == "report":
         flags["WSGAUGE_REPORT_LISTEN"] = f"127.0.0.1:{settings.report_port}"
+    if settings.control_ca:
+        flags["WSGAUGE_CONTROL_CA"] = settings.control_ca
     flags.update(settings.extra_env)
     env.extend({"name": name, "value": value} for name, value in flags.items())
     ports = [{"name": ADMIN_PORT_NAME, "containerPort": settings.admin_port, "protocol": "TCP"}]

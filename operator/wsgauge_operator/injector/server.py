@@ -28,7 +28,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 from wsgauge_contract import Address, AddressError
@@ -216,6 +216,11 @@ def parse_command(argv: Sequence[str] | None, environ: dict[str, str]) -> Inject
     parser.add_argument("--cert-file", help="serving certificate (PEM)")
     parser.add_argument("--key-file", help="serving key (PEM)")
     parser.add_argument("--config", help="injector settings, JSON with camelCase keys")
+    parser.add_argument(
+        "--control-ca-file",
+        help="wsgauge's CA certificate (PEM): injected sidecars take rebalance orders signed by "
+        "the operator's certificate of this CA (the chart: the ca.crt of the TLS Secret)",
+    )
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
     arguments = vars(parser.parse_args(argv))
 
@@ -239,9 +244,17 @@ def parse_command(argv: Sequence[str] | None, environ: dict[str, str]) -> Inject
     log_level = (value("log_level") or "info").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: unknown level {log_level.lower()!r}")
-    return InjectorCommand(
-        server=server, injector=load_injector_config(value("config")), log_level=log_level
-    )
+    injector = load_injector_config(value("config"))
+    ca_file = value("control_ca_file")
+    if ca_file:
+        try:
+            with open(ca_file, encoding="ascii") as ca:
+                injector = replace(injector, control_ca=ca.read())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--control-ca-file: cannot read {ca_file}: {error}") from error
+        if "-----BEGIN CERTIFICATE-----" not in injector.control_ca:
+            raise ConfigError(f"--control-ca-file: {ca_file} holds no PEM certificate")
+    return InjectorCommand(server=server, injector=injector, log_level=log_level)
 
 
 async def serve(command: InjectorCommand) -> None:

@@ -14,6 +14,7 @@ other subpackage may import from here, and nothing here imports from them (the u
 - :mod:`.aggregation` and :mod:`.running_totals`: a ConnectionStats ``status`` from its pods, from
   scratch and incrementally.
 - :mod:`.readiness`: the readiness-gate policy (``wsgauge.dev/connections-ok``).
+- :mod:`.rebalance`: rebalance after scale-out (``spec.rebalance``): holds, sheds, the shed bound.
 - :mod:`.event_policy`: which Events a change of a ConnectionStats calls for.
 - :mod:`.deletion_cost_policy`: when the deletion cost is written (a scale-down near) and other
   writers of it (detection, yield or overwrite, condition and Events).

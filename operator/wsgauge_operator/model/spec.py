@@ -152,6 +152,31 @@ class AutoscalingSpec:
     """``deletionCost``: cooperation with other writers of the deletion cost."""
 
 
+SERVICE_RESTART = 1012
+"""WebSocket close code "Service Restart": the client should reconnect (the default)."""
+GOING_AWAY = 1001
+"""WebSocket close code "Going Away"."""
+CLOSE_CODES = (SERVICE_RESTART, GOING_AWAY)
+"""The close codes a rebalance may use."""
+
+
+@dataclass(frozen=True)
+class RebalanceSpec:
+    """``spec.rebalance`` of a ConnectionStats (absent: no rebalance)."""
+
+    enabled: bool = True
+    """``enabled: false`` keeps the section but turns the rebalance off."""
+    tolerance: float = 0.2
+    """How far a pod may be from the average, as a share of it (0.2: within 20 %); at least one
+    socket either way."""
+    max_shed_per_minute: float = 0.1
+    """At most this share of a pod's sockets is shed in any minute (at least one socket)."""
+    close_code: int = SERVICE_RESTART
+    """Close code of the shed sockets: 1012 (Service Restart) or 1001 (Going Away)."""
+    spread: float = 10.0
+    """Seconds over which a pod closes one batch (jittered), so clients reconnect in a trickle."""
+
+
 @dataclass(frozen=True)
 class ConnectionStatsSpec:
     """A validated ConnectionStats spec."""
@@ -163,6 +188,8 @@ class ConnectionStatsSpec:
     autoscaling: AutoscalingSpec | None = None
     status_interval: float | None = None
     """Seconds; ``None``: the operator's default."""
+    rebalance: RebalanceSpec | None = None
+    """``spec.rebalance``; ``None``: no rebalance (the default)."""
 
 
 def parse_spec(spec: object) -> ConnectionStatsSpec:
@@ -191,6 +218,7 @@ def parse_spec(spec: object) -> ConnectionStatsSpec:
         capacity=capacity,
         autoscaling=autoscaling,
         status_interval=interval,
+        rebalance=_parse_rebalance(spec.get("rebalance")),
     )
 
 
@@ -374,3 +402,47 @@ def _parse_deletion_cost(raw: object) -> DeletionCostSpec:
             "autoscaling.deletionCost.otherWriters", f"must be one of {', '.join(choices)}"
         )
     return DeletionCostSpec(other_writers=OtherWriters(mode))
+
+
+def _share(raw: Mapping[str, Any], key: str, default: float, *, minimum_open: bool) -> float:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"rebalance.{key}", "must be a number")
+    low_ok = value > 0 if minimum_open else value >= 0
+    if not low_ok or value > 1:
+        bounds = "greater than 0" if minimum_open else "at least 0"
+        raise SpecError(f"rebalance.{key}", f"must be {bounds} and at most 1")
+    return float(value)
+
+
+def _parse_rebalance(raw: object) -> RebalanceSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("rebalance", "must be an object")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError("rebalance.enabled", "must be true or false")
+    tolerance = _share(raw, "tolerance", 0.2, minimum_open=False)
+    per_minute = _share(raw, "maxShedPerMinute", 0.1, minimum_open=True)
+    code = raw.get("closeCode", SERVICE_RESTART)
+    if isinstance(code, bool) or code not in CLOSE_CODES:
+        raise SpecError(
+            "rebalance.closeCode", "must be 1012 (Service Restart) or 1001 (Going Away)"
+        )
+    spread_raw = raw.get("spread", "10s")
+    try:
+        spread = parse_duration(spread_raw)
+    except ValueError as error:
+        raise SpecError("rebalance.spread", str(error)) from None
+    if not 0 < spread <= 600:
+        raise SpecError("rebalance.spread", "must be greater than 0 and at most 10m")
+    return RebalanceSpec(
+        enabled=enabled,
+        tolerance=tolerance,
+        max_shed_per_minute=per_minute,
+        close_code=int(code),
+        spread=spread,
+    )

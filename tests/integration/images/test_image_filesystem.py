@@ -50,6 +50,8 @@ class Recipe:
 
     distributions: list[Path]
     """The distribution folders the Dockerfile copies and installs (in the repository)."""
+    extras: dict[str, str]
+    """Folder name -> the extra the Dockerfile installs it with (``sidecar[control]``)."""
     entrypoint: list[str]
     env: dict[str, str]
 
@@ -80,7 +82,9 @@ def read_recipe(dockerfile: Path) -> Recipe:
     assert constraints, f"{dockerfile}: not understood"
     assert distributions, f"{dockerfile}: not understood"
     assert entrypoint, f"{dockerfile}: not understood"
-    return Recipe(distributions, entrypoint, env)
+    extras = dict(re.findall(r"/tmp/build/(\w+)\[(\w+)\]", text))
+    assert extras.keys() <= {folder.name for folder in distributions}, extras
+    return Recipe(distributions, extras, entrypoint, env)
 
 
 def assemble(recipe: Recipe, root: Path, sources: Path) -> Path:
@@ -94,7 +98,8 @@ def assemble(recipe: Recipe, root: Path, sources: Path) -> Path:
     folders = []
     for folder in recipe.distributions:
         shutil.copytree(folder, sources / folder.name, ignore=skip, symlinks=True)
-        folders.append(str(sources / folder.name))
+        extra = recipe.extras.get(folder.name)
+        folders.append(str(sources / folder.name) + (f"[{extra}]" if extra else ""))
     pip = [str(root / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
         [*pip, "install", "-c", str(REPO / "constraints.txt"), *folders], check=True, timeout=600
@@ -166,7 +171,10 @@ def test_image_holds_only_runtime_packages(
     distributions = installed(python)
     assert not distributions & FORBIDDEN_DISTRIBUTIONS, distributions & FORBIDDEN_DISTRIBUTIONS
     if image == "sidecar":  # the sidecar's distribution pulls nothing of the operator
-        assert not distributions & {"kopf", "kubernetes", "cryptography", "wsgauge-operator"}
+        assert not distributions & {"kopf", "kubernetes", "wsgauge-operator"}
+        # ... and cryptography only as its `control` extra, which the image installs
+        assert recipe.extras == {"sidecar": "control"}
+        assert "cryptography" in distributions
     own = {p.name for p in python.parent.parent.glob("lib/python3*/site-packages/wsgauge_*")}
     own = {name for name in own if "." not in name}  # the packages, not their .dist-info
     assert own == {f"wsgauge_{folder.name}" for folder in recipe.distributions}

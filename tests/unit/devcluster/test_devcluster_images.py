@@ -111,8 +111,9 @@ def test_pip_download_is_binary_only_for_the_base_python() -> None:
     assert argv[1:4] == ["-m", "pip", "download"]
     assert "--only-binary=:all:" in argv
     assert argv[argv.index("--python-version") + 1] == "3.11"
-    # the own wheels as files (never looked up in an index), the rest pinned by the constraints
-    assert argv[-6:] == ["-c", "c.txt", "-d", "/w", *map(str, own)]
+    # the own wheels as files (never looked up in an index), the rest pinned by the constraints;
+    # the sidecar's with the extra its image installs
+    assert argv[-6:] == ["-c", "c.txt", "-d", "/w", str(own[0]), f"{own[1]}[control]"]
     # the manylinux tags of the base's glibc, and the host's own tag (the sidecar's wheel)
     assert argv.count("--platform") == len(images.wheel_platforms((2, 36))) + 1
     assert argv[argv.index(images.HOST_WHEEL_PLATFORM) - 1] == "--platform"

@@ -38,14 +38,20 @@ OPTIONAL = {"uvloop"}
 def imports(package_dir: Path) -> set[str]:
     found: set[str] = set()
     for path in package_dir.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            found |= {name.split(".")[0] for name in names}
+        found |= imports_of(path)
+    return found - set(sys.stdlib_module_names)
+
+
+def imports_of(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found |= {name.split(".")[0] for name in names}
     return found - set(sys.stdlib_module_names)
 
 
@@ -60,6 +66,21 @@ def declared(folder: str) -> set[str]:
     dependencies = project(folder)["dependencies"]
     assert isinstance(dependencies, list)
     return {canonicalize_name(Requirement(d).name) for d in dependencies}
+
+
+def extras(folder: str) -> dict[str, set[str]]:
+    """The distribution's extras: name -> the distributions each adds."""
+    table = project(folder).get("optional-dependencies", {})
+    assert isinstance(table, dict)
+    return {
+        extra: {canonicalize_name(Requirement(d).name) for d in requirements}
+        for extra, requirements in table.items()
+    }
+
+
+EXTRAS = {"sidecar": {"control": {"cryptography"}}}
+"""The extras, what each adds, and (below) the one module that may import it."""
+EXTRA_MODULES = {"cryptography": "order_auth.py"}
 
 
 def constraints() -> dict[str, str]:
@@ -80,12 +101,24 @@ def test_distribution_declares_what_its_code_imports(folder: str) -> None:
     own = {OWN[name] for name in found & OWN.keys()} - {DISTRIBUTIONS[folder]}
     needed = {canonicalize_name(IMPORT_TO_DISTRIBUTION[name]) for name in found - OWN.keys()}
     assert project(folder)["name"] == DISTRIBUTIONS[folder]
-    assert declared(folder) - OPTIONAL == needed | own
+    with_extras = declared(folder).union(*extras(folder).values())
+    assert with_extras - OPTIONAL == needed | own
+    assert extras(folder) == EXTRAS.get(folder, {})
+    for extra_distribution, module in EXTRA_MODULES.items():
+        if extra_distribution in declared(folder):
+            continue
+        importers = {
+            path.name
+            for path in (REPO / folder / package).rglob("*.py")
+            if extra_distribution in imports_of(path)
+        }
+        assert importers <= {module}, f"only {module} may import {extra_distribution}"
     assert declared(folder) & OPTIONAL <= ({"uvloop"} if folder == "sidecar" else set())
 
 
 def test_sidecar_distribution_pulls_nothing_of_the_operator() -> None:
     assert declared("contract") == set()
+    # cryptography only through the `control` extra (verifying the operator's control orders)
     assert declared("sidecar") & {"kopf", "kubernetes", "cryptography"} == set()
     assert "wsgauge-contract" in declared("operator")
     assert "wsgauge-operator" not in declared("sidecar")
@@ -149,8 +182,15 @@ def test_image_installs_its_distributions_and_copies_nothing_else(
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE)
     sources = {source for line in copied for source in line.split()}
     assert sources == {"VERSION", "constraints.txt", "images/wheel[s]", *folders}
-    assert f"--find-links=/tmp/build wsgauge-{image}" in dockerfile
-    assert " ".join(f"/tmp/build/{folder}" for folder in folders) in dockerfile
+    # the image's own distribution with the extra it installs (the sidecar: `control`)
+    extra = {"sidecar": "[control]"}.get(image, "")
+    assert f"--find-links=/tmp/build 'wsgauge-{image}{extra}'" in dockerfile or (
+        not extra and f"--find-links=/tmp/build wsgauge-{image}" in dockerfile
+    )
+    built = [f"/tmp/build/{folder}" for folder in folders]
+    if extra:
+        built[-1] = f"'{built[-1]}{extra}'"
+    assert " ".join(built) in dockerfile
     assert "-c /tmp/build/constraints.txt" in dockerfile
     assert "PYTHONPATH" not in dockerfile
     assert re.search(r"^USER 65532:65532$", dockerfile, flags=re.MULTILINE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -20,7 +21,9 @@ from wsgauge_operator.injector.plan import (
     review_response,
     settings_from_mapping,
 )
+from wsgauge_operator.injector.server import parse_command
 from wsgauge_operator.model.exceptions import ConfigError
+from wsgauge_operator.tls.certificates import make_ca
 from wsgauge_sidecar.protocols.registry import PROTOCOLS
 
 GATE = {"conditionType": "wsgauge.dev/connections-ok"}
@@ -506,3 +509,20 @@ def test_any_opted_in_pod_gets_exactly_one_sidecar_and_gate(pod: dict[str, Any])
     for key, value in pod["metadata"]["annotations"].items():
         assert result["metadata"]["annotations"][key] == value
     assert plan_injection(result, InjectorSettings()).patch == []
+
+
+def test_the_sidecar_gets_the_control_ca_only_when_the_injector_has_one(tmp_path: Path) -> None:
+    pod = make_pod({"wsgauge.dev/inject": "true"})
+    assert "WSGAUGE_CONTROL_CA" not in env_of(container(injected(pod), "wsgauge-sidecar"))
+    pem = make_ca("wsgauge-ca").cert_pem.decode()
+    sidecar = container(injected(pod, InjectorSettings(control_ca=pem)), "wsgauge-sidecar")
+    assert env_of(sidecar)["WSGAUGE_CONTROL_CA"] == pem
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(pem)
+    command = parse_command(["--control-ca-file", str(ca_file)], {})
+    assert command.injector.control_ca == pem
+    assert parse_command([], {}).injector.control_ca == ""
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    for bad in (str(tmp_path / "bad.crt"), str(tmp_path / "missing.crt")):
+        with pytest.raises(ConfigError, match="--control-ca-file"):
+            parse_command(["--control-ca-file", bad], {})
