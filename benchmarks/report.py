@@ -374,8 +374,9 @@ def render(result: SuiteResult) -> str:
         "`perf record -g -p <sidecar pid>` during `make bench`. What bounds a relay: "
         "`python -m benchmarks.profile_relay` (each proxy's user and kernel CPU and its system "
         "calls per relayed message, under the path load).",
-        "- *sidecar* is the sidecar as deployed (`--relay auto`: in the request-based rules the "
-        "native relay); *sidecar-python* the same sidecar with `--relay python` (the asyncio "
+        "- *sidecar* is the sidecar as deployed (`--relay auto`: the native relay, which in the "
+        "protocol modes also pre-filters the messages); *sidecar-python* the same sidecar with "
+        "`--relay python` (the asyncio "
         "relay, what runs where the native relay cannot be built).",
         "- The client is the benchmark's own raw asyncio WebSocket client "
         "(`benchmarks/loadgen.py`, uvloop, frames built and masked once, replies only counted), "

@@ -532,7 +532,7 @@ async def run_mode(
     progress: Progress | None = None,
     haproxy_binary: str | None = None,
 ) -> ModeResult:
-    """Direct, sidecar, (path) the sidecar's Python relay, and (when given) nginx and HAProxy
+    """Direct, sidecar, the sidecar's Python relay, and (when given) nginx and HAProxy
     in one mode, one shared upstream.
 
     The proxies run side by side (fresh processes); memory is measured one proxy
@@ -542,8 +542,7 @@ async def run_mode(
     upstream = upstream_for(mode)
     await upstream.start()
     proxies: list[Proxy] = [SidecarProxy(upstream.port, mode)]
-    if mode != "phoenix":
-        proxies.append(SidecarProxy(upstream.port, mode, relay="python"))
+    proxies.append(SidecarProxy(upstream.port, mode, relay="python"))
     if nginx_binary is not None:
         proxies.append(NginxProxy(nginx_binary, upstream.port, sizes.idle_sockets))
     if haproxy_binary is not None:

@@ -205,8 +205,7 @@ class SidecarProxy(ManagedProcess):
     def description(self) -> str:
         """Name and version for the report."""
         loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-        native = self.rule != "phoenix" and self.relay != "python"
-        relay = "native relay thread" if native else "Python relay"
+        relay = "Python relay" if self.relay == "python" else "native relay thread"
         return f"wsgauge-sidecar {__version__} ({loop}, {relay}, one process, `--topic` = the mode)"
 
     def counted_sockets(self) -> int:

@@ -9,11 +9,26 @@
  * never inside one, and so that it knows whether a close frame was seen (close reason
  * "normal").
  *
+ * Under a frame protocol rule (phoenix, graphql-ws, ...) a connection also has a message
+ * reader per direction (a Reader, the same checks as wsframes.MessageReader: masking, RSV
+ * bits, opcodes, control frames, UTF-8 of text, close payloads, max_message_bytes) and a
+ * message filter: per direction and message type a small set of byte needles (substrings
+ * such as "phx_join"; the empty needle matches every message). The bytes are relayed as they
+ * arrive; a whole message (unmasked, fragments reassembled) is copied to Python only when it
+ * contains a needle: the only messages that may change the socket's topics. A malformed
+ * frame or message closes that one socket with its close code (1002, 1007, 1009), as the
+ * Python relay does. Python may narrow the filter at run time (relay.update: e.g. Phoenix's
+ * phx_reply matters only while a join awaits its reply); while messages handed to Python are
+ * not yet acknowledged the connection uses its wide filter (every needle the protocol may
+ * ever need), so no message that Python's state would want is missed in between. Filters are
+ * interned by the Relay (relay.filter) and shared by its connections.
+ *
  * Python hears from the thread only through an event queue signalled on an eventfd (one
- * wake-up per batch of events): EV_CLOSED (the socket is over; its reason) and EV_CLIENT_EOF
- * (the client half-closed; Python bounds the rest with its close timer). Python talks to the
- * thread with add / close_gracefully / end under one mutex; a connection ended by Python
- * posts no event (Python uncounts it itself).
+ * wake-up per batch of events): EV_CLOSED (the socket is over; its reason), EV_CLIENT_EOF
+ * (the client half-closed; Python bounds the rest with its close timer) and the message
+ * events EV_CLIENT_TEXT .. EV_SERVER_BINARY (a copy of a message that passed the filter).
+ * Python talks to the thread with add / close_gracefully / end / fail / update under one
+ * mutex; a connection ended by Python posts no event (Python uncounts it itself).
  *
  * Memory: an idle connection is one struct conn (no buffers); a buffer is allocated only
  * while a peer does not take what was read for it, and reading from the sending side stops
@@ -51,7 +66,14 @@ static inline int sys_epoll_wait(int epfd, struct epoll_event *events, int max, 
 #define MAX_EVENTS 256
 
 enum { CLIENT = 0, UPSTREAM = 1 };
-enum { EV_CLOSED = 1, EV_CLIENT_EOF = 2 };
+enum {
+    EV_CLOSED = 1,
+    EV_CLIENT_EOF = 2,
+    EV_CLIENT_TEXT = 3, /* EV_CLIENT_TEXT + 2 * side + (opcode == binary): a message */
+    EV_CLIENT_BINARY = 4,
+    EV_SERVER_TEXT = 5,
+    EV_SERVER_BINARY = 6,
+};
 enum { R_NORMAL = 0, R_CLIENT_GONE = 1, R_UPSTREAM_GONE = 2, R_PROTOCOL_ERROR = 3 };
 enum { PH_RELAY = 0, PH_FLUSH = 1, PH_LINGER = 2, PH_DEAD = 3 };
 
@@ -167,6 +189,279 @@ static ssize_t tracker_feed(tracker *t, const unsigned char *data, size_t n, int
     return (ssize_t)position;
 }
 
+/* ---- message filters: byte needles per direction and message type ------------------------ */
+
+/* One set of needles: a message matches when it contains one of them (the empty needle
+ * matches every message; a set without needles matches none). */
+typedef struct {
+    uint32_t count;
+    uint32_t *lengths;
+    unsigned char **needles;
+} needle_set;
+
+/* A filter: the needle sets of client text, client binary, server text, server binary (the
+ * index is 2 * side + (opcode == binary)). Interned by the Relay, never changed. */
+typedef struct {
+    needle_set set[4];
+} filter;
+
+static void filter_free(filter *f) {
+    if (f == NULL) return;
+    for (int i = 0; i < 4; i++) {
+        for (uint32_t j = 0; j < f->set[i].count; j++) free(f->set[i].needles[j]);
+        free(f->set[i].needles);
+        free(f->set[i].lengths);
+    }
+    free(f);
+}
+
+static int set_matches(const needle_set *set, const unsigned char *payload, size_t length) {
+    for (uint32_t i = 0; i < set->count; i++) {
+        uint32_t n = set->lengths[i];
+        if (n == 0) return 1;
+        if (n <= length && memmem(payload, length, set->needles[i], n) != NULL) return 1;
+    }
+    return 0;
+}
+
+/* ---- UTF-8 and close payloads, checked as Python's bytes.decode("utf-8") does ---------------- */
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        while (i + 8 <= n) { /* ASCII, 8 bytes at a time */
+            uint64_t word;
+            memcpy(&word, s + i, 8);
+            if (word & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned char low = 0x80, high = 0xBF; /* the allowed range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) need = 1;
+        else if (c == 0xE0) need = 2, low = 0xA0;                /* no overlong forms */
+        else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) need = 2;
+        else if (c == 0xED) need = 2, high = 0x9F;               /* no surrogates */
+        else if (c == 0xF0) need = 3, low = 0x90;
+        else if (c >= 0xF1 && c <= 0xF3) need = 3;
+        else if (c == 0xF4) need = 3, high = 0x8F;               /* nothing over U+10FFFF */
+        else return 0;
+        if (n - i - 1 < need) return 0;
+        if (s[i + 1] < low || s[i + 1] > high) return 0;
+        for (size_t k = 2; k <= need; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+static int valid_close_code(int code) {
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+/* ---- the message reader (one direction, under a frame protocol rule) ---------------------- */
+
+enum { CLOSE_PROTOCOL_ERROR = 1002, CLOSE_INVALID_PAYLOAD = 1007, CLOSE_TOO_BIG = 1009 };
+
+/* Keeps a message buffer of up to this size between messages (larger ones are freed). */
+#define KEEP_MESSAGE_BUFFER 4096
+
+typedef struct {
+    unsigned char hdr[14];
+    int hdr_len;
+    int in_frame;       /* a header was read; payload_left bytes of its payload are to come */
+    uint64_t payload_left;
+    int opcode, fin;
+    int masked;         /* the current frame's mask key applies */
+    unsigned char key[4];
+    uint64_t key_at;    /* payload bytes of the current frame unmasked so far */
+    int msg_opcode;     /* 1 or 2 while a data message is open, else 0 */
+    uint64_t msg_size;  /* the open message's size so far (sum of its frame lengths) */
+    unsigned char *buf; /* the open message's unmasked payload so far */
+    size_t len, cap;
+    unsigned char ctl[125]; /* the current control frame's unmasked payload */
+    size_t ctl_len;
+    int failed;         /* the close code of the first error, 0 while none */
+} reader;
+
+/* Where a reader's whole messages go: wants() says whether Python must see one; deliver()
+ * takes the payload (malloc'd, owned by the callee from then on). */
+typedef struct {
+    int (*wants)(void *ctx, int opcode, const unsigned char *payload, size_t length);
+    void (*deliver)(void *ctx, int opcode, unsigned char *payload, size_t length);
+    void *ctx;
+} sink;
+
+static void reader_free(reader *rd) {
+    free(rd->buf);
+    rd->buf = NULL;
+    rd->len = rd->cap = 0;
+}
+
+/* The checks of a frame's first two bytes (wsframes._check_first_bytes). */
+static int reader_first_bytes(const unsigned char *h, int expect_masked) {
+    int opcode = h[0] & 0x0f;
+    if (!known_opcode(opcode)) return CLOSE_PROTOCOL_ERROR;
+    if (((h[1] & 0x80) != 0) != expect_masked) return CLOSE_PROTOCOL_ERROR;
+    if (opcode >= 8 && (!(h[0] & 0x80) || (h[1] & 0x7f) > 125)) return CLOSE_PROTOCOL_ERROR;
+    return 0;
+}
+
+/* A whole header was read: the checks of wsframes._decode_header and MessageReader._start_frame. */
+static int reader_start_frame(reader *rd, uint64_t max_message) {
+    const unsigned char *h = rd->hdr;
+    int opcode = h[0] & 0x0f, at = 2;
+    uint64_t length = h[1] & 0x7f;
+    if (length == 126) {
+        length = ((uint64_t)h[2] << 8) | h[3];
+        at = 4;
+    } else if (length == 127) {
+        length = 0;
+        for (int i = 2; i < 10; i++) length = (length << 8) | h[i];
+        if (length >> 63) return CLOSE_PROTOCOL_ERROR;
+        at = 10;
+    }
+    if (h[0] & 0x70) return CLOSE_PROTOCOL_ERROR; /* RSV: no extension was negotiated */
+    if (opcode == 0) {
+        if (!rd->msg_opcode) return CLOSE_PROTOCOL_ERROR;
+    } else if (opcode == 1 || opcode == 2) {
+        if (rd->msg_opcode) return CLOSE_PROTOCOL_ERROR;
+        rd->msg_opcode = opcode;
+    } else if (opcode == 8 && length == 1) {
+        return CLOSE_PROTOCOL_ERROR;
+    }
+    if (opcode < 8) {
+        if (rd->msg_size + length > max_message) return CLOSE_TOO_BIG;
+        rd->msg_size += length;
+    }
+    rd->masked = (h[1] & 0x80) != 0;
+    if (rd->masked) memcpy(rd->key, h + at, 4);
+    rd->opcode = opcode;
+    rd->fin = (h[0] & 0x80) != 0;
+    rd->key_at = 0;
+    rd->payload_left = length;
+    rd->ctl_len = 0;
+    rd->in_frame = 1;
+    rd->hdr_len = 0;
+    return 0;
+}
+
+/* The current frame's payload is complete: check a close frame; end a data message. */
+static int reader_end_frame(reader *rd, const sink *to) {
+    rd->in_frame = 0;
+    if (rd->opcode >= 8) {
+        if (rd->opcode == 8 && rd->ctl_len >= 2) {
+            if (!valid_close_code((rd->ctl[0] << 8) | rd->ctl[1])) return CLOSE_PROTOCOL_ERROR;
+            if (!utf8_valid(rd->ctl + 2, rd->ctl_len - 2)) return CLOSE_INVALID_PAYLOAD;
+        }
+        return 0;
+    }
+    if (!rd->fin) return 0;
+    int opcode = rd->msg_opcode;
+    rd->msg_opcode = 0;
+    rd->msg_size = 0;
+    size_t length = rd->len;
+    rd->len = 0;
+    if (opcode == 1 && !utf8_valid(rd->buf, length)) return CLOSE_INVALID_PAYLOAD;
+    if (to->wants(to->ctx, opcode, rd->buf != NULL ? rd->buf : (const unsigned char *)"", length)) {
+        unsigned char *payload = rd->buf;
+        if (payload == NULL || length < rd->cap / 2) { /* hand over a right-sized copy */
+            payload = malloc(length ? length : 1);
+            if (payload != NULL && length) memcpy(payload, rd->buf, length);
+        } else {
+            rd->buf = NULL;
+            rd->cap = 0;
+        }
+        if (payload != NULL) to->deliver(to->ctx, opcode, payload, length);
+    }
+    if (rd->cap > KEEP_MESSAGE_BUFFER) reader_free(rd);
+    return 0;
+}
+
+/* Copy (unmasking) n payload bytes of the current frame to dest. */
+static void reader_unmask(reader *rd, unsigned char *dest, const unsigned char *src, size_t n) {
+    if (!rd->masked) {
+        memcpy(dest, src, n);
+        return;
+    }
+    size_t i = 0;
+    unsigned at = (unsigned)(rd->key_at & 3);
+    while (i < n && at) { /* up to a 4-byte aligned key position */
+        dest[i] = src[i] ^ rd->key[at];
+        i++;
+        at = (at + 1) & 3;
+    }
+    size_t aligned = i; /* from here on, byte aligned + k uses key[k & 3] */
+    uint32_t key32;
+    memcpy(&key32, rd->key, 4);
+    uint64_t key64 = ((uint64_t)key32 << 32) | key32;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, src + i, 8);
+        word ^= key64;
+        memcpy(dest + i, &word, 8);
+    }
+    for (; i < n; i++) dest[i] = src[i] ^ rd->key[(i - aligned) & 3];
+    rd->key_at += n;
+}
+
+/* Read data[0:n] (never altered); whole messages go to `to`. Returns 0, or the close code of
+ * the first malformed frame or message (then always that code again). */
+static int reader_feed(reader *rd, int expect_masked, uint64_t max_message,
+                       const unsigned char *data, size_t n, const sink *to) {
+    size_t position = 0;
+    if (rd->failed) return rd->failed;
+    while (position < n) {
+        int code = 0;
+        if (!rd->in_frame) {
+            rd->hdr[rd->hdr_len++] = data[position++];
+            if (rd->hdr_len == 2) code = reader_first_bytes(rd->hdr, expect_masked);
+            if (!code && rd->hdr_len >= 2 && rd->hdr_len == header_needed(rd->hdr, rd->hdr_len)) {
+                code = reader_start_frame(rd, max_message);
+                if (!code && rd->payload_left == 0) code = reader_end_frame(rd, to);
+            }
+        } else {
+            size_t take = n - position;
+            if (rd->payload_left < take) take = (size_t)rd->payload_left;
+            unsigned char *dest;
+            if (rd->opcode >= 8) {
+                dest = rd->ctl + rd->ctl_len;
+                rd->ctl_len += take;
+            } else {
+                if (rd->len + take > rd->cap) {
+                    size_t cap = rd->cap ? rd->cap : 256;
+                    while (cap < rd->len + take) cap *= 2;
+                    unsigned char *grown = realloc(rd->buf, cap);
+                    if (grown == NULL) {
+                        rd->failed = CLOSE_TOO_BIG; /* out of memory: cannot follow this message */
+                        return rd->failed;
+                    }
+                    rd->buf = grown;
+                    rd->cap = cap;
+                }
+                dest = rd->buf + rd->len;
+                rd->len += take;
+            }
+            reader_unmask(rd, dest, data + position, take);
+            position += take;
+            rd->payload_left -= take;
+            if (rd->payload_left == 0) code = reader_end_frame(rd, to);
+        }
+        if (code) {
+            rd->failed = code;
+            reader_free(rd);
+            return code;
+        }
+    }
+    return 0;
+}
+
 /* ---- connections -------------------------------------------------------------------------- */
 
 typedef struct {
@@ -179,6 +474,15 @@ typedef struct {
     struct conn *conn;
     int side;
 } endpoint;
+
+/* A connection's part under a frame protocol rule. */
+typedef struct {
+    reader rd[2];         /* rd[CLIENT]: client-to-app (masked); rd[UPSTREAM]: app-to-client */
+    const filter *wide;   /* every needle the protocol may ever need */
+    const filter *narrow; /* what Python's state needs now (relay.update) */
+    uint32_t unacked;     /* messages handed to Python and not yet acknowledged */
+    uint64_t max_message; /* max_message_bytes: over it, close 1009 */
+} proto;
 
 typedef struct conn {
     long long token;
@@ -195,6 +499,7 @@ typedef struct conn {
     size_t close_frame_len;
     int close_sent;
     int gone_first; /* -1 or an R_* reason */
+    proto *pr;      /* NULL unless a frame protocol rule reads the messages */
     double deadline;
     struct conn *tnext, *tprev;
     int timed;
@@ -205,6 +510,8 @@ typedef struct conn {
 typedef struct {
     long long token;
     int kind, reason;
+    unsigned char *payload; /* a message event's payload (malloc'd), else NULL */
+    size_t length;
 } event;
 
 typedef struct {
@@ -226,6 +533,8 @@ typedef struct {
     long long live;
     unsigned char *rbuf;
     double close_timeout, linger_seconds;
+    filter **filters; /* interned by relay.filter(); freed with the Relay */
+    int nfilters;
 } Relay;
 
 static double now(void) {
@@ -234,20 +543,28 @@ static double now(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void post(Relay *r, conn *c, int kind, int reason) {
+static void post_payload(Relay *r, conn *c, int kind, int reason, unsigned char *payload,
+                         size_t length) {
     if (r->nevents == r->capevents) {
         size_t cap = r->capevents ? r->capevents * 2 : 64;
         event *grown = realloc(r->events, cap * sizeof(event));
-        if (grown == NULL) return; /* out of memory: the event is lost (and the count with it) */
+        if (grown == NULL) { /* out of memory: the event is lost (and the count with it) */
+            free(payload);
+            return;
+        }
         r->events = grown;
         r->capevents = cap;
     }
-    r->events[r->nevents++] = (event){c->token, kind, reason};
+    r->events[r->nevents++] = (event){c->token, kind, reason, payload, length};
     if (r->nevents == 1) {
         uint64_t one = 1;
         ssize_t ignored = write(r->evfd, &one, sizeof(one));
         (void)ignored;
     }
+}
+
+static void post(Relay *r, conn *c, int kind, int reason) {
+    post_payload(r, c, kind, reason, NULL, 0);
 }
 
 static void set_timed(Relay *r, conn *c, double seconds) {
@@ -314,6 +631,12 @@ static void finish(Relay *r, conn *c, int abort) {
     unset_timed(r, c);
     free(c->close_frame);
     c->close_frame = NULL;
+    if (c->pr != NULL) {
+        reader_free(&c->pr->rd[CLIENT]);
+        reader_free(&c->pr->rd[UPSTREAM]);
+        free(c->pr);
+        c->pr = NULL;
+    }
     c->phase = PH_DEAD;
     r->slots[c->slot] = NULL;
     r->free_slots[r->nfree++] = c->slot;
@@ -410,8 +733,95 @@ static void send_close_frame(Relay *r, conn *c) {
     free(frame);
 }
 
+/* A close frame with code and reason (cut to 123 bytes); NULL when out of memory. */
+static unsigned char *make_close_frame(int code, const void *reason, size_t reason_len,
+                                       size_t *length) {
+    if (reason_len > 123) reason_len = 123;
+    unsigned char *frame = malloc(4 + reason_len);
+    if (frame == NULL) return NULL;
+    frame[0] = 0x88;
+    frame[1] = (unsigned char)(2 + reason_len);
+    frame[2] = (unsigned char)(code >> 8);
+    frame[3] = (unsigned char)code;
+    memcpy(frame + 4, reason, reason_len);
+    *length = 4 + reason_len;
+    return frame;
+}
+
+/* A malformed frame or message (found here, or by Python: then post_event is 0 since Python
+ * uncounts the socket itself): as the Python relay's protocol_error, the client gets a close
+ * frame with `code` if the app-to-client stream is between two frames (and the app did not
+ * close first), then a lingering close; the app's connection is closed. */
+static void protocol_close(Relay *r, conn *c, int code, const void *reason, size_t reason_len,
+                           int post_event) {
+    if (c->phase != PH_RELAY) return;
+    if (!c->close_sent && tracker_at_boundary(&c->tr)) {
+        free(c->close_frame); /* an error's close code replaces a drain's */
+        c->close_frame = NULL;
+        size_t length;
+        unsigned char *frame = c->tr.close_code < 0
+                                   ? make_close_frame(code, reason, reason_len, &length)
+                                   : NULL;
+        c->close_sent = 1;
+        if (frame != NULL) {
+            send_to(r, c, CLIENT, frame, length);
+            free(frame);
+        }
+        if (c->phase != PH_RELAY) return; /* the send failed: lost() posted and closed */
+    }
+    c->close_sent = 1;
+    if (post_event) post(r, c, EV_CLOSED, R_PROTOCOL_ERROR);
+    close_conn(r, c, 0, 1);
+}
+
+static const char *close_reason_text(int code) {
+    return code == CLOSE_INVALID_PAYLOAD ? "invalid payload"
+           : code == CLOSE_TOO_BIG       ? "message too big"
+                                         : "protocol error";
+}
+
+typedef struct {
+    Relay *r;
+    conn *c;
+    int side;
+} message_target;
+
+static int message_wanted(void *ctx, int opcode, const unsigned char *payload, size_t length) {
+    message_target *t = ctx;
+    proto *pr = t->c->pr;
+    const filter *f = pr->unacked ? pr->wide : pr->narrow;
+    return set_matches(&f->set[2 * t->side + (opcode == 2)], payload, length);
+}
+
+static void message_deliver(void *ctx, int opcode, unsigned char *payload, size_t length) {
+    message_target *t = ctx;
+    t->c->pr->unacked++;
+    post_payload(t->r, t->c, EV_CLIENT_TEXT + 2 * t->side + (opcode == 2), 0, payload, length);
+}
+
+/* Under a frame protocol rule: read data (from side) as messages before it is relayed.
+ * Returns 0 after a malformed frame or message (the socket is then closing; data is dropped,
+ * as the Python relay drops the chunk it could not read). */
+static int read_messages(Relay *r, conn *c, int side, const unsigned char *data, size_t n) {
+    proto *pr = c->pr;
+    if (pr == NULL) return 1;
+    message_target target = {r, c, side};
+    sink to = {message_wanted, message_deliver, &target};
+    int code = reader_feed(&pr->rd[side], side == CLIENT, pr->max_message, data, n, &to);
+    if (!code) return 1;
+    const char *reason = close_reason_text(code);
+    protocol_close(r, c, code, reason, strlen(reason), 1);
+    return 0;
+}
+
+static void from_client(Relay *r, conn *c, const unsigned char *data, size_t n) {
+    if (!read_messages(r, c, CLIENT, data, n)) return;
+    send_to(r, c, UPSTREAM, data, n);
+}
+
 static void from_upstream(Relay *r, conn *c, const unsigned char *data, size_t n) {
     if (c->close_sent) return; /* our close frame went out: nothing may follow it */
+    if (!read_messages(r, c, UPSTREAM, data, n)) return;
     if (c->close_frame != NULL) {
         ssize_t used = tracker_feed(&c->tr, data, n, 1);
         if (used < 0) {
@@ -487,7 +897,7 @@ static void readable(Relay *r, conn *c, int side) {
         update_interest(r, c);
         return;
     }
-    if (side == CLIENT) send_to(r, c, UPSTREAM, r->rbuf, (size_t)n);
+    if (side == CLIENT) from_client(r, c, r->rbuf, (size_t)n);
     else from_upstream(r, c, r->rbuf, (size_t)n);
 }
 
@@ -598,16 +1008,93 @@ static conn *lookup(Relay *r, int slot, long long token) {
     return c;
 }
 
+/* The needle set of a sequence of bytes objects; -1 with an exception set. */
+static int parse_needle_set(PyObject *items, needle_set *set) {
+    PyObject *seq = PySequence_Fast(items, "a filter's needles are a sequence of bytes");
+    if (seq == NULL) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    set->count = 0;
+    set->lengths = calloc((size_t)count + 1, sizeof(uint32_t));
+    set->needles = calloc((size_t)count + 1, sizeof(unsigned char *));
+    if (set->lengths == NULL || set->needles == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        char *bytes;
+        Py_ssize_t length;
+        if (PyBytes_AsStringAndSize(item, &bytes, &length) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        set->needles[i] = malloc((size_t)length + 1);
+        if (set->needles[i] == NULL) {
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(set->needles[i], bytes, (size_t)length);
+        set->lengths[i] = (uint32_t)length;
+        set->count++;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* A filter from (client_text, client_binary, server_text, server_binary) needle sequences. */
+static filter *parse_filter(PyObject *sets[4]) {
+    filter *f = calloc(1, sizeof(filter));
+    if (f == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (parse_needle_set(sets[i], &f->set[i]) < 0) {
+            filter_free(f);
+            return NULL;
+        }
+    }
+    return f;
+}
+
+static PyObject *Relay_filter(Relay *self, PyObject *args) {
+    PyObject *sets[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &sets[0], &sets[1], &sets[2], &sets[3])) return NULL;
+    filter *f = parse_filter(sets);
+    if (f == NULL) return NULL;
+    pthread_mutex_lock(&self->lock);
+    filter **grown = realloc(self->filters, (size_t)(self->nfilters + 1) * sizeof(filter *));
+    int id = -1;
+    if (grown != NULL) {
+        self->filters = grown;
+        id = self->nfilters++;
+        grown[id] = f;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (id < 0) {
+        filter_free(f);
+        return PyErr_NoMemory();
+    }
+    return PyLong_FromLong(id);
+}
+
+static const filter *filter_by_id(Relay *r, int id) {
+    return id >= 0 && id < r->nfilters ? r->filters[id] : NULL;
+}
+
 static PyObject *Relay_add(Relay *self, PyObject *args) {
-    int client_fd, upstream_fd;
+    int client_fd, upstream_fd, wide_id = -1, narrow_id = -1;
     long long token;
+    unsigned long long max_message = 1048576;
     Py_buffer prefix, to_client, to_upstream;
     if (!self->thread_started) {
         PyErr_SetString(PyExc_RuntimeError, "relay is not running");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "iiLy*y*y*", &client_fd, &upstream_fd, &token, &prefix,
-                          &to_client, &to_upstream))
+    if (!PyArg_ParseTuple(args, "iiLy*y*y*|iiK", &client_fd, &upstream_fd, &token, &prefix,
+                          &to_client, &to_upstream, &wide_id, &narrow_id, &max_message))
         return NULL;
     PyObject *result = NULL;
     conn *c = calloc(1, sizeof(conn));
@@ -616,6 +1103,25 @@ static PyObject *Relay_add(Relay *self, PyObject *args) {
         goto done;
     }
     pthread_mutex_lock(&self->lock);
+    if (wide_id >= 0) {
+        const filter *wide = filter_by_id(self, wide_id), *narrow = filter_by_id(self, narrow_id);
+        c->pr = calloc(1, sizeof(proto));
+        if (wide == NULL || narrow == NULL || c->pr == NULL) {
+            pthread_mutex_unlock(&self->lock);
+            free(c->pr);
+            free(c);
+            close(client_fd); /* the fds were given to the relay: it closes them */
+            close(upstream_fd);
+            if (wide == NULL || narrow == NULL)
+                PyErr_SetString(PyExc_ValueError, "unknown filter id");
+            else
+                PyErr_NoMemory();
+            goto done;
+        }
+        c->pr->wide = wide;
+        c->pr->narrow = narrow;
+        c->pr->max_message = max_message;
+    }
     if (self->nfree == 0 && grow_slots(self) < 0) {
         pthread_mutex_unlock(&self->lock);
         free(c);
@@ -649,7 +1155,7 @@ static PyObject *Relay_add(Relay *self, PyObject *args) {
     if (c->phase == PH_RELAY && to_client.len)
         from_upstream(self, c, to_client.buf, (size_t)to_client.len);
     if (c->phase == PH_RELAY && to_upstream.len)
-        send_to(self, c, UPSTREAM, to_upstream.buf, (size_t)to_upstream.len);
+        from_client(self, c, to_upstream.buf, (size_t)to_upstream.len);
     if (c->phase == PH_RELAY) update_interest(self, c);
     pthread_mutex_unlock(&self->lock);
     result = PyLong_FromLong(slot);
@@ -665,21 +1171,15 @@ static PyObject *Relay_close_gracefully(Relay *self, PyObject *args) {
     long long token;
     Py_buffer reason;
     if (!PyArg_ParseTuple(args, "iLiy*", &slot, &token, &code, &reason)) return NULL;
-    Py_ssize_t reason_len = reason.len > 123 ? 123 : reason.len;
     int started = 0;
     pthread_mutex_lock(&self->lock);
     conn *c = lookup(self, slot, token);
     if (c != NULL && c->phase == PH_RELAY && !c->close_sent && c->close_frame == NULL) {
         started = 1;
         if (c->tr.close_code < 0) {
-            size_t length = 4 + (size_t)reason_len;
-            unsigned char *frame = malloc(length);
+            size_t length;
+            unsigned char *frame = make_close_frame(code, reason.buf, (size_t)reason.len, &length);
             if (frame != NULL) {
-                frame[0] = 0x88;
-                frame[1] = (unsigned char)(2 + reason_len);
-                frame[2] = (unsigned char)(code >> 8);
-                frame[3] = (unsigned char)code;
-                memcpy(frame + 4, reason.buf, (size_t)reason_len);
                 c->close_frame = frame;
                 c->close_frame_len = length;
                 if (tracker_at_boundary(&c->tr)) send_close_frame(self, c);
@@ -702,6 +1202,40 @@ static PyObject *Relay_end(Relay *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Relay_fail(Relay *self, PyObject *args) {
+    int slot, code;
+    long long token;
+    Py_buffer reason;
+    if (!PyArg_ParseTuple(args, "iLiy*", &slot, &token, &code, &reason)) return NULL;
+    pthread_mutex_lock(&self->lock);
+    conn *c = lookup(self, slot, token);
+    if (c != NULL) protocol_close(self, c, code, reason.buf, (size_t)reason.len, 0);
+    pthread_mutex_unlock(&self->lock);
+    PyBuffer_Release(&reason);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_update(Relay *self, PyObject *args) {
+    int slot, narrow_id;
+    long long token;
+    unsigned int handled;
+    if (!PyArg_ParseTuple(args, "iLIi", &slot, &token, &handled, &narrow_id)) return NULL;
+    pthread_mutex_lock(&self->lock);
+    conn *c = lookup(self, slot, token);
+    const filter *narrow = filter_by_id(self, narrow_id);
+    if (c != NULL && c->pr != NULL) {
+        c->pr->unacked -= handled < c->pr->unacked ? handled : c->pr->unacked;
+        if (narrow != NULL) c->pr->narrow = narrow;
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static void free_events(event *taken, size_t from, size_t n) {
+    for (size_t i = from; i < n; i++) free(taken[i].payload);
+    free(taken);
+}
+
 static PyObject *Relay_events(Relay *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t count;
     ssize_t ignored_read = read(self->evfd, &count, sizeof(count));
@@ -714,14 +1248,22 @@ static PyObject *Relay_events(Relay *self, PyObject *Py_UNUSED(ignored)) {
     pthread_mutex_unlock(&self->lock);
     PyObject *list = PyList_New((Py_ssize_t)n);
     if (list == NULL) {
-        free(taken);
+        free_events(taken, 0, n);
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
-        PyObject *item = Py_BuildValue("(Lii)", taken[i].token, taken[i].kind, taken[i].reason);
+        PyObject *item;
+        if (taken[i].payload != NULL) { /* a message: (token, kind, payload) */
+            item = Py_BuildValue("(Liy#)", taken[i].token, taken[i].kind,
+                                 (const char *)taken[i].payload, (Py_ssize_t)taken[i].length);
+            free(taken[i].payload);
+            taken[i].payload = NULL;
+        } else {
+            item = Py_BuildValue("(Lii)", taken[i].token, taken[i].kind, taken[i].reason);
+        }
         if (item == NULL) {
             Py_DECREF(list);
-            free(taken);
+            free_events(taken, i, n);
             return NULL;
         }
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
@@ -771,23 +1313,37 @@ static void Relay_dealloc(Relay *self) {
     if (self->wakefd > 0) close(self->wakefd);
     free(self->slots);
     free(self->free_slots);
-    free(self->events);
+    if (self->events != NULL) free_events(self->events, 0, self->nevents);
+    for (int i = 0; i < self->nfilters; i++) filter_free(self->filters[i]);
+    free(self->filters);
     free(self->rbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Relay_methods[] = {
     {"add", (PyCFunction)Relay_add, METH_VARARGS,
-     "add(client_fd, upstream_fd, token, prefix, to_client, to_upstream) -> slot: relay a "
-     "socket pair (the fds become the relay's); prefix goes to the client untracked, "
-     "to_client through the tracker, to_upstream to the app."},
+     "add(client_fd, upstream_fd, token, prefix, to_client, to_upstream, wide=-1, narrow=-1, "
+     "max_message_bytes=1048576) -> slot: relay a socket pair (the fds become the relay's); "
+     "prefix goes to the client untracked, to_client through the tracker, to_upstream to the "
+     "app. With filter ids wide and narrow (relay.filter), both directions are read as "
+     "messages and those passing the filter are posted as message events."},
+    {"filter", (PyCFunction)Relay_filter, METH_VARARGS,
+     "filter(client_text, client_binary, server_text, server_binary) -> id: intern a message "
+     "filter (each a sequence of bytes needles; b'' matches every message)."},
+    {"update", (PyCFunction)Relay_update, METH_VARARGS,
+     "update(slot, token, handled, narrow): Python handled that many message events of the "
+     "socket; its narrow filter is now the filter id narrow (-1: unchanged)."},
+    {"fail", (PyCFunction)Relay_fail, METH_VARARGS,
+     "fail(slot, token, code, reason): Python found a message malformed: a close frame with "
+     "code at the frame boundary (if there is one now), then a lingering close (no event)."},
     {"close_gracefully", (PyCFunction)Relay_close_gracefully, METH_VARARGS,
      "close_gracefully(slot, token, code, reason) -> bool: a close frame at the next "
      "app-to-client frame boundary."},
     {"end", (PyCFunction)Relay_end, METH_VARARGS,
      "end(slot, token, abort): close both sides now (no event is posted)."},
     {"events", (PyCFunction)Relay_events, METH_NOARGS,
-     "events() -> [(token, kind, reason)]: what happened since the last call."},
+     "events() -> [(token, kind, reason_or_payload)]: what happened since the last call "
+     "(a message event carries the payload bytes)."},
     {"fileno", (PyCFunction)Relay_fileno, METH_NOARGS,
      "fileno() -> int: the eventfd that is readable while events wait."},
     {"stats", (PyCFunction)Relay_stats, METH_NOARGS,
@@ -873,21 +1429,133 @@ static PyTypeObject TrackerType = {
     .tp_getset = Tracker_getset,
 };
 
+/* ---- Reader: one direction's message reader and filter on their own, for tests ----------- */
+
+typedef struct {
+    PyObject_HEAD
+    reader rd;
+    int masked;
+    unsigned long long max_message;
+    filter *f; /* set[0]: text needles, set[1]: binary needles */
+    PyObject *out; /* the list feed() is filling */
+} Reader;
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"masked", "max_message_bytes", "text", "binary", NULL};
+    int masked;
+    unsigned long long max_message;
+    PyObject *sets[4] = {NULL, NULL, NULL, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "pKOO", kwlist, &masked, &max_message,
+                                     &sets[0], &sets[1]))
+        return -1;
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL) return -1;
+    sets[2] = sets[3] = empty;
+    filter *f = parse_filter(sets);
+    Py_DECREF(empty);
+    if (f == NULL) return -1;
+    reader_free(&self->rd);
+    filter_free(self->f);
+    memset(&self->rd, 0, sizeof(self->rd));
+    self->f = f;
+    self->masked = masked;
+    self->max_message = max_message;
+    return 0;
+}
+
+static int Reader_wants(void *ctx, int opcode, const unsigned char *payload, size_t length) {
+    Reader *self = ctx;
+    return set_matches(&self->f->set[opcode == 2], payload, length);
+}
+
+static void Reader_deliver(void *ctx, int opcode, unsigned char *payload, size_t length) {
+    Reader *self = ctx;
+    PyObject *item = Py_BuildValue("(iy#)", opcode, (const char *)payload, (Py_ssize_t)length);
+    free(payload);
+    if (item == NULL || PyList_Append(self->out, item) < 0) PyErr_Clear(); /* out of memory */
+    Py_XDECREF(item);
+}
+
+static PyObject *Reader_feed(Reader *self, PyObject *args) {
+    Py_buffer data;
+    if (self->f == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader not initialized");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    self->out = out;
+    sink to = {Reader_wants, Reader_deliver, self};
+    int code = reader_feed(&self->rd, self->masked, self->max_message, data.buf,
+                           (size_t)data.len, &to);
+    self->out = NULL;
+    PyBuffer_Release(&data);
+    if (code) {
+        Py_DECREF(out);
+        PyObject *error = Py_BuildValue("(is)", code, close_reason_text(code));
+        if (error != NULL) {
+            PyErr_SetObject(PyExc_ValueError, error);
+            Py_DECREF(error);
+        }
+        return NULL;
+    }
+    return out;
+}
+
+static void Reader_dealloc(Reader *self) {
+    reader_free(&self->rd);
+    filter_free(self->f);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"feed", (PyCFunction)Reader_feed, METH_VARARGS,
+     "feed(data) -> [(opcode, payload)]: the whole messages data completes that pass the "
+     "filter; ValueError((close_code, reason)) on a malformed frame or message."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wsgauge_sidecar._native_relay.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reader(masked, max_message_bytes, text, binary): the relay's message reader of "
+              "one direction with a filter (text and binary needles), for tests.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "wsgauge_sidecar._native_relay",
     "The sidecar's native WebSocket relay (see wsgauge_sidecar.native_relay).", -1, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__native_relay(void) {
-    if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TrackerType) < 0) return NULL;
+    if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TrackerType) < 0 ||
+        PyType_Ready(&ReaderType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&RelayType);
     Py_INCREF(&TrackerType);
+    Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "Relay", (PyObject *)&RelayType) < 0 ||
         PyModule_AddObject(m, "Tracker", (PyObject *)&TrackerType) < 0 ||
+        PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLOSED", EV_CLOSED) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLIENT_EOF", EV_CLIENT_EOF) < 0 ||
+        PyModule_AddIntConstant(m, "EV_CLIENT_TEXT", EV_CLIENT_TEXT) < 0 ||
+        PyModule_AddIntConstant(m, "EV_CLIENT_BINARY", EV_CLIENT_BINARY) < 0 ||
+        PyModule_AddIntConstant(m, "EV_SERVER_TEXT", EV_SERVER_TEXT) < 0 ||
+        PyModule_AddIntConstant(m, "EV_SERVER_BINARY", EV_SERVER_BINARY) < 0 ||
         PyModule_AddIntConstant(m, "R_NORMAL", R_NORMAL) < 0 ||
         PyModule_AddIntConstant(m, "R_CLIENT_GONE", R_CLIENT_GONE) < 0 ||
         PyModule_AddIntConstant(m, "R_UPSTREAM_GONE", R_UPSTREAM_GONE) < 0 ||

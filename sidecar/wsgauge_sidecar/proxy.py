@@ -10,8 +10,10 @@ out the events it returns. Plain HTTP is relayed byte for byte.
 
 A WebSocket upgrade is forwarded to the app and the socket is *counted when the
 app answers 101* (never before: a refused or timed-out handshake is not
-counted). From then on a :class:`WebSocketRelay` owns both connections and bytes
-are relayed as they arrive. In the request-based topic rules only the
+counted). From then on the native relay (:mod:`wsgauge_sidecar.native_relay`, when it is
+available; it pre-filters the messages of a frame protocol rule in C) or a
+:class:`WebSocketRelay` owns both connections and bytes
+are relayed as they arrive. In the Python relay, under the request-based topic rules only the
 server-to-client frame headers are followed (cheaply, by a
 :class:`FrameBoundaryTracker`), so that a drain can inject a close frame at a
 frame boundary; under a frame protocol rule (``phoenix``, ...) both directions are
@@ -125,9 +127,6 @@ class ProxyServer:
 
     def _start_native(self, loop: asyncio.AbstractEventLoop) -> None:
         choice = self.settings.relay
-        if self.settings.topic_rule.needs_frames:
-            self.relay_description = "python (the topic rule reads frames)"
-            return
         if choice == "python":
             return
         extension, why = load_extension()
@@ -384,7 +383,7 @@ class ClientConnection(asyncio.Protocol):
             topic = topic_from_request(rule, request.target, request.headers)
             native = self.proxy.native
             if native is not None:
-                self.relay = native.hand_off(self, upstream, event, topic)
+                self.relay = native.hand_off(self, upstream, event, topic, rule)
                 if self.relay is not None:
                     return
         relay = WebSocketRelay(

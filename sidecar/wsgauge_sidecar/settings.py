@@ -46,10 +46,10 @@ class ProxySettings:
     upstream_connect_timeout: float = 5.0
     """Seconds to wait for a TCP connection to the upstream before answering 502."""
     relay: str = "auto"
-    """``--relay``: who relays an upgraded WebSocket in the topic rules that need no frame
-    parsing (all but ``phoenix``): ``native`` (the C relay thread; exit 2 if it is not
-    available), ``python`` (the asyncio relay) or ``auto`` (native when available, else Python;
-    the start line and ``wsgauge_native_relay`` on ``/metrics`` say which)."""
+    """``--relay``: who relays an upgraded WebSocket (every topic rule; under a frame protocol
+    rule the native relay also filters the messages for Python): ``native`` (the C relay; exit 2
+    if it is not available), ``python`` (the asyncio relay) or ``auto`` (native when available,
+    else Python; the start line and ``wsgauge_native_relay`` on ``/metrics`` say which)."""
 
 
 @dataclass(frozen=True)

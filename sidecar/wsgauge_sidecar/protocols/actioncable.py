@@ -69,6 +69,7 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
@@ -138,6 +139,10 @@ def _decode(payload: bytes) -> dict[str, object]:
     return message
 
 
+FILTER = MessageFilter(client_text=(b"subscribe", b"\\u"), server_text=(b"_subscription", b"\\u"))
+"""The pre-filter as data."""
+
+
 class ActionCableSession:
     """Follows one Action Cable socket and reports the topics of the identifiers it holds."""
 
@@ -152,6 +157,11 @@ class ActionCableSession:
     def topics(self) -> frozenset[str]:
         """The topics the socket is in now."""
         return frozenset(self._members)
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return FILTER
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message; decoded only if it can be a subscribe or unsubscribe."""
@@ -238,5 +248,6 @@ SPEC = ProtocolSpec(
         "subscription (Turbo Streams: the stream name)"
     ),
     factory=_new_session,
+    message_filter=FILTER,
 )
 """The ``actioncable`` rule (permessage-deflate is kept from being negotiated)."""

@@ -23,6 +23,16 @@ socket's topics (a substring test such as ``b"phx_" in payload``) and returns
 a message that decoding would act on (the fuzz tests of each protocol check
 that the filtered and the fully decoding paths follow the same topics).
 
+The same filter as data, for the native relay: :class:`MessageFilter` names, per
+direction and message type, byte needles (substrings); a message that contains
+none of them is one the session's own pre-filter returns :data:`NO_EVENTS` for
+without changing its state. The spec's :attr:`ProtocolSpec.message_filter` is
+the wide filter (every needle any state of the session may need); a session's
+``message_filter`` property is the filter of its state now (a subset of the wide
+one: e.g. Phoenix's ``phx_reply`` only while a join awaits its reply). The
+native relay hands the session only the messages that pass it; it may hand more
+(the session filters again), never fewer.
+
 Errors: the only exception a session raises is
 :class:`wsgauge_sidecar.exceptions.ProtocolError` (or a subclass); its
 ``close_code`` ends that one socket (1007 for a malformed message of the
@@ -69,6 +79,42 @@ ProtocolEvent = Joined | Left
 
 NO_EVENTS: Sequence[ProtocolEvent] = ()
 """The answer for a message that changes nothing (shared, never mutated)."""
+
+
+EVERY: tuple[bytes, ...] = (b"",)
+"""Needles that match every message (the empty needle is in every payload)."""
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Which messages may change a socket's topics: per direction and message type, the byte
+    needles one of which such a message contains (:data:`EVERY`: all messages; none: no
+    message of that kind). Hashable: the native relay interns each filter once."""
+
+    client_text: tuple[bytes, ...] = ()
+    """Needles of client-to-server text messages."""
+    client_binary: tuple[bytes, ...] = ()
+    """Needles of client-to-server binary messages."""
+    server_text: tuple[bytes, ...] = ()
+    """Needles of server-to-client text messages."""
+    server_binary: tuple[bytes, ...] = ()
+    """Needles of server-to-client binary messages."""
+
+    def needles(self, *, from_client: bool, binary: bool) -> tuple[bytes, ...]:
+        """The needles of one direction and message type."""
+        if from_client:
+            return self.client_binary if binary else self.client_text
+        return self.server_binary if binary else self.server_text
+
+    def wants(self, payload: bytes, *, from_client: bool, binary: bool) -> bool:
+        """Whether a message passes (the pure-Python reference of the native filter)."""
+        return any(
+            needle in payload for needle in self.needles(from_client=from_client, binary=binary)
+        )
+
+
+EVERY_MESSAGE = MessageFilter(EVERY, EVERY, EVERY, EVERY)
+"""The filter that passes every data message (a session that reads them all)."""
 
 
 class SubscriptionTable:
@@ -129,6 +175,12 @@ class ProtocolSession(Protocol):
         """The topics the socket is in now."""
         ...
 
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The messages that may change the topics in the session's state now (see the
+        module docstring); within its spec's :attr:`ProtocolSpec.message_filter`."""
+        ...
+
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client-to-server text message (valid UTF-8)."""
         ...
@@ -168,6 +220,9 @@ class ProtocolSpec:
     """One line for ``--help`` (what counts as being in a topic)."""
     factory: SessionFactory
     """Creates the session of one socket."""
+    message_filter: MessageFilter = EVERY_MESSAGE
+    """The wide filter: every message any session state may need (the native relay hands the
+    session every message passing it while the session's narrower filter is not yet known)."""
     strip_extensions: bool = True
     """Remove ``Sec-WebSocket-Extensions`` from upgrades, so that permessage-deflate is never
     negotiated and every message reaches the session uncompressed."""

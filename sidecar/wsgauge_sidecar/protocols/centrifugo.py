@@ -58,6 +58,7 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
@@ -100,6 +101,16 @@ def _command_id(value: object) -> int | None:
     return None
 
 
+_CLIENT_NEEDLES = (b"subscribe", b"\\u")
+_SERVER_NEEDLES = (b"subscribe", b'"subs"', b"\\u")
+FILTER = MessageFilter(client_text=_CLIENT_NEEDLES, server_text=_SERVER_NEEDLES)
+"""The pre-filter as data while no subscribe awaits its reply."""
+FILTER_PENDING = MessageFilter(
+    client_text=_CLIENT_NEEDLES, server_text=(*_SERVER_NEEDLES, b'"error"')
+)
+"""The pre-filter as data while a subscribe awaits its reply (the spec's wide filter)."""
+
+
 class CentrifugoSession:
     """Follows one Centrifugo JSON socket and reports the channels it is subscribed to."""
 
@@ -115,6 +126,11 @@ class CentrifugoSession:
     def topics(self) -> frozenset[str]:
         """The channels the socket is subscribed to now."""
         return frozenset(self._channels)
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return FILTER_PENDING if self._pending else FILTER
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message (commands); decoded only if it can (un)subscribe."""
@@ -218,5 +234,6 @@ SPEC = ProtocolSpec(
     name="centrifugo",
     summary="Centrifugo JSON protocol: subscribed channels (client- and server-side)",
     factory=_new_session,
+    message_filter=FILTER_PENDING,
 )
 """The ``centrifugo`` rule (permessage-deflate is kept from being negotiated)."""

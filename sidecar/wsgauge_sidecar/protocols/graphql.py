@@ -50,6 +50,7 @@ from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
@@ -77,6 +78,14 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+
+
+_CLIENT_NEEDLES = (b"subscribe", b"start", b"complete", b"stop", b"\\u")
+_SERVER_NEEDLES = (b"complete", b"error", b"\\u")
+FILTER = MessageFilter(client_text=_CLIENT_NEEDLES)
+"""The pre-filter as data while no subscription runs (server messages cannot matter)."""
+FILTER_RUNNING = MessageFilter(client_text=_CLIENT_NEEDLES, server_text=_SERVER_NEEDLES)
+"""The pre-filter as data while a subscription runs (the spec's wide filter)."""
 
 
 class GraphQLDocumentError(ValueError):
@@ -236,6 +245,11 @@ class GraphQLSession:
         """The topics the socket is subscribed to now."""
         return self._operations.topics
 
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return FILTER_RUNNING if self._operations else FILTER
+
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if _CLIENT_WORDS.search(payload) is None:
             return NO_EVENTS
@@ -321,5 +335,6 @@ SPEC = ProtocolSpec(
     summary="GraphQL over WebSocket (graphql-transport-ws and legacy graphql-ws):\n"
     "running subscription operations, by operation name else first root field",
     factory=_new_session,
+    message_filter=FILTER_RUNNING,
 )
 """The ``graphql-ws`` rule."""

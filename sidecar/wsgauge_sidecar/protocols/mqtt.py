@@ -50,8 +50,10 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
+    EVERY_MESSAGE,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
@@ -228,6 +230,11 @@ class MqttSession:
     def topics(self) -> frozenset[str]:
         """The topics (filters) the socket is subscribed to now."""
         return self._filters.topics
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return EVERY_MESSAGE
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         raise ProtocolError("MQTT over WebSocket allows only binary messages", close_code=1003)

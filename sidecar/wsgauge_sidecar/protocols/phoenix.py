@@ -91,8 +91,10 @@ from urllib.parse import parse_qsl
 from wsgauge_sidecar.exceptions import PhoenixLimitError, PhoenixProtocolError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
 from wsgauge_sidecar.protocols.base import (
+    EVERY,
     Joined,
     Left,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
@@ -133,6 +135,19 @@ class PhoenixMessage:
     topic: str
     event: str
     payload: object
+
+
+_CLIENT_NEEDLES = (b"phx_", b"\\")
+_SERVER_NEEDLES = (b"phx_close", b"phx_error", b"\\")
+_REPLY_NEEDLES = (*_SERVER_NEEDLES, b"phx_reply")
+FILTER = MessageFilter(_CLIENT_NEEDLES, EVERY, _SERVER_NEEDLES, EVERY)
+"""The pre-filter as data (V2 or not yet known, no join pending): binary messages always."""
+FILTER_JOINING = MessageFilter(_CLIENT_NEEDLES, EVERY, _REPLY_NEEDLES, EVERY)
+"""As :data:`FILTER` while a join awaits its reply (the spec's wide filter)."""
+FILTER_V1 = MessageFilter(_CLIENT_NEEDLES, (), _SERVER_NEEDLES, ())
+"""A V1 socket: binary messages never matter."""
+FILTER_V1_JOINING = MessageFilter(_CLIENT_NEEDLES, (), _REPLY_NEEDLES, ())
+"""A V1 socket while a join awaits its reply."""
 
 
 def serializer_from_query(target: str) -> Serializer | None:
@@ -273,6 +288,13 @@ class PhoenixSession:
     def topics(self) -> frozenset[str]:
         """The topics the socket is in now."""
         return frozenset(self._joined)
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filters of :meth:`client_text` ... :meth:`server_binary` as needles."""
+        if self.serializer == "v1":
+            return FILTER_V1_JOINING if self._pending else FILTER_V1
+        return FILTER_JOINING if self._pending else FILTER
 
     # -------------------------------------------------------------- text
 
@@ -470,5 +492,6 @@ SPEC = ProtocolSpec(
     name="phoenix",
     summary="Phoenix channels (JSON v1/v2): topics joined with phx_join",
     factory=_new_session,
+    message_filter=FILTER_JOINING,
 )
 """The ``phoenix`` rule."""

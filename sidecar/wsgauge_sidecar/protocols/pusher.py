@@ -48,6 +48,7 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
@@ -55,6 +56,12 @@ from wsgauge_sidecar.protocols.base import (
 
 SUBSCRIBED = "pusher_internal:subscription_succeeded"
 UNSUBSCRIBE = "pusher:unsubscribe"
+
+
+FILTER = MessageFilter(
+    client_text=(b"pusher:unsubscribe", b"\\u"), server_text=(b"subscription_succeeded", b"\\u")
+)
+"""The pre-filter as data."""
 
 
 class PusherSession:
@@ -69,6 +76,11 @@ class PusherSession:
     def topics(self) -> frozenset[str]:
         """The channels the socket is subscribed to now."""
         return frozenset(self._channels)
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return FILTER
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if b"pusher:unsubscribe" in payload or b"\\u" in payload:
@@ -139,5 +151,6 @@ SPEC = ProtocolSpec(
     summary="Pusher channels (Pusher, Soketi, Reverb): channels from\n"
     "pusher_internal:subscription_succeeded until pusher:unsubscribe",
     factory=_new_session,
+    message_filter=FILTER,
 )
 """The ``pusher`` rule."""

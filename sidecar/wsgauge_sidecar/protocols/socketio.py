@@ -57,10 +57,12 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
+    EVERY,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
     Joined,
     Left,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
@@ -103,6 +105,10 @@ def parse_namespace_packet(payload: bytes) -> tuple[int, str, object]:
     return payload[1], namespace, data
 
 
+FILTER = MessageFilter(client_text=EVERY, server_text=EVERY)
+"""Every text message is read (each is checked as an Engine.IO packet); binary ones never."""
+
+
 class SocketIoSession:
     """Follows one Engine.IO/Socket.IO WebSocket and reports the namespaces it is in."""
 
@@ -115,6 +121,11 @@ class SocketIoSession:
     def topics(self) -> frozenset[str]:
         """The namespaces the socket is connected to now."""
         return frozenset(self._namespaces)
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return FILTER
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         """A client text message (one Engine.IO packet); returns the events it causes."""
@@ -189,5 +200,6 @@ SPEC = ProtocolSpec(
     name="socketio",
     summary="Socket.IO v4 namespaces the app accepted (40/ns); rooms are not on the wire",
     factory=_new_session,
+    message_filter=FILTER,
 )
 """The ``socketio`` rule (permessage-deflate is kept from being negotiated)."""

@@ -55,8 +55,10 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
 from wsgauge_sidecar.protocols.base import (
+    EVERY_MESSAGE,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
+    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
@@ -191,6 +193,11 @@ class StompSession:
     def topics(self) -> frozenset[str]:
         """The destinations the socket is subscribed to now."""
         return self._subscriptions.topics
+
+    @property
+    def message_filter(self) -> MessageFilter:
+        """The pre-filter of the session's state now, as needles (see protocols.base)."""
+        return EVERY_MESSAGE
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if self.sockjs is None:

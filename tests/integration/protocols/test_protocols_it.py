@@ -40,6 +40,9 @@ class Case:
     malformed: bytes = b""
     malformed_opcode: int = 0x1
     close_code: int = 1007
+    app_close_code: int | None = None
+    """The app's own close code for the malformed message: the native relay passes a message on
+    before Python reads it, so the app's close may reach the client first (graphql-ws: 4400)."""
 
 
 CASES = [
@@ -47,7 +50,7 @@ CASES = [
         "graphql", "graphql-ws", "/graphql",
         a=("OnTick", None), b=("greetings", "subscription { greetings }"),
         refused=("nope", "subscription { nope }"), subprotocol="graphql-transport-ws",
-        malformed=b'{"type":"subscribe","id":1,"payload":{}}',
+        malformed=b'{"type":"subscribe","id":1,"payload":{}}', app_close_code=4400,
     ),
     Case(
         "mqtt", "mqtt", "/mqtt", a=("chat/a", None), b=("chat/+", None),
@@ -178,7 +181,7 @@ async def test_a_malformed_message_closes_that_socket_only(
         opcode, payload = await bad.read_frame()
         if opcode == 0x8:
             break
-    assert int.from_bytes(payload[:2], "big") == case.close_code
+    assert int.from_bytes(payload[:2], "big") in (case.close_code, case.app_close_code)
     await bad.close_tcp()
     assert await settles(sidecar, clients) == before
     assert sidecar.metric("wsgauge_connections_closed_total", 'reason="protocol_error"') == 1

@@ -59,6 +59,10 @@ class Case:
     raw_headers: tuple[tuple[str, str], ...]
     malformed: str
     """A client message the rule must read and cannot parse."""
+    app_close_code: int | None = None
+    """The server library's own close code for ``malformed`` (0: a close frame without one):
+    the native relay passes a message on before Python reads it, so the server's own close may
+    reach the client first (socket.io closes on a packet it cannot decode)."""
     server_leave: bool = True
     """The test server can end a subscription on its own initiative."""
     http_scheme: bool = False
@@ -87,6 +91,7 @@ CASES = {
         raw_path="/socket.io/?EIO=4&transport=websocket",
         raw_headers=(),
         malformed="40/chat,{not json",
+        app_close_code=0,
     ),
     "socketio-demo": Case(
         rule="socketio",
@@ -254,7 +259,7 @@ async def test_a_malformed_message_closes_only_that_socket(
         opcode, payload = await raw.read_frame(timeout=15)
         if opcode == 0x8:
             break
-    assert int.from_bytes(payload[:2], "big") == 1007
+    assert int.from_bytes(payload[:2], "big") in (1007, case.app_close_code)
     await raw.close_tcp()
     after = await counts_match(sidecar, driver, case)
     assert after["topics"] == before["topics"]

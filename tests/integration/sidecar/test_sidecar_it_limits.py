@@ -16,6 +16,9 @@ import websockets
 from sidecar_it_harness import SidecarFactory
 from websockets.exceptions import InvalidStatus
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 TOPIC_RULE = ("--topic", "path:^/ws/([^/]+)")
 
 

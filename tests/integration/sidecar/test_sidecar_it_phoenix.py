@@ -11,6 +11,9 @@ import pytest
 import websockets
 from sidecar_it_harness import RawWebSocket, SidecarFactory, SidecarProcess, mask_frame
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 
 class PhoenixClient:
     """A tiny Phoenix channels client (v1 objects or v2 arrays) over ``websockets``."""

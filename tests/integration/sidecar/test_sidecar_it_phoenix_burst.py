@@ -17,6 +17,9 @@ import time
 import websockets
 from sidecar_it_harness import RawWebSocket, SidecarFactory, SidecarProcess, mask_frame
 
+RELAY_PATHS = True
+"""Tests that start sidecars run on both relay paths (``--relay python`` and ``native``)."""
+
 SOCKETS = 20
 PAIRS_PER_SOCKET = 400
 BURST_TOPICS = 50

@@ -44,14 +44,28 @@ def test_without_the_extension_auto_relays_in_python_and_says_why(
     assert _native_metric(server) == "wsgauge_native_relay 0.0"
 
 
-def test_python_and_frame_rules_never_start_the_native_relay() -> None:
+def test_python_never_starts_the_native_relay() -> None:
     loop = asyncio.new_event_loop()
-    frame_rules = [_proxy("native", rule) for rule in ("phoenix", "socketio", "auto")]
-    for server in (_proxy("python"), *frame_rules):
+    for rule in ("path", "phoenix", "auto"):
+        server = _proxy("python", rule)
         server._start_native(loop)
         assert server.native is None
-        assert server.relay_description.startswith("python (")
+        assert server.relay_description == "python (--relay python)"
         assert _native_metric(server) == "wsgauge_native_relay 0.0"
+    loop.close()
+
+
+@pytest.mark.skipif(load_extension()[0] is None, reason="the native relay is not built here")
+def test_frame_protocol_rules_start_the_native_relay() -> None:
+    loop = asyncio.new_event_loop()
+    for rule in ("phoenix", "socketio", "mqtt", "auto"):
+        server = _proxy("auto", rule)
+        server._start_native(loop)
+        try:
+            assert server.native is not None
+            assert server.relay_description == "native"
+        finally:
+            server.release()
     loop.close()
 
 

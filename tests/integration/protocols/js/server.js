@@ -118,6 +118,10 @@ function stompServer() {
         if (command === "CONNECT" || command === "STOMP") {
           ws.send(stompFrame("CONNECTED", { version: "1.2", "heart-beat": "0,0" }));
         } else if (command === "SUBSCRIBE") {
+          if (headers.destination === undefined) {
+            // malformed (the native relay passes it on before the sidecar closes the socket)
+            continue;
+          }
           if (headers.destination.startsWith("/forbidden")) {
             ws.send(stompFrame("ERROR", { message: "forbidden destination" }, "refused"));
             ws.close();
@@ -158,8 +162,13 @@ function pusherServer() {
       data: JSON.stringify({ socket_id: `${socketId}.1`, activity_timeout: 120 }),
     });
     ws.on("message", (raw) => {
-      const message = JSON.parse(raw.toString());
-      const data = typeof message.data === "string" ? JSON.parse(message.data) : message.data;
+      let message, data;
+      try {
+        message = JSON.parse(raw.toString());
+        data = typeof message.data === "string" ? JSON.parse(message.data) : message.data;
+      } catch {
+        return; // malformed (the native relay passes it on before the sidecar closes the socket)
+      }
       if (message.event === "pusher:subscribe") {
         const channel = data.channel;
         if (channel.startsWith("private-") && (data.auth || "").endsWith("bad")) {
