@@ -51,9 +51,27 @@ HEAD_END = b"\r\n\r\n"
 """End of an HTTP head."""
 
 PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
-MODES = ("path", "phoenix", "graphql-ws", "mqtt", "stomp", "pusher")
+MODES = (
+    "path",
+    "phoenix",
+    "graphql-ws",
+    "mqtt",
+    "stomp",
+    "pusher",
+    "socketio",
+    "actioncable",
+    "centrifugo",
+)
 """The topic rules a worker can load: ``path`` and the frame protocols."""
-ECHO_PROTOCOL_MODES = ("graphql-ws", "mqtt", "stomp", "pusher")
+ECHO_PROTOCOL_MODES = (
+    "graphql-ws",
+    "mqtt",
+    "stomp",
+    "pusher",
+    "socketio",
+    "actioncable",
+    "centrifugo",
+)
 """Frame protocols measured against the echo server: the sidecar reads the protocol's data
 messages both ways (sent by the client, echoed as the server's)."""
 TOPICS = 10
@@ -129,7 +147,10 @@ class Workload:
         Phoenix: its ``phx_join``. Against the echo server the message is chosen so that
         its echo completes the subscription (the socket is counted in a topic): MQTT
         CONNECT + SUBSCRIBE + the SUBACK, a Pusher ``subscription_succeeded``, a GraphQL
-        ``subscribe``, a STOMP ``SUBSCRIBE``.
+        ``subscribe``, a STOMP ``SUBSCRIBE``, a Socket.IO namespace connect (``40/room0,``, whose
+        echo is the server's acceptance), an Action Cable ``subscribe`` command that carries
+        ``"type": "confirm_subscription"`` (its echo confirms it), a Centrifugo ``subscribe``
+        command (its echo is the reply with the same id).
         """
         room = f"room{index % TOPICS}"
         if self.mode == "phoenix":
@@ -149,7 +170,20 @@ class Workload:
         if self.mode == "pusher":
             event = "pusher_internal:subscription_succeeded"
             return json.dumps({"event": event, "channel": room, "data": "{}"}).encode()
+        if self.mode == "socketio":
+            return f"40/{room},".encode()
+        if self.mode == "actioncable":
+            return json.dumps(
+                {"command": "subscribe", "identifier": self._cable_identifier(index),
+                 "type": "confirm_subscription"}
+            ).encode()  # fmt: skip
+        if self.mode == "centrifugo":
+            return json.dumps({"id": 1, "subscribe": {"channel": room}}).encode()
         return None
+
+    @staticmethod
+    def _cable_identifier(index: int) -> str:
+        return json.dumps({"channel": f"room{index % TOPICS}"})
 
     def message(self, index: int) -> bytes:
         """The message socket ``index`` sends in every round trip (a data message)."""
@@ -169,6 +203,15 @@ class Workload:
             return json.dumps(
                 {"event": "client-msg", "channel": room, "data": {"body": body}}
             ).encode()
+        if self.mode == "socketio":
+            return f"42/{room},".encode() + json.dumps(["msg", {"body": body}]).encode()
+        if self.mode == "actioncable":
+            data = json.dumps({"action": "speak", "body": body})
+            return json.dumps(
+                {"command": "message", "identifier": self._cable_identifier(index), "data": data}
+            ).encode()
+        if self.mode == "centrifugo":
+            return json.dumps({"push": {"channel": room, "pub": {"data": {"body": body}}}}).encode()
         return body.encode()
 
 

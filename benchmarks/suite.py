@@ -522,6 +522,9 @@ UPSTREAM_DESCRIPTIONS = {
     "mqtt": f"{_ECHO}: MQTT 3.1.1 PUBLISH packets (binary) both ways, 1 granted filter",
     "stomp": f"{_ECHO}: STOMP SEND frames with content-length both ways, 1 subscription",
     "pusher": f"{_ECHO}: Pusher client events both ways, 1 subscribed channel",
+    "socketio": f"{_ECHO}: Socket.IO v4 events in a namespace both ways, 1 namespace",
+    "actioncable": f"{_ECHO}: Action Cable `message` commands both ways, 1 subscription",
+    "centrifugo": f"{_ECHO}: Centrifugo publication pushes both ways, 1 subscription",
 }
 
 
