@@ -138,7 +138,7 @@ async def assert_drained_in_batches(
     return closes
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, func_only=True)  # the node wait, cluster start and install come before
 async def test_evicted_pods_drain_like_scale_down(
     kube: KubeCluster, release: ChartInstall, namespace: str
 ) -> None:

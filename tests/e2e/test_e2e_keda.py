@@ -175,7 +175,7 @@ async def scaled_object_ready(kube: KubeCluster, namespace: str) -> Any:
 
 @pytest.mark.keda
 @pytest.mark.devcluster_only("KEDA's image is loaded straight into the real node's containerd")
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1500, func_only=True)  # the node wait, cluster start and install come before
 async def test_keda_scales_chat_on_the_operator_endpoint(
     kube: KubeCluster,
     wsgauge_without_metrics_api: ChartInstall,

@@ -111,7 +111,7 @@ async def expect(
     return state
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, func_only=True)  # the node wait, cluster start and install come before
 async def test_the_live_page_and_kubectl_wsgauge_follow_real_clients(
     kube: KubeCluster, release: ChartInstall, namespace: str
 ) -> None:

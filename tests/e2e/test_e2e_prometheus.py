@@ -187,7 +187,7 @@ async def _documented_present(
     return None
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, func_only=True)  # the node wait, cluster start and install come before
 async def test_prometheus_scrapes_what_the_monitors_describe(
     kube: KubeCluster,
     release: ChartInstall,

@@ -52,7 +52,7 @@ async def replicas(kube: KubeCluster, namespace: str) -> int:
     return int((await get_json(kube, "deployment", "chat", "-n", namespace))["spec"]["replicas"])
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, func_only=True)  # the node wait, cluster start and install come before
 async def test_chat_scales_steers_and_drains_on_the_real_node(
     kube: KubeCluster, release: ChartInstall, namespace: str
 ) -> None:

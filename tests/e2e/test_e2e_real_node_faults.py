@@ -73,7 +73,7 @@ def container_ids(pods: dict[str, dict[str, object]]) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, func_only=True)  # the node wait, cluster start and install come before
 @pytest.mark.devcluster_only("restarts the real node's kubelet, a process of the devcluster")
 async def test_kubelet_restart_leaves_pods_and_counts_alone(
     kube: KubeCluster, namespace: str, chat: tuple[aiohttp.ClientSession, list[ServiceClient]]
@@ -104,7 +104,7 @@ async def test_kubelet_restart_leaves_pods_and_counts_alone(
     await assert_counts_agree(kube, namespace, session, clients)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, func_only=True)  # the node wait, cluster start and install come before
 async def test_operator_pod_deleted_new_leader_serves_the_same_counts(
     kube: KubeCluster,
     release: ChartInstall,
@@ -140,7 +140,7 @@ async def _lease_holder(kube: KubeCluster, namespace: str) -> str | None:
     return holders[0] if holders else None
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, func_only=True)  # the node wait, cluster start and install come before
 async def test_eviction_drains_gently_and_respects_the_budget(
     kube: KubeCluster, namespace: str, chat: tuple[aiohttp.ClientSession, list[ServiceClient]]
 ) -> None:

@@ -40,7 +40,7 @@ async def sidecar_documents(
     return documents
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600, func_only=True)  # the node wait, cluster start and install come before
 async def test_socketio_example_counts_namespaces_on_the_real_node(
     kube: KubeCluster, release: ChartInstall, namespace: str
 ) -> None:
