@@ -77,18 +77,19 @@ async def test_harness_runs_path_and_phoenix_against_the_sidecar(tmp_path: Path)
     assert isinstance(result, SuiteResult)
     assert [mode.mode for mode in result.modes] == ["path", "phoenix"]
     path, phoenix = result.modes
-    # path: the sidecar as deployed (native relay) and with --relay python
-    assert [target.name for target in path.targets] == ["direct", "sidecar", "sidecar-python"]
-    assert [target.name for target in phoenix.targets] == ["direct", "sidecar"]
+    # every mode: the sidecar as deployed (native relay) and with --relay python
+    for mode in (path, phoenix):
+        names = [target.name for target in mode.targets]
+        assert names == ["direct", "sidecar", "sidecar-python"], (mode.mode, names)
     for mode in result.modes:
         direct, *proxies = mode.targets
         _check_target(direct, proxied=False)
         for proxy in proxies:
             _check_target(proxy, proxied=True)
             assert "wsgauge-sidecar" in proxy.description
-    assert "native relay" in path.targets[1].description
-    assert "Python relay" in path.targets[2].description
-    assert "Python relay" in phoenix.targets[1].description
+    for mode in (path, phoenix):
+        assert "native relay" in mode.targets[1].description
+        assert "Python relay" in mode.targets[2].description
     assert result.seconds > 0
     assert result.machine.cores >= 1
     assert len(result.core_costs) >= 6
@@ -105,6 +106,7 @@ async def test_harness_runs_path_and_phoenix_against_the_sidecar(tmp_path: Path)
     assert "| path | sidecar-python |" in body
     assert "xychart-beta" in body  # the bar charts
     assert "| phoenix | sidecar |" in body
+    assert "| phoenix | sidecar-python |" in body
     assert to_json(result)["modes"][0]["targets"][1]["bytes_per_idle_socket"] is not None
 
     document = tmp_path / "benchmarks.md"
