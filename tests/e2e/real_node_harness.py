@@ -107,6 +107,16 @@ async def kube_proxy_destinations(
     return found
 
 
+async def routed_to_ready_pods(kube: KubeCluster, namespace: str) -> bool:
+    """Whether every kube-proxy sends new connections of the chat Service to exactly its Ready
+    pods: kube-proxy programs an EndpointSlice change a moment after it is written, so a pod
+    that just turned Ready may not take sockets yet (and one that left may still get some)."""
+    pods = await chat_pods(kube, namespace)
+    ready = {p["status"]["podIP"] for p in pods.values() if condition(p, "Ready") == "True"}
+    programmed = await kube_proxy_destinations(kube, namespace, "chat")
+    return all(destinations == ready for destinations in programmed.values())
+
+
 async def _host_nat_table() -> str:
     process = await asyncio.create_subprocess_exec(
         "iptables-save", "-t", "nat",

@@ -35,6 +35,7 @@ from real_node_harness import (
     chat_pods,
     held,
     ready_pods,
+    routed_to_ready_pods,
     service_reaches,
     service_url,
 )
@@ -166,6 +167,12 @@ async def test_evicted_pods_drain_like_scale_down(
         await assert_drained_in_batches(clients, victim, earlier)
         await eventually(lambda: pod_gone(kube, namespace, victim), 120, f"{victim} deleted")
         await eventually(lambda: ready_pods(kube, namespace, 2), 180, "a replacement Ready")
+        # the next drain's clients can only go to the replacement: wait until kube-proxy has it
+        await eventually(
+            lambda: routed_to_ready_pods(kube, namespace),
+            60,
+            "kube-proxy routes to the replacement",
+        )
         after_eviction = await assert_counts_agree(kube, namespace, session, clients)
         assert sum(after_eviction.values()) == CLIENTS
 

@@ -34,8 +34,8 @@ from real_node_harness import (
     condition,
     endpoint_readiness,
     held,
-    kube_proxy_destinations,
     ready_pods,
+    routed_to_ready_pods,
     service_reaches,
     service_url,
 )
@@ -113,15 +113,13 @@ async def test_chat_scales_steers_and_drains_on_the_real_node(
             lambda: _ready_count(kube, namespace, 6 - len(full)), 120, "the new pods Ready"
         )
 
-        async def routed_to_ready_pods_only() -> bool:
-            pods = await chat_pods(kube, namespace)
-            ready = {p["status"]["podIP"] for p in pods.values() if condition(p, "Ready") == "True"}
-            programmed = await kube_proxy_destinations(kube, namespace, "chat")
-            return all(destinations == ready for destinations in programmed.values())
-
         # kube-proxy programs the EndpointSlice change a moment after it is written (on every
         # node of the cluster).
-        await eventually(routed_to_ready_pods_only, 60, "kube-proxy routes to the Ready pods only")
+        await eventually(
+            lambda: routed_to_ready_pods(kube, namespace),
+            60,
+            "kube-proxy routes to the Ready pods only",
+        )
         # New sockets go only to Ready pods.
         extra = [ServiceClient(session, url) for _ in range(10)]
         for client in extra:
