@@ -51,18 +51,6 @@ HEAD_END = b"\r\n\r\n"
 """End of an HTTP head."""
 
 PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
-MODES = (
-    "path",
-    "phoenix",
-    "graphql-ws",
-    "mqtt",
-    "stomp",
-    "pusher",
-    "socketio",
-    "actioncable",
-    "centrifugo",
-)
-"""The topic rules a worker can load: ``path`` and the frame protocols."""
 ECHO_PROTOCOL_MODES = (
     "graphql-ws",
     "mqtt",
@@ -74,6 +62,8 @@ ECHO_PROTOCOL_MODES = (
 )
 """Frame protocols measured against the echo server: the sidecar reads the protocol's data
 messages both ways (sent by the client, echoed as the server's)."""
+MODES = ("path", "phoenix", *ECHO_PROTOCOL_MODES)
+"""The topic rules a worker can load: ``path`` and the frame protocols."""
 TOPICS = 10
 """Sockets are spread over this many topics (``/ws/room0`` ... or ``room:0`` ...)."""
 
