@@ -110,13 +110,18 @@ class Pair:
         )  # fmt: skip
 
     def read_client(self, size: int) -> bytes:
-        received = b""
-        while len(received) < size:
-            chunk = self.client.recv(size - len(received))
-            if not chunk:
-                break
-            received += chunk
-        return received
+        return read_up_to(self.client, size)
+
+
+def read_up_to(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a blocking socket, fewer if it closes first."""
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
 
 
 def wait_events(relay: Any, until: Callable[[list[tuple[int, int, int]]], bool]) -> list[Any]:
@@ -388,13 +393,7 @@ class FilteredPair(Pair):
         )  # fmt: skip
 
     def read_app(self, size: int) -> bytes:
-        received = b""
-        while len(received) < size:
-            chunk = self.app.recv(size - len(received))
-            if not chunk:
-                break
-            received += chunk
-        return received
+        return read_up_to(self.app, size)
 
 
 def messages(relay: Any, count: int) -> list[tuple[int, int, Any]]:
