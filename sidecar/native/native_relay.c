@@ -12,10 +12,13 @@
  * Under a frame protocol rule (phoenix, graphql-ws, ...) a connection also has a message
  * reader per direction (a Reader, the same checks as wsframes.MessageReader: masking, RSV
  * bits, opcodes, control frames, UTF-8 of text, close payloads, max_message_bytes) and a
- * message filter: per direction and message type a small set of byte needles (substrings
- * such as "phx_join"; the empty needle matches every message). The bytes are relayed as they
- * arrive; a whole message (unmasked, fragments reassembled) is copied to Python only when it
- * contains a needle: the only messages that may change the socket's topics. A malformed
+ * message filter: per direction and message type a test, either a small set of byte needles
+ * (substrings such as "phx_join"; the empty needle matches every message) or one of three
+ * scans (every message but those with a skip prefix, Socket.IO; every message but whole MQTT
+ * packets or STOMP frames of types the session ignores; protocols/prefilter.py holds the
+ * Python reference of each). The bytes are relayed as they arrive; a whole message
+ * (unmasked, fragments reassembled) is copied to Python only when it passes the test: the
+ * only messages that may change the socket's topics. A malformed
  * frame or message closes that one socket with its close code (1002, 1007, 1009), as the
  * Python relay does. Python may narrow the filter at run time (relay.update: e.g. Phoenix's
  * phx_reply matters only while a join awaits its reply); while messages handed to Python are
@@ -189,17 +192,28 @@ static ssize_t tracker_feed(tracker *t, const unsigned char *data, size_t n, int
     return (ssize_t)position;
 }
 
-/* ---- message filters: byte needles per direction and message type ------------------------ */
+/* ---- message filters: a test per direction and message type ----------------------------- */
 
-/* One set of needles: a message matches when it contains one of them (the empty needle
- * matches every message; a set without needles matches none). */
+/* The kinds of test (protocols/prefilter.py holds the pure-Python reference of each). */
+enum {
+    TEST_NEEDLES = 0,      /* passes a message containing one of the needles */
+    TEST_PREFIX_SKIP = 1,  /* passes every message except those starting with a needle */
+    TEST_MQTT_PACKETS = 2, /* passes unless whole MQTT packets, none of a type in types */
+    TEST_STOMP_FRAMES = 3, /* passes unless whole STOMP frames, none with a needle as command */
+};
+
+/* One test: its kind and byte strings (needles, prefixes or commands; for TEST_MQTT_PACKETS
+ * the wanted packet types as a bit mask). With TEST_NEEDLES the empty needle matches every
+ * message and a test without needles matches none. */
 typedef struct {
+    int kind;
+    uint32_t types; /* TEST_MQTT_PACKETS: bit t set when packet type t is wanted */
     uint32_t count;
     uint32_t *lengths;
     unsigned char **needles;
 } needle_set;
 
-/* A filter: the needle sets of client text, client binary, server text, server binary (the
+/* A filter: the tests of client text, client binary, server text, server binary (the
  * index is 2 * side + (opcode == binary)). Interned by the Relay, never changed. */
 typedef struct {
     needle_set set[4];
@@ -215,7 +229,105 @@ static void filter_free(filter *f) {
     free(f);
 }
 
+/* MQTT: 0 when the message is whole packets (fixed header, a remaining length of 1-4 bytes,
+ * the body) none of whose types is wanted; 1 otherwise (also for what the session must
+ * reject: reserved type 0, a remaining length over 4 bytes). */
+static int mqtt_passes(uint32_t types, const unsigned char *p, size_t n) {
+    size_t position = 0;
+    while (position < n) {
+        unsigned kind = p[position] >> 4;
+        if (kind == 0 || (types >> kind) & 1) return 1;
+        size_t at = position + 1, length = 0;
+        unsigned shift = 0;
+        for (;;) {
+            if (at - position == 5 || at >= n) return 1;
+            unsigned char byte = p[at++];
+            length |= (size_t)(byte & 0x7F) << shift;
+            shift += 7;
+            if (!(byte & 0x80)) break;
+        }
+        if (length > n - at) return 1; /* the packet goes on in a later message */
+        position = at + length;
+    }
+    return 0;
+}
+
+static int is_stomp_space(unsigned char c) { return c == '\r' || c == ' ' || c == '\t'; }
+
+/* STOMP: 0 when the message is whole frames (EOLs between them allowed) none of whose
+ * commands is one of the set's needles; 1 otherwise (also for a content-length the session
+ * rejects, and a body longer than its content-length). */
+static int stomp_passes(const needle_set *set, const unsigned char *p, size_t n) {
+    static const char *const field = "\ncontent-length:";
+    size_t position = 0;
+    while (position < n) {
+        while (position < n && (p[position] == '\r' || p[position] == '\n')) position++;
+        if (position >= n) return 0;
+        const unsigned char *lf2 = memmem(p + position, n - position, "\n\n", 2);
+        size_t limit = lf2 != NULL ? (size_t)(lf2 - p) : n;
+        const unsigned char *crlf = memmem(p + position, limit - position, "\n\r\n", 3);
+        size_t end, body;
+        if (crlf != NULL) {
+            end = (size_t)(crlf - p);
+            body = end + 3;
+        } else if (lf2 != NULL) {
+            end = limit;
+            body = end + 2;
+        } else {
+            return 1; /* the headers go on in a later message */
+        }
+        const unsigned char *head = p + position;
+        size_t head_length = end - position;
+        const unsigned char *newline = memchr(head, '\n', head_length);
+        size_t command = newline != NULL ? (size_t)(newline - head) : head_length;
+        while (command > 0 && head[command - 1] == '\r') command--;
+        for (uint32_t i = 0; i < set->count; i++) {
+            if (set->lengths[i] == command && memcmp(head, set->needles[i], command) == 0)
+                return 1;
+        }
+        const unsigned char *at = memmem(head, head_length, field, 16);
+        size_t stop;
+        if (at != NULL) {
+            const unsigned char *value = at + 16, *value_end = head + head_length;
+            const unsigned char *line_end = memchr(value, '\n', (size_t)(value_end - value));
+            if (line_end != NULL) value_end = line_end;
+            while (value < value_end && is_stomp_space(*value)) value++;
+            while (value_end > value && is_stomp_space(value_end[-1])) value_end--;
+            size_t digits = (size_t)(value_end - value);
+            if (digits == 0 || digits > 18) return 1;
+            unsigned long long length = 0;
+            for (size_t i = 0; i < digits; i++) {
+                if (value[i] < '0' || value[i] > '9') return 1;
+                length = length * 10 + (unsigned long long)(value[i] - '0');
+            }
+            if (length >= n - body) return 1; /* the body goes on in a later message */
+            stop = body + (size_t)length;
+            if (p[stop] != 0) return 1; /* a body longer than its content-length */
+        } else {
+            const unsigned char *nul = memchr(p + body, 0, n - body);
+            if (nul == NULL) return 1;
+            stop = (size_t)(nul - p);
+        }
+        position = stop + 1;
+    }
+    return 0;
+}
+
 static int set_matches(const needle_set *set, const unsigned char *payload, size_t length) {
+    switch (set->kind) {
+    case TEST_PREFIX_SKIP:
+        for (uint32_t i = 0; i < set->count; i++) {
+            uint32_t n = set->lengths[i];
+            if (n <= length && memcmp(payload, set->needles[i], n) == 0) return 0;
+        }
+        return 1;
+    case TEST_MQTT_PACKETS:
+        return mqtt_passes(set->types, payload, length);
+    case TEST_STOMP_FRAMES:
+        return stomp_passes(set, payload, length);
+    default:
+        break;
+    }
     for (uint32_t i = 0; i < set->count; i++) {
         uint32_t n = set->lengths[i];
         if (n == 0) return 1;
@@ -1008,8 +1120,20 @@ static conn *lookup(Relay *r, int slot, long long token) {
     return c;
 }
 
-/* The needle set of a sequence of bytes objects; -1 with an exception set. */
+/* A test from a sequence of bytes objects (needles) or a (kind, sequence of bytes) pair; -1
+ * with an exception set. For TEST_MQTT_PACKETS the one bytes object lists the packet types. */
 static int parse_needle_set(PyObject *items, needle_set *set) {
+    set->kind = TEST_NEEDLES;
+    if (PyTuple_Check(items) && PyTuple_GET_SIZE(items) == 2 &&
+        PyLong_Check(PyTuple_GET_ITEM(items, 0))) {
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(items, 0));
+        if (kind < TEST_NEEDLES || kind > TEST_STOMP_FRAMES) {
+            PyErr_SetString(PyExc_ValueError, "unknown message test kind");
+            return -1;
+        }
+        set->kind = (int)kind;
+        items = PyTuple_GET_ITEM(items, 1);
+    }
     PyObject *seq = PySequence_Fast(items, "a filter's needles are a sequence of bytes");
     if (seq == NULL) return -1;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
@@ -1038,6 +1162,17 @@ static int parse_needle_set(PyObject *items, needle_set *set) {
         memcpy(set->needles[i], bytes, (size_t)length);
         set->lengths[i] = (uint32_t)length;
         set->count++;
+        if (set->kind == TEST_MQTT_PACKETS) {
+            for (Py_ssize_t j = 0; j < length; j++) {
+                unsigned char type = (unsigned char)bytes[j];
+                if (type > 15) {
+                    Py_DECREF(seq);
+                    PyErr_SetString(PyExc_ValueError, "an MQTT packet type is 0-15");
+                    return -1;
+                }
+                set->types |= 1u << type;
+            }
+        }
     }
     Py_DECREF(seq);
     return 0;
@@ -1551,6 +1686,9 @@ PyMODINIT_FUNC PyInit__native_relay(void) {
         PyModule_AddObject(m, "Tracker", (PyObject *)&TrackerType) < 0 ||
         PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLOSED", EV_CLOSED) < 0 ||
+        PyModule_AddIntConstant(m, "TEST_PREFIX_SKIP", TEST_PREFIX_SKIP) < 0 ||
+        PyModule_AddIntConstant(m, "TEST_MQTT_PACKETS", TEST_MQTT_PACKETS) < 0 ||
+        PyModule_AddIntConstant(m, "TEST_STOMP_FRAMES", TEST_STOMP_FRAMES) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLIENT_EOF", EV_CLIENT_EOF) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLIENT_TEXT", EV_CLIENT_TEXT) < 0 ||
         PyModule_AddIntConstant(m, "EV_CLIENT_BINARY", EV_CLIENT_BINARY) < 0 ||

@@ -13,10 +13,10 @@ gives one) the native thread also reads both directions as messages, with the ch
 :class:`~wsgauge_sidecar.wsframes.MessageReader` (a malformed frame, invalid UTF-8 or a message
 over ``--max-message-bytes`` closes that socket with 1002, 1007 or 1009), and hands Python a
 copy of a whole message only when it passes the protocol's message filter
-(:class:`~wsgauge_sidecar.protocols.base.MessageFilter`: byte needles per direction and type,
-the session's own pre-filter as data). Python feeds it to the socket's session, applies the
-Joined/Left events and acknowledges, with the session's filter for its state now
-(``relay.update``); until then the thread uses the spec's wide filter, so no message the
+(:class:`~wsgauge_sidecar.protocols.prefilter.MessageFilter`: byte needles or a packet scan per
+direction and type, the session's own pre-filter as data). Python feeds it to the socket's
+session, applies the Joined/Left events and acknowledges, with the session's filter for its state
+now (``relay.update``); until then the thread uses the spec's wide filter, so no message the
 session may need is missed. A message the session finds malformed closes that one socket with
 the error's close code (``relay.fail``). The bytes themselves are relayed without waiting for
 Python.
@@ -54,7 +54,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from wsgauge_sidecar.exceptions import ProtocolError
-from wsgauge_sidecar.protocols.base import Joined, Left, MessageFilter, ProtocolSession
+from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolSession
+from wsgauge_sidecar.protocols.prefilter import (
+    MessageFilter,
+    MessageTest,
+    MqttPacketScan,
+    PrefixSkip,
+    StompFrameScan,
+)
 from wsgauge_sidecar.relay import CLOSE_REASONS
 from wsgauge_sidecar.topics import AUTO
 
@@ -80,6 +87,18 @@ def load_extension() -> tuple[ModuleType | None, str]:
         return importlib.import_module("wsgauge_sidecar._native_relay"), "loaded"
     except ImportError as error:
         return None, f"not available ({error})"
+
+
+def native_test(test: MessageTest, extension: ModuleType) -> object:
+    """A message test in the form ``Relay.filter`` takes: needles as they are, a scan as
+    ``(kind, byte strings)`` (an MQTT scan's one byte string lists its packet types)."""
+    if isinstance(test, PrefixSkip):
+        return (extension.TEST_PREFIX_SKIP, test.prefixes)
+    if isinstance(test, MqttPacketScan):
+        return (extension.TEST_MQTT_PACKETS, (bytes(sorted(test.types)),))
+    if isinstance(test, StompFrameScan):
+        return (extension.TEST_STOMP_FRAMES, test.commands)
+    return test
 
 
 class NativeSocket:
@@ -243,6 +262,7 @@ class NativeRelay:
     def __init__(self, state: SidecarState, extension: ModuleType) -> None:
         self.state = state
         drain = state.settings.drain
+        self._extension = extension
         self.relay: Any = extension.Relay(close_timeout=drain.close_timeout, linger_seconds=2.0)
         self._ev_closed: int = extension.EV_CLOSED
         self._ev_client_eof: int = extension.EV_CLIENT_EOF
@@ -271,8 +291,10 @@ class NativeRelay:
         known = self._filters.get(message_filter)
         if known is None:
             known = self.relay.filter(
-                message_filter.client_text, message_filter.client_binary,
-                message_filter.server_text, message_filter.server_binary,
+                *(native_test(test, self._extension) for test in (
+                    message_filter.client_text, message_filter.client_binary,
+                    message_filter.server_text, message_filter.server_binary,
+                ))
             )  # fmt: skip
             self._filters[message_filter] = known
         return known

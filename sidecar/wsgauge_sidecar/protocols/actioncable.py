@@ -69,11 +69,11 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import MessageFilter
 
 MAX_IDENTIFIERS = MAX_TOPICS_PER_SOCKET
 """Identifiers held per socket (a confirmation of one more closes the socket with 1008)."""

@@ -23,13 +23,16 @@ socket's topics (a substring test such as ``b"phx_" in payload``) and returns
 a message that decoding would act on (the fuzz tests of each protocol check
 that the filtered and the fully decoding paths follow the same topics).
 
-The same filter as data, for the native relay: :class:`MessageFilter` names, per
-direction and message type, byte needles (substrings); a message that contains
-none of them is one the session's own pre-filter returns :data:`NO_EVENTS` for
-without changing its state. The spec's :attr:`ProtocolSpec.message_filter` is
-the wide filter (every needle any state of the session may need); a session's
-``message_filter`` property is the filter of its state now (a subset of the wide
-one: e.g. Phoenix's ``phx_reply`` only while a join awaits its reply). The
+The same filter as data, for the native relay:
+:class:`~wsgauge_sidecar.protocols.prefilter.MessageFilter` names, per direction
+and message type, byte needles (substrings) or a scan of the message's packets
+(MQTT, STOMP) or first bytes (Socket.IO); a message that does not pass is one the
+session would return :data:`NO_EVENTS` for without changing its state. The
+spec's :attr:`ProtocolSpec.message_filter` is the wide filter (passing every
+message any state of the session may need); a session's ``message_filter``
+property is the filter of its state now (passing no more than the wide one: e.g.
+Phoenix's ``phx_reply`` only while a join awaits its reply; an MQTT reader's
+packet scan only between packets). The
 native relay hands the session only the messages that pass it; it may hand more
 (the session filters again), never fewer.
 
@@ -51,6 +54,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
+from wsgauge_sidecar.protocols.prefilter import EVERY_MESSAGE, MessageFilter
 
 MAX_TOPIC_LENGTH = 200
 """Topic names are cut to this many characters (keeps labels and documents bounded)."""
@@ -79,42 +83,6 @@ ProtocolEvent = Joined | Left
 
 NO_EVENTS: Sequence[ProtocolEvent] = ()
 """The answer for a message that changes nothing (shared, never mutated)."""
-
-
-EVERY: tuple[bytes, ...] = (b"",)
-"""Needles that match every message (the empty needle is in every payload)."""
-
-
-@dataclass(frozen=True)
-class MessageFilter:
-    """Which messages may change a socket's topics: per direction and message type, the byte
-    needles one of which such a message contains (:data:`EVERY`: all messages; none: no
-    message of that kind). Hashable: the native relay interns each filter once."""
-
-    client_text: tuple[bytes, ...] = ()
-    """Needles of client-to-server text messages."""
-    client_binary: tuple[bytes, ...] = ()
-    """Needles of client-to-server binary messages."""
-    server_text: tuple[bytes, ...] = ()
-    """Needles of server-to-client text messages."""
-    server_binary: tuple[bytes, ...] = ()
-    """Needles of server-to-client binary messages."""
-
-    def needles(self, *, from_client: bool, binary: bool) -> tuple[bytes, ...]:
-        """The needles of one direction and message type."""
-        if from_client:
-            return self.client_binary if binary else self.client_text
-        return self.server_binary if binary else self.server_text
-
-    def wants(self, payload: bytes, *, from_client: bool, binary: bool) -> bool:
-        """Whether a message passes (the pure-Python reference of the native filter)."""
-        return any(
-            needle in payload for needle in self.needles(from_client=from_client, binary=binary)
-        )
-
-
-EVERY_MESSAGE = MessageFilter(EVERY, EVERY, EVERY, EVERY)
-"""The filter that passes every data message (a session that reads them all)."""
 
 
 class SubscriptionTable:

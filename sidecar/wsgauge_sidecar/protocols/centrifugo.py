@@ -58,11 +58,11 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import MessageFilter
 
 MAX_PENDING = MAX_TOPICS_PER_SOCKET
 """Subscribe commands awaiting their replies per socket (one more closes it with 1008)."""

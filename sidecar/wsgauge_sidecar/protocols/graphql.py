@@ -50,12 +50,12 @@ from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import MessageFilter
 
 SUBPROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 """The subprotocols this reader follows (the modern one first)."""

@@ -32,7 +32,9 @@ clean session/start, ``CONNACK`` session present): they are not counted.
 
 Cost: every packet header is read, but only ``CONNECT``, ``SUBSCRIBE``,
 ``UNSUBSCRIBE``, ``SUBACK`` and ``UNSUBACK`` bodies are kept and decoded; the
-bodies of every other packet (``PUBLISH`` payloads) are skipped by length.
+bodies of every other packet (``PUBLISH`` payloads) are skipped by length. Under
+the native relay a message made of whole packets of other types never reaches
+Python (:class:`~wsgauge_sidecar.protocols.prefilter.MqttPacketScan`).
 
 Errors (:class:`~wsgauge_sidecar.exceptions.ProtocolError`): a text message
 (1003); a malformed packet (remaining length over 4 bytes, reserved type 0,
@@ -50,15 +52,14 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
-    EVERY_MESSAGE,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import EVERY, MessageFilter, MqttPacketScan
 
 CONNECT, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 1, 8, 9, 10, 11
 """The packet types this reader decodes."""
@@ -71,6 +72,21 @@ MAX_PACKET_BYTES = 1048576
 
 _CLIENT_TYPES = frozenset({CONNECT, SUBSCRIBE, UNSUBSCRIBE})
 _SERVER_TYPES = frozenset({SUBACK, UNSUBACK})
+
+
+_CLIENT_SCAN = MqttPacketScan(_CLIENT_TYPES)
+_SERVER_SCAN = MqttPacketScan(_SERVER_TYPES)
+_FILTERS = {
+    (client_at_boundary, server_at_boundary): MessageFilter(
+        client_text=EVERY,  # refused (1003)
+        client_binary=_CLIENT_SCAN if client_at_boundary else EVERY,
+        server_text=EVERY,
+        server_binary=_SERVER_SCAN if server_at_boundary else EVERY,
+    )
+    for client_at_boundary in (False, True)
+    for server_at_boundary in (False, True)
+}
+"""The session's filter by (client reader between packets, server reader between packets)."""
 
 
 class PacketReader:
@@ -233,8 +249,10 @@ class MqttSession:
 
     @property
     def message_filter(self) -> MessageFilter:
-        """The pre-filter of the session's state now, as needles (see protocols.base)."""
-        return EVERY_MESSAGE
+        """The pre-filter of the session's state now (see protocols.prefilter): a direction
+        whose reader is between packets needs only the messages holding a packet it decodes
+        (or not whole packets); one inside a packet needs every message until it ends."""
+        return _FILTERS[self._client.at_boundary, self._server.at_boundary]
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         raise ProtocolError("MQTT over WebSocket allows only binary messages", close_code=1003)

@@ -91,14 +91,13 @@ from urllib.parse import parse_qsl
 from wsgauge_sidecar.exceptions import PhoenixLimitError, PhoenixProtocolError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
 from wsgauge_sidecar.protocols.base import (
-    EVERY,
     Joined,
     Left,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import EVERY, MessageFilter
 
 __all__ = ["SPEC", "Joined", "Left", "PhoenixEvent", "PhoenixSession", "serializer_from_query"]
 

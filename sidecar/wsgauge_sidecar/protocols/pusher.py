@@ -48,11 +48,11 @@ from wsgauge_sidecar.protocols.base import (
     NO_EVENTS,
     Joined,
     Left,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import MessageFilter
 
 SUBSCRIBED = "pusher_internal:subscription_succeeded"
 UNSUBSCRIBE = "pusher:unsubscribe"

@@ -35,7 +35,8 @@ cannot be counted.
 Inspected messages: only Engine.IO ``close`` packets and Socket.IO CONNECT,
 DISCONNECT and CONNECT_ERROR packets are decoded (their namespace read, their
 JSON data validated); events, acks, pings and binary attachments are relayed
-without being decoded. An inspected packet that is malformed (an empty message,
+without being decoded (the native relay tells them by their first one or two
+bytes and does not hand them to Python). An inspected packet that is malformed (an empty message,
 an unknown Engine.IO or Socket.IO packet type, data that is not JSON) raises
 :class:`ProtocolError` (close code 1007); a socket connected to more than
 ``max_namespaces`` namespaces gets :class:`ProtocolLimitError` (1008).
@@ -57,16 +58,15 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
 from wsgauge_sidecar.protocols.base import (
-    EVERY,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
     Joined,
     Left,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import MessageFilter, PrefixSkip
 
 MAIN_NAMESPACE = "/"
 """The namespace of packets that name none."""
@@ -105,8 +105,13 @@ def parse_namespace_packet(payload: bytes) -> tuple[int, str, object]:
     return payload[1], namespace, data
 
 
-FILTER = MessageFilter(client_text=EVERY, server_text=EVERY)
-"""Every text message is read (each is checked as an Engine.IO packet); binary ones never."""
+_UNREAD = PrefixSkip((b"0", b"2", b"3", b"5", b"6", b"42", b"43", b"45", b"46"))
+"""Text messages that never change namespaces and are not checked: Engine.IO open, ping, pong,
+upgrade and noop packets, and Socket.IO EVENT, ACK, BINARY_EVENT and BINARY_ACK packets."""
+
+FILTER = MessageFilter(client_text=_UNREAD, server_text=_UNREAD)
+"""The text messages read (Engine.IO close, Socket.IO CONNECT, DISCONNECT, CONNECT_ERROR and
+whatever is not a known packet type, to be refused); binary ones never."""
 
 
 class SocketIoSession:

@@ -38,7 +38,10 @@ What the wire cannot show: a subscription the broker drops without an
 a broker are counted by their text).
 
 Cost: every frame's boundaries are found (byte searches); only ``SUBSCRIBE``,
-``UNSUBSCRIBE``, ``CONNECTED`` and ``ERROR`` headers are decoded.
+``UNSUBSCRIBE``, ``CONNECTED`` and ``ERROR`` headers are decoded. Under the native
+relay a raw STOMP message made of whole frames with other commands never reaches
+Python (:class:`~wsgauge_sidecar.protocols.prefilter.StompFrameScan`); SockJS
+messages all do.
 
 Errors: a header line without ``:``, a ``content-length`` that is not a
 number, a body longer than its ``content-length`` says, a SockJS message that is
@@ -55,15 +58,14 @@ from collections.abc import Sequence
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
 from wsgauge_sidecar.protocols.base import (
-    EVERY_MESSAGE,
     MAX_TOPICS_PER_SOCKET,
     NO_EVENTS,
-    MessageFilter,
     ProtocolEvent,
     ProtocolSpec,
     SubscriptionTable,
     normalize_topic,
 )
+from wsgauge_sidecar.protocols.prefilter import EVERY, EVERY_MESSAGE, MessageFilter, StompFrameScan
 
 MAX_FRAME_BYTES = 1048576
 """Largest STOMP frame by default (1009 above)."""
@@ -90,6 +92,11 @@ class FrameReader:
         self.escapes = True
         """Header values use the 1.1/1.2 escapes (False for 1.0)."""
         self._buffer = b""
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between frames (nothing of a frame is buffered)."""
+        return not self._buffer
 
     def feed(self, data: bytes) -> list[Frame]:
         """Bytes of the stream, in order; the wanted frames they complete."""
@@ -155,6 +162,8 @@ def _content_length(head: bytes) -> int | None:
     value = head[at + 16 :].split(b"\n", 1)[0].strip(b"\r \t")
     if not value.isdigit():
         raise ProtocolError("STOMP content-length is not a number")
+    if len(value) > 18:
+        raise ProtocolError("STOMP content-length over 18 digits", close_code=1009)
     return int(value)
 
 
@@ -171,6 +180,23 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+_CLIENT_COMMANDS = frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE"})
+_SERVER_COMMANDS = frozenset({b"CONNECTED", b"ERROR"})
+_CLIENT_SCAN = StompFrameScan(tuple(sorted(_CLIENT_COMMANDS)))
+_SERVER_SCAN = StompFrameScan(tuple(sorted(_SERVER_COMMANDS)))
+_FILTERS = {
+    (client_at_boundary, server_at_boundary): MessageFilter(
+        client_text=_CLIENT_SCAN if client_at_boundary else EVERY,
+        client_binary=_CLIENT_SCAN if client_at_boundary else EVERY,
+        server_text=_SERVER_SCAN if server_at_boundary else EVERY,
+        server_binary=_SERVER_SCAN if server_at_boundary else EVERY,
+    )
+    for client_at_boundary in (False, True)
+    for server_at_boundary in (False, True)
+}
+"""A raw STOMP session's filter by (client reader between frames, server reader between frames)."""
+
+
 class StompSession:
     """Follows one STOMP socket and reports the destinations it is subscribed to."""
 
@@ -185,8 +211,8 @@ class StompSession:
         """SockJS framing: ``None`` until the first message decides (SockJS-shaped URL)."""
         self.max_subscriptions = max_subscriptions
         """Subscriptions; one more raises ``ProtocolLimitError``."""
-        self._client = FrameReader(frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE"}), max_frame_bytes)
-        self._server = FrameReader(frozenset({b"CONNECTED", b"ERROR"}), max_frame_bytes)
+        self._client = FrameReader(_CLIENT_COMMANDS, max_frame_bytes)
+        self._server = FrameReader(_SERVER_COMMANDS, max_frame_bytes)
         self._subscriptions = SubscriptionTable()  # id -> topic
 
     @property
@@ -196,8 +222,13 @@ class StompSession:
 
     @property
     def message_filter(self) -> MessageFilter:
-        """The pre-filter of the session's state now, as needles (see protocols.base)."""
-        return EVERY_MESSAGE
+        """The pre-filter of the session's state now (see protocols.prefilter): on a raw STOMP
+        socket a direction whose reader is between frames needs only the messages holding a
+        frame it decodes (or not whole frames); SockJS sockets and a direction inside a frame
+        need every message."""
+        if self.sockjs is not False:
+            return EVERY_MESSAGE
+        return _FILTERS[self._client.at_boundary, self._server.at_boundary]
 
     def client_text(self, payload: bytes) -> Sequence[ProtocolEvent]:
         if self.sockjs is None:

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsgauge_sidecar.exceptions import WebSocketProtocolError
 from wsgauge_sidecar.native_relay import load_extension
-from wsgauge_sidecar.protocols.base import MessageFilter
+from wsgauge_sidecar.protocols.prefilter import MessageFilter
 from wsgauge_sidecar.wsframes import (
     FrameBoundaryTracker,
     MessageReader,
