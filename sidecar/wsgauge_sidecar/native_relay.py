@@ -105,6 +105,21 @@ class NativeSocket:
     """A counted WebSocket relayed by the native thread (what ``ClientConnection.relay`` is
     after the hand-off); the Python relay's interface, with Python's part of the work."""
 
+    __slots__ = (
+        "_closing",
+        "_gone_first",
+        "_timer",
+        "client",
+        "end_reason",
+        "ended",
+        "handled",
+        "opened_at",
+        "owner",
+        "session",
+        "slot",
+        "socket_id",
+    )
+
     def __init__(
         self,
         owner: NativeRelay,

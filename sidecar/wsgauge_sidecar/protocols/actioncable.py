@@ -146,6 +146,8 @@ FILTER = MessageFilter(client_text=(b"subscribe", b"\\u"), server_text=(b"_subsc
 class ActionCableSession:
     """Follows one Action Cable socket and reports the topics of the identifiers it holds."""
 
+    __slots__ = ("_held", "_members", "_pending", "max_identifiers")
+
     def __init__(self, *, max_identifiers: int = MAX_IDENTIFIERS) -> None:
         self.max_identifiers = max_identifiers
         """Identifiers held; a confirmation of one more raises the limit error."""

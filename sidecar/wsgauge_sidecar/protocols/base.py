@@ -91,6 +91,8 @@ class SubscriptionTable:
     protocols name subscriptions by key (GraphQL operations, STOMP ids, MQTT filters) keep one;
     limits stay with the session (their messages name the protocol)."""
 
+    __slots__ = ("_refs", "_topics")
+
     def __init__(self) -> None:
         self._topics: dict[str, str] = {}  # key -> topic
         self._refs: dict[str, int] = {}  # topic -> subscriptions in it

@@ -114,6 +114,8 @@ FILTER_PENDING = MessageFilter(
 class CentrifugoSession:
     """Follows one Centrifugo JSON socket and reports the channels it is subscribed to."""
 
+    __slots__ = ("_channels", "_pending", "max_channels", "max_pending")
+
     def __init__(self, *, max_pending: int = MAX_PENDING, max_channels: int = MAX_CHANNELS) -> None:
         self.max_pending = max_pending
         """Subscribes awaiting replies; one more raises the limit error."""

@@ -231,6 +231,8 @@ def subscription_topic(document: str, operation_name: str | None) -> str | None:
 class GraphQLSession:
     """Follows one GraphQL-over-WebSocket socket and reports its subscriptions' topics."""
 
+    __slots__ = ("_operations", "max_operations", "subprotocol")
+
     def __init__(
         self, subprotocol: str | None = None, *, max_operations: int = MAX_TOPICS_PER_SOCKET
     ) -> None:

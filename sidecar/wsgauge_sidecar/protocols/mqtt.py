@@ -96,6 +96,8 @@ class PacketReader:
     ``wanted``; other packets are skipped by their remaining length.
     """
 
+    __slots__ = ("_body", "_head", "_need", "_skip", "_type", "max_packet_bytes", "wanted")
+
     def __init__(self, wanted: frozenset[int], max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
         self.wanted = wanted
         self.max_packet_bytes = max_packet_bytes
@@ -222,6 +224,17 @@ class _Fields:
 
 class MqttSession:
     """Follows one MQTT-over-WebSocket socket and reports the filters it subscribes to."""
+
+    __slots__ = (
+        "_client",
+        "_filters",
+        "_server",
+        "_subscribes",
+        "_unsubscribes",
+        "max_pending",
+        "max_topics",
+        "version",
+    )
 
     def __init__(
         self,

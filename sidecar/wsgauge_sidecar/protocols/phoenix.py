@@ -261,6 +261,16 @@ def encode_message(
 class PhoenixSession:
     """Follows one Phoenix socket and reports the topics it joins and leaves."""
 
+    __slots__ = (
+        "_joined",
+        "_pending",
+        "_pending_count",
+        "_stale_closes",
+        "max_joined_topics",
+        "max_pending_joins",
+        "serializer",
+    )
+
     def __init__(
         self,
         serializer: Serializer | None = None,

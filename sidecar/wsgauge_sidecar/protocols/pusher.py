@@ -67,6 +67,8 @@ FILTER = MessageFilter(
 class PusherSession:
     """Follows one Pusher socket and reports the channels it is subscribed to."""
 
+    __slots__ = ("_channels", "max_channels")
+
     def __init__(self, *, max_channels: int = MAX_TOPICS_PER_SOCKET) -> None:
         self.max_channels = max_channels
         """Subscribed channels; one more raises ``ProtocolLimitError``."""

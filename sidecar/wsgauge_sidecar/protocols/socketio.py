@@ -117,6 +117,8 @@ whatever is not a known packet type, to be refused); binary ones never."""
 class SocketIoSession:
     """Follows one Engine.IO/Socket.IO WebSocket and reports the namespaces it is in."""
 
+    __slots__ = ("_namespaces", "max_namespaces")
+
     def __init__(self, *, max_namespaces: int = MAX_NAMESPACES) -> None:
         self.max_namespaces = max_namespaces
         """Connected namespaces; the server accepting one more raises the limit error."""

@@ -86,6 +86,8 @@ Frame = tuple[bytes, list[tuple[str, str]]]
 class FrameReader:
     """Splits one direction's STOMP byte stream into frames; decodes the wanted ones."""
 
+    __slots__ = ("_buffer", "escapes", "max_frame_bytes", "wanted")
+
     def __init__(self, wanted: frozenset[bytes], max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self.wanted = wanted
         self.max_frame_bytes = max_frame_bytes
@@ -199,6 +201,8 @@ _FILTERS = {
 
 class StompSession:
     """Follows one STOMP socket and reports the destinations it is subscribed to."""
+
+    __slots__ = ("_client", "_server", "_subscriptions", "max_subscriptions", "sockjs")
 
     def __init__(
         self,

@@ -130,11 +130,13 @@ def test_sockjs_is_unwrapped_when_the_server_opens_with_o() -> None:
         (False, [b"SUBSCRIBE\nno colon here\n\n\0"], 1007),
         (False, [b"SEND\ncontent-length:abc\n\nx\0"], 1007),
         (False, [b"SEND\ncontent-length:1\n\nxyz\0"], 1007),
+        (False, [b"SEND\ncontent-length:" + b"9" * 19 + b"\n\nx\0"], 1009),
+        (False, [b"SEND\ncontent-length:" + b"9" * 4301 + b"\n\nx\0"], 1009),
         (True, [b"not json"], 1007),
         (True, [b"[1,2]"], 1007),
     ],
 )
-def test_malformed_input_raises_1007(sockjs: bool, chunks: list[bytes], code: int) -> None:
+def test_malformed_input_closes_the_socket(sockjs: bool, chunks: list[bytes], code: int) -> None:
     session = StompSession(sockjs=sockjs)
     if sockjs:
         session.server_text(b"o")
