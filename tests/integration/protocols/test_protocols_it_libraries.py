@@ -137,6 +137,7 @@ CASES = {
         raw_path="/connection/websocket",
         raw_headers=(),
         malformed='{"id":1,"subscribe":{"channel":',
+        app_close_code=3501,  # the test server's "bad request" (Centrifugo's own code)
     ),
     "supabase": Case(
         rule="phoenix",
@@ -149,6 +150,7 @@ CASES = {
         raw_path="/realtime/v1/websocket?vsn=2.0.0",
         raw_headers=(),
         malformed='["1","1","realtime:x","phx_join",',
+        app_close_code=1011,  # the test server ends the socket, as Phoenix's crashing process
         supabase=True,
     ),
 }

@@ -43,7 +43,9 @@ server.on("connection", (ws) => {
       for (const member of members.get(topic) || []) member.send(userBroadcast(topic, event, payload));
       return;
     }
-    const [joinRef, ref, topic, event, payload] = JSON.parse(data.toString());
+    let message;
+    try { message = JSON.parse(data.toString()); } catch { ws.close(1011, "server error"); return; }
+    const [joinRef, ref, topic, event, payload] = message; // Phoenix: the socket process crashes
     if (topic === "phoenix" && event === "heartbeat") {
       send(ws, null, ref, "phoenix", "phx_reply", { status: "ok", response: {} });
     } else if (event === "phx_join") {
