@@ -6,12 +6,14 @@ batched within messages anywhere, reporting what sessions given every message re
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsgauge_sidecar.exceptions import ProtocolError
+from test_sidecar_message_filters import ERROR, feed
+from test_sidecar_proto_mqtt import packet as mqtt_packet
+from test_sidecar_proto_mqtt import string as mqtt_string
+from test_sidecar_proto_stomp import frame as stomp_frame
 from wsgauge_sidecar.native_relay import load_extension, native_test
 from wsgauge_sidecar.protocols.base import ProtocolSession
 from wsgauge_sidecar.protocols.mqtt import MqttSession
@@ -30,25 +32,6 @@ extension, why = load_extension()
 
 MQTT_CLIENT = MqttPacketScan(frozenset({1, 8, 10}))
 STOMP_CLIENT = StompFrameScan((b"SUBSCRIBE", b"UNSUBSCRIBE"))
-
-
-def mqtt_packet(kind: int, body: bytes, flags: int = 0) -> bytes:
-    length, size = bytearray(), len(body)
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        length.append(byte | (0x80 if size else 0))
-        if not size:
-            break
-    return bytes([kind << 4 | flags]) + bytes(length) + body
-
-
-def mqtt_string(text: str) -> bytes:
-    return len(text.encode()).to_bytes(2, "big") + text.encode()
-
-
-def stomp_frame(command: str, body: bytes = b"", eol: str = "\n", **headers: str) -> bytes:
-    lines = [command] + [f"{name.replace('_', '-')}:{value}" for name, value in headers.items()]
-    return (eol.join(lines) + eol + eol).encode() + body + b"\0"
 
 
 PUBLISH = mqtt_packet(3, mqtt_string("chat") + b"hello")
@@ -163,8 +146,6 @@ def test_native_scans_agree_with_the_references(case: tuple[MessageTest, bytes])
 
 # -- sessions through their filters, packets and frames split anywhere -----------------------
 
-ERROR = "error"
-
 MQTT_CLIENT_PACKETS = [
     mqtt_packet(1, mqtt_string("MQTT") + b"\x05\x02\x00\x3c\x00" + mqtt_string("c")),
     mqtt_packet(8, b"\x00\x01\x00" + mqtt_string("a") + b"\x01", 2),
@@ -201,17 +182,6 @@ STOMP_SERVER_FRAMES = [
     stomp_frame("ERROR", message="no"),
     b"\r\n",
 ]
-
-
-def feed(session: ProtocolSession, from_client: bool, binary: bool, payload: bytes) -> list[Any]:
-    if from_client:
-        handler = session.client_binary if binary else session.client_text
-    else:
-        handler = session.server_binary if binary else session.server_text
-    try:
-        return list(handler(payload))
-    except ProtocolError as error:
-        return [ERROR, error.close_code]
 
 
 @st.composite
@@ -252,12 +222,12 @@ def follow_both(
     """A session given every message and one given those its filter passes agree throughout."""
     every, filtered = new_session(), new_session()
     for from_client, payload in messages:
-        expected = feed(every, from_client, binary, payload)
+        expected = feed(every, (from_client, binary, payload))
         if filtered.message_filter.wants(payload, from_client=from_client, binary=binary):
-            got = feed(filtered, from_client, binary, payload)
+            got = feed(filtered, (from_client, binary, payload))
         else:
             got = []
-        assert got == expected
+        assert list(got) == list(expected)
         if ERROR in expected:
             return
         assert filtered.topics == every.topics
