@@ -15,11 +15,11 @@
  * message filter: per direction and message type a test, either a small set of byte needles
  * (substrings such as "phx_join"; the empty needle matches every message) or one of three
  * scans (every message but those with a skip prefix, Socket.IO; every message but whole MQTT
- * packets or STOMP frames of types the session ignores; protocols/prefilter.py holds the
- * Python reference of each). The bytes are relayed as they arrive; a whole message
- * (unmasked, fragments reassembled) is copied to Python only when it passes the test: the
- * only messages that may change the socket's topics. A malformed
- * frame or message closes that one socket with its close code (1002, 1007, 1009), as the
+ * packets or STOMP frames of types the session ignores; the Python reference of each is its
+ * Scan class: PrefixSkip, MqttPacketScan, StompFrameScan). The bytes are relayed as they
+ * arrive; a whole message (unmasked, fragments reassembled) is copied to Python only when it
+ * passes the test: the only messages that may change the socket's topics. A malformed frame
+ * or message closes that one socket with its close code (1002, 1007, 1009), as the
  * Python relay does. Python may narrow the filter at run time (relay.update: e.g. Phoenix's
  * phx_reply matters only while a join awaits its reply); while messages handed to Python are
  * not yet acknowledged the connection uses its wide filter (every needle the protocol may
@@ -194,7 +194,7 @@ static ssize_t tracker_feed(tracker *t, const unsigned char *data, size_t n, int
 
 /* ---- message filters: a test per direction and message type ----------------------------- */
 
-/* The kinds of test (protocols/prefilter.py holds the pure-Python reference of each). */
+/* The kinds of test (the pure-Python reference of each scan: its Scan class's passes()). */
 enum {
     TEST_NEEDLES = 0,      /* passes a message containing one of the needles */
     TEST_PREFIX_SKIP = 1,  /* passes every message except those starting with a needle */

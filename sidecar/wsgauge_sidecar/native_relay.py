@@ -55,13 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsgauge_sidecar.exceptions import ProtocolError
 from wsgauge_sidecar.protocols.base import Joined, Left, ProtocolSession
-from wsgauge_sidecar.protocols.prefilter import (
-    MessageFilter,
-    MessageTest,
-    MqttPacketScan,
-    PrefixSkip,
-    StompFrameScan,
-)
+from wsgauge_sidecar.protocols.prefilter import MessageFilter, MessageTest, Scan
 from wsgauge_sidecar.relay import CLOSE_REASONS
 from wsgauge_sidecar.topics import AUTO
 
@@ -92,12 +86,8 @@ def load_extension() -> tuple[ModuleType | None, str]:
 def native_test(test: MessageTest, extension: ModuleType) -> object:
     """A message test in the form ``Relay.filter`` takes: needles as they are, a scan as
     ``(kind, byte strings)`` (an MQTT scan's one byte string lists its packet types)."""
-    if isinstance(test, PrefixSkip):
-        return (extension.TEST_PREFIX_SKIP, test.prefixes)
-    if isinstance(test, MqttPacketScan):
-        return (extension.TEST_MQTT_PACKETS, (bytes(sorted(test.types)),))
-    if isinstance(test, StompFrameScan):
-        return (extension.TEST_STOMP_FRAMES, test.commands)
+    if isinstance(test, Scan):
+        return (getattr(extension, test.native_kind), test.native_items())
     return test
 
 

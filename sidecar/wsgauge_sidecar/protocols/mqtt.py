@@ -34,7 +34,7 @@ Cost: every packet header is read, but only ``CONNECT``, ``SUBSCRIBE``,
 ``UNSUBSCRIBE``, ``SUBACK`` and ``UNSUBACK`` bodies are kept and decoded; the
 bodies of every other packet (``PUBLISH`` payloads) are skipped by length. Under
 the native relay a message made of whole packets of other types never reaches
-Python (:class:`~wsgauge_sidecar.protocols.prefilter.MqttPacketScan`).
+Python (:class:`MqttPacketScan`).
 
 Errors (:class:`~wsgauge_sidecar.exceptions.ProtocolError`): a text message
 (1003); a malformed packet (remaining length over 4 bytes, reserved type 0,
@@ -48,6 +48,8 @@ subscribe/unsubscribe packets, ``max_topics`` filters or a filter over
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead
@@ -59,7 +61,7 @@ from wsgauge_sidecar.protocols.base import (
     SubscriptionTable,
     normalize_topic,
 )
-from wsgauge_sidecar.protocols.prefilter import EVERY, MessageFilter, MqttPacketScan
+from wsgauge_sidecar.protocols.prefilter import EVERY, MessageFilter, Scan
 
 CONNECT, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 1, 8, 9, 10, 11
 """The packet types this reader decodes."""
@@ -72,21 +74,6 @@ MAX_PACKET_BYTES = 1048576
 
 _CLIENT_TYPES = frozenset({CONNECT, SUBSCRIBE, UNSUBSCRIBE})
 _SERVER_TYPES = frozenset({SUBACK, UNSUBACK})
-
-
-_CLIENT_SCAN = MqttPacketScan(_CLIENT_TYPES)
-_SERVER_SCAN = MqttPacketScan(_SERVER_TYPES)
-_FILTERS = {
-    (client_at_boundary, server_at_boundary): MessageFilter(
-        client_text=EVERY,  # refused (1003)
-        client_binary=_CLIENT_SCAN if client_at_boundary else EVERY,
-        server_text=EVERY,
-        server_binary=_SERVER_SCAN if server_at_boundary else EVERY,
-    )
-    for client_at_boundary in (False, True)
-    for server_at_boundary in (False, True)
-}
-"""The session's filter by (client reader between packets, server reader between packets)."""
 
 
 class PacketReader:
@@ -220,6 +207,44 @@ class _Fields:
 
     def skip_properties(self) -> None:
         self.take(self.varint())
+
+
+@dataclass(frozen=True)
+class MqttPacketScan(Scan):
+    """Passes every message except one made of whole MQTT packets (fixed header, remaining
+    length of 1-4 bytes, body) none of which is of a type in ``types``: a message that a
+    :class:`PacketReader` of ``types`` between packets reads without returning a packet,
+    raising or stopping inside one (its reference, mirrored in C)."""
+
+    types: frozenset[int]
+    """The packet types (1-15) the session decodes."""
+
+    native_kind: ClassVar[str] = "TEST_MQTT_PACKETS"
+
+    def native_items(self) -> tuple[bytes, ...]:
+        return (bytes(sorted(self.types)),)
+
+    def passes(self, payload: bytes) -> bool:
+        reader = PacketReader(self.types)
+        try:
+            return bool(reader.feed(payload)) or not reader.at_boundary
+        except ProtocolError:
+            return True  # malformed: the session says so
+
+
+_CLIENT_SCAN = MqttPacketScan(_CLIENT_TYPES)
+_SERVER_SCAN = MqttPacketScan(_SERVER_TYPES)
+_FILTERS = {
+    (client_at_boundary, server_at_boundary): MessageFilter(
+        client_text=EVERY,  # refused (1003)
+        client_binary=_CLIENT_SCAN if client_at_boundary else EVERY,
+        server_text=EVERY,
+        server_binary=_SERVER_SCAN if server_at_boundary else EVERY,
+    )
+    for client_at_boundary in (False, True)
+    for server_at_boundary in (False, True)
+}
+"""The session's filter by (client reader between packets, server reader between packets)."""
 
 
 class MqttSession:

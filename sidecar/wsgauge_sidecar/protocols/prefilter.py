@@ -10,12 +10,14 @@ one of:
   needle, :data:`EVERY`, is in every message; an empty tuple passes none);
 * :class:`PrefixSkip`: every message except those starting with a skip prefix
   (Socket.IO: the packet types that never change namespaces);
-* :class:`MqttPacketScan`: every message except one made of whole MQTT packets
-  none of which has a wanted type;
-* :class:`StompFrameScan`: every message except one made of whole STOMP frames
-  (EOLs between them) none of which has a wanted command.
+* ``MqttPacketScan`` (``protocols.mqtt``): every message except one made of whole
+  MQTT packets none of which has a wanted type;
+* ``StompFrameScan`` (``protocols.stomp``): every message except one made of whole
+  STOMP frames (EOLs between them) none of which has a wanted command.
 
-The two scans read a message as the start of a packet or frame, so a session
+The references of these two are the sessions' own packet and frame readers, fed
+the message from a packet boundary. The two scans read a message as the start of
+a packet or frame, so a session
 uses them only while its own reader of that direction is between packets
 (frames); a message split across WebSocket messages makes the scan pass the
 message, and the session then passes every message of that direction until its
@@ -26,99 +28,45 @@ the end (a malformed packet included), so the session's own checks see it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 EVERY: tuple[bytes, ...] = (b"",)
 """Needles that match every message (the empty needle is in every payload)."""
 
 
+class Scan:
+    """A test the native relay runs as one of its scans (a frozen dataclass in each subclass,
+    so filters stay hashable)."""
+
+    native_kind: ClassVar[str]
+    """The native module's constant of the scan (``TEST_PREFIX_SKIP``, ...)."""
+
+    def native_items(self) -> tuple[bytes, ...]:
+        """The byte strings the native scan takes (prefixes, commands, packet types)."""
+        raise NotImplementedError
+
+    def passes(self, payload: bytes) -> bool:
+        """Whether the message passes (the pure-Python reference of the native scan)."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class PrefixSkip:
+class PrefixSkip(Scan):
     """Passes every message except those starting with one of ``prefixes``."""
 
     prefixes: tuple[bytes, ...]
     """Message starts that never change the socket's topics (and need no check)."""
 
+    native_kind: ClassVar[str] = "TEST_PREFIX_SKIP"
+
+    def native_items(self) -> tuple[bytes, ...]:
+        return self.prefixes
+
     def passes(self, payload: bytes) -> bool:
-        """Whether the message passes (the pure-Python reference of the native test)."""
         return not payload.startswith(self.prefixes)
 
 
-@dataclass(frozen=True)
-class MqttPacketScan:
-    """Passes every message except one made of whole MQTT packets (fixed header, remaining
-    length of 1-4 bytes, body) none of which is of a type in ``types``."""
-
-    types: frozenset[int]
-    """The packet types (1-15) the session decodes."""
-
-    def passes(self, payload: bytes) -> bool:
-        """Whether the message passes (the pure-Python reference of the native test)."""
-        position, size = 0, len(payload)
-        while position < size:
-            kind = payload[position] >> 4
-            if kind == 0 or kind in self.types:
-                return True  # reserved type 0 is malformed: the session says so
-            at, length, shift = position + 1, 0, 0
-            while True:
-                if at - position == 5 or at >= size:
-                    return True  # a remaining length over 4 bytes, or a header cut
-                byte = payload[at]
-                at += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            if length > size - at:
-                return True  # the packet goes on in a later message
-            position = at + length
-        return False
-
-
-@dataclass(frozen=True)
-class StompFrameScan:
-    """Passes every message except one made of whole STOMP frames (command line, headers, empty
-    line, a body ended by NUL or sized by ``content-length``), with any EOLs between them, none
-    of which has a command in ``commands``."""
-
-    commands: tuple[bytes, ...]
-    """The commands the session decodes (``SUBSCRIBE``, ``ERROR``, ...)."""
-
-    def passes(self, payload: bytes) -> bool:
-        """Whether the message passes (the pure-Python reference of the native test)."""
-        position, size = 0, len(payload)
-        while position < size:
-            while position < size and payload[position] in b"\r\n":
-                position += 1
-            if position >= size:
-                return False
-            end = payload.find(b"\n\n", position)
-            crlf = payload.find(b"\n\r\n", position, end if end >= 0 else size)
-            if crlf >= 0:
-                end, body = crlf, crlf + 3
-            elif end >= 0:
-                body = end + 2
-            else:
-                return True  # the headers go on in a later message
-            head = payload[position:end]
-            if head.partition(b"\n")[0].rstrip(b"\r") in self.commands:
-                return True
-            at = head.find(b"\ncontent-length:")
-            if at >= 0:
-                value = head[at + 16 :].split(b"\n", 1)[0].strip(b"\r \t")
-                if not value.isdigit() or len(value) > 18 or int(value) >= size - body:
-                    return True  # malformed (the session says so), or the body is cut
-                stop = body + int(value)
-                if payload[stop] != 0:
-                    return True  # a body longer than its content-length: malformed
-            else:
-                stop = payload.find(b"\0", body)
-                if stop < 0:
-                    return True
-            position = stop + 1
-        return False
-
-
-MessageTest = tuple[bytes, ...] | PrefixSkip | MqttPacketScan | StompFrameScan
+MessageTest = tuple[bytes, ...] | Scan
 """What one direction and message type of a :class:`MessageFilter` passes."""
 
 

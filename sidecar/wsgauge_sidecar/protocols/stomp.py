@@ -40,7 +40,7 @@ a broker are counted by their text).
 Cost: every frame's boundaries are found (byte searches); only ``SUBSCRIBE``,
 ``UNSUBSCRIBE``, ``CONNECTED`` and ``ERROR`` headers are decoded. Under the native
 relay a raw STOMP message made of whole frames with other commands never reaches
-Python (:class:`~wsgauge_sidecar.protocols.prefilter.StompFrameScan`); SockJS
+Python (:class:`StompFrameScan`); SockJS
 messages all do.
 
 Errors: a header line without ``:``, a ``content-length`` that is not a
@@ -54,6 +54,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from wsgauge_sidecar.exceptions import ProtocolError, ProtocolLimitError
 from wsgauge_sidecar.httpwire import RequestHead, ResponseHead, split_target
@@ -65,7 +67,7 @@ from wsgauge_sidecar.protocols.base import (
     SubscriptionTable,
     normalize_topic,
 )
-from wsgauge_sidecar.protocols.prefilter import EVERY, EVERY_MESSAGE, MessageFilter, StompFrameScan
+from wsgauge_sidecar.protocols.prefilter import EVERY, EVERY_MESSAGE, MessageFilter, Scan
 
 MAX_FRAME_BYTES = 1048576
 """Largest STOMP frame by default (1009 above)."""
@@ -180,6 +182,30 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
         if field == name:
             return value
     return None
+
+
+@dataclass(frozen=True)
+class StompFrameScan(Scan):
+    """Passes every message except one made of whole STOMP frames (command line, headers, empty
+    line, a body ended by NUL or sized by ``content-length``), with any EOLs between them, none
+    of which has a command in ``commands``: a message that a :class:`FrameReader` of
+    ``commands`` between frames reads without returning a frame, raising or keeping a rest (its
+    reference, mirrored in C)."""
+
+    commands: tuple[bytes, ...]
+    """The commands the session decodes (``SUBSCRIBE``, ``ERROR``, ...)."""
+
+    native_kind: ClassVar[str] = "TEST_STOMP_FRAMES"
+
+    def native_items(self) -> tuple[bytes, ...]:
+        return self.commands
+
+    def passes(self, payload: bytes) -> bool:
+        reader = FrameReader(frozenset(self.commands))
+        try:
+            return bool(reader.feed(payload)) or not reader.at_boundary
+        except ProtocolError:
+            return True  # malformed: the session says so
 
 
 _CLIENT_COMMANDS = frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE"})

@@ -16,16 +16,14 @@ from test_sidecar_proto_mqtt import string as mqtt_string
 from test_sidecar_proto_stomp import frame as stomp_frame
 from wsgauge_sidecar.native_relay import load_extension, native_test
 from wsgauge_sidecar.protocols.base import ProtocolSession
-from wsgauge_sidecar.protocols.mqtt import MqttSession
+from wsgauge_sidecar.protocols.mqtt import MqttPacketScan, MqttSession
 from wsgauge_sidecar.protocols.prefilter import (
     EVERY,
     MessageTest,
-    MqttPacketScan,
     PrefixSkip,
-    StompFrameScan,
     message_passes,
 )
-from wsgauge_sidecar.protocols.stomp import StompSession
+from wsgauge_sidecar.protocols.stomp import StompFrameScan, StompSession
 from wsgauge_sidecar.wsframes import Opcode, encode_frame
 
 extension, why = load_extension()
